@@ -1,0 +1,1 @@
+//! Criterion benchmarks of mainstay beside its peers; see `BENCHMARKS.md` at the repository root.

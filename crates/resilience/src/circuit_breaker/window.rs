@@ -1,0 +1,380 @@
+//! Sliding windows of call outcomes: lock-free, allocation-free and O(1) per call.
+//!
+//! Two kinds share one contract: `record` adds an outcome, `snapshot` returns the calls, failures
+//! and slow calls currently inside the window, `reset` empties it.
+//!
+//! * [`CountWindow`] keeps the last `n` outcomes in a ring of bytes. Aggregates are updated only
+//!   when the outcome written differs from the one it replaces, so a success that lands on a
+//!   success costs one `fetch_add` and one load.
+//! * [`TimeWindow`] keeps per-bucket counters whose words carry their own bucket number, so a
+//!   bucket from an older period is recognised and restarted inside the same CAS that records into
+//!   it: there is no separate rotation step that could race with writers.
+
+use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+/// The call completed.
+pub(crate) const RECORDED: u8 = 0b001;
+/// The call counted as a failure.
+pub(crate) const FAILED: u8 = 0b010;
+/// The call took longer than the slow-call threshold.
+pub(crate) const SLOW: u8 = 0b100;
+
+/// The largest count window; the limit keeps every aggregate inside its packed field.
+pub(crate) const MAX_COUNT_WINDOW: usize = 1 << 24;
+/// The most buckets a time window may have.
+pub(crate) const MAX_BUCKETS: usize = 1024;
+
+/// Calls, failures and slow calls inside a window at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
+}
+
+impl Snapshot {
+    #[cfg(any(test, mainstay_loom))]
+    fn add(&mut self, outcome: u8) {
+        self.calls += u64::from(outcome & RECORDED);
+        self.failures += u64::from((outcome & FAILED) >> 1);
+        self.slow += u64::from((outcome & SLOW) >> 2);
+    }
+}
+
+/// Either kind of window.
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    /// Records one outcome; returns `true` when the failure or slow-call count may have risen, the
+    /// only case in which thresholds need to be checked.
+    #[inline]
+    pub(crate) fn record(&self, outcome: u8, now_nanos: u64) -> bool {
+        match self {
+            Window::Count(w) => w.record(outcome),
+            Window::Time(w) => w.record(outcome, now_nanos),
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now_nanos: u64) -> Snapshot {
+        match self {
+            Window::Count(w) => w.snapshot(),
+            Window::Time(w) => w.snapshot(now_nanos),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+
+    /// Whether recording needs the current time.
+    pub(crate) fn needs_clock(&self) -> bool {
+        matches!(self, Window::Time(_))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Count window
+// ---------------------------------------------------------------------------------------------
+
+/// Aggregates of a count window packed in one word: three 21-bit fields (calls, failures, slow).
+///
+/// Each field holds its true value plus a bias of 2^20. The word is only ever changed by adding the
+/// difference between a new and an old slot value, and a field's true value can dip below zero for
+/// a moment (a writer that wraps around the ring may subtract an outcome before the writer that put
+/// it there has added it). The bias keeps such a dip inside its field, so it never borrows from a
+/// neighbour, and the word is exact again as soon as both writers are done.
+const FIELD_BITS: u32 = 21;
+const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
+const FIELD_BIAS: u64 = 1 << (FIELD_BITS - 1);
+const PACKED_BIAS: u64 = FIELD_BIAS | (FIELD_BIAS << FIELD_BITS) | (FIELD_BIAS << (2 * FIELD_BITS));
+
+/// The packed aggregate contribution of one slot value.
+#[inline]
+fn packed(outcome: u8) -> u64 {
+    u64::from(outcome & RECORDED)
+        | (u64::from((outcome & FAILED) >> 1) << FIELD_BITS)
+        | (u64::from((outcome & SLOW) >> 2) << (2 * FIELD_BITS))
+}
+
+fn unpack_field(word: u64, index: u32) -> u64 {
+    let raw = (word >> (index * FIELD_BITS)) & FIELD_MASK;
+    // A transiently negative field reads as zero.
+    raw.saturating_sub(FIELD_BIAS)
+}
+
+/// The last `n` outcomes, exactly.
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    /// Position of the next write; wraps at 2^32 (one slot is reused early once every 4 billion
+    /// calls when `n` is not a power of two).
+    head: AtomicU32,
+    /// Lemire's fast-modulo constant for `slots.len()`.
+    modulo: u64,
+    totals: AtomicU64,
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: usize) -> Self {
+        let size = size.clamp(1, MAX_COUNT_WINDOW);
+        let divisor = size as u64;
+        Self {
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            head: AtomicU32::new(0),
+            modulo: (u64::MAX / divisor).wrapping_add(1),
+            totals: AtomicU64::new(PACKED_BIAS),
+        }
+    }
+
+    #[inline]
+    fn index(&self, position: u32) -> usize {
+        // `position % len` without a division: https://arxiv.org/abs/1902.01961
+        let low = self.modulo.wrapping_mul(u64::from(position));
+        ((u128::from(low) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, outcome: u8) -> bool {
+        let position = self.head.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.slots[self.index(position)];
+        // The common case (a success replacing a success) changes nothing else.
+        if slot.load(Ordering::Relaxed) == outcome {
+            return false;
+        }
+        let old = slot.swap(outcome, Ordering::AcqRel);
+        if old == outcome {
+            return false;
+        }
+        self.totals
+            .fetch_add(packed(outcome).wrapping_sub(packed(old)), Ordering::AcqRel);
+        (outcome & !old & (FAILED | SLOW)) != 0
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let word = self.totals.load(Ordering::Acquire);
+        let size = self.slots.len() as u64;
+        Snapshot {
+            calls: unpack_field(word, 0).min(size),
+            failures: unpack_field(word, 1).min(size),
+            slow: unpack_field(word, 2).min(size),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        for slot in &*self.slots {
+            let old = slot.swap(0, Ordering::AcqRel);
+            if old != 0 {
+                self.totals
+                    .fetch_add(0u64.wrapping_sub(packed(old)), Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Sum of the ring, for tests that compare it with the aggregates.
+    #[cfg(any(test, mainstay_loom))]
+    pub(crate) fn recount(&self) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for slot in &*self.slots {
+            snapshot.add(slot.load(Ordering::Acquire));
+        }
+        snapshot
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time window
+// ---------------------------------------------------------------------------------------------
+
+/// Bits of a bucket word that hold the bucket number (the rest hold counts).
+const EPOCH_BITS: u32 = 24;
+const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
+const COUNT_BITS: u32 = 64 - EPOCH_BITS;
+/// Failures and slow calls share one word: 20 bits each.
+const HALF_BITS: u32 = COUNT_BITS / 2;
+const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
+
+#[derive(Debug)]
+struct Bucket {
+    /// `epoch << 40 | calls`
+    calls: AtomicU64,
+    /// `epoch << 40 | slow << 20 | failures`
+    bad: AtomicU64,
+}
+
+/// Outcomes of the last `buckets × bucket_nanos` nanoseconds, in `buckets` slices.
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    bucket_nanos: u64,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(bucket_nanos: u64, buckets: usize) -> Self {
+        let buckets = buckets.clamp(1, MAX_BUCKETS);
+        Self {
+            buckets: (0..buckets)
+                .map(|_| Bucket {
+                    calls: AtomicU64::new(0),
+                    bad: AtomicU64::new(0),
+                })
+                .collect(),
+            bucket_nanos: bucket_nanos.max(1),
+        }
+    }
+
+    #[inline]
+    fn epoch(&self, now_nanos: u64) -> u64 {
+        now_nanos / self.bucket_nanos
+    }
+
+    /// Adds `delta` (already shifted into place) to `word`, restarting it first when it belongs to
+    /// an older bucket. Saturates instead of overflowing into the epoch.
+    #[inline]
+    fn bump(word: &AtomicU64, epoch: u64, add: impl Fn(u64) -> u64) {
+        let tag = (epoch & EPOCH_MASK) << COUNT_BITS;
+        let mut current = word.load(Ordering::Relaxed);
+        loop {
+            let counts = if current & !((1 << COUNT_BITS) - 1) == tag {
+                current & ((1 << COUNT_BITS) - 1)
+            } else {
+                0
+            };
+            let next = tag | add(counts);
+            match word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, outcome: u8, now_nanos: u64) -> bool {
+        if outcome & RECORDED == 0 {
+            return false;
+        }
+        let epoch = self.epoch(now_nanos);
+        let bucket = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
+        Self::bump(&bucket.calls, epoch, |calls| {
+            (calls + 1).min((1 << COUNT_BITS) - 1)
+        });
+        let failed = u64::from((outcome & FAILED) >> 1);
+        let slow = u64::from((outcome & SLOW) >> 2);
+        if failed | slow == 0 {
+            return false;
+        }
+        Self::bump(&bucket.bad, epoch, |bad| {
+            let failures = ((bad & HALF_MASK) + failed).min(HALF_MASK);
+            let slows = (((bad >> HALF_BITS) & HALF_MASK) + slow).min(HALF_MASK);
+            failures | (slows << HALF_BITS)
+        });
+        true
+    }
+
+    pub(crate) fn snapshot(&self, now_nanos: u64) -> Snapshot {
+        let epoch = self.epoch(now_nanos);
+        let span = self.buckets.len() as u64;
+        let live = |word: u64| {
+            // How many buckets ago this word was written, modulo the epoch field's width.
+            let age = (epoch.wrapping_sub(word >> COUNT_BITS)) & EPOCH_MASK;
+            age < span
+        };
+        let mut snapshot = Snapshot::default();
+        for bucket in &*self.buckets {
+            let calls = bucket.calls.load(Ordering::Acquire);
+            if live(calls) {
+                snapshot.calls += calls & ((1 << COUNT_BITS) - 1);
+            }
+            let bad = bucket.bad.load(Ordering::Acquire);
+            if live(bad) {
+                snapshot.failures += bad & HALF_MASK;
+                snapshot.slow += (bad >> HALF_BITS) & HALF_MASK;
+            }
+        }
+        snapshot
+    }
+
+    pub(crate) fn reset(&self) {
+        for bucket in &*self.buckets {
+            bucket.calls.store(0, Ordering::Release);
+            bucket.bad.store(0, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(all(test, not(mainstay_loom)))]
+mod tests {
+    use super::*;
+
+    const OK: u8 = RECORDED;
+    const FAIL: u8 = RECORDED | FAILED;
+
+    #[test]
+    fn count_window_fast_modulo_matches_remainder() {
+        for size in [1usize, 2, 3, 7, 10, 100, 1000, 4097] {
+            let window = CountWindow::new(size);
+            for position in (0..10_000u32).chain([u32::MAX - 3, u32::MAX - 1, u32::MAX]) {
+                assert_eq!(window.index(position), position as usize % size, "size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn count_window_slides_one_call_at_a_time() {
+        let window = CountWindow::new(4);
+        for _ in 0..10 {
+            window.record(OK);
+        }
+        assert_eq!(window.snapshot(), Snapshot { calls: 4, failures: 0, slow: 0 });
+        assert!(window.record(FAIL));
+        assert!(window.record(FAIL));
+        assert_eq!(window.snapshot().failures, 2);
+        // Two successes push both failures out.
+        window.record(OK);
+        window.record(OK);
+        assert_eq!(window.snapshot().failures, 2, "failures are still the newest two");
+        window.record(OK);
+        window.record(OK);
+        assert_eq!(window.snapshot(), Snapshot { calls: 4, failures: 0, slow: 0 });
+    }
+
+    #[test]
+    fn count_window_reset_empties_it() {
+        let window = CountWindow::new(3);
+        window.record(FAIL | SLOW);
+        window.record(OK);
+        window.reset();
+        assert_eq!(window.snapshot(), Snapshot::default());
+        assert_eq!(window.recount(), Snapshot::default());
+    }
+
+    #[test]
+    fn time_window_forgets_buckets_older_than_the_window() {
+        let second = 1_000_000_000;
+        let window = TimeWindow::new(second, 10);
+        window.record(FAIL, 0);
+        window.record(OK, second / 2);
+        window.record(OK, 3 * second);
+        assert_eq!(
+            window.snapshot(9 * second),
+            Snapshot { calls: 3, failures: 1, slow: 0 }
+        );
+        // Bucket 0 leaves the window when bucket 10 begins.
+        assert_eq!(
+            window.snapshot(10 * second),
+            Snapshot { calls: 1, failures: 0, slow: 0 }
+        );
+        // Writing into a reused slot restarts it rather than adding to stale counts.
+        window.record(OK, 10 * second);
+        assert_eq!(
+            window.snapshot(10 * second),
+            Snapshot { calls: 2, failures: 0, slow: 0 }
+        );
+    }
+}

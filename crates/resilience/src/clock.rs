@@ -1,0 +1,50 @@
+//! Monotonic time as integers, read from tokio's clock so `tokio::time::pause()` drives every
+//! middleware in tests.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A monotonic clock that reports nanoseconds since it was created.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self { base: Instant::now() }
+    }
+
+    /// Nanoseconds since this clock was created (saturating at `u64::MAX`, about 584 years).
+    pub(crate) fn now_nanos(&self) -> u64 {
+        duration_nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// Milliseconds since this clock was created.
+    pub(crate) fn now_millis(&self) -> u64 {
+        self.now_nanos() / 1_000_000
+    }
+
+    /// The instant `nanos` after this clock's base.
+    #[allow(dead_code)]
+    pub(crate) fn instant_at(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A duration as whole nanoseconds, saturating instead of overflowing.
+pub(crate) fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A duration as whole milliseconds, rounded up so a timer never fires early.
+pub(crate) fn duration_millis_ceil(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}

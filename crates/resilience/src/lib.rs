@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The error type of layers that add failure modes, as in tower: downcast to the leaf errors
+/// (`circuit_breaker::error::Open`, `bulkhead::error::Full`, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+mod clock;
+#[allow(dead_code)]
+mod sync;
+
+pub mod rejection;
+
+#[cfg(feature = "circuit-breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+pub mod circuit_breaker;
