@@ -527,3 +527,137 @@ mod tests {
         assert_eq!(HalfOpenCounts::unpack(counts.pack()), counts);
     }
 }
+
+/// Every interleaving of the atomic core, explored by loom:
+/// `RUSTFLAGS="--cfg mainstay_loom" cargo test -p mainstay-resilience --features circuit-breaker --lib --release loom`
+#[cfg(all(test, mainstay_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    use super::*;
+    use crate::circuit_breaker::window::CountWindow;
+
+    const OK: u8 = RECORDED;
+    const FAIL: u8 = RECORDED | FAILED;
+
+    fn core(window: usize, permits: u32, transitions: Arc<AtomicUsize>) -> Arc<Core> {
+        let settings = Settings {
+            failure_rate_bp: 5_000,
+            slow_rate_bp: BASIS + 1,
+            minimum_calls: window as u64,
+            half_open_permits: permits,
+            half_open_max_ms: None,
+            open_base_ms: 10,
+            open_multiplier: 1.0,
+            open_max_ms: 10,
+            slow_call_nanos: None,
+            initial: State::Closed,
+        };
+        let listener: Listener = Arc::new(move |_, _| {
+            transitions.fetch_add(1, Ordering::SeqCst);
+        });
+        Arc::new(Core::new(Window::Count(CountWindow::new(window)), settings, Some(listener)))
+    }
+
+    fn recount(core: &Core) -> Snapshot {
+        match core.window() {
+            Window::Count(w) => w.recount(),
+            Window::Time(_) => unreachable!(),
+        }
+    }
+
+    /// Two threads record into a ring smaller than their writes: the aggregates always end equal
+    /// to the ring, and the circuit opens exactly once.
+    #[test]
+    fn concurrent_records_keep_aggregates_exact_and_open_once() {
+        loom::model(|| {
+            let transitions = Arc::new(AtomicUsize::new(0));
+            let core = core(2, 1, transitions.clone());
+            let writers: Vec<_> = [[FAIL, OK], [FAIL, FAIL]]
+                .into_iter()
+                .map(|outcomes| {
+                    let core = core.clone();
+                    thread::spawn(move || {
+                        for o in outcomes {
+                            if let Ok(admit) = core.try_acquire(|| 0) {
+                                core.record(admit, o, || 0);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            if core.state() == State::Closed {
+                let ring = recount(&core);
+                assert_eq!(core.window().snapshot(0), ring);
+            }
+            assert!(transitions.load(Ordering::SeqCst) <= 1);
+        });
+    }
+
+    /// Three threads race for two half-open permits: never more than two probes, and the period
+    /// ends in exactly one transition.
+    #[test]
+    fn half_open_permits_are_never_over_granted() {
+        loom::model(|| {
+            let transitions = Arc::new(AtomicUsize::new(0));
+            let core = core(1, 2, transitions.clone());
+            core.force(State::Open, 0);
+            let base = transitions.load(Ordering::SeqCst);
+            let admitted = Arc::new(AtomicUsize::new(0));
+            let probes: Vec<_> = (0..3)
+                .map(|_| {
+                    let core = core.clone();
+                    let admitted = admitted.clone();
+                    thread::spawn(move || {
+                        if let Ok(admit) = core.try_acquire(|| 10) {
+                            // A thread that arrives after both probes closed the circuit is an
+                            // ordinary closed call; only probes are bounded.
+                            if matches!(admit, Admit::HalfOpen(_)) {
+                                admitted.fetch_add(1, Ordering::SeqCst);
+                            }
+                            core.record(admit, OK, || 10_000_000);
+                        }
+                    })
+                })
+                .collect();
+            for p in probes {
+                p.join().unwrap();
+            }
+            let admitted = admitted.load(Ordering::SeqCst);
+            assert!((1..=2).contains(&admitted), "admitted {admitted} probes");
+            if admitted == 2 {
+                assert_eq!(core.state(), State::Closed);
+                // open -> half-open -> closed
+                assert_eq!(transitions.load(Ordering::SeqCst) - base, 2);
+            }
+        });
+    }
+
+    /// A probe cancelled while another completes: the permit comes back exactly once.
+    #[test]
+    fn cancelled_probe_returns_its_permit_once() {
+        loom::model(|| {
+            let core = core(1, 1, Arc::new(AtomicUsize::new(0)));
+            core.force(State::Open, 0);
+            let admit = core.try_acquire(|| 10).unwrap();
+            let canceller = {
+                let core = core.clone();
+                thread::spawn(move || core.cancel(admit))
+            };
+            let second = core.try_acquire(|| 10);
+            canceller.join().unwrap();
+            if let Ok(admit) = second {
+                // It got the returned permit; a third must be refused until it finishes.
+                assert!(core.try_acquire(|| 10).is_err());
+                core.cancel(admit);
+            }
+            assert!(core.try_acquire(|| 10).is_ok(), "the permit is free again");
+        });
+    }
+}

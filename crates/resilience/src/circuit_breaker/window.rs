@@ -377,4 +377,84 @@ mod tests {
             Snapshot { calls: 2, failures: 0, slow: 0 }
         );
     }
+
+    mod model {
+        //! The windows against the obvious reference: keep every outcome, count the recent ones.
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn outcome() -> impl Strategy<Value = u8> {
+            prop_oneof![
+                Just(RECORDED),
+                Just(RECORDED | FAILED),
+                Just(RECORDED | SLOW),
+                Just(RECORDED | FAILED | SLOW),
+            ]
+        }
+
+        fn count(outcomes: impl IntoIterator<Item = u8>) -> Snapshot {
+            let mut snapshot = Snapshot::default();
+            for o in outcomes {
+                snapshot.add(o);
+            }
+            snapshot
+        }
+
+        proptest! {
+            #[test]
+            fn count_window_matches_the_last_n_outcomes(
+                size in 1usize..40,
+                outcomes in proptest::collection::vec(outcome(), 0..300),
+                reset_at in proptest::option::of(0usize..300),
+            ) {
+                let window = CountWindow::new(size);
+                let mut model: VecDeque<u8> = VecDeque::new();
+                for (i, &o) in outcomes.iter().enumerate() {
+                    if reset_at == Some(i) {
+                        window.reset();
+                        model.clear();
+                    }
+                    let before = count(model.iter().copied());
+                    let rose = window.record(o);
+                    model.push_back(o);
+                    if model.len() > size {
+                        model.pop_front();
+                    }
+                    let expected = count(model.iter().copied());
+                    prop_assert_eq!(window.snapshot(), expected);
+                    prop_assert_eq!(window.recount(), expected);
+                    // `record` must report every rise, or a threshold check would be skipped.
+                    if expected.failures > before.failures || expected.slow > before.slow {
+                        prop_assert!(rose);
+                    }
+                }
+            }
+
+            #[test]
+            fn time_window_matches_the_outcomes_of_the_last_buckets(
+                buckets in 1usize..12,
+                bucket_nanos in 1u64..50,
+                steps in proptest::collection::vec((0u64..40, outcome()), 0..200),
+            ) {
+                let window = TimeWindow::new(bucket_nanos, buckets);
+                let mut now = 0u64;
+                let mut model: Vec<(u64, u8)> = Vec::new();
+                for (gap, o) in steps {
+                    now += gap;
+                    let rose = window.record(o, now);
+                    model.push((now, o));
+                    let epoch = now / bucket_nanos;
+                    let live = model
+                        .iter()
+                        .filter(|(t, _)| epoch - t / bucket_nanos < buckets as u64)
+                        .map(|&(_, o)| o);
+                    prop_assert_eq!(window.snapshot(now), count(live));
+                    prop_assert_eq!(rose, o & (FAILED | SLOW) != 0);
+                }
+            }
+        }
+    }
 }
