@@ -10,6 +10,7 @@ mod clock;
 #[allow(dead_code)]
 mod sync;
 
+pub mod deadline;
 pub mod rejection;
 
 #[cfg(feature = "circuit-breaker")]
@@ -23,3 +24,7 @@ pub mod bulkhead;
 #[cfg(feature = "timeout")]
 #[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
 pub mod timeout;
+
+#[cfg(feature = "retry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
+pub mod retry;

@@ -543,6 +543,14 @@ mod loom_tests {
     const OK: u8 = RECORDED;
     const FAIL: u8 = RECORDED | FAILED;
 
+    /// Every interleaving with at most three preemptions (tokio's own loom suite uses two or
+    /// three): enough for each race below, small enough to finish in seconds.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(f);
+    }
+
     fn core(window: usize, permits: u32, transitions: Arc<AtomicUsize>) -> Arc<Core> {
         let settings = Settings {
             failure_rate_bp: 5_000,
@@ -573,7 +581,7 @@ mod loom_tests {
     /// to the ring, and the circuit opens exactly once.
     #[test]
     fn concurrent_records_keep_aggregates_exact_and_open_once() {
-        loom::model(|| {
+        model(|| {
             let transitions = Arc::new(AtomicUsize::new(0));
             let core = core(2, 1, transitions.clone());
             let writers: Vec<_> = [[FAIL, OK], [FAIL, FAIL]]
@@ -604,7 +612,7 @@ mod loom_tests {
     /// ends in exactly one transition.
     #[test]
     fn half_open_permits_are_never_over_granted() {
-        loom::model(|| {
+        model(|| {
             let transitions = Arc::new(AtomicUsize::new(0));
             let core = core(1, 2, transitions.clone());
             core.force(State::Open, 0);
@@ -642,7 +650,7 @@ mod loom_tests {
     /// A probe cancelled while another completes: the permit comes back exactly once.
     #[test]
     fn cancelled_probe_returns_its_permit_once() {
-        loom::model(|| {
+        model(|| {
             let core = core(1, 1, Arc::new(AtomicUsize::new(0)));
             core.force(State::Open, 0);
             let admit = core.try_acquire(|| 10).unwrap();

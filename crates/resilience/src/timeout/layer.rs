@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{CarriesDeadline, Deadline};
+use crate::deadline::{CarriesDeadline, Deadline};
 use crate::BoxError;
 
 /// How a [`Timeout`] learns a request's deadline.

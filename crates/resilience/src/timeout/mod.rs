@@ -45,11 +45,10 @@
 //! # }
 //! ```
 
-mod deadline;
 mod layer;
 
 pub mod error;
 pub mod future;
 
-pub use self::deadline::{CarriesDeadline, Deadline};
+pub use crate::deadline::{CarriesDeadline, Deadline};
 pub use self::layer::{DeadlineLayer, DeadlineService, FromRequest, Ignore, ReadDeadline, Timeout, TimeoutLayer};

@@ -1,3 +1,5 @@
+//! Deadlines that travel with a request, shared by timeouts, retries and hedging.
+
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -52,7 +54,7 @@ impl Deadline {
 /// A request that can carry a [`Deadline`].
 ///
 /// Implemented for `http::Request` with the `http` feature; implement it for your own request
-/// types to use [`DeadlineLayer`](super::DeadlineLayer) and deadline-aware retries.
+/// types to use `DeadlineLayer` (feature `timeout`) and deadline-aware retries.
 pub trait CarriesDeadline {
     /// The request's deadline, if it has one.
     fn deadline(&self) -> Option<Deadline>;
