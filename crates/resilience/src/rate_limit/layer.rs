@@ -1,0 +1,311 @@
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::error::{InvalidQuota, RateLimited};
+use super::future::ResponseFuture;
+use crate::BoxError;
+use crate::keyed::MakeKey;
+
+/// governor's clock, read from tokio so paused-time tests drive the limiter. Instants are
+/// durations since the limiter was built (governor implements its `Reference` for `Duration`).
+#[derive(Debug, Clone, Copy)]
+struct TokioClock {
+    base: Instant,
+}
+
+impl GovernorClock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.base)
+    }
+}
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    quota: Quota,
+    burst: u32,
+    period: Duration,
+}
+
+impl Limits {
+    fn new(burst: u32, period: Duration) -> Result<Self, InvalidQuota> {
+        let burst_nz = NonZeroU32::new(burst).ok_or(InvalidQuota)?;
+        let quota = Quota::with_period(period / burst)
+            .ok_or(InvalidQuota)?
+            .allow_burst(burst_nz);
+        Ok(Self { quota, burst, period })
+    }
+
+    fn refused(&self, not_until: &NotUntil<Duration>, clock: &TokioClock) -> RateLimited {
+        RateLimited {
+            retry_after: not_until.wait_time_from(clock.now()),
+            limit: self.burst,
+            period: self.period,
+        }
+    }
+}
+
+/// One limit for every request through every service this layer makes; see the
+/// [module docs](super).
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<Direct>,
+    clock: TokioClock,
+    limits: Limits,
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("burst", &self.limits.burst)
+            .field("period", &self.limits.period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// Admits `burst` calls at once and refills them evenly over `period` (so the sustained rate
+    /// is `burst / period`).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] when `burst` is zero or `period / burst` is zero.
+    pub fn new(burst: u32, period: Duration) -> Result<Self, InvalidQuota> {
+        let limits = Limits::new(burst, period)?;
+        let clock = TokioClock { base: Instant::now() };
+        Ok(Self {
+            limiter: Arc::new(RateLimiter::direct_with_clock(limits.quota, clock)),
+            clock,
+            limits,
+        })
+    }
+
+    /// `per_second` calls per second, in bursts of up to `per_second`.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] when `per_second` is zero.
+    pub fn per_second(per_second: u32) -> Result<Self, InvalidQuota> {
+        Self::new(per_second, Duration::from_secs(1))
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Global rate-limit middleware made by [`RateLimitLayer`].
+#[derive(Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consumes the middleware, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req> Service<Req> for RateLimit<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let layer = &self.layer;
+        match layer.limiter.check() {
+            Ok(()) => ResponseFuture::called(self.inner.call(request)),
+            Err(not_until) => ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock)),
+        }
+    }
+}
+
+/// How often (in calls) a keyed limiter checks whether it holds too many keys.
+const PRUNE_EVERY: u64 = 1024;
+
+struct KeyedShared<K: std::hash::Hash + Eq + Clone> {
+    limiter: Keyed<K>,
+    clock: TokioClock,
+    limits: Limits,
+    calls: AtomicU64,
+}
+
+/// One limit per key (see [`MakeKey`]), shared by every service this layer makes.
+pub struct KeyedRateLimitLayer<M, K: std::hash::Hash + Eq + Clone> {
+    make_key: M,
+    max_keys: usize,
+    shared: Arc<KeyedShared<K>>,
+}
+
+impl<M: Clone, K: std::hash::Hash + Eq + Clone> Clone for KeyedRateLimitLayer<M, K> {
+    fn clone(&self) -> Self {
+        Self {
+            make_key: self.make_key.clone(),
+            max_keys: self.max_keys,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M, K: std::hash::Hash + Eq + Clone> fmt::Debug for KeyedRateLimitLayer<M, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimitLayer")
+            .field("burst", &self.shared.limits.burst)
+            .field("period", &self.shared.limits.period)
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, K> KeyedRateLimitLayer<M, K>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Admits `burst` calls at once per key, refilled evenly over `period`. Keys are made by
+    /// `make_key`; once more than 100,000 keys are tracked, keys whose limiter is full again are
+    /// dropped (see [`max_keys`](Self::max_keys)).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidQuota`] when `burst` is zero or `period / burst` is zero.
+    pub fn new(burst: u32, period: Duration, make_key: M) -> Result<Self, InvalidQuota> {
+        let limits = Limits::new(burst, period)?;
+        let clock = TokioClock { base: Instant::now() };
+        Ok(Self {
+            make_key,
+            max_keys: 100_000,
+            shared: Arc::new(KeyedShared {
+                limiter: RateLimiter::dashmap_with_clock(limits.quota, clock),
+                clock,
+                limits,
+                calls: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Prune idle keys once more than `max_keys` are tracked. A key still inside its limit is
+    /// never pruned, so the bound is soft under a flood of distinct active keys.
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Keys currently tracked.
+    #[must_use]
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.limiter.len()
+    }
+}
+
+impl<S, M: Clone, K: std::hash::Hash + Eq + Clone> Layer<S> for KeyedRateLimitLayer<M, K> {
+    type Service = KeyedRateLimit<S, M, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedRateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Per-key rate-limit middleware made by [`KeyedRateLimitLayer`].
+pub struct KeyedRateLimit<S, M, K: std::hash::Hash + Eq + Clone> {
+    inner: S,
+    layer: KeyedRateLimitLayer<M, K>,
+}
+
+impl<S: Clone, M: Clone, K: std::hash::Hash + Eq + Clone> Clone for KeyedRateLimit<S, M, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, M, K: std::hash::Hash + Eq + Clone> fmt::Debug for KeyedRateLimit<S, M, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedRateLimit")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, M, Req> Service<Req> for KeyedRateLimit<S, M, M::Key>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    M: MakeKey<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let shared = &*self.layer.shared;
+        if shared.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
+            && shared.limiter.len() > self.layer.max_keys
+        {
+            shared.limiter.retain_recent();
+        }
+        let key = self.layer.make_key.make_key(&request);
+        match shared.limiter.check_key(&key) {
+            Ok(()) => ResponseFuture::called(self.inner.call(request)),
+            Err(not_until) => ResponseFuture::limited(shared.limits.refused(&not_until, &shared.clock)),
+        }
+    }
+}

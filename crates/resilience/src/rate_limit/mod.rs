@@ -1,0 +1,41 @@
+//! Rate limiting with GCRA (the `governor` crate), globally or per key.
+//!
+//! [`RateLimitLayer`] enforces one limit across every service it makes and every clone of those
+//! services: the limiter lives in the layer, not in each service (tower's `RateLimit` keeps
+//! per-instance state, so under axum, which clones services per request, it limits nothing).
+//! [`KeyedRateLimitLayer`] keeps one limit per key (user, API key, client IP), with memory
+//! bounded by pruning keys whose state has returned to full.
+//!
+//! A refused call fails at once with [`error::RateLimited`], a local rejection that says when to
+//! come back; with the `http` feature [`crate::http::ProblemLayer`] turns it into `429 Too Many
+//! Requests` with `Retry-After` and `RateLimit-*` headers.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use mainstay_resilience::rate_limit::{RateLimitLayer, error::RateLimited};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // Bursts of 2, refilled at 2 per second.
+//! let limit = RateLimitLayer::new(2, Duration::from_secs(1)).unwrap();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .service(service_fn(|()| async { Ok::<_, std::convert::Infallible>("ok") }));
+//!
+//! service.ready().await.unwrap().call(()).await.unwrap();
+//! service.ready().await.unwrap().call(()).await.unwrap();
+//! let refused = service.ready().await.unwrap().call(()).await.unwrap_err();
+//! let limited = refused.downcast_ref::<RateLimited>().unwrap();
+//! assert_eq!(limited.retry_after(), Duration::from_millis(500));
+//! # }
+//! ```
+
+mod layer;
+
+pub mod error;
+pub mod future;
+
+pub use self::layer::{KeyedRateLimit, KeyedRateLimitLayer, RateLimit, RateLimitLayer};
