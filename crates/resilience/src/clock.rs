@@ -13,7 +13,9 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub(crate) fn new() -> Self {
-        Self { base: Instant::now() }
+        Self {
+            base: Instant::now(),
+        }
     }
 
     /// Nanoseconds since this clock was created (saturating at `u64::MAX`, about 584 years).
@@ -22,14 +24,9 @@ impl Clock {
     }
 
     /// Milliseconds since this clock was created.
+    #[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
     pub(crate) fn now_millis(&self) -> u64 {
         self.now_nanos() / 1_000_000
-    }
-
-    /// The instant `nanos` after this clock's base.
-    #[allow(dead_code)]
-    pub(crate) fn instant_at(&self, nanos: u64) -> Instant {
-        self.base + Duration::from_nanos(nanos)
     }
 }
 
@@ -45,6 +42,7 @@ pub(crate) fn duration_nanos(d: Duration) -> u64 {
 }
 
 /// A duration as whole milliseconds, rounded up so a timer never fires early.
+#[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
 pub(crate) fn duration_millis_ceil(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }

@@ -6,12 +6,16 @@
 /// (`circuit_breaker::error::Open`, `bulkhead::error::Full`, ...).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+#[cfg(any(feature = "circuit-breaker", feature = "retry"))]
 mod clock;
-#[allow(dead_code)]
+#[cfg(feature = "circuit-breaker")]
 mod sync;
 
+mod builder;
 pub mod deadline;
 pub mod rejection;
+
+pub use self::builder::ServiceBuilderExt;
 
 #[cfg(feature = "circuit-breaker")]
 #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
@@ -21,17 +25,22 @@ pub mod circuit_breaker;
 #[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
 pub mod bulkhead;
 
-#[cfg(feature = "timeout")]
-#[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
-pub mod timeout;
-
 #[cfg(feature = "retry")]
 #[cfg_attr(docsrs, doc(cfg(feature = "retry")))]
 pub mod retry;
+
+#[cfg(feature = "timeout")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timeout")))]
+pub mod timeout;
 
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;
 
 #[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod keyed;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;

@@ -11,7 +11,8 @@ use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// A service whose calls finish when the test sends on the channel they carry.
-fn gated() -> impl Service<oneshot::Receiver<()>, Response = (), Error = BoxError, Future: Send> + Clone {
+fn gated()
+-> impl Service<oneshot::Receiver<()>, Response = (), Error = BoxError, Future: Send> + Clone {
     service_fn(|gate: oneshot::Receiver<()>| async move {
         let _ = gate.await;
         Ok::<_, BoxError>(())
@@ -75,7 +76,10 @@ async fn a_waiter_gets_a_slot_freed_within_max_wait() {
     advance(Duration::from_millis(300)).await;
     release.send(()).unwrap();
     holder.await.unwrap().unwrap();
-    waiter.await.unwrap().expect("got the freed slot before its deadline");
+    waiter
+        .await
+        .unwrap()
+        .expect("got the freed slot before its deadline");
 }
 
 #[tokio::test(start_paused = true)]

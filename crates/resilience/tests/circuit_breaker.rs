@@ -75,9 +75,17 @@ async fn opens_when_failure_rate_reaches_threshold_and_refuses_without_calling_i
     call(&mut svc, Do::Succeed).await.unwrap();
     call(&mut svc, Do::Succeed).await.unwrap();
     call(&mut svc, Do::Fail).await.unwrap_err();
-    assert_eq!(breaker.state(), State::Closed, "3 calls are below the minimum of 4");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "3 calls are below the minimum of 4"
+    );
     call(&mut svc, Do::Fail).await.unwrap_err();
-    assert_eq!(breaker.state(), State::Open, "2 of 4 failed: 50% meets the threshold");
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "2 of 4 failed: 50% meets the threshold"
+    );
 
     let before = calls.load(Ordering::SeqCst);
     let refused = call(&mut svc, Do::Succeed).await;
@@ -85,7 +93,11 @@ async fn opens_when_failure_rate_reaches_threshold_and_refuses_without_calling_i
     let open = refused.unwrap_err().downcast::<Open>().unwrap();
     assert_eq!(open.retry_after(), Some(Duration::from_secs(10)));
     assert_eq!(open.state(), State::Open);
-    assert_eq!(calls.load(Ordering::SeqCst), before, "inner service not called");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "inner service not called"
+    );
     assert_eq!(breaker.metrics().refused, 1);
 }
 
@@ -103,7 +115,11 @@ async fn count_window_truly_slides_after_many_successes() {
         call(&mut svc, Do::Succeed).await.unwrap();
     }
     for failure in 1..=50 {
-        assert_eq!(breaker.state(), State::Closed, "still closed before failure {failure}");
+        assert_eq!(
+            breaker.state(),
+            State::Closed,
+            "still closed before failure {failure}"
+        );
         call(&mut svc, Do::Fail).await.unwrap_err();
     }
     assert_eq!(breaker.state(), State::Open);
@@ -124,19 +140,30 @@ async fn half_open_closes_when_probes_succeed_and_starts_with_an_empty_window() 
     }
     assert_eq!(breaker.state(), State::Open);
     advance(Duration::from_millis(9_999)).await;
-    assert!(is_open(&call(&mut svc, Do::Succeed).await), "still open 1 ms before the end");
+    assert!(
+        is_open(&call(&mut svc, Do::Succeed).await),
+        "still open 1 ms before the end"
+    );
     advance(Duration::from_millis(1)).await;
     call(&mut svc, Do::Succeed).await.unwrap();
     assert_eq!(breaker.state(), State::HalfOpen);
     call(&mut svc, Do::Succeed).await.unwrap();
     assert_eq!(breaker.state(), State::Closed);
     let metrics = breaker.metrics();
-    assert_eq!((metrics.calls, metrics.failures), (0, 0), "closed period starts empty");
+    assert_eq!(
+        (metrics.calls, metrics.failures),
+        (0, 0),
+        "closed period starts empty"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn half_open_is_judged_by_rate_not_by_the_first_result() {
-    let breaker = small(4).half_open_permits(4).failure_rate(0.5).build().unwrap();
+    let breaker = small(4)
+        .half_open_permits(4)
+        .failure_rate(0.5)
+        .build()
+        .unwrap();
     let mut svc = service(&breaker, Arc::default());
     for _ in 0..4 {
         let _ = call(&mut svc, Do::Fail).await;
@@ -144,7 +171,11 @@ async fn half_open_is_judged_by_rate_not_by_the_first_result() {
     advance(Duration::from_secs(10)).await;
     // One failure out of four probes is 25%: below the threshold, so the circuit closes.
     call(&mut svc, Do::Fail).await.unwrap_err();
-    assert_eq!(breaker.state(), State::HalfOpen, "one failed probe does not reopen");
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "one failed probe does not reopen"
+    );
     for _ in 0..3 {
         call(&mut svc, Do::Succeed).await.unwrap();
     }
@@ -167,7 +198,11 @@ async fn failing_probes_reopen_with_a_growing_open_period() {
         call(&mut svc, Do::Fail).await.unwrap_err();
         call(&mut svc, Do::Fail).await.unwrap_err();
         assert_eq!(breaker.state(), State::Open);
-        let open = call(&mut svc, Do::Succeed).await.unwrap_err().downcast::<Open>().unwrap();
+        let open = call(&mut svc, Do::Succeed)
+            .await
+            .unwrap_err()
+            .downcast::<Open>()
+            .unwrap();
         let secs = expected.next().unwrap();
         assert_eq!(open.retry_after(), Some(Duration::from_secs(secs)));
         advance(Duration::from_secs(secs)).await;
@@ -179,7 +214,11 @@ async fn failing_probes_reopen_with_a_growing_open_period() {
     for _ in 0..4 {
         let _ = call(&mut svc, Do::Fail).await;
     }
-    let open = call(&mut svc, Do::Succeed).await.unwrap_err().downcast::<Open>().unwrap();
+    let open = call(&mut svc, Do::Succeed)
+        .await
+        .unwrap_err()
+        .downcast::<Open>()
+        .unwrap();
     assert_eq!(open.retry_after(), Some(Duration::from_secs(10)));
 }
 
@@ -195,7 +234,10 @@ async fn half_open_admits_a_bounded_number_of_probes() {
     let second = tokio::spawn(call_owned(svc.clone(), Do::Hang));
     tokio::task::yield_now().await;
     let third = call(&mut svc, Do::Succeed).await;
-    assert!(is_open(&third), "a third probe is refused while two are in flight");
+    assert!(
+        is_open(&third),
+        "a third probe is refused while two are in flight"
+    );
     assert_eq!(
         third.unwrap_err().downcast::<Open>().unwrap().state(),
         State::HalfOpen
@@ -217,10 +259,17 @@ async fn a_dropped_probe_returns_its_permit() {
     }
     advance(Duration::from_secs(10)).await;
     let hanging = svc.ready().await.unwrap().call(Do::Hang);
-    assert!(is_open(&call(&mut svc, Do::Succeed).await), "the only permit is taken");
+    assert!(
+        is_open(&call(&mut svc, Do::Succeed).await),
+        "the only permit is taken"
+    );
     drop(hanging);
     call(&mut svc, Do::Succeed).await.unwrap();
-    assert_eq!(breaker.state(), State::Closed, "the freed permit went to a probe that succeeded");
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "the freed permit went to a probe that succeeded"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -252,8 +301,16 @@ async fn hanging_probes_time_out_and_reopen_the_circuit() {
     tokio::task::yield_now().await;
     assert_eq!(breaker.state(), State::HalfOpen);
     advance(Duration::from_secs(5)).await;
-    let refused = call(&mut svc, Do::Succeed).await.unwrap_err().downcast::<Open>().unwrap();
-    assert_eq!(refused.state(), State::Open, "half-open gave up after its max wait");
+    let refused = call(&mut svc, Do::Succeed)
+        .await
+        .unwrap_err()
+        .downcast::<Open>()
+        .unwrap();
+    assert_eq!(
+        refused.state(),
+        State::Open,
+        "half-open gave up after its max wait"
+    );
     assert_eq!(breaker.state(), State::Open);
     a.abort();
     b.abort();
@@ -279,7 +336,11 @@ async fn outcomes_from_an_older_generation_are_ignored() {
     // ...fails during half-open (t = 12 s): it must not count as a failed probe.
     advance(Duration::from_secs(2)).await;
     slow_failure.await.unwrap().unwrap_err();
-    assert_eq!(breaker.state(), State::HalfOpen, "still waiting for the second probe");
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "still waiting for the second probe"
+    );
     call(&mut svc, Do::Succeed).await.unwrap();
     assert_eq!(breaker.state(), State::Closed);
 }
@@ -291,11 +352,17 @@ async fn slow_calls_open_the_circuit() {
         .build()
         .unwrap();
     let mut svc = service(&breaker, Arc::default());
-    call(&mut svc, Do::Take(Duration::from_millis(499))).await.unwrap();
-    call(&mut svc, Do::Take(Duration::from_millis(500))).await.unwrap();
+    call(&mut svc, Do::Take(Duration::from_millis(499)))
+        .await
+        .unwrap();
+    call(&mut svc, Do::Take(Duration::from_millis(500)))
+        .await
+        .unwrap();
     call(&mut svc, Do::Succeed).await.unwrap();
     assert_eq!(breaker.metrics().slow_calls, 1);
-    call(&mut svc, Do::Take(Duration::from_secs(1))).await.unwrap();
+    call(&mut svc, Do::Take(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert_eq!(breaker.state(), State::Open, "2 of 4 calls were slow");
 }
 
@@ -333,7 +400,10 @@ async fn manual_states() {
     breaker.force_open();
     assert!(is_open(&call(&mut svc, Do::Succeed).await));
     advance(Duration::from_secs(3600)).await;
-    assert!(is_open(&call(&mut svc, Do::Succeed).await), "forced open never expires");
+    assert!(
+        is_open(&call(&mut svc, Do::Succeed).await),
+        "forced open never expires"
+    );
 
     breaker.disable();
     for _ in 0..10 {
@@ -346,7 +416,11 @@ async fn manual_states() {
     for _ in 0..10 {
         let _ = call(&mut svc, Do::Fail).await;
     }
-    assert_eq!(breaker.state(), State::MetricsOnly, "metrics-only never opens");
+    assert_eq!(
+        breaker.state(),
+        State::MetricsOnly,
+        "metrics-only never opens"
+    );
     assert_eq!(breaker.metrics().failures, 4);
     assert!((breaker.metrics().failure_rate() - 1.0).abs() < f64::EPSILON);
 
@@ -361,14 +435,15 @@ async fn manual_states() {
 async fn classifier_decides_what_counts() {
     let breaker = small(2).build().unwrap();
     let inner = service_fn(|status: u16| async move { Ok::<_, BoxError>(status) });
-    let layer = CircuitBreakerLayer::new(breaker.clone()).classifier(
-        |result: Result<&u16, &BoxError>| match result {
-            Ok(s) if *s >= 500 => Outcome::Failure,
-            Ok(s) if *s >= 400 => Outcome::Ignore,
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
-        },
-    );
+    let layer =
+        CircuitBreakerLayer::new(breaker.clone()).classifier(|result: Result<&u16, &BoxError>| {
+            match result {
+                Ok(s) if *s >= 500 => Outcome::Failure,
+                Ok(s) if *s >= 400 => Outcome::Ignore,
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            }
+        });
     let mut svc = layer.layer(inner);
     for _ in 0..10 {
         svc.ready().await.unwrap().call(404).await.unwrap();
@@ -407,7 +482,11 @@ async fn state_changes_reach_the_listener_in_order() {
 async fn every_service_made_by_one_layer_shares_the_breaker() {
     let breaker = small(2).build().unwrap();
     let layer = CircuitBreakerLayer::new(breaker.clone());
-    let make = || layer.layer(service_fn(|()| async { Err::<(), BoxError>("down".into()) }));
+    let make = || {
+        layer.layer(service_fn(|()| async {
+            Err::<(), BoxError>("down".into())
+        }))
+    };
     let (mut a, mut b) = (make(), make());
     let _ = a.ready().await.unwrap().call(()).await;
     let _ = b.ready().await.unwrap().call(()).await;
@@ -418,11 +497,26 @@ async fn every_service_made_by_one_layer_shares_the_breaker() {
 #[test]
 fn bad_configuration_is_a_typed_error() {
     let err = |b: mainstay_resilience::circuit_breaker::Builder| b.build().unwrap_err();
-    assert!(matches!(err(Breaker::builder().failure_rate(1.5)), ConfigError::Rate { .. }));
-    assert!(matches!(err(Breaker::builder().failure_rate(0.0)), ConfigError::Rate { .. }));
-    assert!(matches!(err(Breaker::builder().failure_rate(f64::NAN)), ConfigError::Rate { .. }));
-    assert!(matches!(err(Breaker::builder().count_window(0)), ConfigError::Count { .. }));
-    assert!(matches!(err(Breaker::builder().half_open_permits(0)), ConfigError::Count { .. }));
+    assert!(matches!(
+        err(Breaker::builder().failure_rate(1.5)),
+        ConfigError::Rate { .. }
+    ));
+    assert!(matches!(
+        err(Breaker::builder().failure_rate(0.0)),
+        ConfigError::Rate { .. }
+    ));
+    assert!(matches!(
+        err(Breaker::builder().failure_rate(f64::NAN)),
+        ConfigError::Rate { .. }
+    ));
+    assert!(matches!(
+        err(Breaker::builder().count_window(0)),
+        ConfigError::Count { .. }
+    ));
+    assert!(matches!(
+        err(Breaker::builder().half_open_permits(0)),
+        ConfigError::Count { .. }
+    ));
     assert!(matches!(
         err(Breaker::builder().open_for(Duration::ZERO)),
         ConfigError::ZeroDuration { .. }

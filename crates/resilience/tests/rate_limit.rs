@@ -12,7 +12,8 @@ use mainstay_resilience::rejection::{RejectionKind, local_rejection_of};
 use tokio::time::advance;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-fn ok<Req: Send + 'static>() -> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send {
+fn ok<Req: Send + 'static>()
+-> impl Service<Req, Response = (), Error = BoxError, Future: Send> + Clone + Send {
     service_fn(|_: Req| async { Ok::<_, BoxError>(()) })
 }
 
@@ -38,38 +39,62 @@ async fn one_limit_holds_across_many_clones_under_concurrent_load() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(admitted.load(Ordering::SeqCst), 100, "2,000 calls, one burst of 100");
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        100,
+        "2,000 calls, one burst of 100"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn refused_calls_say_when_to_return_and_are_admitted_then() {
-    let mut svc = RateLimitLayer::new(2, Duration::from_secs(1)).unwrap().layer(ok::<()>());
+    let mut svc = RateLimitLayer::new(2, Duration::from_secs(1))
+        .unwrap()
+        .layer(ok::<()>());
     svc.ready().await.unwrap().call(()).await.unwrap();
     svc.ready().await.unwrap().call(()).await.unwrap();
     let error = svc.ready().await.unwrap().call(()).await.unwrap_err();
     let limited = *error.downcast_ref::<RateLimited>().unwrap();
     assert_eq!(limited.retry_after(), Duration::from_millis(500));
-    assert_eq!((limited.limit(), limited.period()), (2, Duration::from_secs(1)));
+    assert_eq!(
+        (limited.limit(), limited.period()),
+        (2, Duration::from_secs(1))
+    );
     assert_eq!(
         local_rejection_of(&error).map(|r| (r.kind, r.retry_after)),
         Some((RejectionKind::RateLimited, Some(Duration::from_millis(500))))
     );
 
     advance(Duration::from_millis(499)).await;
-    assert!(svc.ready().await.unwrap().call(()).await.is_err(), "1 ms early");
+    assert!(
+        svc.ready().await.unwrap().call(()).await.is_err(),
+        "1 ms early"
+    );
     advance(Duration::from_millis(1)).await;
     svc.ready().await.unwrap().call(()).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn keys_have_independent_limits() {
-    let layer = KeyedRateLimitLayer::new(1, Duration::from_secs(1), |user: &&'static str| *user).unwrap();
+    let layer =
+        KeyedRateLimitLayer::new(1, Duration::from_secs(1), |user: &&'static str| *user).unwrap();
     let mut svc = layer.layer(ok::<&'static str>());
     svc.ready().await.unwrap().call("alice").await.unwrap();
     svc.ready().await.unwrap().call("bob").await.unwrap();
-    assert!(svc.ready().await.unwrap().call("alice").await.unwrap_err().is::<RateLimited>());
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call("alice")
+            .await
+            .unwrap_err()
+            .is::<RateLimited>()
+    );
     let mut other = layer.layer(ok::<&'static str>());
-    assert!(other.ready().await.unwrap().call("bob").await.is_err(), "keys shared across services");
+    assert!(
+        other.ready().await.unwrap().call("bob").await.is_err(),
+        "keys shared across services"
+    );
     assert_eq!(layer.tracked_keys(), 2);
 }
 
@@ -86,11 +111,21 @@ async fn idle_keys_are_pruned_beyond_max_keys() {
     for n in 0..1_100u32 {
         svc.ready().await.unwrap().call(100_000 + n % 5).await.ok();
     }
-    assert!(layer.tracked_keys() <= 10, "tracked {}", layer.tracked_keys());
+    assert!(
+        layer.tracked_keys() <= 10,
+        "tracked {}",
+        layer.tracked_keys()
+    );
 }
 
 #[test]
 fn bad_quotas_are_typed_errors() {
-    assert_eq!(RateLimitLayer::new(0, Duration::from_secs(1)).unwrap_err(), InvalidQuota);
-    assert_eq!(RateLimitLayer::new(5, Duration::ZERO).unwrap_err(), InvalidQuota);
+    assert_eq!(
+        RateLimitLayer::new(0, Duration::from_secs(1)).unwrap_err(),
+        InvalidQuota
+    );
+    assert_eq!(
+        RateLimitLayer::new(5, Duration::ZERO).unwrap_err(),
+        InvalidQuota
+    );
 }

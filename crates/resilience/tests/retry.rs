@@ -15,7 +15,10 @@ use tokio::time::{Instant, advance};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// Fails the first `failures` calls, records when each call happened.
-fn flaky(failures: usize, log: Arc<Mutex<Vec<Instant>>>) -> impl Service<u32, Response = u32, Error = BoxError> + Clone {
+fn flaky(
+    failures: usize,
+    log: Arc<Mutex<Vec<Instant>>>,
+) -> impl Service<u32, Response = u32, Error = BoxError> + Clone {
     let calls = Arc::new(AtomicUsize::new(0));
     service_fn(move |req: u32| {
         log.lock().unwrap().push(Instant::now());
@@ -31,13 +34,18 @@ fn flaky(failures: usize, log: Arc<Mutex<Vec<Instant>>>) -> impl Service<u32, Re
 }
 
 fn gaps(log: &Mutex<Vec<Instant>>) -> Vec<Duration> {
-    log.lock().unwrap().windows(2).map(|w| w[1] - w[0]).collect()
+    log.lock()
+        .unwrap()
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn retries_errors_with_capped_backoff_until_success() {
     let log = Arc::default();
-    let backoff = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_millis(300)).jitter(Jitter::None);
+    let backoff = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_millis(300))
+        .jitter(Jitter::None);
     let mut svc = RetryLayer::new()
         .max_attempts(4)
         .backoff(backoff)
@@ -53,7 +61,9 @@ async fn retries_errors_with_capped_backoff_until_success() {
 #[tokio::test(start_paused = true)]
 async fn gives_up_after_max_attempts_with_the_last_error() {
     let log = Arc::default();
-    let mut svc = RetryLayer::new().max_attempts(3).layer(flaky(10, Arc::clone(&log)));
+    let mut svc = RetryLayer::new()
+        .max_attempts(3)
+        .layer(flaky(10, Arc::clone(&log)));
     let error = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(error.to_string(), "failure 2");
     assert_eq!(log.lock().unwrap().len(), 3);
@@ -74,7 +84,9 @@ impl Policy<u32, u32, BoxError> for NeverReplay {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_cannot_be_replayed_is_sent_once() {
     let log = Arc::default();
-    let mut svc = RetryLayer::new().policy(NeverReplay).layer(flaky(1, Arc::clone(&log)));
+    let mut svc = RetryLayer::new()
+        .policy(NeverReplay)
+        .layer(flaky(1, Arc::clone(&log)));
     svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(log.lock().unwrap().len(), 1);
 }
@@ -104,17 +116,31 @@ impl Policy<u32, u32, BoxError> for ServerSays {
 #[tokio::test(start_paused = true)]
 async fn honours_retry_after_and_refuses_to_wait_too_long() {
     let log = Arc::default();
-    let policy = ServerSays { retry_after: Duration::from_secs(2), deadline: None };
-    let mut svc = RetryLayer::new().policy(policy).layer(flaky(1, Arc::clone(&log)));
+    let policy = ServerSays {
+        retry_after: Duration::from_secs(2),
+        deadline: None,
+    };
+    let mut svc = RetryLayer::new()
+        .policy(policy)
+        .layer(flaky(1, Arc::clone(&log)));
     svc.ready().await.unwrap().call(1).await.unwrap();
     let gap = gaps(&log)[0];
     assert!(gap >= Duration::from_secs(2), "waited {gap:?}");
 
     let log = Arc::default();
-    let policy = ServerSays { retry_after: Duration::from_secs(60), deadline: None };
-    let mut svc = RetryLayer::new().policy(policy).layer(flaky(1, Arc::clone(&log)));
+    let policy = ServerSays {
+        retry_after: Duration::from_secs(60),
+        deadline: None,
+    };
+    let mut svc = RetryLayer::new()
+        .policy(policy)
+        .layer(flaky(1, Arc::clone(&log)));
     svc.ready().await.unwrap().call(1).await.unwrap_err();
-    assert_eq!(log.lock().unwrap().len(), 1, "60 s is above the 30 s default cap");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "60 s is above the 30 s default cap"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -124,11 +150,17 @@ async fn skips_a_retry_the_deadline_cannot_cover() {
         retry_after: Duration::from_secs(1),
         deadline: Some(Deadline::after(Duration::from_millis(900))),
     };
-    let mut svc = RetryLayer::new().policy(policy).layer(flaky(1, Arc::clone(&log)));
+    let mut svc = RetryLayer::new()
+        .policy(policy)
+        .layer(flaky(1, Arc::clone(&log)));
     let started = Instant::now();
     svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert_eq!(log.lock().unwrap().len(), 1);
-    assert_eq!(started.elapsed(), Duration::ZERO, "returned at once instead of sleeping in vain");
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "returned at once instead of sleeping in vain"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,7 +190,11 @@ async fn budget_counts_exact_fractions_and_refills_after_its_ttl() {
     let floor = RetryBudget::new(Duration::from_secs(1), 3, 0.0);
     assert_eq!((0..5).filter(|_| floor.withdraw()).count(), 3);
     advance(Duration::from_secs(1)).await;
-    assert_eq!(floor.remaining(), 3, "withdrawals older than the TTL no longer count");
+    assert_eq!(
+        floor.remaining(),
+        3,
+        "withdrawals older than the TTL no longer count"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -183,7 +219,11 @@ fn each_request_draws_its_own_jitter_sequence() {
     let firsts: std::collections::HashSet<_> = (0..100)
         .map(|_| backoff.make_backoff().take(3).collect::<Vec<_>>())
         .collect();
-    assert!(firsts.len() > 95, "only {} distinct sequences of 100", firsts.len());
+    assert!(
+        firsts.len() > 95,
+        "only {} distinct sequences of 100",
+        firsts.len()
+    );
 }
 
 proptest! {

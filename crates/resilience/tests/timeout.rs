@@ -26,7 +26,9 @@ impl CarriesDeadline for Req {
     }
 }
 
-fn worker(calls: Arc<AtomicUsize>) -> impl Service<Req, Response = Option<Deadline>, Error = BoxError> + Clone {
+fn worker(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Req, Response = Option<Deadline>, Error = BoxError> + Clone {
     service_fn(move |req: Req| {
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -56,17 +58,37 @@ async fn attempt_times_out_exactly_at_its_limit() {
 #[tokio::test(start_paused = true)]
 async fn deadline_layer_stamps_the_request_and_keeps_an_earlier_upstream_deadline() {
     let mut svc = DeadlineLayer::new(Duration::from_secs(2)).layer(worker(Arc::default()));
-    let stamped = svc.ready().await.unwrap().call(req(0)).await.unwrap().unwrap();
+    let stamped = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(0))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stamped.remaining(), Duration::from_secs(2));
 
     let upstream = Deadline::after(Duration::from_millis(300));
     let mut carried = req(0);
     carried.set_deadline(upstream);
-    let kept = svc.ready().await.unwrap().call(carried).await.unwrap().unwrap();
+    let kept = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(carried)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(kept, upstream, "the earlier upstream deadline wins");
 
     let started = Instant::now();
-    let error = svc.ready().await.unwrap().call(req(5_000)).await.unwrap_err();
+    let error = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req(5_000))
+        .await
+        .unwrap_err();
     assert!(error.is::<DeadlineExceeded>());
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
@@ -82,7 +104,10 @@ async fn attempts_stop_at_the_deadline_and_never_start_after_it() {
     short.set_deadline(Deadline::after(Duration::from_millis(200)));
     let started = Instant::now();
     let error = svc.ready().await.unwrap().call(short).await.unwrap_err();
-    assert!(error.is::<DeadlineExceeded>(), "the deadline came before the 1 s timeout");
+    assert!(
+        error.is::<DeadlineExceeded>(),
+        "the deadline came before the 1 s timeout"
+    );
     assert_eq!(started.elapsed(), Duration::from_millis(200));
 
     let mut expired = req(0);
@@ -90,7 +115,11 @@ async fn attempts_stop_at_the_deadline_and_never_start_after_it() {
     let before = calls.load(Ordering::SeqCst);
     let error = svc.ready().await.unwrap().call(expired).await.unwrap_err();
     assert!(error.is::<DeadlineExceeded>());
-    assert_eq!(calls.load(Ordering::SeqCst), before, "no work started past the deadline");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "no work started past the deadline"
+    );
 }
 
 #[tokio::test(start_paused = true)]

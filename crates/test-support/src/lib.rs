@@ -15,9 +15,16 @@ thread_local! {
 ///
 /// Install it in a test or bench binary:
 ///
-/// ```ignore
+/// ```
+/// use mainstay_test_support::CountingAllocator;
+///
 /// #[global_allocator]
-/// static ALLOC: mainstay_test_support::CountingAllocator = mainstay_test_support::CountingAllocator;
+/// static ALLOC: CountingAllocator = CountingAllocator;
+///
+/// fn main() {
+///     let (_, allocations) = CountingAllocator::count(|| vec![1u8; 16]);
+///     assert_eq!(allocations, 1);
+/// }
 /// ```
 ///
 /// The counter is thread-local, so two threads measuring at once do not contend or see each

@@ -19,7 +19,9 @@ impl BulkheadLayer {
     #[must_use]
     pub fn new(max_concurrent: usize) -> Self {
         Self {
-            semaphore: Arc::new(Semaphore::new(max_concurrent.clamp(1, Semaphore::MAX_PERMITS))),
+            semaphore: Arc::new(Semaphore::new(
+                max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             max_wait: Duration::ZERO,
         }
     }

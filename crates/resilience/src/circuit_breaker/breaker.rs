@@ -138,19 +138,23 @@ impl Breaker {
     }
 
     fn force(&self, state: State) {
-        self.shared.core.force(state, self.shared.clock.now_millis());
+        self.shared
+            .core
+            .force(state, self.shared.clock.now_millis());
     }
 
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Admit, Open> {
         let clock = self.shared.clock;
-        self.shared
-            .core
-            .try_acquire(|| clock.now_millis())
-            .map_err(|Refused { retry_after_ms, state }| Open {
+        self.shared.core.try_acquire(|| clock.now_millis()).map_err(
+            |Refused {
+                 retry_after_ms,
+                 state,
+             }| Open {
                 retry_after: retry_after_ms.map(Duration::from_millis),
                 state,
-            })
+            },
+        )
     }
 
     /// Whether outcomes need timestamps (time window or slow-call detection).
@@ -173,9 +177,9 @@ impl Breaker {
     #[inline]
     pub(crate) fn record(&self, admit: Admit, outcome: u8, now_nanos: Option<u64>) {
         let clock = self.shared.clock;
-        self.shared
-            .core
-            .record(admit, outcome, || now_nanos.unwrap_or_else(|| clock.now_nanos()));
+        self.shared.core.record(admit, outcome, || {
+            now_nanos.unwrap_or_else(|| clock.now_nanos())
+        });
     }
 
     pub(crate) fn cancel(&self, admit: Admit) {
@@ -317,7 +321,10 @@ impl Builder {
     /// Call `listener(from, to)` after every state change, on the thread that made it. Keep it
     /// short: it runs inside a request.
     #[must_use]
-    pub fn on_state_change(mut self, listener: impl Fn(State, State) + Send + Sync + 'static) -> Self {
+    pub fn on_state_change(
+        mut self,
+        listener: impl Fn(State, State) + Send + Sync + 'static,
+    ) -> Self {
         self.listener = Some(Arc::new(listener));
         self
     }
@@ -336,13 +343,22 @@ impl Builder {
                         name: "slow call threshold",
                     });
                 }
-                (Some(duration_nanos(threshold)), rate_bp("slow call rate", rate)?)
+                (
+                    Some(duration_nanos(threshold)),
+                    rate_bp("slow call rate", rate)?,
+                )
             }
             None => (None, BASIS + 1),
         };
-        count("half-open permits", u64::from(self.half_open_permits), u64::from(MAX_HALF_OPEN_PERMITS))?;
+        count(
+            "half-open permits",
+            u64::from(self.half_open_permits),
+            u64::from(MAX_HALF_OPEN_PERMITS),
+        )?;
         if self.open_for.is_zero() {
-            return Err(ConfigError::ZeroDuration { name: "open duration" });
+            return Err(ConfigError::ZeroDuration {
+                name: "open duration",
+            });
         }
         if self.half_open_max_wait.is_some_and(|w| w.is_zero()) {
             return Err(ConfigError::ZeroDuration {

@@ -391,7 +391,8 @@ impl Core {
         if reopenings == 0 || s.open_multiplier <= 1.0 {
             return s.open_base_ms.min(s.open_max_ms);
         }
-        let grown = s.open_base_ms as f64 * s.open_multiplier.powi(reopenings.min(64) as i32);
+        let grown =
+            s.open_base_ms as f64 * s.open_multiplier.powi(reopenings.min(64).cast_signed());
         if grown >= s.open_max_ms as f64 {
             s.open_max_ms
         } else {
@@ -497,7 +498,10 @@ mod tests {
     fn open_duration_grows_per_reopening_and_is_capped() {
         let core = core(settings());
         open_it(&core, 0);
-        assert_eq!(core.try_acquire(|| 999).unwrap_err().retry_after_ms, Some(1));
+        assert_eq!(
+            core.try_acquire(|| 999).unwrap_err().retry_after_ms,
+            Some(1)
+        );
         // Both half-open probes fail: the circuit reopens for twice the base duration.
         let first = core.try_acquire(|| 1_000).unwrap();
         let second = core.try_acquire(|| 1_000).unwrap();
@@ -505,14 +509,24 @@ mod tests {
         core.record(first, FAIL, || 1_000_000_000);
         core.record(second, FAIL, || 1_000_000_000);
         assert_eq!(core.state(), State::Open);
-        assert_eq!(core.try_acquire(|| 1_000).unwrap_err().retry_after_ms, Some(2_000));
+        assert_eq!(
+            core.try_acquire(|| 1_000).unwrap_err().retry_after_ms,
+            Some(2_000)
+        );
         // Again: 4 s, capped at 3 s.
         let first = core.try_acquire(|| 3_000).unwrap();
         let second = core.try_acquire(|| 3_000).unwrap();
         core.record(first, FAIL, || 3_000_000_000);
         core.record(second, OK, || 3_000_000_000);
-        assert_eq!(core.state(), State::Open, "50% failures meets the 50% threshold");
-        assert_eq!(core.try_acquire(|| 3_000).unwrap_err().retry_after_ms, Some(3_000));
+        assert_eq!(
+            core.state(),
+            State::Open,
+            "50% failures meets the 50% threshold"
+        );
+        assert_eq!(
+            core.try_acquire(|| 3_000).unwrap_err().retry_after_ms,
+            Some(3_000)
+        );
     }
 
     #[test]
@@ -567,7 +581,11 @@ mod loom_tests {
         let listener: Listener = Arc::new(move |_, _| {
             transitions.fetch_add(1, Ordering::SeqCst);
         });
-        Arc::new(Core::new(Window::Count(CountWindow::new(window)), settings, Some(listener)))
+        Arc::new(Core::new(
+            Window::Count(CountWindow::new(window)),
+            settings,
+            Some(listener),
+        ))
     }
 
     fn recount(core: &Core) -> Snapshot {

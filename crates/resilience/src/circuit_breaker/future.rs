@@ -43,10 +43,10 @@ impl Permit {
             Outcome::Ignore => 0,
         };
         let now = (bits != 0 && breaker.needs_clock()).then(|| breaker.now_nanos());
-        if let (Some(threshold), Some(now)) = (breaker.slow_call_nanos(), now) {
-            if now.saturating_sub(started_nanos) >= threshold {
-                bits |= SLOW;
-            }
+        if let (Some(threshold), Some(now)) = (breaker.slow_call_nanos(), now)
+            && now.saturating_sub(started_nanos) >= threshold
+        {
+            bits |= SLOW;
         }
         breaker.record(self.admit, bits, now);
     }
@@ -118,12 +118,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
-            KindProj::Refused { error } => Poll::Ready(Err(error
-                .take()
-                .map_or_else(|| "circuit breaker future polled after completion".into(), Into::into))),
+            KindProj::Refused { error } => Poll::Ready(Err(error.take().map_or_else(
+                || "circuit breaker future polled after completion".into(),
+                Into::into,
+            ))),
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let (Some(permit), Some(classifier)) = (this.permit.take(), this.classifier.as_ref()) {
+                if let (Some(permit), Some(classifier)) =
+                    (this.permit.take(), this.classifier.as_ref())
+                {
                     permit.complete(classifier.classify(result.as_ref()), *this.started_nanos);
                 }
                 Poll::Ready(result.map_err(Into::into))

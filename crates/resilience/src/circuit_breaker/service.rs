@@ -22,7 +22,11 @@ pub struct CircuitBreaker<S, C = DefaultClassifier> {
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {
     fn clone(&self) -> Self {
         // A reservation belongs to the `poll_ready` that made it, never to a clone.
-        Self::new(self.inner.clone(), self.breaker.clone(), self.classifier.clone())
+        Self::new(
+            self.inner.clone(),
+            self.breaker.clone(),
+            self.classifier.clone(),
+        )
     }
 }
 
@@ -97,12 +101,19 @@ where
         match ready {
             Err(open) => ResponseFuture::refused(open),
             Ok(permit) => {
-                let started = if permit.admit() != Admit::Untracked && self.breaker.slow_call_nanos().is_some() {
+                let started = if permit.admit() != Admit::Untracked
+                    && self.breaker.slow_call_nanos().is_some()
+                {
                     self.breaker.now_nanos()
                 } else {
                     0
                 };
-                ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone(), started)
+                ResponseFuture::called(
+                    self.inner.call(request),
+                    permit,
+                    self.classifier.clone(),
+                    started,
+                )
             }
         }
     }

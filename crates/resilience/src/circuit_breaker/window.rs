@@ -320,7 +320,11 @@ mod tests {
         for size in [1usize, 2, 3, 7, 10, 100, 1000, 4097] {
             let window = CountWindow::new(size);
             for position in (0..10_000u32).chain([u32::MAX - 3, u32::MAX - 1, u32::MAX]) {
-                assert_eq!(window.index(position), position as usize % size, "size {size}");
+                assert_eq!(
+                    window.index(position),
+                    position as usize % size,
+                    "size {size}"
+                );
             }
         }
     }
@@ -331,17 +335,35 @@ mod tests {
         for _ in 0..10 {
             window.record(OK);
         }
-        assert_eq!(window.snapshot(), Snapshot { calls: 4, failures: 0, slow: 0 });
+        assert_eq!(
+            window.snapshot(),
+            Snapshot {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            }
+        );
         assert!(window.record(FAIL));
         assert!(window.record(FAIL));
         assert_eq!(window.snapshot().failures, 2);
         // Two successes push both failures out.
         window.record(OK);
         window.record(OK);
-        assert_eq!(window.snapshot().failures, 2, "failures are still the newest two");
+        assert_eq!(
+            window.snapshot().failures,
+            2,
+            "failures are still the newest two"
+        );
         window.record(OK);
         window.record(OK);
-        assert_eq!(window.snapshot(), Snapshot { calls: 4, failures: 0, slow: 0 });
+        assert_eq!(
+            window.snapshot(),
+            Snapshot {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -363,18 +385,30 @@ mod tests {
         window.record(OK, 3 * second);
         assert_eq!(
             window.snapshot(9 * second),
-            Snapshot { calls: 3, failures: 1, slow: 0 }
+            Snapshot {
+                calls: 3,
+                failures: 1,
+                slow: 0
+            }
         );
         // Bucket 0 leaves the window when bucket 10 begins.
         assert_eq!(
             window.snapshot(10 * second),
-            Snapshot { calls: 1, failures: 0, slow: 0 }
+            Snapshot {
+                calls: 1,
+                failures: 0,
+                slow: 0
+            }
         );
         // Writing into a reused slot restarts it rather than adding to stale counts.
         window.record(OK, 10 * second);
         assert_eq!(
             window.snapshot(10 * second),
-            Snapshot { calls: 2, failures: 0, slow: 0 }
+            Snapshot {
+                calls: 2,
+                failures: 0,
+                slow: 0
+            }
         );
     }
 

@@ -21,11 +21,17 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn called(inner: F) -> Self {
-        Self { inner: Some(inner), limited: None }
+        Self {
+            inner: Some(inner),
+            limited: None,
+        }
     }
 
     pub(crate) fn limited(limited: RateLimited) -> Self {
-        Self { inner: None, limited: Some(limited) }
+        Self {
+            inner: None,
+            limited: Some(limited),
+        }
     }
 }
 

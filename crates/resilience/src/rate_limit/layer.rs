@@ -50,7 +50,11 @@ impl Limits {
         let quota = Quota::with_period(period / burst)
             .ok_or(InvalidQuota)?
             .allow_burst(burst_nz);
-        Ok(Self { quota, burst, period })
+        Ok(Self {
+            quota,
+            burst,
+            period,
+        })
     }
 
     fn refused(&self, not_until: &NotUntil<Duration>, clock: &TokioClock) -> RateLimited {
@@ -89,7 +93,9 @@ impl RateLimitLayer {
     /// [`InvalidQuota`] when `burst` is zero or `period / burst` is zero.
     pub fn new(burst: u32, period: Duration) -> Result<Self, InvalidQuota> {
         let limits = Limits::new(burst, period)?;
-        let clock = TokioClock { base: Instant::now() };
+        let clock = TokioClock {
+            base: Instant::now(),
+        };
         Ok(Self {
             limiter: Arc::new(RateLimiter::direct_with_clock(limits.quota, clock)),
             clock,
@@ -163,7 +169,9 @@ where
         let layer = &self.layer;
         match layer.limiter.check() {
             Ok(()) => ResponseFuture::called(self.inner.call(request)),
-            Err(not_until) => ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock)),
+            Err(not_until) => {
+                ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock))
+            }
         }
     }
 }
@@ -218,7 +226,9 @@ where
     /// [`InvalidQuota`] when `burst` is zero or `period / burst` is zero.
     pub fn new(burst: u32, period: Duration, make_key: M) -> Result<Self, InvalidQuota> {
         let limits = Limits::new(burst, period)?;
-        let clock = TokioClock { base: Instant::now() };
+        let clock = TokioClock {
+            base: Instant::now(),
+        };
         Ok(Self {
             make_key,
             max_keys: 100_000,
@@ -305,7 +315,9 @@ where
         let key = self.layer.make_key.make_key(&request);
         match shared.limiter.check_key(&key) {
             Ok(()) => ResponseFuture::called(self.inner.call(request)),
-            Err(not_until) => ResponseFuture::limited(shared.limits.refused(&not_until, &shared.clock)),
+            Err(not_until) => {
+                ResponseFuture::limited(shared.limits.refused(&not_until, &shared.clock))
+            }
         }
     }
 }

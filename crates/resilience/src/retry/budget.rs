@@ -1,10 +1,10 @@
 //! A retry budget: retries as a share of requests, plus a floor, over a sliding time window.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::{Clock, duration_nanos};
-use crate::sync::atomic::{AtomicU64, Ordering};
 
 const BUCKETS: usize = 10;
 /// A retry costs this many milli-tokens; a request deposits `ratio × COST`. Integer arithmetic,
@@ -52,13 +52,17 @@ impl RetryBudget {
     #[must_use]
     pub fn new(ttl: Duration, min_per_second: u32, ratio: f64) -> Self {
         let ttl = ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let ratio = if ratio.is_finite() { ratio.clamp(0.0, 1_000.0) } else { 0.0 };
+        let ratio = if ratio.is_finite() {
+            ratio.clamp(0.0, 1_000.0)
+        } else {
+            0.0
+        };
         Self {
             shared: Arc::new(Shared {
                 clock: Clock::new(),
                 bucket_nanos: duration_nanos(ttl) / BUCKETS as u64,
                 deposit: (ratio * COST as f64).round() as i64,
-                reserve: i64::from(min_per_second) * ttl.as_secs() as i64 * COST,
+                reserve: i64::from(min_per_second) * ttl.as_secs().cast_signed() * COST,
                 // An untouched bucket must read as zero, i.e. the bias.
                 buckets: std::array::from_fn(|_| AtomicU64::new(VALUE_BIAS as u64)),
             }),
@@ -74,6 +78,7 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
+    #[must_use = "a `false` means the retry must not be made"]
     pub fn withdraw(&self) -> bool {
         let s = &*self.shared;
         if s.balance() < COST {
@@ -102,7 +107,7 @@ impl Shared {
         let mut current = bucket.load(Ordering::Relaxed);
         loop {
             let value = if current & !VALUE_MASK == tag {
-                (current & VALUE_MASK) as i64 - VALUE_BIAS
+                (current & VALUE_MASK).cast_signed() - VALUE_BIAS
             } else {
                 0
             };
@@ -125,7 +130,7 @@ impl Shared {
                 let age = epoch.wrapping_sub(word >> VALUE_BITS) & ((1 << EPOCH_BITS) - 1);
                 age < BUCKETS as u64
             })
-            .map(|word| (word & VALUE_MASK) as i64 - VALUE_BIAS)
+            .map(|word| (word & VALUE_MASK).cast_signed() - VALUE_BIAS)
             .sum();
         self.reserve + live
     }

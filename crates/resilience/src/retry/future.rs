@@ -71,7 +71,12 @@ where
         }
     }
 
-    pub(crate) fn retrying(future: S::Future, service: S, request: Req, config: Config<P, B>) -> Self {
+    pub(crate) fn retrying(
+        future: S::Future,
+        service: S,
+        request: Req,
+        config: Config<P, B>,
+    ) -> Self {
         Self {
             state: State::Called { future },
             retry: Some(Retrying {
@@ -122,10 +127,10 @@ where
                 return None;
             }
         }
-        if let Some(budget) = &config.budget {
-            if !budget.withdraw() {
-                return None;
-            }
+        if let Some(budget) = &config.budget
+            && !budget.withdraw()
+        {
+            return None;
         }
         self.next = Some(config.policy.clone_request(&self.request)?);
         self.attempts += 1;
@@ -155,7 +160,9 @@ where
                     match delay {
                         None => return Poll::Ready(result.map_err(Into::into)),
                         Some(Duration::ZERO) => this.state.set(State::Readying),
-                        Some(delay) => this.state.set(State::Sleeping { sleep: sleep(delay) }),
+                        Some(delay) => this.state.set(State::Sleeping {
+                            sleep: sleep(delay),
+                        }),
                     }
                 }
                 StateProj::Sleeping { sleep } => {

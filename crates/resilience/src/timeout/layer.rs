@@ -7,8 +7,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use crate::deadline::{CarriesDeadline, Deadline};
 use crate::BoxError;
+use crate::deadline::{CarriesDeadline, Deadline};
 
 /// How a [`Timeout`] learns a request's deadline.
 pub trait ReadDeadline<Req> {

@@ -50,5 +50,7 @@ mod layer;
 pub mod error;
 pub mod future;
 
+pub use self::layer::{
+    DeadlineLayer, DeadlineService, FromRequest, Ignore, ReadDeadline, Timeout, TimeoutLayer,
+};
 pub use crate::deadline::{CarriesDeadline, Deadline};
-pub use self::layer::{DeadlineLayer, DeadlineService, FromRequest, Ignore, ReadDeadline, Timeout, TimeoutLayer};

@@ -1,0 +1,407 @@
+//! HTTP integration: safe retries, status-based breaking, deadlines over the wire, and RFC 9457
+//! problem responses for local rejections.
+//!
+//! * `http::Request` implements [`CarriesDeadline`]: the deadline lives in the request's
+//!   extensions and is sent to the next hop in the [`DEADLINE_HEADER`] header as the remaining
+//!   milliseconds; a server reads it back from the header.
+//! * [`HttpRetryPolicy`] (with `retry`) replays only idempotent methods (`GET`, `HEAD`,
+//!   `OPTIONS`, `TRACE`, `PUT`, `DELETE`) or requests carrying an `Idempotency-Key`, retries
+//!   `502`, `503`, `504` and `429`, and waits at least what `Retry-After` asks.
+//! * [`StatusClassifier`] (with `circuit-breaker`) counts `5xx` as failures; `4xx` are the
+//!   client's mistakes and say nothing about the endpoint.
+//! * [`ProblemLayer`] answers what the layers below refused or timed out with an
+//!   `application/problem+json` response: `503` (open circuit, full bulkhead) or `429` (rate
+//!   limited) with `Retry-After` and `RateLimit-*` headers, `504` for timeouts and deadlines.
+//!   Its error type is `Infallible`, so axum needs no `HandleErrorLayer`.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(all(feature = "bulkhead"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use http::{Request, Response, StatusCode};
+//! use mainstay_resilience::{bulkhead::BulkheadLayer, http::ProblemLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let mut service = ServiceBuilder::new()
+//!     // Seen first: turns rejections from the layers below into responses.
+//!     .layer(ProblemLayer::new())
+//!     .layer(BulkheadLayer::new(1))
+//!     .service(service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+//!     }));
+//!
+//! let busy = service.ready().await.unwrap().call(Request::new(String::new()));
+//! let refused = service.ready().await.unwrap().call(Request::new(String::new())).await.unwrap();
+//! assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(refused.headers()["content-type"], "application/problem+json");
+//! assert_eq!(busy.await.unwrap().status(), StatusCode::OK);
+//! # }
+//! # #[cfg(not(feature = "bulkhead"))]
+//! # fn main() {}
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::deadline::{CarriesDeadline, Deadline};
+use crate::rejection::{RejectionKind, local_rejection};
+
+/// The header a deadline travels in: the milliseconds left when the request was sent.
+pub const DEADLINE_HEADER: HeaderName = HeaderName::from_static("x-request-deadline");
+
+/// The header that makes a non-idempotent request safe to retry.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+impl<B> CarriesDeadline for Request<B> {
+    fn deadline(&self) -> Option<Deadline> {
+        if let Some(deadline) = self.extensions().get::<Deadline>() {
+            return Some(*deadline);
+        }
+        let millis: u64 = self
+            .headers()
+            .get(&DEADLINE_HEADER)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Deadline::after(Duration::from_millis(millis)))
+    }
+
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().insert(deadline);
+        let millis = u64::try_from(deadline.remaining().as_millis()).unwrap_or(u64::MAX);
+        self.headers_mut()
+            .insert(DEADLINE_HEADER, HeaderValue::from(millis));
+    }
+}
+
+/// `Retry-After` as a duration from now: delta-seconds or an HTTP date.
+#[must_use]
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Whether an HTTP request may be sent twice: an idempotent method, or an `Idempotency-Key`.
+#[must_use]
+pub fn is_replay_safe<B>(request: &Request<B>) -> bool {
+    request.method().is_idempotent() || request.headers().contains_key(&IDEMPOTENCY_KEY)
+}
+
+#[cfg(feature = "retry")]
+pub use self::retry_policy::HttpRetryPolicy;
+
+#[cfg(feature = "retry")]
+mod retry_policy {
+    use http::{Request, Response, StatusCode};
+
+    use super::{is_replay_safe, retry_after};
+    use crate::deadline::{CarriesDeadline, Deadline};
+    use crate::retry::{Decision, Policy};
+
+    /// Retries idempotent HTTP requests (or ones with an `Idempotency-Key`) on transport errors
+    /// and on `502`, `503`, `504` and `429`, waiting at least what `Retry-After` asks.
+    ///
+    /// The request body must be `Clone` (for example `Full<Bytes>` or `String`); a request that
+    /// is not safe to replay is sent once.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct HttpRetryPolicy;
+
+    impl<B: Clone, ResB, E> Policy<Request<B>, Response<ResB>, E> for HttpRetryPolicy {
+        fn clone_request(&self, request: &Request<B>) -> Option<Request<B>> {
+            is_replay_safe(request).then(|| request.clone())
+        }
+
+        fn decide(&self, _: &Request<B>, result: Result<&Response<ResB>, &E>) -> Decision {
+            let Ok(response) = result else {
+                return Decision::Retry;
+            };
+            match response.status() {
+                StatusCode::BAD_GATEWAY
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+                | StatusCode::TOO_MANY_REQUESTS => {
+                    retry_after(response.headers()).map_or(Decision::Retry, Decision::RetryAfter)
+                }
+                _ => Decision::Done,
+            }
+        }
+
+        fn deadline(&self, request: &Request<B>) -> Option<Deadline> {
+            request.deadline()
+        }
+    }
+}
+
+#[cfg(feature = "circuit-breaker")]
+pub use self::classifier::StatusClassifier;
+
+#[cfg(feature = "circuit-breaker")]
+mod classifier {
+    use http::Response;
+
+    use crate::circuit_breaker::{Classify, DefaultClassifier, Outcome};
+
+    /// Counts `5xx` responses and errors as failures, ignores local rejections from layers below
+    /// (as [`DefaultClassifier`] does), and counts everything else as a success.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct StatusClassifier;
+
+    impl<B, E: 'static> Classify<Response<B>, E> for StatusClassifier {
+        fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
+            match result {
+                Ok(response) if response.status().is_server_error() => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(e) => Classify::<Response<B>, E>::classify(&DefaultClassifier, Err(e)),
+            }
+        }
+    }
+}
+
+/// Turns errors of the layers below into `application/problem+json` responses; see the
+/// [module docs](self).
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemLayer {
+    other: StatusCode,
+}
+
+impl ProblemLayer {
+    /// Errors that are not rejections or timeouts become `500 Internal Server Error`, with no
+    /// detail (the error's text may hold internals).
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            other: StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The status for other errors: `502 Bad Gateway` suits a client stack, where they are the
+    /// upstream's failures.
+    #[must_use]
+    pub fn other_errors(mut self, status: StatusCode) -> Self {
+        self.other = status;
+        self
+    }
+}
+
+impl Default for ProblemLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for ProblemLayer {
+    type Service = Problem<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Problem {
+            inner,
+            other: self.other,
+            ready_error: None,
+        }
+    }
+}
+
+/// Middleware made by [`ProblemLayer`].
+#[derive(Debug)]
+pub struct Problem<S> {
+    inner: S,
+    other: StatusCode,
+    ready_error: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for Problem<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            other: self.other,
+            ready_error: None,
+        }
+    }
+}
+
+impl<S, Req, B> Service<Req> for Problem<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    B: From<String>,
+{
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = ProblemFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.ready_error.is_none()
+            && let Err(e) = ready!(self.inner.poll_ready(cx))
+        {
+            // Answered by `call`, which is where a response can be returned.
+            self.ready_error = Some(e.into());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        match self.ready_error.take() {
+            Some(error) => ProblemFuture {
+                inner: None,
+                error: Some(error),
+                other: self.other,
+            },
+            None => ProblemFuture {
+                inner: Some(self.inner.call(request)),
+                error: None,
+                other: self.other,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Problem`].
+    #[derive(Debug)]
+    pub struct ProblemFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        error: Option<BoxError>,
+        other: StatusCode,
+    }
+}
+
+impl<F, B, E> Future for ProblemFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: From<String>,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let error = match this.inner.as_pin_mut() {
+            Some(inner) => match ready!(inner.poll(cx)) {
+                Ok(response) => return Poll::Ready(Ok(response)),
+                Err(e) => e.into(),
+            },
+            None => this
+                .error
+                .take()
+                .unwrap_or_else(|| "problem future polled after completion".into()),
+        };
+        Poll::Ready(Ok(problem_for(&*error, *this.other)))
+    }
+}
+
+/// The problem response for an error of the layers below.
+fn problem_for<B: From<String>>(
+    error: &(dyn std::error::Error + 'static),
+    other: StatusCode,
+) -> Response<B> {
+    if let Some(rejection) = local_rejection(error) {
+        let (status, detail) = match rejection.kind {
+            RejectionKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded"),
+            RejectionKind::BulkheadFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight",
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream temporarily unavailable (circuit open)",
+            ),
+        };
+        let mut response = problem(status, detail);
+        if let Some(wait) = rejection.retry_after {
+            // Whole seconds, rounded up: a client must not come back early.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        #[cfg(feature = "rate-limit")]
+        rate_limit_headers(error, response.headers_mut());
+        return response;
+    }
+    if is_timeout(error) {
+        return problem(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the request did not complete in time",
+        );
+    }
+    problem(other, other.canonical_reason().unwrap_or("error"))
+}
+
+#[cfg(feature = "rate-limit")]
+fn rate_limit_headers(error: &(dyn std::error::Error + 'static), headers: &mut HeaderMap) {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(limited) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
+            let reset = limited.retry_after();
+            let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+            headers.insert(
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(limited.limit()),
+            );
+            headers.insert(
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(0u32),
+            );
+            headers.insert(
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(reset.max(1)),
+            );
+            return;
+        }
+        current = e.source();
+    }
+}
+
+#[allow(unused_variables)]
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        #[cfg(feature = "timeout")]
+        if e.is::<crate::timeout::error::Elapsed>()
+            || e.is::<crate::timeout::error::DeadlineExceeded>()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// An RFC 9457 problem response with `type: about:blank`, the status's title and `detail`.
+fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = format!(
+        r#"{{"type":"about:blank","title":"{title}","status":{},"detail":"{}"}}"#,
+        status.as_u16(),
+        detail.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
