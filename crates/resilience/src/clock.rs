@@ -19,6 +19,7 @@ impl Clock {
     }
 
     /// Nanoseconds since this clock was created (saturating at `u64::MAX`, about 584 years).
+    #[inline]
     pub(crate) fn now_nanos(&self) -> u64 {
         duration_nanos(Instant::now().saturating_duration_since(self.base))
     }

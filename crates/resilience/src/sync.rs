@@ -1,8 +1,23 @@
 //! Atomics used by the lock-free state machines, swapped for loom's under `--cfg mainstay_loom`
-//! so `tests/loom.rs` can explore every interleaving of the breaker core.
+//! so the breaker core's loom tests can explore every interleaving.
 
 #[cfg(not(mainstay_loom))]
 pub(crate) use std::sync::atomic;
 
 #[cfg(mainstay_loom)]
 pub(crate) use loom::sync::atomic;
+
+/// Keeps a value on cache lines of its own (128 bytes: x86 prefetches lines in pairs), so that a
+/// word written on every call does not evict a word read on every call from other cores.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

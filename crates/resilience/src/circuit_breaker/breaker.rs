@@ -182,6 +182,7 @@ impl Breaker {
         });
     }
 
+    #[inline]
     pub(crate) fn cancel(&self, admit: Admit) {
         self.shared.core.cancel(admit);
     }

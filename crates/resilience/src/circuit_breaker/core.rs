@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::State;
 use super::window::{FAILED, RECORDED, SLOW, Snapshot, Window};
+use crate::sync::CachePadded;
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const STATE_BITS: u32 = 4;
@@ -139,7 +140,9 @@ pub(crate) struct Refused {
 
 /// The lock-free breaker.
 pub(crate) struct Core {
-    state: AtomicU64,
+    /// Read by every call, written only on transitions: on its own lines, away from the window's
+    /// write position and from the `Arc` reference count next to this struct.
+    state: CachePadded<AtomicU64>,
     half_open: AtomicU64,
     consecutive_opens: AtomicU32,
     refused: AtomicU64,
@@ -167,7 +170,7 @@ impl Core {
             State::Closed | State::Open | State::HalfOpen => CLOSED,
         };
         Self {
-            state: AtomicU64::new(pack(initial, 0, 0)),
+            state: CachePadded(AtomicU64::new(pack(initial, 0, 0))),
             half_open: AtomicU64::new(0),
             consecutive_opens: AtomicU32::new(0),
             refused: AtomicU64::new(0),
@@ -177,6 +180,7 @@ impl Core {
         }
     }
 
+    #[inline]
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -186,6 +190,7 @@ impl Core {
     }
 
     /// Whether recording an outcome needs the time (time windows and slow-call detection).
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
         self.window.needs_clock() || self.settings.slow_call_nanos.is_some()
     }
@@ -293,6 +298,7 @@ impl Core {
 
     /// Returns a permit whose call was dropped before it finished: cancellation is neither a
     /// success nor a failure, and the permit goes to the next probe.
+    #[inline]
     pub(crate) fn cancel(&self, admit: Admit) {
         if let Admit::HalfOpen(generation) = admit {
             self.record_probe(generation, None, || 0);

@@ -22,6 +22,7 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
+    #[inline]
     pub(crate) fn new(breaker: Breaker, admit: Admit) -> Self {
         Self {
             breaker,
@@ -30,10 +31,12 @@ impl Permit {
         }
     }
 
+    #[inline]
     pub(crate) fn admit(&self) -> Admit {
         self.admit
     }
 
+    #[inline]
     fn complete(mut self, outcome: Outcome, started_nanos: u64) {
         self.done = true;
         let breaker = &self.breaker;
@@ -53,6 +56,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             self.breaker.cancel(self.admit);

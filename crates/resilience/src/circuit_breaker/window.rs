@@ -10,6 +10,7 @@
 //!   bucket from an older period is recognised and restarted inside the same CAS that records into
 //!   it: there is no separate rotation step that could race with writers.
 
+use crate::sync::CachePadded;
 use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// The call completed.
@@ -43,6 +44,10 @@ impl Snapshot {
 
 /// Either kind of window.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per breaker; the count window's padding is deliberate and boxing it would add an indirection to every call"
+)]
 pub(crate) enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -74,6 +79,7 @@ impl Window {
     }
 
     /// Whether recording needs the current time.
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
         matches!(self, Window::Time(_))
     }
@@ -115,7 +121,7 @@ pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
     /// Position of the next write; wraps at 2^32 (one slot is reused early once every 4 billion
     /// calls when `n` is not a power of two).
-    head: AtomicU32,
+    head: CachePadded<AtomicU32>,
     /// Lemire's fast-modulo constant for `slots.len()`.
     modulo: u64,
     totals: AtomicU64,
@@ -127,7 +133,7 @@ impl CountWindow {
         let divisor = size as u64;
         Self {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
-            head: AtomicU32::new(0),
+            head: CachePadded(AtomicU32::new(0)),
             modulo: (u64::MAX / divisor).wrapping_add(1),
             totals: AtomicU64::new(PACKED_BIAS),
         }

@@ -19,7 +19,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Called { #[pin] future: F },
-        Sleeping { #[pin] sleep: Sleep },
+        // Boxed: only retries pay for it, and the future every call carries stays small.
+        Sleeping { sleep: Pin<Box<Sleep>> },
         Readying,
     }
 }
@@ -161,12 +162,12 @@ where
                         None => return Poll::Ready(result.map_err(Into::into)),
                         Some(Duration::ZERO) => this.state.set(State::Readying),
                         Some(delay) => this.state.set(State::Sleeping {
-                            sleep: sleep(delay),
+                            sleep: Box::pin(sleep(delay)),
                         }),
                     }
                 }
                 StateProj::Sleeping { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -10,14 +11,26 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use super::error::{DeadlineExceeded, Elapsed};
 use crate::BoxError;
 
+/// When the future gives up.
 #[derive(Debug, Clone, Copy)]
 enum Limit {
-    Timeout,
-    Deadline,
+    /// `timeout` after the first poll, or at `deadline` if that comes first.
+    Attempt {
+        timeout: Duration,
+        deadline: Option<Instant>,
+    },
+    /// At this instant.
+    Deadline(Instant),
+    /// Already passed: fail without polling anything.
+    Expired,
 }
 
 pin_project! {
-    /// Races the inner future against a timer (held inline: no allocation).
+    /// Races the inner future against a timer.
+    ///
+    /// The timer is only created when the inner future first returns `Pending`: a call that
+    /// completes on its first poll never touches tokio's timer wheel, which is most of what a
+    /// timeout costs.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
@@ -25,23 +38,26 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         limit: Limit,
+        expires_as_deadline: bool,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn timeout(inner: F, at: Instant) -> Self {
+    pub(crate) fn attempt(inner: F, timeout: Duration, deadline: Option<Instant>) -> Self {
         Self {
             inner: Some(inner),
-            sleep: Some(sleep_until(at)),
-            limit: Limit::Timeout,
+            sleep: None,
+            limit: Limit::Attempt { timeout, deadline },
+            expires_as_deadline: false,
         }
     }
 
     pub(crate) fn deadline(inner: F, at: Instant) -> Self {
         Self {
             inner: Some(inner),
-            sleep: Some(sleep_until(at)),
-            limit: Limit::Deadline,
+            sleep: None,
+            limit: Limit::Deadline(at),
+            expires_as_deadline: true,
         }
     }
 
@@ -49,7 +65,8 @@ impl<F> ResponseFuture<F> {
         Self {
             inner: None,
             sleep: None,
-            limit: Limit::Deadline,
+            limit: Limit::Expired,
+            expires_as_deadline: true,
         }
     }
 }
@@ -62,17 +79,35 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Err(DeadlineExceeded::new().into()));
         };
         if let Poll::Ready(result) = inner.poll(cx) {
             return Poll::Ready(result.map_err(Into::into));
         }
+        if this.sleep.is_none() {
+            let at = match *this.limit {
+                Limit::Attempt { timeout, deadline } => {
+                    let end = Instant::now() + timeout;
+                    match deadline {
+                        Some(deadline) if deadline < end => {
+                            *this.expires_as_deadline = true;
+                            deadline
+                        }
+                        _ => end,
+                    }
+                }
+                Limit::Deadline(at) => at,
+                Limit::Expired => return Poll::Ready(Err(DeadlineExceeded::new().into())),
+            };
+            this.sleep.set(Some(sleep_until(at)));
+        }
         match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Err(match this.limit {
-                Limit::Timeout => Elapsed::new().into(),
-                Limit::Deadline => DeadlineExceeded::new().into(),
+            Some(Poll::Ready(())) => Poll::Ready(Err(if *this.expires_as_deadline {
+                DeadlineExceeded::new().into()
+            } else {
+                Elapsed::new().into()
             })),
             _ => Poll::Pending,
         }

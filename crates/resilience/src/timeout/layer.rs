@@ -2,7 +2,6 @@ use std::marker::PhantomData;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -44,7 +43,8 @@ pub struct TimeoutLayer<D = Ignore> {
 }
 
 impl TimeoutLayer {
-    /// Fails an attempt with [`Elapsed`](super::error::Elapsed) after `timeout`.
+    /// Fails an attempt with [`Elapsed`](super::error::Elapsed) after `timeout`, counted from
+    /// the first poll of the response future (when the inner service starts working).
     #[must_use]
     pub fn new(timeout: Duration) -> Self {
         Self {
@@ -116,14 +116,15 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let attempt_end = Instant::now() + self.timeout;
-        match self.read.deadline(&request) {
-            Some(deadline) if deadline.is_expired() => ResponseFuture::expired(),
-            Some(deadline) if deadline.instant() < attempt_end => {
-                ResponseFuture::deadline(self.inner.call(request), deadline.instant())
-            }
-            _ => ResponseFuture::timeout(self.inner.call(request), attempt_end),
+        let deadline = self.read.deadline(&request);
+        if deadline.is_some_and(Deadline::is_expired) {
+            return ResponseFuture::expired();
         }
+        ResponseFuture::attempt(
+            self.inner.call(request),
+            self.timeout,
+            deadline.map(Deadline::instant),
+        )
     }
 }
 
