@@ -294,7 +294,7 @@ where
     let mut service = make();
     let rt = runtime();
     group.bench_function(name, |b| {
-        b.iter_custom(|iters| drive(&mut service, iters, &rt))
+        b.iter_custom(|iters| drive(&mut service, iters, &rt));
     });
 }
 
@@ -303,7 +303,7 @@ where
     S: Service<u64> + Clone + Send + 'static,
 {
     let service = make();
-    group.bench_function(name, |b| b.iter_custom(|iters| drive_two(&service, iters)));
+    group.bench_function(name, |b| b.iter_custom(|iters| drive_two(&service, iters)););
 }
 
 fn one_thread(c: &mut Criterion) {
