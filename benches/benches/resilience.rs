@@ -303,7 +303,9 @@ where
     S: Service<u64> + Clone + Send + 'static,
 {
     let service = make();
-    group.bench_function(name, |b| b.iter_custom(|iters| drive_two(&service, iters)););
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| drive_two(&service, iters));
+    });
 }
 
 fn one_thread(c: &mut Criterion) {
