@@ -81,6 +81,28 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
     /// problem responses.
     #[cfg(feature = "http")]
     fn problem_responses(self) -> ServiceBuilder<Stack<crate::http::ProblemLayer, L>>;
+
+    /// A [`FallbackLayer`](crate::fallback::FallbackLayer) answering every error with
+    /// `fallback(error)`.
+    #[cfg(feature = "fallback")]
+    fn fallback<F>(
+        self,
+        fallback: F,
+    ) -> ServiceBuilder<Stack<crate::fallback::FallbackLayer<F>, L>>;
+
+    /// A configured [`HedgeLayer`](crate::hedge::HedgeLayer).
+    #[cfg(feature = "hedge")]
+    fn hedge<P>(
+        self,
+        layer: crate::hedge::HedgeLayer<P>,
+    ) -> ServiceBuilder<Stack<crate::hedge::HedgeLayer<P>, L>>;
+
+    /// A configured [`AdaptiveLimitLayer`](crate::adaptive::AdaptiveLimitLayer).
+    #[cfg(feature = "adaptive")]
+    fn adaptive_limit<A>(
+        self,
+        layer: crate::adaptive::AdaptiveLimitLayer<A>,
+    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A>, L>>;
 }
 
 mod sealed {
@@ -141,5 +163,29 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "http")]
     fn problem_responses(self) -> ServiceBuilder<Stack<crate::http::ProblemLayer, L>> {
         self.layer(crate::http::ProblemLayer::new())
+    }
+
+    #[cfg(feature = "fallback")]
+    fn fallback<F>(
+        self,
+        fallback: F,
+    ) -> ServiceBuilder<Stack<crate::fallback::FallbackLayer<F>, L>> {
+        self.layer(crate::fallback::FallbackLayer::new(fallback))
+    }
+
+    #[cfg(feature = "hedge")]
+    fn hedge<P>(
+        self,
+        layer: crate::hedge::HedgeLayer<P>,
+    ) -> ServiceBuilder<Stack<crate::hedge::HedgeLayer<P>, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "adaptive")]
+    fn adaptive_limit<A>(
+        self,
+        layer: crate::adaptive::AdaptiveLimitLayer<A>,
+    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A>, L>> {
+        self.layer(layer)
     }
 }

@@ -323,6 +323,7 @@ fn problem_for<B: From<String>>(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight",
             ),
+            RejectionKind::Shed => (StatusCode::SERVICE_UNAVAILABLE, "overloaded: request shed"),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream temporarily unavailable (circuit open)",

@@ -1,7 +1,7 @@
 //! Local rejections: calls a layer of this crate refused without sending them.
 //!
-//! An open circuit, a full bulkhead and a rate limit all answer before the request leaves the
-//! process. They say nothing about the endpoint's health, so the layers of this crate treat them
+//! An open circuit, a full bulkhead, a rate limit and load shedding all answer before the
+//! request leaves the process. They say nothing about the endpoint's health, so the layers of this crate treat them
 //! alike:
 //!
 //! * retry does not retry them against the same endpoint and does not charge them to its budget;
@@ -25,6 +25,8 @@ pub enum RejectionKind {
     BulkheadFull,
     /// A rate limiter refused the call.
     RateLimited,
+    /// An adaptive concurrency limiter shed the call.
+    Shed,
 }
 
 /// A recognised local rejection.
@@ -75,6 +77,10 @@ fn recognise(e: &(dyn Error + 'static)) -> Option<LocalRejection> {
     if let Some(leaf) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
         return Some(leaf.rejection());
     }
+    #[cfg(feature = "adaptive")]
+    if let Some(leaf) = e.downcast_ref::<crate::adaptive::error::Shed>() {
+        return Some(leaf.rejection());
+    }
     None
 }
 
@@ -90,6 +96,10 @@ fn recognise_any(e: &dyn Any) -> Option<LocalRejection> {
     }
     #[cfg(feature = "rate-limit")]
     if let Some(leaf) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
+        return Some(leaf.rejection());
+    }
+    #[cfg(feature = "adaptive")]
+    if let Some(leaf) = e.downcast_ref::<crate::adaptive::error::Shed>() {
         return Some(leaf.rejection());
     }
     None
