@@ -272,6 +272,58 @@ fn peer_stack() -> impl Service<u64> + Clone + Send + 'static {
         .service(Noop)
 }
 
+fn mainstay_adaptive() -> impl Service<u64> + Clone + Send + 'static {
+    use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd};
+    AdaptiveLimitLayer::new(Aimd::default().initial(1_000).max(2_000)).layer(Noop)
+}
+
+fn peer_adaptive() -> impl Service<u64> + Clone + Send + 'static {
+    let aimd = tower_resilience::adaptive::Aimd::builder()
+        .initial_limit(1_000)
+        .max_limit(2_000)
+        .build()
+        .expect("aimd");
+    tower_resilience::adaptive::AdaptiveLimiterLayer::new(aimd).layer(Noop)
+}
+
+fn mainstay_fallback() -> impl Service<u64> + Clone + Send + 'static {
+    mainstay_resilience::fallback::FallbackLayer::new(|_: tower::BoxError| {
+        ready(Ok::<u64, tower::BoxError>(0))
+    })
+    .layer(Noop)
+}
+
+fn peer_fallback() -> impl Service<u64> + Clone + Send + 'static {
+    tower_resilience::fallback::FallbackLayer::<u64, u64, Infallible>::value(0).layer(Noop)
+}
+
+/// Hedging on the fast path: the delay is known (warmed up) but calls finish before it.
+fn mainstay_hedge() -> impl Service<u64> + Clone + Send + 'static {
+    let layer =
+        mainstay_resilience::hedge::HedgeLayer::new(mainstay_resilience::retry::RetryErrors)
+            .period(Duration::from_secs(3_600))
+            .min_samples(1);
+    layer.layer(Noop)
+}
+
+#[derive(Clone, Copy)]
+struct TowerHedgePolicy;
+
+impl tower::hedge::Policy<u64> for TowerHedgePolicy {
+    fn clone_request(&self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+
+    fn can_retry(&self, _: &u64) -> bool {
+        true
+    }
+}
+
+/// Not `Clone`, so it only runs in the one-thread group.
+fn tower_hedge() -> impl Service<u64> + Send + 'static {
+    tower::hedge::Hedge::new::<u64>(Noop, TowerHedgePolicy, 1, 0.95, Duration::from_secs(1))
+}
+
 fn failsafe_breaker() -> impl failsafe::CircuitBreaker {
     failsafe::Config::new().build()
 }
@@ -289,7 +341,7 @@ fn recloser_breaker() -> recloser::Recloser {
 
 fn bench_async<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, make: impl Fn() -> S)
 where
-    S: Service<u64> + Clone + Send + 'static,
+    S: Service<u64>,
 {
     let mut service = make();
     let rt = runtime();
@@ -359,6 +411,15 @@ fn one_thread(c: &mut Criterion) {
 
     bench_async(&mut group, "rate limit/mainstay", mainstay_rate_limit);
 
+    bench_async(&mut group, "adaptive/mainstay AIMD", mainstay_adaptive);
+    bench_async(&mut group, "adaptive/tower-resilience AIMD", peer_adaptive);
+
+    bench_async(&mut group, "fallback/mainstay", mainstay_fallback);
+    bench_async(&mut group, "fallback/tower-resilience", peer_fallback);
+
+    bench_async(&mut group, "hedge/mainstay", mainstay_hedge);
+    bench_async(&mut group, "hedge/tower Hedge", tower_hedge);
+
     bench_async(&mut group, "stack/mainstay", mainstay_stack);
     bench_async(&mut group, "stack/tower + tower-resilience", peer_stack);
     group.finish();
@@ -418,7 +479,7 @@ fn allocations_per_call<S: Service<u64>>(mut service: S) -> f64 {
 }
 
 fn print_allocations() {
-    let rows: [(&str, f64); 15] = [
+    let rows: [(&str, f64); 21] = [
         ("bare no-op service", allocations_per_call(Noop)),
         (
             "breaker/mainstay count window",
@@ -456,6 +517,24 @@ fn print_allocations() {
             "rate limit/mainstay",
             allocations_per_call(mainstay_rate_limit()),
         ),
+        (
+            "adaptive/mainstay AIMD",
+            allocations_per_call(mainstay_adaptive()),
+        ),
+        (
+            "adaptive/tower-resilience AIMD",
+            allocations_per_call(peer_adaptive()),
+        ),
+        (
+            "fallback/mainstay",
+            allocations_per_call(mainstay_fallback()),
+        ),
+        (
+            "fallback/tower-resilience",
+            allocations_per_call(peer_fallback()),
+        ),
+        ("hedge/mainstay", allocations_per_call(mainstay_hedge())),
+        ("hedge/tower Hedge", allocations_per_call(tower_hedge())),
         ("stack/mainstay", allocations_per_call(mainstay_stack())),
         (
             "stack/tower + tower-resilience",

@@ -39,8 +39,11 @@ pub mod timeout;
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;
 
-#[cfg(feature = "rate-limit")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "circuit-breaker",
+    feature = "bulkhead"
+))]
 pub mod keyed;
 
 #[cfg(feature = "fallback")]

@@ -7,6 +7,7 @@
 //! made from one layer share its slots.
 //!
 //! A slot is taken in `poll_ready` and held until the response future finishes or is dropped.
+//! [`KeyedBulkheadLayer`] gives each key (tenant, user, route) slots of its own.
 //!
 //! # Example
 //!
@@ -30,11 +31,13 @@
 //! # }
 //! ```
 
+mod keyed;
 mod layer;
 mod service;
 
 pub mod error;
 pub mod future;
 
+pub use self::keyed::{KeyedBulkhead, KeyedBulkheadLayer};
 pub use self::layer::BulkheadLayer;
 pub use self::service::Bulkhead;

@@ -195,6 +195,7 @@ enum WindowSpec {
 }
 
 /// Configures a [`Breaker`]. Every setting is checked by [`build`](Builder::build).
+#[derive(Clone)]
 pub struct Builder {
     window: WindowSpec,
     failure_rate: f64,
@@ -336,6 +337,11 @@ impl Builder {
     ///
     /// [`ConfigError`] names the first setting that is out of range.
     pub fn build(self) -> Result<Breaker, ConfigError> {
+        Ok(self.validate()?.make())
+    }
+
+    /// Checks the settings once; the result makes any number of breakers (one per key).
+    pub(crate) fn validate(self) -> Result<Validated, ConfigError> {
         let failure_rate_bp = rate_bp("failure rate", self.failure_rate)?;
         let (slow_call_nanos, slow_rate_bp) = match self.slow_call {
             Some((threshold, rate)) => {
@@ -379,7 +385,7 @@ impl Builder {
         let window = match self.window {
             WindowSpec::Count(calls) => {
                 count("count window", calls as u64, MAX_COUNT_WINDOW as u64)?;
-                Window::Count(CountWindow::new(calls))
+                WindowSpec::Count(calls)
             }
             WindowSpec::Time { length, buckets } => {
                 count("time window buckets", buckets as u64, MAX_BUCKETS as u64)?;
@@ -389,7 +395,10 @@ impl Builder {
                         name: "time window bucket",
                     });
                 }
-                Window::Time(TimeWindow::new(bucket, buckets))
+                WindowSpec::Time {
+                    length: Duration::from_nanos(bucket),
+                    buckets,
+                }
             }
         };
         let settings = Settings {
@@ -406,12 +415,47 @@ impl Builder {
             slow_call_nanos,
             initial: self.initial,
         };
-        Ok(Breaker {
+        Ok(Validated {
+            window,
+            settings,
+            listener: self.listener,
+        })
+    }
+}
+
+/// Settings that passed [`Builder::validate`]: every breaker made from them is valid.
+#[derive(Clone)]
+pub(crate) struct Validated {
+    /// For a time window, `length` holds the bucket length.
+    window: WindowSpec,
+    settings: Settings,
+    listener: Option<super::core::Listener>,
+}
+
+impl fmt::Debug for Validated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validated")
+            .field("window", &self.window)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Validated {
+    /// A new breaker with these settings.
+    pub(crate) fn make(&self) -> Breaker {
+        let window = match self.window {
+            WindowSpec::Count(calls) => Window::Count(CountWindow::new(calls)),
+            WindowSpec::Time { length, buckets } => {
+                Window::Time(TimeWindow::new(duration_nanos(length), buckets))
+            }
+        };
+        Breaker {
             shared: Arc::new(Shared {
-                core: Core::new(window, settings, self.listener),
+                core: Core::new(window, self.settings.clone(), self.listener.clone()),
                 clock: Clock::new(),
             }),
-        })
+        }
     }
 }
 

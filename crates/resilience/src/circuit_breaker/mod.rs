@@ -16,6 +16,8 @@
 //!   hang), and cancellation-safe: a probe whose future is dropped returns its permit.
 //! * **Generations.** Every transition starts a new generation; an outcome that arrives from an
 //!   older one (a slow call admitted before the circuit opened) is ignored.
+//! * **Keyed.** [`KeyedCircuitBreakerLayer`] keeps one breaker per host, route or tenant, in a
+//!   registry of bounded size.
 //! * **Special states.** [`State::Disabled`], [`State::ForcedOpen`] and [`State::MetricsOnly`],
 //!   switched by hand through the [`Breaker`] handle, which also reads [`Metrics`].
 //!
@@ -60,6 +62,7 @@
 mod breaker;
 mod classify;
 pub(crate) mod core;
+mod keyed;
 mod layer;
 mod service;
 pub(crate) mod window;
@@ -69,6 +72,7 @@ pub mod future;
 
 pub use self::breaker::{Breaker, Builder, Metrics};
 pub use self::classify::{Classify, DefaultClassifier, Outcome};
+pub use self::keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 
