@@ -68,21 +68,8 @@ impl<P, B> RetryLayer<P, B> {
     /// Uses another policy.
     #[must_use]
     pub fn policy<P2>(self, policy: P2) -> RetryLayer<P2, B> {
-        let Config {
-            backoff,
-            max_attempts,
-            budget,
-            max_retry_after,
-            ..
-        } = self.config;
         RetryLayer {
-            config: Config {
-                policy,
-                backoff,
-                max_attempts,
-                budget,
-                max_retry_after,
-            },
+            config: self.config.map(|_| policy, |backoff| backoff),
         }
     }
 
@@ -90,21 +77,32 @@ impl<P, B> RetryLayer<P, B> {
     /// [`MakeBackoff`], such as a closure returning an iterator of durations.
     #[must_use]
     pub fn backoff<B2: MakeBackoff>(self, backoff: B2) -> RetryLayer<P, B2> {
+        RetryLayer {
+            config: self.config.map(|policy| policy, |_| backoff),
+        }
+    }
+}
+
+impl<P, B> Config<P, B> {
+    /// The same settings with the policy and backoff replaced.
+    fn map<P2, B2>(
+        self,
+        policy: impl FnOnce(P) -> P2,
+        backoff: impl FnOnce(B) -> B2,
+    ) -> Config<P2, B2> {
         let Config {
-            policy,
+            policy: old_policy,
+            backoff: old_backoff,
             max_attempts,
             budget,
             max_retry_after,
-            ..
-        } = self.config;
-        RetryLayer {
-            config: Config {
-                policy,
-                backoff,
-                max_attempts,
-                budget,
-                max_retry_after,
-            },
+        } = self;
+        Config {
+            policy: policy(old_policy),
+            backoff: backoff(old_backoff),
+            max_attempts,
+            budget,
+            max_retry_after,
         }
     }
 }
