@@ -65,17 +65,8 @@ pub fn on_rejection_or_timeout(error: &BoxError) -> bool {
         return true;
     }
     #[cfg(feature = "timeout")]
-    {
-        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-        while let Some(e) = current {
-            if e.is::<crate::timeout::error::Elapsed>()
-                || e.is::<crate::timeout::error::DeadlineExceeded>()
-            {
-                return true;
-            }
-            current = e.source();
-        }
-    }
+    return crate::timeout::error::is_timeout(&**error);
+    #[cfg(not(feature = "timeout"))]
     false
 }
 

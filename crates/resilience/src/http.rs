@@ -377,16 +377,9 @@ fn rate_limit_headers(error: &(dyn std::error::Error + 'static), headers: &mut H
 
 #[allow(unused_variables)]
 fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        #[cfg(feature = "timeout")]
-        if e.is::<crate::timeout::error::Elapsed>()
-            || e.is::<crate::timeout::error::DeadlineExceeded>()
-        {
-            return true;
-        }
-        current = e.source();
-    }
+    #[cfg(feature = "timeout")]
+    return crate::timeout::error::is_timeout(error);
+    #[cfg(not(feature = "timeout"))]
     false
 }
 

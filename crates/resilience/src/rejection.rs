@@ -63,44 +63,36 @@ pub fn local_rejection_of<E: 'static>(error: &E) -> Option<LocalRejection> {
     recognise_any(any)
 }
 
+/// The leaf rejection types, listed once: `dyn Error` and `dyn Any` both downcast by
+/// `downcast_ref`, so one list serves both.
+macro_rules! recognise_leaves {
+    ($error:expr) => {{
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(leaf) = $error.downcast_ref::<crate::circuit_breaker::error::Open>() {
+            return Some(leaf.rejection());
+        }
+        #[cfg(feature = "bulkhead")]
+        if let Some(leaf) = $error.downcast_ref::<crate::bulkhead::error::Full>() {
+            return Some(leaf.rejection());
+        }
+        #[cfg(feature = "rate-limit")]
+        if let Some(leaf) = $error.downcast_ref::<crate::rate_limit::error::RateLimited>() {
+            return Some(leaf.rejection());
+        }
+        #[cfg(feature = "adaptive")]
+        if let Some(leaf) = $error.downcast_ref::<crate::adaptive::error::Shed>() {
+            return Some(leaf.rejection());
+        }
+        None
+    }};
+}
+
 #[allow(unused_variables)]
 fn recognise(e: &(dyn Error + 'static)) -> Option<LocalRejection> {
-    #[cfg(feature = "circuit-breaker")]
-    if let Some(leaf) = e.downcast_ref::<crate::circuit_breaker::error::Open>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "bulkhead")]
-    if let Some(leaf) = e.downcast_ref::<crate::bulkhead::error::Full>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "rate-limit")]
-    if let Some(leaf) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "adaptive")]
-    if let Some(leaf) = e.downcast_ref::<crate::adaptive::error::Shed>() {
-        return Some(leaf.rejection());
-    }
-    None
+    recognise_leaves!(e)
 }
 
 #[allow(unused_variables)]
 fn recognise_any(e: &dyn Any) -> Option<LocalRejection> {
-    #[cfg(feature = "circuit-breaker")]
-    if let Some(leaf) = e.downcast_ref::<crate::circuit_breaker::error::Open>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "bulkhead")]
-    if let Some(leaf) = e.downcast_ref::<crate::bulkhead::error::Full>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "rate-limit")]
-    if let Some(leaf) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
-        return Some(leaf.rejection());
-    }
-    #[cfg(feature = "adaptive")]
-    if let Some(leaf) = e.downcast_ref::<crate::adaptive::error::Shed>() {
-        return Some(leaf.rejection());
-    }
-    None
+    recognise_leaves!(e)
 }

@@ -32,11 +32,6 @@ impl Permit {
     }
 
     #[inline]
-    pub(crate) fn admit(&self) -> Admit {
-        self.admit
-    }
-
-    #[inline]
     fn complete(mut self, outcome: Outcome, started_nanos: u64) {
         self.done = true;
         let breaker = &self.breaker;
@@ -101,7 +96,16 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
-    pub(crate) fn called(future: F, permit: Permit, classifier: C, started_nanos: u64) -> Self {
+    /// The future of an admitted call. The start time is read only when slow calls are
+    /// detected and the call is recorded at all.
+    pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
+        let breaker = &permit.breaker;
+        let started_nanos =
+            if permit.admit != Admit::Untracked && breaker.slow_call_nanos().is_some() {
+                breaker.now_nanos()
+            } else {
+                0
+            };
         Self {
             kind: Kind::Called { future },
             permit: Some(permit),

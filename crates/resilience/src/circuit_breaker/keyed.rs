@@ -177,20 +177,11 @@ where
         let breaker = self.layer.breaker(&key);
         match breaker.acquire() {
             Err(open) => ResponseFuture::refused(open),
-            Ok(admit) => {
-                let started = if breaker.slow_call_nanos().is_some() {
-                    breaker.now_nanos()
-                } else {
-                    0
-                };
-                let permit = Permit::new(breaker, admit);
-                ResponseFuture::called(
-                    self.inner.call(request),
-                    permit,
-                    self.layer.classifier.clone(),
-                    started,
-                )
-            }
+            Ok(admit) => ResponseFuture::called(
+                self.inner.call(request),
+                Permit::new(breaker, admit),
+                self.layer.classifier.clone(),
+            ),
         }
     }
 }

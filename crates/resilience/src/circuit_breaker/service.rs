@@ -2,7 +2,6 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use super::core::Admit;
 use super::error::Open;
 use super::future::{Permit, ResponseFuture};
 use super::{Breaker, Classify, DefaultClassifier};
@@ -101,19 +100,7 @@ where
         match ready {
             Err(open) => ResponseFuture::refused(open),
             Ok(permit) => {
-                let started = if permit.admit() != Admit::Untracked
-                    && self.breaker.slow_call_nanos().is_some()
-                {
-                    self.breaker.now_nanos()
-                } else {
-                    0
-                };
-                ResponseFuture::called(
-                    self.inner.call(request),
-                    permit,
-                    self.classifier.clone(),
-                    started,
-                )
+                ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
             }
         }
     }

@@ -13,6 +13,18 @@ impl Elapsed {
     }
 }
 
+/// Whether `error` or anything in its `source()` chain is a timeout or a passed deadline.
+pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<Elapsed>() || e.is::<DeadlineExceeded>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 /// The request's deadline passed, either while it ran or before it started (in which case the
 /// inner service was never called).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, thiserror::Error)]
