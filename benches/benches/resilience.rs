@@ -22,6 +22,7 @@
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,12 @@ fn mainstay_breaker() -> impl Service<u64> + Clone + Send + 'static {
     CircuitBreakerLayer::new(breaker()).layer(Noop)
 }
 
+/// The same breaker with a static handle ([`Breaker::into_static`]): no reference counting per
+/// call.
+fn mainstay_breaker_static() -> impl Service<u64> + Clone + Send + 'static {
+    CircuitBreakerLayer::new(breaker().into_static()).layer(Noop)
+}
+
 fn mainstay_breaker_time_window() -> impl Service<u64> + Clone + Send + 'static {
     let breaker = Breaker::builder()
         .time_window(Duration::from_secs(60), 60)
@@ -235,10 +242,19 @@ fn mainstay_rate_limit() -> impl Service<u64> + Clone + Send + 'static {
 /// bulkhead + per-attempt timeout. `u64` requests carry no deadline, so the deadline layer is
 /// the per-attempt `TimeoutLayer` bounding the whole call here.
 fn mainstay_stack() -> impl Service<u64> + Clone + Send + 'static {
+    stack_with(breaker())
+}
+
+/// The stack with the breaker's static handle.
+fn mainstay_stack_static() -> impl Service<u64> + Clone + Send + 'static {
+    stack_with(breaker().into_static())
+}
+
+fn stack_with(breaker: Breaker) -> impl Service<u64> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_secs(30)))
         .retries(RetryLayer::new().max_attempts(3))
-        .circuit_breaker(breaker())
+        .circuit_breaker(breaker)
         .bulkhead(1_000, Duration::ZERO)
         .layer(TimeoutLayer::new(Duration::from_secs(10)))
         .service(Noop)
@@ -371,6 +387,11 @@ fn one_thread(c: &mut Criterion) {
     );
     bench_async(
         &mut group,
+        "breaker/mainstay count window, static",
+        mainstay_breaker_static,
+    );
+    bench_async(
+        &mut group,
         "breaker/mainstay time window",
         mainstay_breaker_time_window,
     );
@@ -421,6 +442,11 @@ fn one_thread(c: &mut Criterion) {
     bench_async(&mut group, "hedge/tower Hedge", tower_hedge);
 
     bench_async(&mut group, "stack/mainstay", mainstay_stack);
+    bench_async(
+        &mut group,
+        "stack/mainstay, static breaker",
+        mainstay_stack_static,
+    );
     bench_async(&mut group, "stack/tower + tower-resilience", peer_stack);
     group.finish();
 }
@@ -432,6 +458,11 @@ fn two_threads(c: &mut Criterion) {
         &mut group,
         "breaker/mainstay count window",
         mainstay_breaker,
+    );
+    bench_async_two(
+        &mut group,
+        "breaker/mainstay count window, static",
+        mainstay_breaker_static,
     );
     bench_async_two(
         &mut group,
@@ -465,6 +496,11 @@ fn two_threads(c: &mut Criterion) {
     );
     bench_async_two(&mut group, "bulkhead/tower-resilience", peer_bulkhead);
     bench_async_two(&mut group, "stack/mainstay", mainstay_stack);
+    bench_async_two(
+        &mut group,
+        "stack/mainstay, static breaker",
+        mainstay_stack_static,
+    );
     bench_async_two(&mut group, "stack/tower + tower-resilience", peer_stack);
     group.finish();
 }
@@ -479,11 +515,15 @@ fn allocations_per_call<S: Service<u64>>(mut service: S) -> f64 {
 }
 
 fn print_allocations() {
-    let rows: [(&str, f64); 21] = [
+    let rows: [(&str, f64); 23] = [
         ("bare no-op service", allocations_per_call(Noop)),
         (
             "breaker/mainstay count window",
             allocations_per_call(mainstay_breaker()),
+        ),
+        (
+            "breaker/mainstay count window, static",
+            allocations_per_call(mainstay_breaker_static()),
         ),
         (
             "breaker/mainstay time window",
@@ -537,13 +577,17 @@ fn print_allocations() {
         ("hedge/tower Hedge", allocations_per_call(tower_hedge())),
         ("stack/mainstay", allocations_per_call(mainstay_stack())),
         (
+            "stack/mainstay, static breaker",
+            allocations_per_call(mainstay_stack_static()),
+        ),
+        (
             "stack/tower + tower-resilience",
             allocations_per_call(peer_stack()),
         ),
     ];
     println!("\nallocations per call (1 thread):");
     for (name, per_call) in rows {
-        println!("  {name:<34} {per_call:>6.2}");
+        println!("  {name:<40} {per_call:>6.2}");
     }
     let failsafe = failsafe_breaker();
     let (_, n) = CountingAllocator::count(|| {
@@ -552,7 +596,7 @@ fn print_allocations() {
         })
     });
     println!(
-        "  {:<34} {:>6.2}",
+        "  {:<40} {:>6.2}",
         "breaker/failsafe (sync call)",
         n as f64 / 10_000.0
     );
@@ -563,10 +607,25 @@ fn print_allocations() {
         })
     });
     println!(
-        "  {:<34} {:>6.2}\n",
+        "  {:<40} {:>6.2}\n",
         "breaker/recloser (sync call)",
         n as f64 / 10_000.0
     );
+}
+
+/// What this machine charges for the atomics every shared middleware needs, to read the other
+/// rows against: a counted handle clone and drop (two atomic read-modify-writes) and one
+/// `fetch_add`.
+fn primitives(c: &mut Criterion) {
+    let mut group = c.benchmark_group("primitives");
+    let shared = Arc::new(AtomicU64::new(0));
+    group.bench_function("Arc clone + drop", |b| {
+        b.iter(|| drop(black_box(Arc::clone(&shared))));
+    });
+    group.bench_function("AtomicU64::fetch_add", |b| {
+        b.iter(|| black_box(shared.fetch_add(1, Ordering::Relaxed)));
+    });
+    group.finish();
 }
 
 fn main() {
@@ -576,6 +635,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .sample_size(30)
         .configure_from_args();
+    primitives(&mut criterion);
     one_thread(&mut criterion);
     two_threads(&mut criterion);
     criterion.final_summary();

@@ -530,3 +530,52 @@ fn bad_configuration_is_a_typed_error() {
         "failure rate must be above 0 and at most 1, got 2"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_static_handle_shares_state_and_counts_with_the_original() {
+    let breaker = small(4).half_open_permits(1).build().unwrap();
+    let forever = breaker.clone().into_static();
+    let mut through_static = service(&forever, Arc::default());
+    let mut through_counted = service(&breaker, Arc::default());
+    call(&mut through_static, Do::Succeed).await.unwrap();
+    call(&mut through_counted, Do::Fail).await.unwrap_err();
+    call(&mut through_static, Do::Succeed).await.unwrap();
+    assert_eq!(breaker.metrics().calls, 3, "one window for both handles");
+    call(&mut through_counted, Do::Fail).await.unwrap_err();
+    assert_eq!(forever.state(), State::Open, "2 of 4 failed");
+    assert!(is_open(&call(&mut through_static, Do::Succeed).await));
+
+    // A dropped probe through the static handle still returns its permit.
+    advance(Duration::from_secs(10)).await;
+    let hanging = through_static.ready().await.unwrap().call(Do::Hang);
+    assert!(is_open(&call(&mut through_counted, Do::Succeed).await));
+    drop(hanging);
+    call(&mut through_counted, Do::Succeed).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(
+        forever.clone().into_static().metrics(),
+        breaker.metrics(),
+        "into_static on a static handle keeps the same breaker"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_is_judged_on_failures_not_on_successes() {
+    let breaker = small(4).build().unwrap();
+    let mut svc = service(&breaker, Arc::default());
+    call(&mut svc, Do::Fail).await.unwrap_err();
+    call(&mut svc, Do::Fail).await.unwrap_err();
+    call(&mut svc, Do::Succeed).await.unwrap();
+    call(&mut svc, Do::Succeed).await.unwrap();
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "the success that reached the minimum does not open the circuit"
+    );
+    call(&mut svc, Do::Fail).await.unwrap_err();
+    assert_eq!(
+        breaker.state(),
+        State::Open,
+        "the next failure does (2 of 4)"
+    );
+}

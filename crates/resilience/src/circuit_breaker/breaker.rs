@@ -4,10 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::State;
 use super::core::{Admit, BASIS, Core, MAX_HALF_OPEN_PERMITS, Refused, Settings, UNTIL_NEVER};
 use super::error::{ConfigError, Open};
-use super::window::{CountWindow, MAX_BUCKETS, MAX_COUNT_WINDOW, Snapshot, TimeWindow, Window};
+use super::window::{
+    CountWindow, FAILED, MAX_BUCKETS, MAX_COUNT_WINDOW, RECORDED, SLOW, Snapshot, TimeWindow,
+    Window,
+};
+use super::{Outcome, State};
 use crate::clock::{Clock, duration_millis_ceil, duration_nanos};
 
 /// A circuit breaker's shared state: cheap to clone, every clone is the same breaker.
@@ -20,7 +23,28 @@ use crate::clock::{Clock, duration_millis_ceil, duration_nanos};
 /// [`CircuitBreakerLayer`]: super::CircuitBreakerLayer
 #[derive(Clone)]
 pub struct Breaker {
-    shared: Arc<Shared>,
+    shared: Handle,
+}
+
+/// How a [`Breaker`] reaches its state: counted, or living for the rest of the process (see
+/// [`Breaker::into_static`]). Every admitted call clones the handle into its response future,
+/// so the static form saves an atomic increment and decrement per call.
+#[derive(Clone)]
+enum Handle {
+    Counted(Arc<Shared>),
+    Static(&'static Shared),
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Shared;
+
+    #[inline]
+    fn deref(&self) -> &Shared {
+        match self {
+            Self::Counted(shared) => shared,
+            Self::Static(shared) => shared,
+        }
+    }
 }
 
 struct Shared {
@@ -84,6 +108,43 @@ impl Breaker {
         Builder::default()
     }
 
+    /// This breaker, kept alive for the rest of the process so that calls skip reference
+    /// counting.
+    ///
+    /// Every admitted call carries a handle to the breaker in its response future, to record the
+    /// outcome when the call ends. A counted handle costs an atomic increment when the call starts
+    /// and a decrement when it ends, which is most of a closed breaker's cost when atomics are
+    /// slow; the handle this returns is a plain reference and costs neither (see
+    /// `BENCHMARKS.md`). The state is shared with `self` and its clones: both switch and count
+    /// together.
+    ///
+    /// The breaker's memory (a few cache lines plus a byte per slot of a count window) is never
+    /// freed, so call this for breakers built once at startup, not for one per request or per key:
+    /// [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer) evicts breakers and keeps
+    /// counted ones.
+    ///
+    /// ```
+    /// use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
+    ///
+    /// let breaker = Breaker::builder().build()?.into_static();
+    /// let layer = CircuitBreakerLayer::new(breaker.clone());
+    /// # let _ = layer;
+    /// # Ok::<_, mainstay_resilience::circuit_breaker::error::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn into_static(self) -> Self {
+        match self.shared {
+            Handle::Static(_) => self,
+            Handle::Counted(shared) => {
+                // Leaking one counted reference keeps `Shared` alive forever; no `unsafe` needed.
+                let forever: &'static Arc<Shared> = Box::leak(Box::new(shared));
+                Self {
+                    shared: Handle::Static(forever),
+                }
+            }
+        }
+    }
+
     /// The current state.
     ///
     /// An open circuit whose open period has passed reports [`State::Open`] until the next call
@@ -145,8 +206,9 @@ impl Breaker {
 
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Admit, Open> {
-        let clock = self.shared.clock;
-        self.shared.core.try_acquire(|| clock.now_millis()).map_err(
+        let shared: &Shared = &self.shared;
+        let clock = &shared.clock;
+        shared.core.try_acquire(|| clock.now_millis()).map_err(
             |Refused {
                  retry_after_ms,
                  state,
@@ -157,29 +219,42 @@ impl Breaker {
         )
     }
 
-    /// Whether outcomes need timestamps (time window or slow-call detection).
+    /// When an admitted call starts: read only when slow calls are detected and the call is
+    /// recorded at all.
     #[inline]
-    pub(crate) fn needs_clock(&self) -> bool {
-        self.shared.core.needs_clock()
+    pub(crate) fn started_nanos(&self, admit: Admit) -> u64 {
+        let shared: &Shared = &self.shared;
+        if admit != Admit::Untracked && shared.core.settings().slow_call_nanos.is_some() {
+            shared.clock.now_nanos()
+        } else {
+            0
+        }
     }
 
+    /// Records how an admitted call ended. The clock is read at most once, and only when the
+    /// window or slow-call detection needs it.
     #[inline]
-    pub(crate) fn now_nanos(&self) -> u64 {
-        self.shared.clock.now_nanos()
-    }
-
-    #[inline]
-    pub(crate) fn slow_call_nanos(&self) -> Option<u64> {
-        self.shared.core.settings().slow_call_nanos
-    }
-
-    /// Records an outcome; `now_nanos` is the completion time when the caller already read it.
-    #[inline]
-    pub(crate) fn record(&self, admit: Admit, outcome: u8, now_nanos: Option<u64>) {
-        let clock = self.shared.clock;
-        self.shared.core.record(admit, outcome, || {
-            now_nanos.unwrap_or_else(|| clock.now_nanos())
-        });
+    pub(crate) fn finish(&self, admit: Admit, outcome: Outcome, started_nanos: u64) {
+        let shared: &Shared = &self.shared;
+        let core = &shared.core;
+        let clock = &shared.clock;
+        let bits = match outcome {
+            Outcome::Success => RECORDED,
+            Outcome::Failure => RECORDED | FAILED,
+            Outcome::Ignore => 0,
+        };
+        match core.settings().slow_call_nanos {
+            Some(threshold) if bits != 0 => {
+                let now = clock.now_nanos();
+                let slow = if now.saturating_sub(started_nanos) >= threshold {
+                    SLOW
+                } else {
+                    0
+                };
+                core.record(admit, bits | slow, || now);
+            }
+            _ => core.record(admit, bits, || clock.now_nanos()),
+        }
     }
 
     #[inline]
@@ -451,10 +526,10 @@ impl Validated {
             }
         };
         Breaker {
-            shared: Arc::new(Shared {
+            shared: Handle::Counted(Arc::new(Shared {
                 core: Core::new(window, self.settings.clone(), self.listener.clone()),
                 clock: Clock::new(),
-            }),
+            })),
         }
     }
 }

@@ -57,6 +57,16 @@ fn generation_of(word: u64) -> u64 {
     (word >> STATE_BITS) & GEN_MASK
 }
 
+/// The generation of `word`, as carried by an [`Admit`].
+#[inline]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the generation is masked to 20 bits"
+)]
+fn era_of(word: u64) -> u32 {
+    generation_of(word) as u32
+}
+
 #[inline]
 fn until_of(word: u64) -> u64 {
     word >> UNTIL_SHIFT
@@ -124,9 +134,9 @@ pub(crate) type Listener = Arc<dyn Fn(State, State) + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
     /// Counted in the sliding window of generation `0`.
-    Closed(u64),
+    Closed(u32),
     /// One of the half-open probes of generation `0`.
-    HalfOpen(u64),
+    HalfOpen(u32),
     /// Not recorded (disabled breaker).
     Untracked,
 }
@@ -189,12 +199,6 @@ impl Core {
         &self.window
     }
 
-    /// Whether recording an outcome needs the time (time windows and slow-call detection).
-    #[inline]
-    pub(crate) fn needs_clock(&self) -> bool {
-        self.window.needs_clock() || self.settings.slow_call_nanos.is_some()
-    }
-
     pub(crate) fn state(&self) -> State {
         public_state(state_of(self.state.load(Ordering::Acquire)))
     }
@@ -209,7 +213,7 @@ impl Core {
     pub(crate) fn try_acquire(&self, now_ms: impl Fn() -> u64) -> Result<Admit, Refused> {
         let word = self.state.load(Ordering::Acquire);
         match state_of(word) {
-            CLOSED | METRICS_ONLY => Ok(Admit::Closed(generation_of(word))),
+            CLOSED | METRICS_ONLY => Ok(Admit::Closed(era_of(word))),
             DISABLED => Ok(Admit::Untracked),
             _ => self.try_acquire_slow(word, now_ms),
         }
@@ -220,7 +224,7 @@ impl Core {
         let now = now_ms();
         loop {
             match state_of(word) {
-                CLOSED | METRICS_ONLY => return Ok(Admit::Closed(generation_of(word))),
+                CLOSED | METRICS_ONLY => return Ok(Admit::Closed(era_of(word))),
                 DISABLED => return Ok(Admit::Untracked),
                 FORCED_OPEN => return Err(self.refuse(None, State::ForcedOpen)),
                 OPEN => {
@@ -235,7 +239,7 @@ impl Core {
                     if now >= until_of(word) {
                         // The probes did not all finish in time: back to open.
                         self.transition(word, OPEN, now);
-                    } else if let Some(admit) = self.try_probe(generation_of(word)) {
+                    } else if let Some(admit) = self.try_probe(era_of(word)) {
                         return Ok(admit);
                     } else {
                         return Err(self.refuse(None, State::HalfOpen));
@@ -255,8 +259,8 @@ impl Core {
     }
 
     /// Takes one half-open permit of `generation`, if any is left.
-    fn try_probe(&self, generation: u64) -> Option<Admit> {
-        let tag = generation & ((1 << 16) - 1);
+    fn try_probe(&self, generation: u32) -> Option<Admit> {
+        let tag = u64::from(generation) & ((1 << 16) - 1);
         let permits = u64::from(self.settings.half_open_permits);
         let mut word = self.half_open.load(Ordering::Acquire);
         loop {
@@ -306,13 +310,13 @@ impl Core {
     }
 
     #[inline]
-    fn record_closed(&self, generation: u64, outcome: u8, now_nanos: impl Fn() -> u64) {
+    fn record_closed(&self, generation: u32, outcome: u8, now_nanos: impl Fn() -> u64) {
         if outcome & RECORDED == 0 {
             return;
         }
         let word = self.state.load(Ordering::Acquire);
         let state = state_of(word);
-        if generation_of(word) != generation || !(state == CLOSED || state == METRICS_ONLY) {
+        if era_of(word) != generation || !(state == CLOSED || state == METRICS_ONLY) {
             return;
         }
         let timed = self.window.needs_clock();
@@ -339,8 +343,8 @@ impl Core {
                 || snapshot.slow * BASIS >= s.slow_rate_bp * snapshot.calls)
     }
 
-    fn record_probe(&self, generation: u64, outcome: Option<u8>, now_nanos: impl Fn() -> u64) {
-        let tag = generation & ((1 << 16) - 1);
+    fn record_probe(&self, generation: u32, outcome: Option<u8>, now_nanos: impl Fn() -> u64) {
+        let tag = u64::from(generation) & ((1 << 16) - 1);
         let permits = u64::from(self.settings.half_open_permits);
         let mut word = self.half_open.load(Ordering::Acquire);
         let counts = loop {
@@ -370,7 +374,7 @@ impl Core {
         }
         // This call completed the last probe: judge the half-open period by its rates.
         let state = self.state.load(Ordering::Acquire);
-        if state_of(state) != HALF_OPEN || generation_of(state) != generation {
+        if state_of(state) != HALF_OPEN || era_of(state) != generation {
             return;
         }
         let judged = Snapshot {

@@ -8,8 +8,7 @@ use pin_project_lite::pin_project;
 
 use super::core::Admit;
 use super::error::Open;
-use super::window::{FAILED, RECORDED, SLOW};
-use super::{Breaker, Classify, Outcome};
+use super::{Breaker, Classify};
 use crate::BoxError;
 
 /// One admitted call. Dropped without an outcome (the caller gave up), it returns a half-open
@@ -17,53 +16,39 @@ use crate::BoxError;
 #[derive(Debug)]
 pub(crate) struct Permit {
     breaker: Breaker,
+    /// `Untracked` once the outcome is recorded, so that dropping the permit does nothing more.
     admit: Admit,
-    done: bool,
 }
 
 impl Permit {
     #[inline]
     pub(crate) fn new(breaker: Breaker, admit: Admit) -> Self {
-        Self {
-            breaker,
-            admit,
-            done: false,
-        }
-    }
-
-    #[inline]
-    fn complete(mut self, outcome: Outcome, started_nanos: u64) {
-        self.done = true;
-        let breaker = &self.breaker;
-        let mut bits = match outcome {
-            Outcome::Success => RECORDED,
-            Outcome::Failure => RECORDED | FAILED,
-            Outcome::Ignore => 0,
-        };
-        let now = (bits != 0 && breaker.needs_clock()).then(|| breaker.now_nanos());
-        if let (Some(threshold), Some(now)) = (breaker.slow_call_nanos(), now)
-            && now.saturating_sub(started_nanos) >= threshold
-        {
-            bits |= SLOW;
-        }
-        breaker.record(self.admit, bits, now);
+        Self { breaker, admit }
     }
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if !self.done {
+        if let Admit::HalfOpen(_) = self.admit {
             self.breaker.cancel(self.admit);
         }
     }
 }
 
+/// What an admitted call needs to record its outcome.
+#[derive(Debug)]
+struct Call<C> {
+    permit: Permit,
+    classifier: C,
+    started_nanos: u64,
+}
+
 pin_project! {
     #[project = KindProj]
-    enum Kind<F> {
+    enum Kind<F, C> {
         Refused { error: Option<Open> },
-        Called { #[pin] future: F },
+        Called { #[pin] future: F, call: Option<Call<C>> },
     }
 }
 
@@ -71,10 +56,7 @@ pin_project! {
     /// Response future of [`CircuitBreaker`](super::CircuitBreaker).
     pub struct ResponseFuture<F, C> {
         #[pin]
-        kind: Kind<F>,
-        permit: Option<Permit>,
-        classifier: Option<C>,
-        started_nanos: u64,
+        kind: Kind<F, C>,
     }
 }
 
@@ -90,27 +72,22 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn refused(error: Open) -> Self {
         Self {
             kind: Kind::Refused { error: Some(error) },
-            permit: None,
-            classifier: None,
-            started_nanos: 0,
         }
     }
 
-    /// The future of an admitted call. The start time is read only when slow calls are
-    /// detected and the call is recorded at all.
+    /// The future of an admitted call.
+    #[inline]
     pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
-        let breaker = &permit.breaker;
-        let started_nanos =
-            if permit.admit != Admit::Untracked && breaker.slow_call_nanos().is_some() {
-                breaker.now_nanos()
-            } else {
-                0
-            };
+        let started_nanos = permit.breaker.started_nanos(permit.admit);
         Self {
-            kind: Kind::Called { future },
-            permit: Some(permit),
-            classifier: Some(classifier),
-            started_nanos,
+            kind: Kind::Called {
+                future,
+                call: Some(Call {
+                    permit,
+                    classifier,
+                    started_nanos,
+                }),
+            },
         }
     }
 }
@@ -123,19 +100,24 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.kind.project() {
+        match self.project().kind.project() {
             KindProj::Refused { error } => Poll::Ready(Err(error.take().map_or_else(
                 || "circuit breaker future polled after completion".into(),
                 Into::into,
             ))),
-            KindProj::Called { future } => {
+            KindProj::Called { future, call } => {
                 let result = ready!(future.poll(cx));
-                if let (Some(permit), Some(classifier)) =
-                    (this.permit.take(), this.classifier.as_ref())
+                if let Some(Call {
+                    mut permit,
+                    classifier,
+                    started_nanos,
+                }) = call.take()
                 {
-                    permit.complete(classifier.classify(result.as_ref()), *this.started_nanos);
+                    let admit = std::mem::replace(&mut permit.admit, Admit::Untracked);
+                    let outcome = classifier.classify(result.as_ref());
+                    permit.breaker.finish(admit, outcome, started_nanos);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

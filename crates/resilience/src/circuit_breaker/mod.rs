@@ -2,14 +2,18 @@
 //!
 //! A [`Breaker`] watches outcomes in a sliding window (the last *n* calls, or the last *t*
 //! seconds in buckets) and opens when the failure rate, or the slow-call rate, reaches its
-//! threshold. While open it refuses calls at once with [`error::Open`]; after the open period it
+//! threshold. The window is judged when a failure or a slow call is recorded, as in Polly: a
+//! success cannot raise either rate, so it never opens the circuit, even the one that brings the
+//! window up to its minimum number of calls. While open it refuses calls at once with [`error::Open`]; after the open period it
 //! lets a bounded number of probes through (half-open) and judges them by the same rates to close
 //! or reopen. The open period can grow each time probing fails.
 //!
 //! * **Lock-free and allocation-free.** The state is one atomic word; the count window is a ring
 //!   of bytes whose aggregates change only when an outcome replaces a different one; the time
-//!   window's buckets carry their own epoch. A closed-circuit call costs a few atomic operations
-//!   and no clock read unless slow-call detection or a time window needs one.
+//!   window's buckets carry their own epoch. A closed-circuit call costs one atomic
+//!   read-modify-write on the window, plus two on the handle's reference count unless the
+//!   breaker is made [static](Breaker::into_static), and no clock read unless slow-call detection
+//!   or a time window needs one.
 //! * **Exact sliding windows.** A 100-call window at 50 % opens on the 50th failure after any
 //!   number of successes.
 //! * **Half-open done right.** Bounded permits, judged by rate, time-limited (reopens if probes
