@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod health;
+mod init;
+pub mod metrics;
+pub mod propagation;
+pub mod request_id;
+#[cfg(feature = "axum")]
+mod routes;
+mod trace;
+
+pub use self::health::{CheckOutcome, CheckResult, Health, Readiness};
+pub use self::init::{
+    Config, InitError, LogFormat, OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, TelemetryGuard, init,
+};
+pub use self::metrics::{Metrics, RouteTemplate};
+#[cfg(feature = "axum")]
+pub use self::routes::routes;
+pub use self::trace::{
+    ClientFuture, ClientLayer, ClientTelemetry, SENSITIVE_HEADERS, ServerFuture, ServerLayer,
+    ServerTelemetry,
+};

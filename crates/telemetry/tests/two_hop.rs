@@ -1,0 +1,265 @@
+//! One trace and one request id across two services: server → client → server.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mainstay_telemetry::propagation::{extract_message, inject_message, trace_id};
+use mainstay_telemetry::{ClientLayer, Metrics, RouteTemplate, ServerLayer};
+use opentelemetry::trace::{SpanKind, TraceId};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Service B: reports what it received.
+fn inventory(metrics: &Metrics) -> Router {
+    Router::new()
+        .route(
+            "/items/{id}",
+            get(|headers: HeaderMap| async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                format!("{}|{}", header("x-request-id"), header("traceparent"))
+            }),
+        )
+        .layer(ServerLayer::new(metrics))
+}
+
+#[derive(Clone)]
+struct Orders {
+    client: HttpClient,
+    inventory: SocketAddr,
+    metrics: Metrics,
+}
+
+/// Service A: calls B through the client layer and returns B's answer.
+fn orders(state: Orders) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route(
+            "/orders/{id}",
+            get(|State(state): State<Orders>| async move {
+                let mut client = ServiceBuilder::new()
+                    .layer(ClientLayer::new("inventory", &state.metrics))
+                    .service(state.client.clone());
+                let mut request = Request::get(format!("http://{}/items/7", state.inventory))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                request
+                    .extensions_mut()
+                    .insert(RouteTemplate::new("/items/{id}"));
+                let response: Response<Incoming> =
+                    client.ready().await.unwrap().call(request).await.unwrap();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8(body.to_vec()).unwrap()
+            }),
+        )
+        .with_state(state)
+        .layer(ServerLayer::new(&metrics))
+}
+
+#[tokio::test]
+async fn one_trace_and_one_request_id_cross_two_services() {
+    let spans = common::Spans::install();
+    let metrics = Metrics::new();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let inventory_addr = serve(inventory(&metrics)).await;
+    let orders_addr = serve(orders(Orders {
+        client: client.clone(),
+        inventory: inventory_addr,
+        metrics: metrics.clone(),
+    }))
+    .await;
+
+    let request = Request::get(format!("http://{orders_addr}/orders/42"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+        .header("x-request-id", "req-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "req-123", "echoed");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    let (seen_id, seen_traceparent) = body.split_once('|').unwrap();
+    assert_eq!(
+        seen_id, "req-123",
+        "the request id reached the second service"
+    );
+    assert!(
+        seen_traceparent.starts_with(&format!("00-{TRACE_ID}-")),
+        "the trace reached the second service: {seen_traceparent}"
+    );
+
+    let exported = spans.wait_for(3).await;
+    let find = |name: &str, kind: SpanKind| {
+        exported
+            .iter()
+            .find(|s| s.name == name && s.span_kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} span {name}: {exported:#?}"))
+    };
+    let a_server = find("GET /orders/{id}", SpanKind::Server);
+    let a_client = find("GET /items/{id}", SpanKind::Client);
+    let b_server = find("GET /items/{id}", SpanKind::Server);
+    let trace = TraceId::from_hex(TRACE_ID).unwrap();
+    for span in [a_server, a_client, b_server] {
+        assert_eq!(span.span_context.trace_id(), trace, "{}", span.name);
+    }
+    assert_eq!(a_server.parent_span_id.to_string(), CALLER_SPAN);
+    assert_eq!(a_client.parent_span_id, a_server.span_context.span_id());
+    assert_eq!(b_server.parent_span_id, a_client.span_context.span_id());
+    assert!(seen_traceparent.contains(&a_client.span_context.span_id().to_string()));
+    let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(
+        attribute(a_server, "request_id").as_deref(),
+        Some("req-123")
+    );
+    assert_eq!(
+        attribute(b_server, "request_id").as_deref(),
+        Some("req-123")
+    );
+    assert_eq!(
+        attribute(a_server, "http.route").as_deref(),
+        Some("/orders/{id}")
+    );
+    assert_eq!(attribute(b_server, "url.path").as_deref(), Some("/items/7"));
+    assert_eq!(
+        attribute(b_server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+
+    let text = metrics.encode();
+    for line in [
+        r#"http_server_requests_total{method="GET",route="/orders/{id}",status="2xx"} 1"#,
+        r#"http_server_requests_total{method="GET",route="/items/{id}",status="2xx"} 1"#,
+        r#"http_client_requests_total{peer="inventory",method="GET",route="/items/{id}",status="2xx"} 1"#,
+        r#"http_server_request_duration_seconds_count{method="GET",route="/orders/{id}",status="2xx"} 1"#,
+        r#"http_server_requests_in_flight{method="GET",route="/orders/{id}"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_an_id_gets_one_and_unknown_routes_fold_into_one_label() {
+    let _spans = common::Spans::install();
+    let metrics = Metrics::new();
+    let app = inventory(&metrics);
+    let response = app
+        .clone()
+        .oneshot(
+            Request::get("/items/1")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    for path in ["/nope/1", "/nope/2", "/other"] {
+        let response = app
+            .clone()
+            .oneshot(Request::get(path).body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            r#"http_server_requests_total{method="GET",route="unmatched",status="4xx"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("/nope"), "raw paths never become labels");
+}
+
+#[tokio::test]
+async fn traceparent_round_trips_through_message_headers() {
+    let spans = common::Spans::install();
+    let producer = tracing::info_span!("publish");
+    let mut headers = std::collections::HashMap::new();
+    inject_message(&producer, &mut headers);
+    let sent = trace_id(&producer).expect("the producer has a trace");
+    assert!(headers["traceparent"].contains(&sent));
+
+    let consumer = tracing::info_span!("consume");
+    assert!(extract_message(&consumer, &headers));
+    assert_eq!(trace_id(&consumer).as_deref(), Some(sent.as_str()));
+    drop(consumer);
+    drop(producer);
+    let exported = spans.wait_for(2).await;
+    let publish = exported.iter().find(|s| s.name == "publish").unwrap();
+    let consume = exported.iter().find(|s| s.name == "consume").unwrap();
+    assert_eq!(consume.parent_span_id, publish.span_context.span_id());
+
+    let orphan = tracing::info_span!("orphan");
+    assert!(
+        !extract_message(&orphan, &std::collections::HashMap::<String, String>::new()),
+        "no headers: no parent"
+    );
+}
+
+#[tokio::test]
+async fn sensitive_headers_are_marked_before_anything_logs_them() {
+    let _spans = common::Spans::install();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|headers: HeaderMap| async move {
+                let debug = format!("{headers:?}");
+                assert!(headers["authorization"].is_sensitive());
+                assert!(headers["x-consul-token"].is_sensitive());
+                assert!(!headers["accept"].is_sensitive());
+                assert!(!debug.contains("secret"), "{debug}");
+                "ok"
+            }),
+        )
+        .layer(ServerLayer::without_metrics());
+    let response = app
+        .oneshot(
+            Request::get("/")
+                .header("authorization", "Bearer secret")
+                .header("x-consul-token", "secret")
+                .header("accept", "text/plain")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .map_err(BoxError::from)
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
