@@ -1,0 +1,243 @@
+//! Typed configuration from the environment (12-factor), with errors that name the variable.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The exit status for bad configuration (`EX_CONFIG` in BSD's `sysexits.h`).
+pub const EX_CONFIG: i32 = 64;
+
+/// A variable that is set to something unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: String,
+    /// Its value.
+    pub value: String,
+    /// What it should look like.
+    pub expected: String,
+}
+
+/// Reads variables, from the environment or (in tests) from anything else.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<F>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    /// A variable's value, `None` when unset or blank.
+    pub fn raw(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A parsed variable, or `default` when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and does not parse; `expected` describes the right form.
+    pub fn parse_or<T: FromStr>(
+        &self,
+        var: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(value) => value.trim().parse().map_err(|_| ConfigError {
+                var: var.to_owned(),
+                value,
+                expected: expected.to_owned(),
+            }),
+        }
+    }
+
+    /// A duration given in milliseconds, or `default` when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and is not a whole number of milliseconds greater than zero.
+    pub fn millis_or(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let millis: u64 = self.parse_or(
+            var,
+            u64::try_from(default.as_millis()).unwrap_or(u64::MAX),
+            "a whole number of milliseconds greater than zero",
+        )?;
+        if millis == 0 {
+            return Err(ConfigError {
+                var: var.to_owned(),
+                value: "0".to_owned(),
+                expected: "a whole number of milliseconds greater than zero".to_owned(),
+            });
+        }
+        Ok(Duration::from_millis(millis))
+    }
+}
+
+/// What every service is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The service's name: logs, traces, metrics.
+    pub name: String,
+    /// Where it listens: `BIND_ADDR` (default `127.0.0.1`) and `PORT`.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: `postgres://…` in production, `sqlite://…` by default
+    /// (`sqlite://<name>.db?mode=rwc` in the working directory).
+    pub database_url: String,
+    /// `REQUEST_TIMEOUT_MS`: the longest a request may take, including a shorter deadline sent
+    /// by the caller (default 10 s).
+    pub request_timeout: Duration,
+    /// `BODY_LIMIT_BYTES`: the largest request body (default 1 MiB).
+    pub body_limit: usize,
+    /// `SHUTDOWN_GRACE_MS`: how long in-flight requests may take to finish after SIGTERM
+    /// (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+impl ServiceConfig {
+    /// Reads the configuration of `name`, listening on `default_port` unless `PORT` says
+    /// otherwise.
+    ///
+    /// # Errors
+    ///
+    /// The first variable that is set to something unusable.
+    pub fn from_env(name: &str, default_port: u16) -> Result<Self, ConfigError> {
+        Self::from_vars(
+            name,
+            default_port,
+            &Vars(|var: &str| std::env::var(var).ok()),
+        )
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables.
+    ///
+    /// # Errors
+    ///
+    /// The first variable that is set to something unusable.
+    pub fn from_vars<F: Fn(&str) -> Option<String>>(
+        name: &str,
+        default_port: u16,
+        vars: &Vars<F>,
+    ) -> Result<Self, ConfigError> {
+        let ip: IpAddr = vars.parse_or(
+            "BIND_ADDR",
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            "an IP address such as 0.0.0.0 or ::1",
+        )?;
+        let port: u16 = vars.parse_or("PORT", default_port, "a port number from 0 to 65535")?;
+        let database_url = match vars.raw("DATABASE_URL") {
+            None => format!("sqlite://{name}.db?mode=rwc"),
+            Some(url)
+                if url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite:") =>
+            {
+                url
+            }
+            Some(url) => {
+                return Err(ConfigError {
+                    var: "DATABASE_URL".to_owned(),
+                    value: url,
+                    expected: "a postgres:// or sqlite: URL".to_owned(),
+                });
+            }
+        };
+        let body_limit: usize = vars.parse_or("BODY_LIMIT_BYTES", 1 << 20, "a number of bytes")?;
+        Ok(Self {
+            name: name.to_owned(),
+            listen: SocketAddr::new(ip, port),
+            database_url,
+            request_timeout: vars.millis_or("REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
+            body_limit,
+            shutdown_grace: vars.millis_or("SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
+        })
+    }
+}
+
+/// The value, or the error printed to standard error and the process ended with [`EX_CONFIG`]:
+/// for `main`, before logging is set up.
+pub fn or_exit<T>(result: Result<T, ConfigError>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => {
+            #[expect(clippy::print_stderr, reason = "logging is not set up yet")]
+            {
+                eprintln!("configuration error: {error}");
+            }
+            std::process::exit(EX_CONFIG)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<ServiceConfig, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ServiceConfig::from_vars("catalog", 8082, &Vars(|var: &str| map.get(var).cloned()))
+    }
+
+    #[test]
+    fn defaults_run_on_a_bare_machine() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(config.database_url, "sqlite://catalog.db?mode=rwc");
+        assert_eq!(config.request_timeout, Duration::from_secs(10));
+        assert_eq!(config.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn variables_override_defaults() {
+        let config = config(&[
+            ("PORT", "9000"),
+            ("BIND_ADDR", "0.0.0.0"),
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
+            ("REQUEST_TIMEOUT_MS", "2500"),
+            ("BODY_LIMIT_BYTES", "1024"),
+        ])
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1/test");
+        assert_eq!(config.request_timeout, Duration::from_millis(2500));
+        assert_eq!(config.body_limit, 1024);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_the_value_and_the_expected_form() {
+        let cases = [
+            (
+                ("PORT", "eighty"),
+                r#"invalid PORT="eighty": a port number from 0 to 65535"#,
+            ),
+            (
+                ("PORT", "70000"),
+                r#"invalid PORT="70000": a port number from 0 to 65535"#,
+            ),
+            (
+                ("BIND_ADDR", "localhost"),
+                r#"invalid BIND_ADDR="localhost": an IP address such as 0.0.0.0 or ::1"#,
+            ),
+            (
+                ("DATABASE_URL", "mysql://x"),
+                r#"invalid DATABASE_URL="mysql://x": a postgres:// or sqlite: URL"#,
+            ),
+            (
+                ("REQUEST_TIMEOUT_MS", "0"),
+                r#"invalid REQUEST_TIMEOUT_MS="0": a whole number of milliseconds greater than zero"#,
+            ),
+            (
+                ("SHUTDOWN_GRACE_MS", "-1"),
+                r#"invalid SHUTDOWN_GRACE_MS="-1": a whole number of milliseconds greater than zero"#,
+            ),
+        ];
+        for ((var, value), message) in cases {
+            let error = config(&[(var, value)]).unwrap_err();
+            assert_eq!(error.to_string(), message);
+        }
+        assert!(config(&[("PORT", "  ")]).is_ok(), "blank means unset");
+    }
+}

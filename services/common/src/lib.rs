@@ -1,0 +1,49 @@
+//! The service kit of the mainstay commerce system: every service starts, serves, fails and
+//! stores the same way.
+//!
+//! * [`config`]: typed configuration from the environment; bad values end the process with
+//!   status 64 and a message naming the variable.
+//! * [`Kit`]: metrics, health and configuration shared by a service, and
+//!   [`Kit::stack`], the standard server stack of ARCHITECTURE.md §3.
+//! * [`serve`]: graceful shutdown on SIGTERM/SIGINT: readiness turns 503, in-flight requests
+//!   finish within the grace period.
+//! * [`Problem`] and [`Json`]: RFC 9457 errors, and JSON bodies whose rejections are problems
+//!   (400, 413, 415, 422).
+//! * [`store`]: the store pattern (trait, PostgreSQL and SQLite implementations, per-dialect
+//!   migrations) on one small table.
+//! * `testing` (feature `testing`): a fresh PostgreSQL database per test.
+//!
+//! A service's `main.rs` is then:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use shop_common::{Kit, config::{ServiceConfig, or_exit}};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let config = or_exit(ServiceConfig::from_env("catalog", 8082));
+//!     let telemetry = mainstay_telemetry::init(&config.name).unwrap_or_else(|e| {
+//!         eprintln!("{e}");
+//!         std::process::exit(shop_common::config::EX_CONFIG)
+//!     });
+//!     let kit = Kit::new(config);
+//!     let app = kit.stack(Router::new().route("/products", get(|| async { "[]" })));
+//!     shop_common::serve(app, &kit).await?;
+//!     drop(telemetry); // flush spans
+//!     Ok(())
+//! }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod problem;
+mod serve;
+mod stack;
+pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use self::problem::{Json, PROBLEM_JSON, Problem};
+pub use self::serve::{serve, serve_until, shutdown_signal};
+pub use self::stack::Kit;

@@ -1,0 +1,89 @@
+//! Serving with graceful shutdown.
+
+use std::future::Future;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::stack::Kit;
+
+/// Serves `app` on the configured address until SIGTERM or Ctrl-C, then drains: readiness turns
+/// 503, no new connections are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to
+/// finish. Flush telemetry after it returns (drop the `TelemetryGuard`).
+///
+/// # Errors
+///
+/// The address cannot be bound, or the listener fails.
+pub async fn serve(app: Router, kit: &Kit) -> std::io::Result<()> {
+    let listener = TcpListener::bind(kit.config.listen).await?;
+    serve_until(listener, app, kit, shutdown_signal()).await
+}
+
+/// [`serve`] on a bound listener, until `shutdown` completes.
+///
+/// # Errors
+///
+/// The listener fails.
+pub async fn serve_until(
+    listener: TcpListener,
+    app: Router,
+    kit: &Kit,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(
+        service = %kit.config.name,
+        address = %listener.local_addr()?,
+        "listening"
+    );
+    let health = kit.health.clone();
+    let (draining, mut drained) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        shutdown.await;
+        health.set_draining();
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = draining.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let grace = kit.config.shutdown_grace;
+    let grace_over = async move {
+        if drained.wait_for(|draining| *draining).await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => {
+            tracing::info!("stopped");
+            result
+        }
+        () = grace_over => {
+            tracing::warn!(grace_ms = grace.as_millis(), "grace period over: dropping the requests still running");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,63 @@
+//! The server stack of every service (ARCHITECTURE.md §3), in one place.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd};
+use mainstay_resilience::http::ProblemLayer;
+use mainstay_resilience::timeout::{DeadlineLayer, TimeoutLayer};
+use mainstay_telemetry::{Health, Metrics, ServerLayer, routes};
+use tower::ServiceBuilder;
+
+use crate::config::ServiceConfig;
+
+/// What a service shares between its stack, its handlers and its shutdown: configuration,
+/// metrics and health checks.
+#[derive(Debug, Clone)]
+pub struct Kit {
+    /// The service's configuration.
+    pub config: ServiceConfig,
+    /// The registry `/metrics` serves; add the service's own metrics to it.
+    pub metrics: Metrics,
+    /// The readiness checks `/health/ready` runs; add the service's dependencies to it.
+    pub health: Health,
+}
+
+impl Kit {
+    /// A kit with empty metrics and no checks.
+    #[must_use]
+    pub fn new(config: ServiceConfig) -> Self {
+        Self {
+            config,
+            metrics: Metrics::new(),
+            health: Health::new(),
+        }
+    }
+
+    /// Wraps the service's routes in the standard server stack. The request meets, in order:
+    ///
+    /// 1. the request id, the span (parented by the caller's `traceparent`) and RED metrics
+    ///    ([`ServerLayer`]); they see every request, probes and unknown paths included;
+    /// 2. `/metrics`, `/health/live` and `/health/ready`, answered here, outside the limits
+    ///    below, so that a saturated service can still say so;
+    /// 3. the body limit (413 as problem+json through [`Json`](crate::Json));
+    /// 4. the answer for errors of the next layers: 504 or 503 as problem+json;
+    /// 5. the deadline: the caller's `x-request-deadline` or `REQUEST_TIMEOUT_MS`, whichever
+    ///    comes first, enforced by a timeout;
+    /// 6. adaptive concurrency (AIMD), shedding load with 503 when latency rises;
+    /// 7. the routes (and the service's own auth layer, which it adds to them).
+    pub fn stack(&self, api: Router) -> Router {
+        let timeout = self.config.request_timeout;
+        let protected = ServiceBuilder::new()
+            // 4: timeouts and shedding are errors below; axum needs responses.
+            .layer(ProblemLayer::new())
+            // 5: one deadline for the whole request, carried to outbound calls.
+            .layer(DeadlineLayer::new(timeout))
+            .layer(TimeoutLayer::new(timeout).within_deadline())
+            // 6: shed before the handler queues work behind a slow dependency.
+            .layer(AdaptiveLimitLayer::new(Aimd::default()));
+        api.layer(protected)
+            .layer(DefaultBodyLimit::max(self.config.body_limit))
+            .merge(routes(&self.metrics, &self.health))
+            .layer(ServerLayer::new(&self.metrics))
+    }
+}

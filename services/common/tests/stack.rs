@@ -1,0 +1,243 @@
+//! The standard server stack, driven the way clients drive a service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use shop_common::config::ServiceConfig;
+use shop_common::{Json, Kit, PROBLEM_JSON, Problem, serve_until};
+use tokio::sync::{Notify, oneshot};
+use tower::ServiceExt;
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+struct NewProduct {
+    name: String,
+    price_minor: u64,
+}
+
+fn kit() -> Kit {
+    let mut config =
+        ServiceConfig::from_vars("test", 0, &shop_common::config::Vars(|_: &str| None)).unwrap();
+    config.request_timeout = Duration::from_secs(2);
+    config.body_limit = 64;
+    Kit::new(config)
+}
+
+fn app(kit: &Kit) -> Router {
+    kit.stack(
+        Router::new()
+            .route(
+                "/products",
+                post(|Json(product): Json<NewProduct>| async move {
+                    (StatusCode::CREATED, Json(product))
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route(
+                "/missing",
+                get(|| async { Problem::not_found("no product 7").with("product_id", 7) }),
+            ),
+    )
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Option<String>, String) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn post_json(body: &str, content_type: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/products");
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn bad_bodies_are_client_errors_with_problem_details() {
+    let kit = kit();
+    let app = app(&kit);
+    let json = Some("application/json");
+    let cases = [
+        (
+            post_json(r#"{"name":"tea","price_minor":450}"#, json),
+            StatusCode::CREATED,
+        ),
+        (
+            post_json(r#"{"name":"tea","#, json),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            post_json(r#"{"name":"tea","price_minor":450}"#, Some("text/plain")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            post_json(r#"{"name":"tea","price_minor":450}"#, None),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            post_json(r#"{"name":"tea","price_minor":-1}"#, json),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            post_json(r#"{"name":"tea"}"#, json),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            post_json(
+                &format!(r#"{{"name":"{}","price_minor":1}}"#, "x".repeat(100)),
+                json,
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (request, expected) in cases {
+        let (status, content_type, body) = send(&app, request).await;
+        assert_eq!(status, expected, "{body}");
+        if status.is_client_error() {
+            assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(problem["status"], status.as_u16());
+            assert_eq!(problem["type"], "about:blank");
+            assert!(
+                problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{body}"
+            );
+        }
+    }
+    let (status, content_type, body) =
+        send(&app, Request::get("/missing").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["detail"], "no product 7");
+    assert_eq!(
+        problem["product_id"], 7,
+        "extension members sit beside the standard ones"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_its_deadline_is_a_504_problem() {
+    let kit = kit();
+    let app = app(&kit);
+    let (status, content_type, _) =
+        send(&app, Request::get("/slow").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "REQUEST_TIMEOUT_MS is 2 s"
+    );
+    assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+
+    // The caller's shorter deadline wins.
+    let started = tokio::time::Instant::now();
+    let request = Request::get("/slow")
+        .header("x-request-deadline", "100")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = send(&app, request).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(started.elapsed(), Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn probes_and_metrics_are_served_by_the_stack() {
+    let kit = kit();
+    kit.health
+        .add_check("database", || async { Err::<(), _>("down") });
+    let app = app(&kit);
+    let (status, _, _) = send(
+        &app,
+        Request::get("/health/live").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = send(
+        &app,
+        Request::get("/health/ready").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _, body) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains(r#"route="/health/ready",status="5xx"} 1"#),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
+    let mut kit = kit();
+    kit.config.shutdown_grace = Duration::from_secs(30);
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (in_handler, go) = (started.clone(), release.clone());
+    let app = kit.stack(Router::new().route(
+        "/work",
+        get(move || {
+            let (in_handler, go) = (in_handler.clone(), go.clone());
+            async move {
+                in_handler.notify_one();
+                go.notified().await;
+                "done"
+            }
+        }),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let kit = kit.clone();
+        async move {
+            serve_until(listener, app, &kit, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    started.notified().await;
+    stop.send(()).unwrap();
+    // Shutdown has begun while the request is in flight.
+    while !kit.health.is_draining() {
+        tokio::task::yield_now().await;
+    }
+    assert!(!server.is_finished(), "the server waits for the request");
+    release.notify_one();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("done"), "{response}");
+    server.await.unwrap().unwrap();
+    assert!(!kit.health.readiness().await.is_ready());
+}
