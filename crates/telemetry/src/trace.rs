@@ -16,7 +16,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
-use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{
@@ -53,9 +52,11 @@ fn mark_sensitive(headers: &mut HeaderMap) {
 /// The server side of telemetry, outermost first: request id (set when absent, echoed in the
 /// response) → span parented by the incoming `traceparent` → RED metrics.
 ///
-/// The span is named by the route template (`GET /products/{id}`), carries `request_id` and
-/// `trace_id` (so JSON logs of the request can be joined with its trace), and ends with an
-/// `INFO` event holding the status and the duration. Request headers are logged at `DEBUG` with
+/// The span is named by the route template (`GET /products/{id}`) and carries `request_id` and
+/// `trace_id`, so every log line of the request can be joined with its trace. The request ends
+/// with an event holding the status and the duration: `WARN` for a 5xx, `ERROR` when there is
+/// no response, `DEBUG` otherwise (the metrics count every request; an access log line per
+/// request is a `DEBUG` filter away). Request headers are logged at `DEBUG` with
 /// [`SENSITIVE_HEADERS`] redacted.
 ///
 /// With axum, add it with `Router::layer` after every route and `merge` (axum applies a layer
@@ -135,28 +136,28 @@ where
         let method = method_label(request.method());
         let route = route_of(&request);
         let request_id = request.headers().get(X_REQUEST_ID).cloned();
+        // Every field is given when the span is created: with JSON logs, recording a field
+        // later re-serializes all of the span's fields.
+        let parent = propagation::extract_headers(request.headers());
+        let parent_trace = parent.span().span_context().clone();
+        let parent_trace = parent_trace.is_valid().then(|| parent_trace.trace_id());
         let span = tracing::info_span!(
             target: "mainstay_telemetry::server",
             "request",
             otel.name = %SpanName(method, &route),
             otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = method,
             http.route = %route,
-            url.path = %request.uri().path(),
-            http.response.status_code = Empty,
-            request_id = Empty,
-            trace_id = Empty,
+            request_id = request_id.as_ref().and_then(|id| id.to_str().ok()),
+            trace_id = parent_trace.map(tracing::field::display),
         );
         if !span.is_disabled() {
-            let parent = propagation::extract_headers(request.headers());
-            if parent.span().span_context().is_valid() {
+            // OpenTelemetry-only attributes go straight to its span, not through log formatting.
+            span.set_attribute("http.request.method", method);
+            span.set_attribute("url.path", request.uri().path().to_owned());
+            if parent_trace.is_some() {
                 let _ = span.set_parent(parent);
-            }
-            if let Some(id) = request_id.as_ref().and_then(|id| id.to_str().ok()) {
-                span.record("request_id", id);
-            }
-            if let Some(trace_id) = propagation::trace_id(&span) {
+            } else if let Some(trace_id) = propagation::trace_id(&span) {
+                // A new trace: its id exists only now.
                 span.record("trace_id", trace_id.as_str());
             }
             tracing::debug!(parent: &span, headers = ?request.headers(), "request received");
@@ -250,20 +251,28 @@ where
         let status = match &result {
             Ok(response) => {
                 let status = response.status();
-                span.record("http.response.status_code", status.as_u16());
+                // Straight to the OpenTelemetry span: a `tracing` field would be formatted again.
+                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_server_error() {
-                    span.record("otel.status_code", "ERROR");
+                    span.set_status(opentelemetry::trace::Status::error(""));
+                    tracing::warn!(
+                        parent: span,
+                        status = status.as_u16(),
+                        duration_ms = elapsed.as_secs_f64() * 1e3,
+                        "request failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        parent: span,
+                        status = status.as_u16(),
+                        duration_ms = elapsed.as_secs_f64() * 1e3,
+                        "request completed"
+                    );
                 }
-                tracing::info!(
-                    parent: span,
-                    status = status.as_u16(),
-                    duration_ms = elapsed.as_secs_f64() * 1e3,
-                    "request completed"
-                );
                 status_class(status)
             }
             Err(_) => {
-                span.record("otel.status_code", "ERROR");
+                span.set_status(opentelemetry::trace::Status::error("no response"));
                 tracing::error!(
                     parent: span,
                     duration_ms = elapsed.as_secs_f64() * 1e3,
@@ -379,11 +388,9 @@ where
             "outbound request",
             otel.name = %SpanName(method, &route),
             otel.kind = "client",
-            otel.status_code = Empty,
             http.request.method = method,
             server.address = %self.peer,
             http.route = %route,
-            http.response.status_code = Empty,
         );
         if !span.is_disabled() {
             propagation::inject_headers(&span.context(), request.headers_mut());
@@ -452,14 +459,14 @@ where
         let status = match &result {
             Ok(response) => {
                 let status = response.status();
-                span.record("http.response.status_code", status.as_u16());
+                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_server_error() {
-                    span.record("otel.status_code", "ERROR");
+                    span.set_status(opentelemetry::trace::Status::error(""));
                 }
                 status_class(status)
             }
             Err(_) => {
-                span.record("otel.status_code", "ERROR");
+                span.set_status(opentelemetry::trace::Status::error("no response"));
                 STATUS_ERROR
             }
         };
