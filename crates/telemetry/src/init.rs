@@ -132,12 +132,7 @@ impl Config {
             LogFormat::Auto => !std::io::stdout().is_terminal(),
         };
         let (json_layer, pretty_layer) = if json {
-            let layer = tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false);
-            (Some(layer), None)
+            (Some(json_logs(std::io::stdout)), None)
         } else {
             (None, Some(tracing_subscriber::fmt::layer()))
         };
@@ -182,6 +177,22 @@ impl Config {
             Err(InitError::ExporterNotBuilt(endpoint.clone()))
         }
     }
+}
+
+/// The JSON log layer [`init`] installs, writing to `writer`: one object per line with the
+/// event's fields at the top level and the current span's fields (`request_id`, `trace_id`)
+/// under `"span"`. For subscribers assembled by hand, and for tests that read the lines.
+pub fn json_logs<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(writer)
 }
 
 /// Set up logs and traces for `service_name` from the environment; see [`Config::new`] and

@@ -13,7 +13,8 @@ mod trace;
 
 pub use self::health::{CheckOutcome, CheckResult, Health, Readiness};
 pub use self::init::{
-    Config, InitError, LogFormat, OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, TelemetryGuard, init,
+    Config, InitError, LogFormat, OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, TelemetryGuard,
+    init, json_logs,
 };
 pub use self::metrics::{Metrics, RouteTemplate};
 #[cfg(feature = "axum")]

@@ -263,3 +263,72 @@ async fn sensitive_headers_are_marked_before_anything_logs_them() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Collects log lines.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn json_log_lines_carry_the_request_id_and_the_trace_id() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .with(mainstay_telemetry::json_logs(move || writer.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|| async {
+                tracing::info!("reserving stock");
+                StatusCode::BAD_GATEWAY
+            }),
+        )
+        .layer(ServerLayer::without_metrics());
+    let response = app
+        .oneshot(
+            Request::get("/orders/7")
+                .header("traceparent", format!("00-{TRACE_ID}-{CALLER_SPAN}-01"))
+                .header("x-request-id", "req-9")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let logged: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let messages: Vec<&str> = logged
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert_eq!(messages, ["reserving stock", "request failed"], "{text}");
+    for line in &logged {
+        assert_eq!(line["span"]["request_id"], "req-9", "{line}");
+        assert_eq!(line["span"]["trace_id"], TRACE_ID, "{line}");
+        assert_eq!(line["span"]["http.route"], "/orders/{id}", "{line}");
+    }
+    assert_eq!(logged[1]["level"], "WARN");
+    assert_eq!(logged[1]["status"], 502);
+}
