@@ -311,6 +311,31 @@ where
     }
 }
 
+/// The response [`ProblemLayer`] gives for `error`: 429 or 503 with `Retry-After` (and
+/// `RateLimit-*` for rate limits) for local rejections, 504 for timeouts, 500 otherwise. For
+/// handlers that consult a limiter or breaker themselves, such as a login form limited per
+/// account.
+///
+/// ```
+/// use std::time::Duration;
+/// use mainstay_resilience::http::problem_response;
+/// use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let per_account = KeyedRateLimitLayer::<(), String>::new(1, Duration::from_secs(60), ()).unwrap();
+/// per_account.check(&"alice".to_owned()).unwrap();
+/// let limited = per_account.check(&"alice".to_owned()).unwrap_err();
+/// let response: http::Response<String> = problem_response(&limited);
+/// assert_eq!(response.status(), 429);
+/// assert_eq!(response.headers()["retry-after"], "60");
+/// # }
+/// ```
+#[must_use]
+pub fn problem_response<B: From<String>>(error: &(dyn std::error::Error + 'static)) -> Response<B> {
+    problem_for(error, StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 /// The problem response for an error of the layers below.
 fn problem_for<B: From<String>>(
     error: &(dyn std::error::Error + 'static),

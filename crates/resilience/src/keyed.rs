@@ -6,6 +6,13 @@
 //! without bound (a key whose state is in use by a call in flight is never evicted, so the
 //! bound is soft only while that many calls are in flight).
 
+// The registry serves the keyed breaker and bulkhead; a build with only `rate-limit` (whose
+// keyed state lives in governor) does not use it.
+#![cfg_attr(
+    not(any(feature = "circuit-breaker", feature = "bulkhead")),
+    allow(dead_code)
+)]
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};

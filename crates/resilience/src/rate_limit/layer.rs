@@ -254,6 +254,26 @@ where
     pub fn tracked_keys(&self) -> usize {
         self.shared.limiter.len()
     }
+
+    /// Takes one call from `key`'s limit, outside any service: for keys only a handler knows,
+    /// such as the account named in a login form. Shares state with the services this layer
+    /// makes.
+    ///
+    /// # Errors
+    ///
+    /// [`RateLimited`] when `key` is over its limit.
+    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+        let shared = &*self.shared;
+        if shared.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
+            && shared.limiter.len() > self.max_keys
+        {
+            shared.limiter.retain_recent();
+        }
+        shared
+            .limiter
+            .check_key(key)
+            .map_err(|not_until| shared.limits.refused(&not_until, &shared.clock))
+    }
 }
 
 impl<S, M: Clone, K: std::hash::Hash + Eq + Clone> Layer<S> for KeyedRateLimitLayer<M, K> {
@@ -306,18 +326,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = &*self.layer.shared;
-        if shared.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
-            && shared.limiter.len() > self.layer.max_keys
-        {
-            shared.limiter.retain_recent();
-        }
         let key = self.layer.make_key.make_key(&request);
-        match shared.limiter.check_key(&key) {
+        match self.layer.check(&key) {
             Ok(()) => ResponseFuture::called(self.inner.call(request)),
-            Err(not_until) => {
-                ResponseFuture::limited(shared.limits.refused(&not_until, &shared.clock))
-            }
+            Err(limited) => ResponseFuture::limited(limited),
         }
     }
 }
