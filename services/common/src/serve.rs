@@ -43,7 +43,12 @@ pub async fn serve_until(
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = draining.send(true);
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    // Handlers may read the peer address (`ConnectInfo<SocketAddr>`), e.g. to limit logins per IP.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
     let grace = kit.config.shutdown_grace;
     let grace_over = async move {
         if drained.wait_for(|draining| *draining).await.is_ok() {

@@ -1,0 +1,456 @@
+//! The HTTP API.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::header::{CACHE_CONTROL, LOCATION};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use mainstay_auth::refresh::{self, RefreshError, RefreshToken};
+use mainstay_auth::{AccessClaims, JwtLayer, Principal, RequireRoleLayer, SigningKey};
+use mainstay_resilience::http::problem_response;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shop_common::{Json, Problem};
+
+use crate::input::{self, Errors};
+use crate::store::{User, Write};
+use crate::{Users, stored, unix_now};
+
+type Reply = Result<Response, Refusal>;
+
+/// The error side of a handler: a response, boxed so that `Result`s stay small.
+struct Refusal(Box<Response>);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+impl From<Response> for Refusal {
+    fn from(response: Response) -> Self {
+        Self(Box::new(response))
+    }
+}
+
+impl From<Problem> for Refusal {
+    fn from(problem: Problem) -> Self {
+        Self(Box::new(problem.into_response()))
+    }
+}
+
+fn internal(error: &dyn std::error::Error) -> Refusal {
+    Problem::internal(error).into()
+}
+
+/// The API routes, without the server stack (see `shop_common::Kit::stack`).
+pub fn router(users: Users) -> Router {
+    let admin = Router::new()
+        .route("/users", get(list_users))
+        .route("/admin/keys/rotate", post(rotate_keys))
+        .layer(RequireRoleLayer::new("admin"));
+    let signed_in = Router::new()
+        .route("/me", get(me).patch(update_me))
+        .merge(admin)
+        .layer(JwtLayer::new(users.0.validator.clone()));
+    Router::new()
+        .route("/register", post(register))
+        .route("/login", post(login))
+        .route("/token/refresh", post(refresh_tokens))
+        .route("/logout", post(logout))
+        .route("/.well-known/jwks.json", get(jwks))
+        .merge(signed_in)
+        .with_state(users)
+}
+
+/// A user as the API shows it: never the password hash.
+#[derive(Debug, Serialize)]
+struct UserView {
+    id: String,
+    email: String,
+    name: String,
+    role: String,
+    created_at: i64,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            name: user.name,
+            role: user.role,
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    email: String,
+    password: String,
+    name: String,
+}
+
+async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) -> Reply {
+    let mut errors = Errors::default();
+    let email = input::email(&body.email, &mut errors);
+    let name = input::name(&body.name, &mut errors);
+    input::password(&body.password, &mut errors);
+    errors.finish()?;
+
+    let hash = users
+        .0
+        .passwords
+        .hash(body.password)
+        .await
+        .map_err(|e| internal(&std::io::Error::other(e.to_string())))?;
+    let now = unix_now();
+    let user = User {
+        id: uuid::Uuid::new_v4().to_string(),
+        email,
+        name,
+        password_hash: hash,
+        role: "customer".to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    match users
+        .0
+        .store
+        .create(&user)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        Write::Done(user) => {
+            tracing::info!(user = %user.id, "registered");
+            Ok((
+                StatusCode::CREATED,
+                [(LOCATION, HeaderValue::from_static("/me"))],
+                Json(UserView::from(user)),
+            )
+                .into_response())
+        }
+        Write::EmailTaken => Err(Problem::conflict("an account with this email exists").into()),
+    }
+}
+
+/// The client's address (from the connection), for the per-IP login limit.
+struct ClientIp(IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        Ok(Self(ip))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Tokens {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+}
+
+fn scopes_of(role: &str) -> &'static [&'static str] {
+    match role {
+        "admin" => &[
+            "profile",
+            "orders:read",
+            "orders:write",
+            "carts:read",
+            "carts:write",
+            "catalog:write",
+            "users:read",
+            "ops",
+        ],
+        _ => &[
+            "profile",
+            "orders:read",
+            "orders:write",
+            "carts:read",
+            "carts:write",
+        ],
+    }
+}
+
+fn tokens(users: &Users, user: &User, refresh_token: &RefreshToken) -> Reply {
+    let claims = scopes_of(&user.role)
+        .iter()
+        .fold(AccessClaims::new(&user.id).role(&user.role), |c, s| {
+            c.scope(*s)
+        });
+    let access = users.0.issuer.issue(&claims).map_err(|e| internal(&e))?;
+    let body = Tokens {
+        access_token: access.token,
+        token_type: "Bearer",
+        expires_in: access.expires_in.as_secs(),
+        refresh_token: refresh_token.as_str().to_owned(),
+    };
+    // RFC 6749 §5.1: token responses must not be cached.
+    Ok((
+        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn bad_credentials() -> Refusal {
+    Problem::new(StatusCode::UNAUTHORIZED)
+        .detail("invalid email or password")
+        .into()
+}
+
+async fn login(
+    State(users): State<Users>,
+    ClientIp(ip): ClientIp,
+    Json(body): Json<LoginBody>,
+) -> Reply {
+    users.0.per_ip.check(&ip).map_err(|limited| {
+        tracing::warn!(%ip, "login limit per address reached");
+        Refusal::from(problem_response::<axum::body::Body>(&limited))
+    })?;
+    let email = body.email.trim().to_lowercase();
+    users.0.per_account.check(&email).map_err(|limited| {
+        tracing::warn!("login limit per account reached");
+        Refusal::from(problem_response::<axum::body::Body>(&limited))
+    })?;
+    let user = users
+        .0
+        .store
+        .by_email(&email)
+        .await
+        .map_err(|e| internal(&e))?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Unknown email or wrong password: the same work, the same answer.
+    if !users.0.passwords.verify(body.password, hash).await {
+        tracing::info!("login refused");
+        return Err(bad_credentials());
+    }
+    let Some(user) = user else {
+        return Err(bad_credentials());
+    };
+    let refresh_token =
+        refresh::start_family(&*users.0.store, &user.id, users.0.config.refresh_ttl)
+            .await
+            .map_err(|e| internal(&e))?;
+    tracing::info!(user = %user.id, "logged in");
+    tokens(&users, &user, &refresh_token)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh_tokens(State(users): State<Users>, Json(body): Json<RefreshBody>) -> Reply {
+    let unauthorized =
+        |detail: &str| Refusal::from(Problem::new(StatusCode::UNAUTHORIZED).detail(detail));
+    let (next, record) = match refresh::rotate(
+        &*users.0.store,
+        &body.refresh_token,
+        users.0.config.refresh_ttl,
+    )
+    .await
+    {
+        Ok(rotated) => rotated,
+        Err(RefreshError::Invalid) => {
+            return Err(unauthorized("the refresh token is invalid or expired"));
+        }
+        Err(RefreshError::Reused) => {
+            return Err(unauthorized(
+                "the refresh token was already used; every session of this login is signed out",
+            ));
+        }
+        Err(RefreshError::Store(e)) => return Err(internal(&e)),
+    };
+    let user = users
+        .0
+        .store
+        .by_id(&record.subject)
+        .await
+        .map_err(|e| internal(&e))?;
+    let Some(user) = user else {
+        return Err(unauthorized("the account no longer exists"));
+    };
+    tokens(&users, &user, &next)
+}
+
+async fn logout(State(users): State<Users>, Json(body): Json<RefreshBody>) -> Reply {
+    use mainstay_auth::refresh::Consumed;
+    if let Some(token) = RefreshToken::parse(&body.refresh_token) {
+        let store = &*users.0.store;
+        let now = u64::try_from(unix_now()).unwrap_or(0);
+        match store
+            .consume(&token.digest(), now)
+            .await
+            .map_err(|e| internal(&e))?
+        {
+            Consumed::Fresh(record) => {
+                store
+                    .revoke_family(&record.family)
+                    .await
+                    .map_err(|e| internal(&e))?;
+            }
+            Consumed::Reused(family) => {
+                store
+                    .revoke_family(&family)
+                    .await
+                    .map_err(|e| internal(&e))?;
+            }
+            Consumed::Invalid => {}
+        }
+    }
+    // Idempotent: signing out twice, or with a dead token, is not an error.
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn current_user(users: &Users, principal: &Principal) -> Result<User, Refusal> {
+    users
+        .0
+        .store
+        .by_id(principal.subject())
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| Problem::not_found("the account no longer exists").into())
+}
+
+async fn me(State(users): State<Users>, principal: Principal) -> Reply {
+    let user = current_user(&users, &principal).await?;
+    Ok(Json(UserView::from(user)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+async fn update_me(
+    State(users): State<Users>,
+    principal: Principal,
+    Json(body): Json<UpdateBody>,
+) -> Reply {
+    if body.name.is_none() && body.email.is_none() {
+        return Err(Problem::unprocessable("nothing to change: give name or email").into());
+    }
+    let mut errors = Errors::default();
+    let name = body.name.as_deref().map(|n| input::name(n, &mut errors));
+    let email = body.email.as_deref().map(|e| input::email(e, &mut errors));
+    errors.finish()?;
+    let user = current_user(&users, &principal).await?;
+    let name = name.unwrap_or(user.name);
+    let email = email.unwrap_or(user.email);
+    match users
+        .0
+        .store
+        .update(&user.id, &name, &email, unix_now())
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        Write::Done(Some(user)) => Ok(Json(UserView::from(user)).into_response()),
+        Write::Done(None) => Err(Problem::not_found("the account no longer exists").into()),
+        Write::EmailTaken => Err(Problem::conflict("an account with this email exists").into()),
+    }
+}
+
+async fn jwks(State(users): State<Users>) -> Response {
+    (
+        [(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        )],
+        Json(users.0.issuer.jwks()),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list_users(
+    State(users): State<Users>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Reply {
+    let Query(page) = page.map_err(|r| Refusal::from(Problem::bad_request(r.body_text())))?;
+    let limit = page.limit.unwrap_or(50);
+    let offset = page.offset.unwrap_or(0);
+    let mut errors = Vec::new();
+    if !(1..=100).contains(&limit) {
+        errors.push(json!({"field": "limit", "message": "must be from 1 to 100"}));
+    }
+    if offset < 0 {
+        errors.push(json!({"field": "offset", "message": "must not be negative"}));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::bad_request("invalid paging parameters")
+            .with("errors", errors)
+            .into());
+    }
+    let (items, total) = users
+        .0
+        .store
+        .list(limit, offset)
+        .await
+        .map_err(|e| internal(&e))?;
+    let items: Vec<UserView> = items.into_iter().map(UserView::from).collect();
+    Ok(
+        Json(json!({"items": items, "total": total, "limit": limit, "offset": offset}))
+            .into_response(),
+    )
+}
+
+async fn rotate_keys(State(users): State<Users>, principal: Principal) -> Reply {
+    let next = SigningKey::generate(users.0.config.algorithm)
+        .map_err(|e| internal(&std::io::Error::other(e.to_string())))?;
+    let previous = users.0.issuer.current();
+    let retire_at =
+        unix_now() + i64::try_from(users.0.issuer.ttl().as_secs() + 60).unwrap_or(i64::MAX);
+    // Stored first: a crash between the two steps leaves the database ahead, and a restart
+    // loads what it says.
+    users
+        .0
+        .store
+        .rotate_key(&stored(&next), retire_at)
+        .await
+        .map_err(|e| internal(&e))?;
+    users.0.issuer.rotate(next.clone());
+    let _ = users.0.jwks.refresh().await;
+    tracing::info!(
+        by = principal.subject(),
+        kid = next.kid(),
+        previous = previous.kid(),
+        "signing key rotated"
+    );
+    Ok(Json(json!({
+        "kid": next.kid(),
+        "previous": previous.kid(),
+        "previous_retires_at": retire_at,
+    }))
+    .into_response())
+}

@@ -1,0 +1,178 @@
+//! The users service's configuration, from the environment.
+
+use std::time::Duration;
+
+use mainstay_auth::jsonwebtoken::Algorithm;
+use shop_common::config::{ConfigError, ServiceConfig, Vars};
+
+/// What the users service is configured with, beyond [`ServiceConfig`].
+///
+/// | variable | default | meaning |
+/// | --- | --- | --- |
+/// | `TOKEN_ISSUER` | `shop-users` | the `iss` of access tokens |
+/// | `TOKEN_AUDIENCE` | `shop` | their `aud` |
+/// | `ACCESS_TOKEN_TTL_SECS` | 900 | access token lifetime |
+/// | `REFRESH_TOKEN_TTL_SECS` | 2592000 (30 days) | refresh token lifetime |
+/// | `SIGNING_ALGORITHM` | `EdDSA` | `EdDSA`, `ES256` or `RS256`, for new keys |
+/// | `SEED_DEMO_USERS` | `true` on SQLite, else `false` | create alice and admin |
+/// | `LOGIN_PER_ACCOUNT` | `5/60` | login attempts per account: burst / seconds |
+/// | `LOGIN_PER_IP` | `30/60` | login attempts per client address |
+#[derive(Debug, Clone)]
+pub struct UsersConfig {
+    /// The common part.
+    pub service: ServiceConfig,
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+    /// Access token lifetime.
+    pub access_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_ttl: Duration,
+    /// Algorithm of new signing keys.
+    pub algorithm: Algorithm,
+    /// Whether to create the demo accounts.
+    pub seed_demo_users: bool,
+    /// Login attempts per account: burst, refilled over the period.
+    pub login_per_account: (u32, Duration),
+    /// Login attempts per client address.
+    pub login_per_ip: (u32, Duration),
+}
+
+fn error(var: &str, value: String, expected: &str) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        value,
+        expected: expected.to_owned(),
+    }
+}
+
+fn rate<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<F>,
+    var: &str,
+    default: (u32, Duration),
+) -> Result<(u32, Duration), ConfigError> {
+    let Some(raw) = vars.raw(var) else {
+        return Ok(default);
+    };
+    let expected = "attempts/seconds, such as 5/60, both above zero";
+    let parsed = raw.trim().split_once('/').and_then(|(burst, secs)| {
+        let burst: u32 = burst.trim().parse().ok()?;
+        let secs: u64 = secs.trim().parse().ok()?;
+        (burst > 0 && secs > 0).then(|| (burst, Duration::from_secs(secs)))
+    });
+    parsed.ok_or_else(|| error(var, raw, expected))
+}
+
+impl UsersConfig {
+    /// Reads the configuration from the environment.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars = Vars(|var: &str| std::env::var(var).ok());
+        let service = ServiceConfig::from_vars("users", 8081, &vars)?;
+        Self::from_vars(service, &vars)
+    }
+
+    /// Reads the configuration from any source of variables.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_vars<F: Fn(&str) -> Option<String>>(
+        service: ServiceConfig,
+        vars: &Vars<F>,
+    ) -> Result<Self, ConfigError> {
+        let algorithm = match vars.raw("SIGNING_ALGORITHM").as_deref().map(str::trim) {
+            None | Some("EdDSA") => Algorithm::EdDSA,
+            Some("ES256") => Algorithm::ES256,
+            Some("RS256") => Algorithm::RS256,
+            Some(other) => {
+                return Err(error(
+                    "SIGNING_ALGORITHM",
+                    other.to_owned(),
+                    "EdDSA, ES256 or RS256",
+                ));
+            }
+        };
+        let secs = |var: &str, default: u64| -> Result<Duration, ConfigError> {
+            let value: u64 = vars.parse_or(var, default, "a whole number of seconds above zero")?;
+            if value == 0 {
+                return Err(error(
+                    var,
+                    "0".to_owned(),
+                    "a whole number of seconds above zero",
+                ));
+            }
+            Ok(Duration::from_secs(value))
+        };
+        let embedded = service.database_url.starts_with("sqlite:");
+        Ok(Self {
+            issuer: vars
+                .raw("TOKEN_ISSUER")
+                .unwrap_or_else(|| "shop-users".to_owned()),
+            audience: vars
+                .raw("TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "shop".to_owned()),
+            access_ttl: secs("ACCESS_TOKEN_TTL_SECS", 900)?,
+            refresh_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
+            algorithm,
+            seed_demo_users: vars.parse_or("SEED_DEMO_USERS", embedded, "true or false")?,
+            login_per_account: rate(vars, "LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
+            login_per_ip: rate(vars, "LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
+            service,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<UsersConfig, ConfigError> {
+        let vars = Vars(|var: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let service = ServiceConfig::from_vars("users", 8081, &vars)?;
+        UsersConfig::from_vars(service, &vars)
+    }
+
+    #[test]
+    fn defaults_seed_only_the_embedded_database() {
+        let embedded = config(&[]).unwrap();
+        assert!(embedded.seed_demo_users);
+        assert_eq!(embedded.algorithm, Algorithm::EdDSA);
+        assert_eq!(embedded.login_per_account, (5, Duration::from_secs(60)));
+        let production = config(&[("DATABASE_URL", "postgres://db/users")]).unwrap();
+        assert!(!production.seed_demo_users);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(
+            config(&[("SIGNING_ALGORITHM", "none")]).unwrap_err().var,
+            "SIGNING_ALGORITHM"
+        );
+        assert_eq!(
+            config(&[("LOGIN_PER_IP", "5")]).unwrap_err().var,
+            "LOGIN_PER_IP"
+        );
+        assert_eq!(
+            config(&[("LOGIN_PER_IP", "0/60")]).unwrap_err().var,
+            "LOGIN_PER_IP"
+        );
+        assert_eq!(
+            config(&[("ACCESS_TOKEN_TTL_SECS", "0")]).unwrap_err().var,
+            "ACCESS_TOKEN_TTL_SECS"
+        );
+        assert_eq!(
+            config(&[("SEED_DEMO_USERS", "yes")]).unwrap_err().var,
+            "SEED_DEMO_USERS"
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! Validation of what clients send: every field error named, all at once.
+
+use serde_json::{Value, json};
+use shop_common::Problem;
+
+/// Field errors collected while validating a body.
+#[derive(Debug, Default)]
+pub(crate) struct Errors(Vec<Value>);
+
+impl Errors {
+    fn add(&mut self, field: &str, message: &str) {
+        self.0.push(json!({"field": field, "message": message}));
+    }
+
+    /// `Ok` when no field failed; otherwise a 422 problem listing them.
+    ///
+    /// # Errors
+    ///
+    /// The problem.
+    pub(crate) fn finish(self) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(Problem::unprocessable("the request has invalid fields")
+            .typed("/problems/validation", "Invalid fields")
+            .with("errors", Value::Array(self.0)))
+    }
+}
+
+/// The normalised email (trimmed, lower-cased), or an error on `errors`.
+pub(crate) fn email(raw: &str, errors: &mut Errors) -> String {
+    let email = raw.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains('@')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        errors.add(
+            "email",
+            "must be an email address such as alice@example.com",
+        );
+    }
+    email
+}
+
+/// The trimmed name, or an error on `errors`.
+pub(crate) fn name(raw: &str, errors: &mut Errors) -> String {
+    let name = raw.trim().to_owned();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 {
+        errors.add("name", "must be 1 to 100 characters");
+    } else if name.chars().any(char::is_control) {
+        errors.add("name", "must not contain control characters");
+    }
+    name
+}
+
+/// Checks a new password's length (OWASP: at least 12 without MFA; at most 128 so that
+/// hashing cost stays bounded).
+pub(crate) fn password(raw: &str, errors: &mut Errors) {
+    let chars = raw.chars().count();
+    if chars < 12 {
+        errors.add("password", "must be at least 12 characters");
+    } else if chars > 128 {
+        errors.add("password", "must be at most 128 characters");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        let mut errors = Errors::default();
+        assert_eq!(
+            email("  Alice@Example.COM ", &mut errors),
+            "alice@example.com"
+        );
+        assert!(errors.0.is_empty());
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@localhost",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
+            let mut errors = Errors::default();
+            email(bad, &mut errors);
+            assert_eq!(errors.0.len(), 1, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_failing_field_is_reported() {
+        let mut errors = Errors::default();
+        email("nope", &mut errors);
+        name("", &mut errors);
+        password("short", &mut errors);
+        let problem = errors.finish().unwrap_err();
+        assert_eq!(problem.status, 422);
+        assert_eq!(problem.extensions["errors"].as_array().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,30 @@
+//! `shop-users`: the users service, on the environment's configuration.
+
+use shop_common::Kit;
+use shop_common::config::{EX_CONFIG, or_exit};
+use shop_common::store::Database;
+use shop_users::{Users, UsersConfig, router};
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let config = or_exit(UsersConfig::from_env());
+    let telemetry = mainstay_telemetry::init(&config.service.name).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(EX_CONFIG)
+    });
+    let database = Database::connect(&config.service.database_url)
+        .await
+        .map_err(std::io::Error::other)?;
+    let kit = Kit::new(config.service.clone());
+    let users = Users::start(config, &database)
+        .await
+        .map_err(std::io::Error::other)?;
+    let db = database.clone();
+    kit.health.add_check("database", move || {
+        let db = db.clone();
+        async move { db.ping().await }
+    });
+    shop_common::serve(kit.stack(router(users)), &kit).await?;
+    drop(telemetry);
+    Ok(())
+}

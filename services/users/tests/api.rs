@@ -1,0 +1,467 @@
+//! The users API, the same suite on SQLite and on PostgreSQL.
+
+mod common;
+
+use http::{Method, Request, StatusCode, header};
+use serde_json::json;
+use shop_common::store::Database;
+use shop_common::testing::PgTestDb;
+
+use common::*;
+
+const ALICE: (&str, &str) = ("alice@example.com", "alice-in-wonderland");
+const ADMIN: (&str, &str) = ("admin@example.com", "admin-change-me-now");
+
+async fn sqlite() -> Database {
+    Database::connect("sqlite::memory:").await.unwrap()
+}
+
+/// Runs `suite` on SQLite, then on PostgreSQL when the server is there.
+macro_rules! on_both {
+    ($($suite:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let url = "sqlite::memory:";
+                    super::$suite(&super::sqlite().await, url).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(db) = super::PgTestDb::create_or_skip("users").await else { return };
+                    let database = super::Database::connect(&db.url).await.unwrap();
+                    super::$suite(&database, &db.url).await;
+                    if let super::Database::Postgres(pool) = database { pool.close().await; }
+                    db.drop_database().await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    register_login_and_profile,
+    bad_input_is_rejected_precisely,
+    sql_metacharacters_are_stored_verbatim,
+    refresh_rotates_and_reuse_revokes_the_family,
+    logout_signs_out_the_login,
+    admin_routes_need_the_admin_role,
+    keys_rotate_without_signing_anyone_out,
+    logins_are_limited_per_account,
+);
+
+async fn register_login_and_profile(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let reply = client
+        .post("/register", json!({"email": " Bob@Example.com ", "password": "a long enough password", "name": "Bob"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["email"], "bob@example.com");
+    assert_eq!(reply.body["role"], "customer");
+    assert!(reply.body.get("password_hash").is_none());
+    assert_eq!(reply.headers[header::LOCATION], "/me");
+
+    // Emails are unique after normalisation.
+    let again = client
+        .post("/register", json!({"email": "BOB@example.com", "password": "another long password", "name": "Bob 2"}))
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(
+        again.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+
+    let login = client
+        .post(
+            "/login",
+            json!({"email": "bob@EXAMPLE.com", "password": "a long enough password"}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK);
+    assert_eq!(login.headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(login.body["token_type"], "Bearer");
+    assert_eq!(login.body["expires_in"], 900);
+    let token = login.body["access_token"].as_str().unwrap();
+
+    let me = client.get("/me", token).await;
+    assert_eq!(
+        (me.status, me.body["name"].clone()),
+        (StatusCode::OK, json!("Bob"))
+    );
+
+    let patched = client
+        .call(
+            Method::PATCH,
+            "/me",
+            Some(token),
+            Some(json!({"name": "  Robert "})),
+        )
+        .await;
+    assert_eq!(patched.body["name"], "Robert");
+    assert_eq!(client.get("/me", token).await.body["name"], "Robert");
+
+    // Taking alice's email is a conflict, not a 500.
+    let taken = client
+        .call(
+            Method::PATCH,
+            "/me",
+            Some(token),
+            Some(json!({"email": ALICE.0})),
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+
+    // Wrong password and unknown account: the same 401, word for word.
+    let wrong = client
+        .post(
+            "/login",
+            json!({"email": "bob@example.com", "password": "not the password"}),
+        )
+        .await;
+    let unknown = client
+        .post(
+            "/login",
+            json!({"email": "nobody@example.com", "password": "not the password"}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.body, unknown.body);
+
+    assert_eq!(
+        client.call(Method::GET, "/me", None, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn bad_input_is_rejected_precisely(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let reply = client
+        .post(
+            "/register",
+            json!({"email": "nope", "password": "short", "name": ""}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email", "name", "password"]);
+
+    // Missing field, wrong type, unknown field: 422 from the JSON extractor.
+    for body in [
+        json!({"email": "a@b.co", "password": "a long enough password"}),
+        json!({"email": 5, "password": "a long enough password", "name": "A"}),
+        json!({"email": "a@b.co", "password": "a long enough password", "name": "A", "role": "admin"}),
+    ] {
+        assert_eq!(
+            client.post("/register", body).await.status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+
+    let malformed = Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{\"email\": ".into())
+        .unwrap();
+    let reply = client.raw(malformed).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+
+    let no_type = Request::post("/login").body("{}".into()).unwrap();
+    assert_eq!(
+        client.raw(no_type).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+
+    let huge = format!(
+        "{{\"email\": \"{}\", \"password\": \"x\"}}",
+        "a".repeat(2 << 20)
+    );
+    let oversized = Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(huge.into())
+        .unwrap();
+    assert_eq!(
+        client.raw(oversized).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    // A password longer than 128 characters is refused before hashing.
+    let long = client
+        .post(
+            "/register",
+            json!({"email": "long@example.com", "password": "p".repeat(129), "name": "L"}),
+        )
+        .await;
+    assert_eq!(long.body["errors"][0]["field"], "password");
+}
+
+async fn sql_metacharacters_are_stored_verbatim(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let name = "Robert'); DROP TABLE users;--";
+    let email = "o'brien+x\"--@example.com";
+    let reply = client
+        .post(
+            "/register",
+            json!({"email": email, "password": "a long enough password", "name": name}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let (token, _) = client.login(email, "a long enough password").await;
+    let me = client.get("/me", &token).await;
+    assert_eq!(me.body["name"], name);
+    assert_eq!(me.body["email"], email);
+    // The table is still there, and so is everyone in it.
+    client.login(ALICE.0, ALICE.1).await;
+    let injected_login = client
+        .post(
+            "/login",
+            json!({"email": "' OR '1'='1", "password": "' OR '1'='1"}),
+        )
+        .await;
+    assert_eq!(injected_login.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn refresh_rotates_and_reuse_revokes_the_family(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (_, first) = client.login(ALICE.0, ALICE.1).await;
+    let (_, other_login) = client.login(ALICE.0, ALICE.1).await;
+
+    let rotated = client
+        .post("/token/refresh", json!({"refresh_token": first}))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK);
+    let second = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(
+        client
+            .get("/me", rotated.body["access_token"].as_str().unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // The first token again: reuse. Refused, and its whole family with it.
+    let reused = client
+        .post("/token/refresh", json!({"refresh_token": first}))
+        .await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        reused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already used")
+    );
+    let dead = client
+        .post("/token/refresh", json!({"refresh_token": second}))
+        .await;
+    assert_eq!(dead.status, StatusCode::UNAUTHORIZED);
+    // Another login's family is untouched.
+    assert_eq!(
+        client
+            .post("/token/refresh", json!({"refresh_token": other_login}))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    for bad in [json!("forged"), json!("x".repeat(43)), json!("")] {
+        let reply = client
+            .post("/token/refresh", json!({"refresh_token": bad}))
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+async fn logout_signs_out_the_login(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (_, refresh) = client.login(ALICE.0, ALICE.1).await;
+    let rotated = client
+        .post("/token/refresh", json!({"refresh_token": refresh}))
+        .await;
+    let current = rotated.body["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        client
+            .post("/logout", json!({"refresh_token": current}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        client
+            .post("/token/refresh", json!({"refresh_token": current}))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Twice, or with nonsense: still 204.
+    assert_eq!(
+        client
+            .post("/logout", json!({"refresh_token": current}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        client
+            .post("/logout", json!({"refresh_token": "nonsense"}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+}
+
+async fn admin_routes_need_the_admin_role(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (alice, _) = client.login(ALICE.0, ALICE.1).await;
+    let (admin, _) = client.login(ADMIN.0, ADMIN.1).await;
+    let refused = client.get("/users", &alice).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused.headers[header::WWW_AUTHENTICATE],
+        "Bearer error=\"insufficient_scope\""
+    );
+    let page = client.get("/users?limit=1", &admin).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body["total"], 2);
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 1);
+    assert!(page.body["items"][0].get("password_hash").is_none());
+    assert_eq!(
+        client.get("/users?limit=0", &admin).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get("/users?limit=ten", &admin).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client
+            .call(Method::POST, "/admin/keys/rotate", Some(&alice), None)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+async fn keys_rotate_without_signing_anyone_out(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (before, _) = client.login(ALICE.0, ALICE.1).await;
+    let (admin, _) = client.login(ADMIN.0, ADMIN.1).await;
+    let jwks = client
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks.body["keys"][0]["alg"], "EdDSA");
+    assert_eq!(jwks.headers[header::CACHE_CONTROL], "public, max-age=300");
+    let old_kid = jwks.body["keys"][0]["kid"].as_str().unwrap().to_owned();
+
+    let rotated = client
+        .call(Method::POST, "/admin/keys/rotate", Some(&admin), None)
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    assert_eq!(rotated.body["previous"], old_kid.as_str());
+    let new_kid = rotated.body["kid"].as_str().unwrap().to_owned();
+
+    let jwks = client
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    let kids: Vec<&str> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [new_kid.as_str(), old_kid.as_str()]);
+
+    // The token signed before still works; new tokens carry the new kid.
+    assert_eq!(client.get("/me", &before).await.status, StatusCode::OK);
+    let (after, _) = client.login(ALICE.0, ALICE.1).await;
+    let header = mainstay_auth::jsonwebtoken::decode_header(&after).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+    assert_eq!(client.get("/me", &after).await.status, StatusCode::OK);
+
+    // A restart on the same database serves the same keys and still honours both tokens.
+    let restarted = Client::start(database, config(url, &[])).await;
+    let jwks = restarted
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(restarted.get("/me", &before).await.status, StatusCode::OK);
+    assert_eq!(restarted.get("/me", &after).await.status, StatusCode::OK);
+}
+
+async fn logins_are_limited_per_account(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[("LOGIN_PER_ACCOUNT", "3/60")])).await;
+    for _ in 0..3 {
+        let reply = client
+            .post(
+                "/login",
+                json!({"email": ALICE.0, "password": "guessing wrong"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    // The fourth guess, even with the right password, waits: the limit is on the account.
+    let limited = client
+        .post(
+            "/login",
+            json!({"email": " ALICE@example.com", "password": ALICE.1}),
+        )
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers[header::RETRY_AFTER], "20");
+    assert_eq!(
+        limited.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    // Other accounts are not affected.
+    client.login(ADMIN.0, ADMIN.1).await;
+}
+
+#[tokio::test]
+async fn logins_are_limited_per_address() {
+    use axum::extract::connect_info::MockConnectInfo;
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config("sqlite::memory:", &[("LOGIN_PER_IP", "2/60")]),
+    )
+    .await;
+    let app = client
+        .app
+        .clone()
+        .layer(MockConnectInfo(std::net::SocketAddr::from((
+            [203, 0, 113, 9],
+            4000,
+        ))));
+    let client = Client {
+        app,
+        users: client.users,
+    };
+    for email in ["a@example.com", "b@example.com"] {
+        let reply = client
+            .post(
+                "/login",
+                json!({"email": email, "password": "whatever guess"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = client
+        .post(
+            "/login",
+            json!({"email": "c@example.com", "password": "whatever guess"}),
+        )
+        .await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+}

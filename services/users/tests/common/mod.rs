@@ -1,0 +1,109 @@
+//! A users service in the test, on either database, and a small client for it.
+#![allow(dead_code, unreachable_pub)]
+
+use axum::Router;
+use axum::body::Body;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use shop_common::Kit;
+use shop_common::config::{ServiceConfig, Vars};
+use shop_common::store::Database;
+use shop_users::{Users, UsersConfig, router};
+use tower::ServiceExt;
+
+pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
+    let mut pairs: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    pairs.push(("DATABASE_URL".into(), database_url.into()));
+    pairs.push(("SEED_DEMO_USERS".into(), "true".into()));
+    let vars = Vars(move |var: &str| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()));
+    let service = ServiceConfig::from_vars("users", 0, &vars).unwrap();
+    UsersConfig::from_vars(service, &vars).unwrap()
+}
+
+pub struct Client {
+    pub app: Router,
+    pub users: Users,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Client {
+    pub async fn start(database: &Database, config: UsersConfig) -> Self {
+        let kit = Kit::new(config.service.clone());
+        let users = Users::start(config, database).await.unwrap();
+        Self {
+            app: kit.stack(router(users.clone())),
+            users,
+        }
+    }
+
+    pub async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.raw(request.body(body).unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, None, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// Logs in and returns (access token, refresh token).
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let reply = self
+            .post(
+                "/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        (
+            reply.body["access_token"].as_str().unwrap().to_owned(),
+            reply.body["refresh_token"].as_str().unwrap().to_owned(),
+        )
+    }
+}
