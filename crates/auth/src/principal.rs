@@ -1,8 +1,11 @@
 //! Who made the request: the verified claims of its token.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::AuthError;
@@ -18,9 +21,32 @@ struct Inner {
     subject: String,
     issuer: String,
     expires_at: u64,
-    scopes: Vec<String>,
+    /// Granted scopes, space-separated (the `scope` claim's own form).
+    scope: String,
     roles: Vec<String>,
-    claims: Map<String, Value>,
+    /// The verified payload (base64url), decoded into `claims` on first use: most requests
+    /// never look past subject, scopes and roles.
+    payload: Box<str>,
+    claims: OnceLock<Map<String, Value>>,
+}
+
+/// The claims authorization reads, decoded straight from the verified payload. Every field is
+/// optional so that a missing one is reported by name by the validation, not as bad JSON.
+#[derive(Deserialize)]
+pub(crate) struct Standard {
+    sub: Option<String>,
+    iss: Option<String>,
+    exp: Option<u64>,
+    scope: Option<Value>,
+    scp: Option<Value>,
+    roles: Option<Value>,
+    role: Option<Value>,
+}
+
+fn present(value: Option<String>, name: &str) -> Result<String, AuthError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| AuthError::InvalidClaim(name.to_owned()))
 }
 
 impl Principal {
@@ -31,27 +57,48 @@ impl Principal {
     /// [`AuthError::InvalidClaim`] when `sub`, `iss` or `exp` is missing or of the wrong type,
     /// or when `scope`, `scp`, `roles` or `role` is not a string or an array of strings.
     pub fn from_claims(claims: Map<String, Value>) -> Result<Self, AuthError> {
-        let subject = string_claim(&claims, "sub")?;
-        let issuer = string_claim(&claims, "iss")?;
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_u64)
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let standard = Standard {
+            sub: text("sub"),
+            iss: text("iss"),
+            exp: claims.get("exp").and_then(Value::as_u64),
+            scope: claims.get("scope").cloned(),
+            scp: claims.get("scp").cloned(),
+            roles: claims.get("roles").cloned(),
+            role: claims.get("role").cloned(),
+        };
+        let principal = Self::from_standard(standard, "")?;
+        // Only this principal holds the Arc: set succeeds.
+        let _ = principal.0.claims.set(claims);
+        Ok(principal)
+    }
+
+    /// Builds a principal from the standard claims of a verified token and its payload.
+    pub(crate) fn from_standard(standard: Standard, payload: &str) -> Result<Self, AuthError> {
+        let subject = present(standard.sub, "sub")?;
+        let issuer = present(standard.iss, "iss")?;
+        let expires_at = standard
+            .exp
             .ok_or_else(|| AuthError::InvalidClaim("exp".to_owned()))?;
-        let mut scopes = Vec::new();
-        for name in ["scope", "scp"] {
-            strings(&claims, name, &mut scopes)?;
+        let mut scope = String::new();
+        for (value, name) in [(standard.scope, "scope"), (standard.scp, "scp")] {
+            for granted in strings(value, name)? {
+                if !scope.is_empty() {
+                    scope.push(' ');
+                }
+                scope.push_str(&granted);
+            }
         }
-        let mut roles = Vec::new();
-        for name in ["roles", "role"] {
-            strings(&claims, name, &mut roles)?;
-        }
+        let mut roles = strings(standard.roles, "roles")?;
+        roles.extend(strings(standard.role, "role")?);
         Ok(Self(Arc::new(Inner {
             subject,
             issuer,
             expires_at,
-            scopes,
+            scope,
             roles,
-            claims,
+            payload: payload.into(),
+            claims: OnceLock::new(),
         })))
     }
 
@@ -74,15 +121,14 @@ impl Principal {
     }
 
     /// The granted scopes.
-    #[must_use]
-    pub fn scopes(&self) -> &[String] {
-        &self.0.scopes
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.0.scope.split_ascii_whitespace()
     }
 
     /// Whether `scope` was granted.
     #[must_use]
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.0.scopes.iter().any(|s| s == scope)
+        self.scopes().any(|s| s == scope)
     }
 
     /// The roles.
@@ -97,16 +143,23 @@ impl Principal {
         self.0.roles.iter().any(|r| r == role)
     }
 
-    /// Every claim of the token, as verified.
+    /// Every claim of the token, as verified (decoded on first call).
     #[must_use]
     pub fn claims(&self) -> &Map<String, Value> {
-        &self.0.claims
+        self.0.claims.get_or_init(|| {
+            // The payload was verified and parsed as a JSON object already: this cannot fail.
+            URL_SAFE_NO_PAD
+                .decode(self.0.payload.as_bytes())
+                .ok()
+                .and_then(|json| serde_json::from_slice(&json).ok())
+                .unwrap_or_default()
+        })
     }
 
     /// One claim, deserialized.
     #[must_use]
     pub fn claim<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
-        T::deserialize(self.0.claims.get(name)?).ok()
+        T::deserialize(self.claims().get(name)?).ok()
     }
 }
 
@@ -117,39 +170,25 @@ impl fmt::Debug for Principal {
             .field("subject", &self.0.subject)
             .field("issuer", &self.0.issuer)
             .field("expires_at", &self.0.expires_at)
-            .field("scopes", &self.0.scopes)
+            .field("scope", &self.0.scope)
             .field("roles", &self.0.roles)
             .finish_non_exhaustive()
     }
 }
 
-fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<String, AuthError> {
-    match claims.get(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(AuthError::InvalidClaim(name.to_owned())),
-    }
-}
-
-fn strings(
-    claims: &Map<String, Value>,
-    name: &str,
-    out: &mut Vec<String>,
-) -> Result<(), AuthError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(s)) => {
-            out.extend(s.split_ascii_whitespace().map(str::to_owned));
-            Ok(())
-        }
-        Some(Value::Array(items)) => {
-            for item in items {
-                match item {
-                    Value::String(s) => out.push(s.clone()),
-                    _ => return Err(AuthError::InvalidClaim(name.to_owned())),
-                }
-            }
-            Ok(())
-        }
+/// The strings of a claim that is a space-separated string or an array of strings.
+fn strings(value: Option<Value>, name: &str) -> Result<Vec<String>, AuthError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if !s.contains(char::is_whitespace) => Ok(vec![s]),
+        Some(Value::String(s)) => Ok(s.split_ascii_whitespace().map(str::to_owned).collect()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => Ok(s),
+                _ => Err(AuthError::InvalidClaim(name.to_owned())),
+            })
+            .collect(),
         Some(_) => Err(AuthError::InvalidClaim(name.to_owned())),
     }
 }

@@ -6,14 +6,39 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::borrow::Cow;
+
 use aws_lc_rs::digest;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
-use serde_json::{Map, Value};
+use serde::Deserialize;
 
 use crate::error::AuthError;
 use crate::jwks::Jwks;
 use crate::keys::{KeySet, VerifyingKey};
-use crate::principal::Principal;
+use crate::principal::{Principal, Standard};
+
+/// The two header fields key selection needs, parsed without the rest (jsonwebtoken parses the
+/// whole header again when it verifies).
+#[derive(Deserialize)]
+struct KeyHeader<'a> {
+    alg: Algorithm,
+    #[serde(borrow, default)]
+    kid: Option<Cow<'a, str>>,
+}
+
+/// The header of a compact JWS, if it is one.
+fn key_header(token: &str, buffer: &mut Vec<u8>) -> Option<(Algorithm, Option<String>)> {
+    let (encoded, rest) = token.split_once('.')?;
+    // Three parts, no more: the signature may be empty only to be refused later.
+    if rest.bytes().filter(|&b| b == b'.').count() != 1 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode_vec(encoded, buffer).ok()?;
+    let header: KeyHeader<'_> = serde_json::from_slice(buffer).ok()?;
+    Some((header.alg, header.kid.map(Cow::into_owned)))
+}
 
 /// A `kid` longer than this is malformed: no key is named so, and none is fetched for it.
 const MAX_KID_BYTES: usize = 256;
@@ -343,46 +368,44 @@ impl Validator {
             }
             cache.invalidate(key);
         }
-        let Ok(header) = jsonwebtoken::decode_header(token) else {
+        let mut buffer = Vec::with_capacity(128);
+        let Some((alg, kid)) = key_header(token, &mut buffer) else {
             return Checked::Invalid(AuthError::Malformed);
         };
-        if header
-            .kid
-            .as_ref()
-            .is_some_and(|kid| kid.len() > MAX_KID_BYTES)
-        {
+        if kid.as_ref().is_some_and(|kid| kid.len() > MAX_KID_BYTES) {
             return Checked::Invalid(AuthError::Malformed);
         }
         let keys = self.key_set();
-        let Some(key) = keys.find(header.kid.as_deref()) else {
+        let Some(key) = keys.find(kid.as_deref()) else {
             return match shared.keys {
                 Keys::Remote(_) => Checked::NeedsKeys,
                 Keys::Static(_) => Checked::Invalid(AuthError::UnknownKey),
             };
         };
-        if header.alg != key.algorithm() {
+        if alg != key.algorithm() {
             return Checked::Invalid(AuthError::AlgorithmNotAllowed);
         }
         let Some(validation) = shared.validations.get(&key.algorithm()) else {
             return Checked::Invalid(AuthError::AlgorithmNotAllowed);
         };
-        let claims =
-            match jsonwebtoken::decode::<Map<String, Value>>(token, key.decoding_key(), validation)
-            {
-                Ok(data) => data.claims,
-                Err(error) => return Checked::Invalid(AuthError::from_jwt(&error)),
-            };
-        if let Some(missing) = shared
-            .required_claims
-            .iter()
-            .find(|claim| !claims.contains_key(claim.as_str()))
+        let standard = match jsonwebtoken::decode::<Standard>(token, key.decoding_key(), validation)
         {
-            return Checked::Invalid(AuthError::MissingClaim(missing.clone()));
-        }
-        let principal = match Principal::from_claims(claims) {
+            Ok(data) => data.claims,
+            Err(error) => return Checked::Invalid(AuthError::from_jwt(&error)),
+        };
+        // The payload segment, for the claims a handler may ask for later.
+        let payload = token.split('.').nth(1).unwrap_or_default();
+        let principal = match Principal::from_standard(standard, payload) {
             Ok(principal) => principal,
             Err(error) => return Checked::Invalid(error),
         };
+        if let Some(missing) = shared
+            .required_claims
+            .iter()
+            .find(|claim| !principal.claims().contains_key(claim.as_str()))
+        {
+            return Checked::Invalid(AuthError::MissingClaim(missing.clone()));
+        }
         if let Some((cache, digest)) = digest {
             cache.insert(
                 digest,

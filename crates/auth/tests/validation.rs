@@ -33,6 +33,9 @@ fn a_valid_token_of_every_algorithm_passes() {
         let principal = validator.validate_static(&sign(&key, &claims())).unwrap();
         assert_eq!(principal.subject(), "user-1");
         assert!(principal.has_role("customer") && principal.has_scope("orders:read"));
+        // Every claim is there for the handler, decoded on demand.
+        assert_eq!(principal.claim::<String>("aud").as_deref(), Some(AUD));
+        assert_eq!(principal.claims().len(), claims().as_object().unwrap().len());
     }
     let secret = [9u8; 32];
     let validator =
