@@ -35,7 +35,10 @@ fn a_valid_token_of_every_algorithm_passes() {
         assert!(principal.has_role("customer") && principal.has_scope("orders:read"));
         // Every claim is there for the handler, decoded on demand.
         assert_eq!(principal.claim::<String>("aud").as_deref(), Some(AUD));
-        assert_eq!(principal.claims().len(), claims().as_object().unwrap().len());
+        assert_eq!(
+            principal.claims().len(),
+            claims().as_object().unwrap().len()
+        );
     }
     let secret = [9u8; 32];
     let validator =
