@@ -1,0 +1,256 @@
+//! Redis as the second tier ([`RedisTier`]) and as the invalidation bus ([`RedisBus`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mainstay_cache::Cache;
+//! use mainstay_cache::redis::{RedisBus, RedisTier};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), mainstay_cache::BoxError> {
+//! let url = "redis://127.0.0.1:6379";
+//! let products: Cache<u64, String> = Cache::builder("products")
+//!     .ttl(Duration::from_secs(30)) // short: the safety net for a lost invalidation
+//!     .second_tier(RedisTier::from_url(url, "catalog:products")?.version(3))
+//!     .invalidation_bus(RedisBus::from_url(url, "catalog:invalidate")?)
+//!     .build();
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::fmt::Display;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_redis::{Config, Pool, Runtime};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cache::BoxError;
+use crate::tier::{InvalidationBus, SecondTier};
+
+/// Turns values into bytes for the second tier and back.
+pub trait Codec<V>: Send + Sync + 'static {
+    /// Encodes a value.
+    ///
+    /// # Errors
+    ///
+    /// The value cannot be encoded.
+    fn encode(&self, value: &V) -> Result<Vec<u8>, BoxError>;
+    /// Decodes a value.
+    ///
+    /// # Errors
+    ///
+    /// The bytes are not a value of this codec (written by another version, say).
+    fn decode(&self, bytes: &[u8]) -> Result<V, BoxError>;
+}
+
+/// JSON through serde: readable in `redis-cli`, and the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
+    fn encode(&self, value: &V) -> Result<Vec<u8>, BoxError> {
+        Ok(serde_json::to_vec(value)?)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, BoxError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+fn pool(url: &str) -> Result<Pool, BoxError> {
+    Ok(Config::from_url(url).create_pool(Some(Runtime::Tokio1))?)
+}
+
+/// Redis as a [`SecondTier`]: values under `<prefix>:v<version>:<key>`, with the entry's TTL.
+///
+/// Bumping the [`version`](Self::version) when the value's shape changes makes every instance
+/// of the new release read fresh keys while the old release keeps its own.
+#[derive(Clone)]
+pub struct RedisTier<C = Json> {
+    pool: Pool,
+    prefix: String,
+    version: u32,
+    codec: C,
+}
+
+impl<C> fmt::Debug for RedisTier<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("prefix", &self.prefix)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisTier {
+    /// A tier on an existing pool.
+    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
+        Self {
+            pool,
+            prefix: prefix.into(),
+            version: 1,
+            codec: Json,
+        }
+    }
+
+    /// A tier with its own pool on `url` (`redis://host:port/db`). Connections are made on
+    /// first use, so a Redis that is down does not stop the service from starting.
+    ///
+    /// # Errors
+    ///
+    /// The URL is not a Redis URL.
+    pub fn from_url(url: &str, prefix: impl Into<String>) -> Result<Self, BoxError> {
+        Ok(Self::new(pool(url)?, prefix))
+    }
+}
+
+impl<C> RedisTier<C> {
+    /// The key version (default 1).
+    #[must_use]
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Another codec.
+    pub fn codec<D>(self, codec: D) -> RedisTier<D> {
+        RedisTier {
+            pool: self.pool,
+            prefix: self.prefix,
+            version: self.version,
+            codec,
+        }
+    }
+
+    fn key(&self, key: &impl Display) -> String {
+        format!("{}:v{}:{key}", self.prefix, self.version)
+    }
+}
+
+#[async_trait]
+impl<K, V, C> SecondTier<K, V> for RedisTier<C>
+where
+    K: Display + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    async fn get(&self, key: &K) -> Result<Option<V>, BoxError> {
+        let mut connection = self.pool.get().await?;
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.key(key))
+            .query_async(&mut *connection)
+            .await?;
+        bytes.map(|b| self.codec.decode(&b)).transpose()
+    }
+
+    async fn set(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError> {
+        let bytes = self.codec.encode(value)?;
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut connection = self.pool.get().await?;
+        let () = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(bytes)
+            .arg("PX")
+            .arg(millis)
+            .query_async(&mut *connection)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&self, key: &K) -> Result<(), BoxError> {
+        let mut connection = self.pool.get().await?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async(&mut *connection)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Redis pub/sub as an [`InvalidationBus`] on one channel. The subscription reconnects with a
+/// growing pause (100 ms to 5 s) when Redis goes away; keys published meanwhile are lost,
+/// which the first tier's TTL bounds.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    pool: Pool,
+    channel: String,
+}
+
+impl fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// The bus on `channel` of the Redis at `url`.
+    ///
+    /// # Errors
+    ///
+    /// The URL is not a Redis URL.
+    pub fn from_url(url: &str, channel: impl Into<String>) -> Result<Self, BoxError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            pool: pool(url)?,
+            channel: channel.into(),
+        })
+    }
+}
+
+#[async_trait]
+impl InvalidationBus for RedisBus {
+    async fn publish(&self, key: String) -> Result<(), BoxError> {
+        let mut connection = self.pool.get().await?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(key)
+            .query_async(&mut *connection)
+            .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> BoxStream<'static, String> {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<String>(1024);
+        let (client, channel) = (self.client.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            while !sender.is_closed() {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                        Ok(()) => {
+                            pause = Duration::from_millis(100);
+                            let mut messages = pubsub.on_message();
+                            while let Some(message) = messages.next().await {
+                                let Ok(key) = message.get_payload::<String>() else {
+                                    continue;
+                                };
+                                if sender.send(key).await.is_err() {
+                                    return;
+                                }
+                            }
+                            tracing::warn!(%channel, "invalidation subscription lost; reconnecting");
+                        }
+                        Err(error) => {
+                            tracing::warn!(%channel, %error, "cannot subscribe to invalidations");
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(%channel, %error, "cannot reach Redis for invalidations");
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+        futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|key| (key, receiver))
+        })
+        .boxed()
+    }
+}
