@@ -30,12 +30,16 @@ pub enum CacheError {
     LoaderPanicked,
 }
 
+#[derive(Clone)]
 enum Slot<V> {
     Present(V),
     Absent,
     Failed(Arc<dyn std::error::Error + Send + Sync>),
 }
 
+/// A first-tier entry. Stored by value (not behind an `Arc`): a hit then clones the value
+/// once, which is what a raw moka lookup costs too.
+#[derive(Clone)]
 struct Entry<V> {
     slot: Slot<V>,
     fresh_until: Instant,
@@ -43,11 +47,11 @@ struct Entry<V> {
 }
 
 impl<V: Clone> Entry<V> {
-    fn outcome(&self) -> Outcome<V> {
-        match &self.slot {
-            Slot::Present(value) => Ok(Some(value.clone())),
+    fn outcome(self) -> Outcome<V> {
+        match self.slot {
+            Slot::Present(value) => Ok(Some(value)),
             Slot::Absent => Ok(None),
-            Slot::Failed(error) => Err(CacheError::Load(error.clone())),
+            Slot::Failed(error) => Err(CacheError::Load(error)),
         }
     }
 }
@@ -64,20 +68,15 @@ type MokaInstant = std::time::Instant;
 /// moka keeps an entry until its stale period ends.
 struct UntilStale;
 
-impl<K, V> moka::Expiry<K, Arc<Entry<V>>> for UntilStale {
-    fn expire_after_create(
-        &self,
-        _: &K,
-        entry: &Arc<Entry<V>>,
-        _: MokaInstant,
-    ) -> Option<Duration> {
+impl<K, V> moka::Expiry<K, Entry<V>> for UntilStale {
+    fn expire_after_create(&self, _: &K, entry: &Entry<V>, _: MokaInstant) -> Option<Duration> {
         Some(entry.stale_until.saturating_duration_since(Instant::now()))
     }
 
     fn expire_after_update(
         &self,
         _: &K,
-        entry: &Arc<Entry<V>>,
+        entry: &Entry<V>,
         _: MokaInstant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -216,7 +215,7 @@ where
                 }
             });
         if let Some(weigher) = self.weigher {
-            l1 = l1.weigher(move |key: &K, entry: &Arc<Entry<V>>| match &entry.slot {
+            l1 = l1.weigher(move |key: &K, entry: &Entry<V>| match &entry.slot {
                 Slot::Present(value) => weigher(key, value),
                 _ => 1,
             });
@@ -246,7 +245,7 @@ where
 
 struct Inner<K, V> {
     name: String,
-    l1: moka::future::Cache<K, Arc<Entry<V>>>,
+    l1: moka::future::Cache<K, Entry<V>>,
     inflight: Mutex<HashMap<K, Flight<V>>>,
     ttl: Duration,
     stale_grace: Duration,
@@ -357,28 +356,48 @@ where
         E: Into<BoxError> + 'static,
     {
         let inner = &*self.0;
-        if let Some(entry) = inner.l1.get(key).await {
-            let now = Instant::now();
-            if now < entry.fresh_until {
-                bump(&inner.counters.hits);
-                return entry.outcome();
-            }
-            if now < entry.stale_until {
-                bump(&inner.counters.stale);
-                // One refresh, in the background; the caller does not wait for it.
-                drop(self.flight(key, loader));
-                return entry.outcome();
-            }
+        let Some(entry) = inner.l1.get(key).await else {
+            return self.miss(key, loader).await;
+        };
+        if Instant::now() < entry.fresh_until {
+            bump(&inner.counters.hits);
+            return entry.outcome();
         }
-        bump(&inner.counters.misses);
+        self.not_fresh(key, entry, loader).await
+    }
+
+    /// An entry past its TTL: stale within the grace (served, refreshed in the background),
+    /// or expired (a miss).
+    async fn not_fresh<F, Fut, E>(&self, key: &K, entry: Entry<V>, loader: F) -> Outcome<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        if Instant::now() < entry.stale_until {
+            bump(&self.0.counters.stale);
+            // One refresh, in the background; the caller does not wait for it.
+            drop(self.flight(key, loader));
+            return entry.outcome();
+        }
+        self.miss(key, loader).await
+    }
+
+    async fn miss<F, Fut, E>(&self, key: &K, loader: F) -> Outcome<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        bump(&self.0.counters.misses);
         self.flight(key, loader).await
     }
 
     /// The value in the first tier, fresh or stale, without loading.
     pub async fn get(&self, key: &K) -> Option<V> {
         let entry = self.0.l1.get(key).await?;
-        match &entry.slot {
-            Slot::Present(value) if Instant::now() < entry.stale_until => Some(value.clone()),
+        match entry.slot {
+            Slot::Present(value) if Instant::now() < entry.stale_until => Some(value),
             _ => None,
         }
     }
@@ -514,7 +533,7 @@ where
             fresh_until: now + ttl,
             stale_until: now + ttl + grace,
         };
-        self.l1.insert(key.clone(), Arc::new(entry)).await;
+        self.l1.insert(key.clone(), entry).await;
     }
 
     async fn tier_op<T>(
@@ -557,6 +576,13 @@ where
         Fut: Future<Output = Result<Option<V>, E>>,
         E: Into<BoxError>,
     {
+        // A load that finished between this caller's lookup and its flight may have left a
+        // fresh value: use it rather than load twice.
+        if let Some(entry) = self.l1.get(key).await
+            && Instant::now() < entry.fresh_until
+        {
+            return entry.outcome();
+        }
         if let Some(tier) = &self.second_tier
             && let Some(Some(value)) = self.tier_op("get", tier.get(key)).await
         {

@@ -18,12 +18,14 @@
 
 use std::fmt;
 use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Config, Pool, Runtime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -64,13 +66,62 @@ fn pool(url: &str) -> Result<Pool, BoxError> {
     Ok(Config::from_url(url).create_pool(Some(Runtime::Tokio1))?)
 }
 
+/// Connections for one tier or bus. A multiplexed connection serves concurrent commands by
+/// itself, so one is kept and cloned per command; the pool only makes (and health-checks) a
+/// replacement after a failure. Taking from the pool per command would add a `PING` round
+/// trip to each (deadpool-redis checks every connection it hands out again).
+#[derive(Clone)]
+struct Connections {
+    pool: Pool,
+    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+}
+
+impl Connections {
+    fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            current: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn get(&self) -> Result<MultiplexedConnection, BoxError> {
+        if let Some(connection) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Ok(connection);
+        }
+        let pooled = self.pool.get().await?;
+        let connection: MultiplexedConnection = (*pooled).clone();
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs `command`; a failure drops the kept connection so that the next command starts over.
+    async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, BoxError> {
+        let mut connection = self.get().await?;
+        match command.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(error) => {
+                self.current
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                Err(error.into())
+            }
+        }
+    }
+}
+
 /// Redis as a [`SecondTier`]: values under `<prefix>:v<version>:<key>`, with the entry's TTL.
 ///
 /// Bumping the [`version`](Self::version) when the value's shape changes makes every instance
 /// of the new release read fresh keys while the old release keeps its own.
 #[derive(Clone)]
 pub struct RedisTier<C = Json> {
-    pool: Pool,
+    connections: Connections,
     prefix: String,
     version: u32,
     codec: C,
@@ -89,7 +140,7 @@ impl RedisTier {
     /// A tier on an existing pool.
     pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
         Self {
-            pool,
+            connections: Connections::new(pool),
             prefix: prefix.into(),
             version: 1,
             codec: Json,
@@ -118,7 +169,7 @@ impl<C> RedisTier<C> {
     /// Another codec.
     pub fn codec<D>(self, codec: D) -> RedisTier<D> {
         RedisTier {
-            pool: self.pool,
+            connections: self.connections,
             prefix: self.prefix,
             version: self.version,
             codec,
@@ -138,10 +189,9 @@ where
     C: Codec<V>,
 {
     async fn get(&self, key: &K) -> Result<Option<V>, BoxError> {
-        let mut connection = self.pool.get().await?;
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.key(key))
-            .query_async(&mut *connection)
+        let bytes: Option<Vec<u8>> = self
+            .connections
+            .run(redis::cmd("GET").arg(self.key(key)))
             .await?;
         bytes.map(|b| self.codec.decode(&b)).transpose()
     }
@@ -149,24 +199,22 @@ where
     async fn set(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError> {
         let bytes = self.codec.encode(value)?;
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut connection = self.pool.get().await?;
-        let () = redis::cmd("SET")
-            .arg(self.key(key))
-            .arg(bytes)
-            .arg("PX")
-            .arg(millis)
-            .query_async(&mut *connection)
-            .await?;
-        Ok(())
+        self.connections
+            .run::<()>(
+                redis::cmd("SET")
+                    .arg(self.key(key))
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(millis),
+            )
+            .await
     }
 
     async fn remove(&self, key: &K) -> Result<(), BoxError> {
-        let mut connection = self.pool.get().await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.key(key))
-            .query_async(&mut *connection)
-            .await?;
-        Ok(())
+        self.connections
+            .run::<i64>(redis::cmd("DEL").arg(self.key(key)))
+            .await
+            .map(drop)
     }
 }
 
@@ -176,7 +224,7 @@ where
 #[derive(Clone)]
 pub struct RedisBus {
     client: redis::Client,
-    pool: Pool,
+    connections: Connections,
     channel: String,
 }
 
@@ -197,7 +245,7 @@ impl RedisBus {
     pub fn from_url(url: &str, channel: impl Into<String>) -> Result<Self, BoxError> {
         Ok(Self {
             client: redis::Client::open(url)?,
-            pool: pool(url)?,
+            connections: Connections::new(pool(url)?),
             channel: channel.into(),
         })
     }
@@ -206,13 +254,10 @@ impl RedisBus {
 #[async_trait]
 impl InvalidationBus for RedisBus {
     async fn publish(&self, key: String) -> Result<(), BoxError> {
-        let mut connection = self.pool.get().await?;
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(key)
-            .query_async(&mut *connection)
-            .await?;
-        Ok(())
+        self.connections
+            .run::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(key))
+            .await
+            .map(drop)
     }
 
     fn subscribe(&self) -> BoxStream<'static, String> {

@@ -279,8 +279,14 @@ async fn invalidate_drops_the_value() {
 #[tokio::test]
 async fn the_collector_exports_the_counters() {
     let cache = cache();
-    cache.get_or_load(&1, || async { Ok::<_, Down>(Some("a".to_owned())) }).await.unwrap();
-    cache.get_or_load(&1, || async { Ok::<_, Down>(Some("b".to_owned())) }).await.unwrap();
+    cache
+        .get_or_load(&1, || async { Ok::<_, Down>(Some("a".to_owned())) })
+        .await
+        .unwrap();
+    cache
+        .get_or_load(&1, || async { Ok::<_, Down>(Some("b".to_owned())) })
+        .await
+        .unwrap();
     cache.run_pending_tasks().await;
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(cache.collector()));
@@ -294,4 +300,32 @@ async fn the_collector_exports_the_counters() {
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
+}
+
+/// A regression test for a race the stampede benchmark found: a caller that missed just
+/// before a load landed, and took the flight lock just after it ended, started a second load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_lands_during_a_lookup_is_not_repeated() {
+    let loads = Arc::new(AtomicUsize::new(0));
+    for round in 0..300u32 {
+        let cache = cache();
+        let callers: Vec<_> = (0..1000)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(&round, move || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<_, Down>(Some("v".to_owned()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 300);
 }
