@@ -11,6 +11,7 @@
 //!   (400, 413, 415, 422).
 //! * [`store`]: the store pattern (trait, PostgreSQL and SQLite implementations, per-dialect
 //!   migrations) on one small table.
+//! * [`bus`]: the event bus trait and its in-process implementation.
 //! * `testing` (feature `testing`): a fresh PostgreSQL database per test.
 //!
 //! A service's `main.rs` is then:
@@ -36,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod config;
 mod problem;
 mod serve;

@@ -1,0 +1,386 @@
+//! The HTTP API.
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use mainstay_auth::{JwtLayer, RequireRoleLayer};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shop_common::bus::Envelope;
+use shop_common::{Json, Problem};
+
+use crate::store::{Listing, Product, Sort, Write};
+use crate::{Catalog, EVENTS, unix_now};
+
+/// The API routes, without the server stack (see `shop_common::Kit::stack`).
+pub fn router(catalog: Catalog) -> Router {
+    let admin = |router: axum::routing::MethodRouter<Catalog>| {
+        router
+            .layer::<_, std::convert::Infallible>(RequireRoleLayer::new("admin"))
+            .layer::<_, std::convert::Infallible>(JwtLayer::new(catalog.0.validator.clone()))
+    };
+    Router::new()
+        .route("/categories", get(categories))
+        .route(
+            "/products",
+            get(list).merge(admin(axum::routing::post(create))),
+        )
+        .route("/products/search", get(search))
+        .route(
+            "/products/{id}",
+            get(product).merge(admin(axum::routing::put(update).delete(delete))),
+        )
+        .with_state(catalog)
+}
+
+fn internal(error: &dyn std::error::Error) -> Problem {
+    Problem::internal(error)
+}
+
+/// Field errors of a request, reported together.
+#[derive(Default)]
+struct Errors(Vec<Value>);
+
+impl Errors {
+    fn add(&mut self, field: &str, message: &str) {
+        self.0.push(json!({"field": field, "message": message}));
+    }
+
+    fn finish(self, status: StatusCode, detail: &str) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(Problem::new(status)
+            .detail(detail)
+            .typed("/problems/validation", "Invalid fields")
+            .with("errors", Value::Array(self.0)))
+    }
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))
+}
+
+async fn categories(State(catalog): State<Catalog>) -> Result<Response, Problem> {
+    let categories = catalog
+        .0
+        .store
+        .categories()
+        .await
+        .map_err(|e| internal(&e))?;
+    Ok(Json(categories).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    page: Option<i64>,
+    per_page: Option<i64>,
+    category: Option<String>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+    sort: Option<Sort>,
+}
+
+fn slug_ok(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+async fn list(
+    State(catalog): State<Catalog>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    let page = params.page.unwrap_or(1);
+    let per_page = params.per_page.unwrap_or(20);
+    let mut errors = Errors::default();
+    if page < 1 {
+        errors.add("page", "must be 1 or more");
+    }
+    if !(1..=100).contains(&per_page) {
+        errors.add("per_page", "must be from 1 to 100");
+    }
+    if params.min_price.is_some_and(|p| p < 0) {
+        errors.add("min_price", "must not be negative");
+    }
+    if params.max_price.is_some_and(|p| p < 0) {
+        errors.add("max_price", "must not be negative");
+    }
+    if let (Some(min), Some(max)) = (params.min_price, params.max_price)
+        && min > max
+    {
+        errors.add("max_price", "must not be below min_price");
+    }
+    if params.category.as_deref().is_some_and(|c| !slug_ok(c)) {
+        errors.add("category", "must be a category id such as kitchen");
+    }
+    errors.finish(StatusCode::BAD_REQUEST, "invalid listing parameters")?;
+    let listing = Listing {
+        category: params.category,
+        min_price: params.min_price,
+        max_price: params.max_price,
+        sort: params.sort.unwrap_or(Sort::Name),
+        limit: per_page,
+        offset: (page - 1).saturating_mul(per_page),
+    };
+    let (items, total) = catalog
+        .0
+        .store
+        .list(&listing)
+        .await
+        .map_err(|e| internal(&e))?;
+    Ok(
+        Json(json!({"items": items, "total": total, "page": page, "per_page": per_page}))
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    q: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn search(
+    State(catalog): State<Catalog>,
+    params: Result<Query<SearchParams>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = query(params)?;
+    let q = params.q.unwrap_or_default();
+    let limit = params.limit.unwrap_or(20);
+    let mut errors = Errors::default();
+    let words = q.trim();
+    if words.is_empty() || words.chars().count() > 100 {
+        errors.add("q", "must be 1 to 100 characters");
+    }
+    if !(1..=50).contains(&limit) {
+        errors.add("limit", "must be from 1 to 50");
+    }
+    errors.finish(StatusCode::BAD_REQUEST, "invalid search parameters")?;
+    let items = catalog
+        .0
+        .store
+        .search(words, limit)
+        .await
+        .map_err(|e| internal(&e))?;
+    Ok(Json(json!({"items": items, "query": words})).into_response())
+}
+
+fn etag(product: &Product) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}-{}\"", product.id, product.version))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+async fn product(
+    State(catalog): State<Catalog>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("no product {id:?}"));
+    if id.len() > 64 {
+        return Err(not_found());
+    }
+    let store = catalog.0.store.clone();
+    let key = id.clone();
+    let product = catalog
+        .0
+        .products
+        .get_or_load(&id, move || async move { store.get(&key).await })
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(not_found)?;
+    let tag = etag(&product);
+    let cache_control = HeaderValue::from_static("public, max-age=10");
+    if headers.get(IF_NONE_MATCH).is_some_and(|v| v == tag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(ETAG, tag), (CACHE_CONTROL, cache_control)],
+        )
+            .into_response());
+    }
+    Ok(([(ETAG, tag), (CACHE_CONTROL, cache_control)], Json(product)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductInput {
+    id: Option<String>,
+    name: String,
+    description: String,
+    category_id: String,
+    price_minor: i64,
+    currency: String,
+    stock: i64,
+}
+
+/// The product a valid input describes, or a 422 listing every bad field.
+fn validated(
+    input: ProductInput,
+    id: String,
+    version: i64,
+    created_at: i64,
+) -> Result<Product, Problem> {
+    let mut errors = Errors::default();
+    let name = input.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        errors.add("name", "must be 1 to 200 characters");
+    }
+    if input.description.chars().count() > 5_000 {
+        errors.add("description", "must be at most 5,000 characters");
+    }
+    if !slug_ok(&input.category_id) {
+        errors.add("category_id", "must be a category id such as kitchen");
+    }
+    if !(0..=1_000_000_000_000).contains(&input.price_minor) {
+        errors.add(
+            "price_minor",
+            "must be a whole number of minor units from 0 to 10^12",
+        );
+    }
+    if !(input.currency.len() == 3 && input.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+        errors.add("currency", "must be an ISO 4217 code such as EUR");
+    }
+    if !(0..=1_000_000_000).contains(&input.stock) {
+        errors.add("stock", "must be from 0 to 10^9");
+    }
+    if !slug_ok(&id) {
+        errors.add(
+            "id",
+            "must be 1 to 64 lower-case letters, digits or hyphens",
+        );
+    }
+    errors.finish(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the product has invalid fields",
+    )?;
+    let now = unix_now();
+    Ok(Product {
+        id,
+        name,
+        description: input.description,
+        category_id: input.category_id,
+        price_minor: input.price_minor,
+        currency: input.currency,
+        stock: input.stock,
+        version,
+        created_at,
+        updated_at: now,
+    })
+}
+
+fn unknown_category() -> Problem {
+    Problem::unprocessable("the product has invalid fields")
+        .typed("/problems/validation", "Invalid fields")
+        .with(
+            "errors",
+            json!([{"field": "category_id", "message": "no such category"}]),
+        )
+}
+
+async fn create(
+    State(catalog): State<Catalog>,
+    Json(input): Json<ProductInput>,
+) -> Result<Response, Problem> {
+    let id = input
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let product = validated(input, id, 1, unix_now())?;
+    match catalog
+        .0
+        .store
+        .create(&product)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        Write::Done(product) => {
+            // A 404 for this id may be remembered: forget it.
+            catalog.0.products.invalidate(&product.id).await;
+            let location = HeaderValue::from_str(&format!("/products/{}", product.id))
+                .unwrap_or_else(|_| HeaderValue::from_static("/products"));
+            Ok((StatusCode::CREATED, [(LOCATION, location)], Json(product)).into_response())
+        }
+        Write::UnknownCategory => Err(unknown_category()),
+        Write::Exists => Err(Problem::conflict(format!(
+            "product {:?} exists",
+            product.id
+        ))),
+    }
+}
+
+async fn update(
+    State(catalog): State<Catalog>,
+    Path(id): Path<String>,
+    Json(input): Json<ProductInput>,
+) -> Result<Response, Problem> {
+    if input.id.as_ref().is_some_and(|body_id| *body_id != id) {
+        return Err(Problem::unprocessable(
+            "the body's id differs from the path's",
+        ));
+    }
+    let before = catalog.0.store.get(&id).await.map_err(|e| internal(&e))?;
+    let Some(before) = before else {
+        return Err(Problem::not_found(format!("no product {id:?}")));
+    };
+    let product = validated(input, id, before.version, before.created_at)?;
+    let updated = match catalog
+        .0
+        .store
+        .update(&product)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        Write::Done(Some(updated)) => updated,
+        Write::Done(None) => {
+            return Err(Problem::not_found(format!("no product {:?}", product.id)));
+        }
+        Write::UnknownCategory => return Err(unknown_category()),
+        Write::Exists => return Err(Problem::conflict("conflicting product")),
+    };
+    catalog.0.products.invalidate(&updated.id).await;
+    if before.price_minor != updated.price_minor || before.currency != updated.currency {
+        let event = Envelope::new(
+            "ProductPriceChanged",
+            &json!({
+                "product_id": updated.id,
+                "old_price_minor": before.price_minor,
+                "new_price_minor": updated.price_minor,
+                "currency": updated.currency,
+                "version": updated.version,
+            }),
+        );
+        // The change is committed; a lost event is logged, not a failed request. (The outbox
+        // makes this durable once it lands.)
+        if let Err(error) = catalog.0.bus.publish(EVENTS, event).await {
+            tracing::warn!(%error, product = %updated.id, "ProductPriceChanged not published");
+        }
+    }
+    Ok(Json(updated).into_response())
+}
+
+async fn delete(
+    State(catalog): State<Catalog>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    if !catalog
+        .0
+        .store
+        .delete(&id)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        return Err(Problem::not_found(format!("no product {id:?}")));
+    }
+    catalog.0.products.invalidate(&id).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,83 @@
+//! The catalog service's configuration, from the environment.
+
+use std::time::Duration;
+
+use shop_common::config::{ConfigError, ServiceConfig, Vars};
+
+/// What the catalog is configured with, beyond [`ServiceConfig`].
+///
+/// | variable | default | meaning |
+/// | --- | --- | --- |
+/// | `USERS_JWKS_URL` | `http://127.0.0.1:8081/.well-known/jwks.json` | where the users service publishes its keys |
+/// | `TOKEN_ISSUER` | `shop-users` | the accepted `iss` |
+/// | `TOKEN_AUDIENCE` | `shop` | the accepted `aud` |
+/// | `REDIS_URL` | unset | a Redis second tier and invalidation bus for the product cache |
+/// | `PRODUCT_CACHE_TTL_MS` | 30000 | how long a cached product is fresh (and then served stale as long again while it refreshes) |
+/// | `SEED_DEMO_CATALOG` | `true` on SQLite, else `false` | load the 120 demo products into an empty catalog |
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// The common part.
+    pub service: ServiceConfig,
+    /// The JWKS of the users service.
+    pub jwks_url: String,
+    /// Accepted `iss`.
+    pub issuer: String,
+    /// Accepted `aud`.
+    pub audience: String,
+    /// Redis for the second tier, if any.
+    pub redis_url: Option<String>,
+    /// Product cache TTL.
+    pub cache_ttl: Duration,
+    /// Whether to seed.
+    pub seed_demo_catalog: bool,
+}
+
+impl CatalogConfig {
+    /// Reads the configuration from the environment.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars = Vars(|var: &str| std::env::var(var).ok());
+        let service = ServiceConfig::from_vars("catalog", 8082, &vars)?;
+        Self::from_vars(service, &vars)
+    }
+
+    /// Reads the configuration from any source of variables.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_vars<F: Fn(&str) -> Option<String>>(
+        service: ServiceConfig,
+        vars: &Vars<F>,
+    ) -> Result<Self, ConfigError> {
+        let redis_url = vars.raw("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError {
+                var: "REDIS_URL".to_owned(),
+                value: url.clone(),
+                expected: "a redis:// or rediss:// URL".to_owned(),
+            });
+        }
+        let embedded = service.database_url.starts_with("sqlite:");
+        Ok(Self {
+            jwks_url: vars
+                .raw("USERS_JWKS_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".to_owned()),
+            issuer: vars
+                .raw("TOKEN_ISSUER")
+                .unwrap_or_else(|| "shop-users".to_owned()),
+            audience: vars
+                .raw("TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "shop".to_owned()),
+            redis_url,
+            cache_ttl: vars.millis_or("PRODUCT_CACHE_TTL_MS", Duration::from_secs(30))?,
+            seed_demo_catalog: vars.parse_or("SEED_DEMO_CATALOG", embedded, "true or false")?,
+            service,
+        })
+    }
+}

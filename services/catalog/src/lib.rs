@@ -1,0 +1,133 @@
+//! The catalog service: products and categories, listed, searched and cached.
+//!
+//! | route | auth | what |
+//! | --- | --- | --- |
+//! | `GET /categories` | — | every category |
+//! | `GET /products?page&per_page&category&min_price&max_price&sort` | — | a page of products |
+//! | `GET /products/search?q&limit` | — | full-text search (FTS5 on SQLite, `tsvector` on PostgreSQL) |
+//! | `GET /products/{id}` | — | one product, through the cache, with `ETag` and `304` |
+//! | `POST /products`, `PUT /products/{id}`, `DELETE /products/{id}` | role `admin` | changes; they invalidate the cache, and a new price publishes `ProductPriceChanged` on `catalog.events` |
+//!
+//! Reads of single products go through [`mainstay_cache::Cache`]: single-flight loads,
+//! stale-while-revalidate, 404s remembered for 5 s, and with `REDIS_URL` a Redis second tier
+//! whose invalidations reach every replica. Prices are integer minor units plus an ISO 4217
+//! currency. Invalid paging, sorting or filtering is a 400 problem naming each bad parameter.
+
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod config;
+pub mod seed;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mainstay_auth::Validator;
+use mainstay_cache::Cache;
+use mainstay_cache::redis::{RedisBus, RedisTier};
+use shop_common::bus::EventBus;
+use shop_common::store::{Database, StoreError};
+
+pub use self::api::router;
+pub use self::config::CatalogConfig;
+use self::store::{CatalogStore, Product};
+
+/// The subject catalog events are published on.
+pub const EVENTS: &str = "catalog.events";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Redis URL is unusable.
+    #[error("redis: {0}")]
+    Redis(mainstay_cache::BoxError),
+}
+
+/// The service's state, shared by its handlers.
+#[derive(Clone)]
+pub struct Catalog(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn CatalogStore>,
+    products: Cache<String, Product>,
+    validator: Validator,
+    bus: Arc<dyn EventBus>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("products", &self.0.products)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+impl Catalog {
+    /// Opens the store (migrating it), seeds an empty catalog when configured to, and builds
+    /// the product cache. Admin routes trust tokens `validator` accepts; events go to `bus`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or `REDIS_URL` is not a Redis URL.
+    pub async fn start(
+        config: &CatalogConfig,
+        database: &Database,
+        validator: Validator,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<Self, StartError> {
+        let store = store::open(database).await?;
+        if config.seed_demo_catalog && store.count().await? == 0 {
+            for category in seed::categories() {
+                store.add_category(&category).await?;
+            }
+            let products = seed::products(unix_now());
+            for product in &products {
+                store.create(product).await?;
+            }
+            tracing::info!(products = products.len(), "seeded the demo catalog");
+        }
+        let mut products = Cache::builder("products")
+            .max_capacity(50_000)
+            .ttl(config.cache_ttl)
+            .stale_while_revalidate(config.cache_ttl)
+            .negative_ttl(Duration::from_secs(5));
+        if let Some(url) = &config.redis_url {
+            products = products
+                .second_tier(
+                    RedisTier::from_url(url, "catalog:products").map_err(StartError::Redis)?,
+                )
+                .invalidation_bus(
+                    RedisBus::from_url(url, "catalog:invalidate").map_err(StartError::Redis)?,
+                );
+        }
+        Ok(Self(Arc::new(Inner {
+            store,
+            products: products.build(),
+            validator,
+            bus,
+        })))
+    }
+
+    /// The product cache (for its metrics).
+    #[must_use]
+    pub fn product_cache(&self) -> &Cache<String, Product> {
+        &self.0.products
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+        &self.0.store
+    }
+}

@@ -1,0 +1,43 @@
+//! `shop-catalog`: the catalog service, on the environment's configuration.
+
+use std::sync::Arc;
+
+use mainstay_auth::{Jwks, Validator};
+use shop_catalog::{Catalog, CatalogConfig, router};
+use shop_common::Kit;
+use shop_common::bus::InProcessBus;
+use shop_common::config::{EX_CONFIG, or_exit};
+use shop_common::store::Database;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let config = or_exit(CatalogConfig::from_env());
+    let telemetry = mainstay_telemetry::init(&config.service.name).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(EX_CONFIG)
+    });
+    let jwks = Jwks::from_url(&config.jwks_url).map_err(std::io::Error::other)?;
+    let validator = Validator::builder()
+        .issuer(&config.issuer)
+        .audience(&config.audience)
+        .jwks(jwks)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let database = Database::connect(&config.service.database_url)
+        .await
+        .map_err(std::io::Error::other)?;
+    let kit = Kit::new(config.service.clone());
+    let catalog = Catalog::start(&config, &database, validator, Arc::new(InProcessBus::new()))
+        .await
+        .map_err(std::io::Error::other)?;
+    kit.metrics
+        .register_collector(Box::new(catalog.product_cache().collector()));
+    let db = database.clone();
+    kit.health.add_check("database", move || {
+        let db = db.clone();
+        async move { db.ping().await }
+    });
+    shop_common::serve(kit.stack(router(catalog)), &kit).await?;
+    drop(telemetry);
+    Ok(())
+}

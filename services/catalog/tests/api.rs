@@ -1,0 +1,511 @@
+//! The catalog API, the same suite on SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use mainstay_auth::jsonwebtoken::Algorithm;
+use mainstay_auth::{AccessClaims, SigningKey, TokenIssuer, Validator};
+use serde_json::{Value, json};
+use shop_catalog::{Catalog, CatalogConfig, EVENTS, router};
+use shop_common::Kit;
+use shop_common::bus::{EventBus, InProcessBus};
+use shop_common::config::{ServiceConfig, Vars};
+use shop_common::store::Database;
+use shop_common::testing::PgTestDb;
+use tower::ServiceExt;
+
+struct Shop {
+    app: Router,
+    catalog: Catalog,
+    bus: InProcessBus,
+    admin: String,
+    customer: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+impl Shop {
+    async fn start(database: &Database, url: &str) -> Self {
+        let pairs = [("DATABASE_URL", url), ("SEED_DEMO_CATALOG", "true")];
+        let vars = Vars(|var: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == var)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let service = ServiceConfig::from_vars("catalog", 0, &vars).unwrap();
+        let config = CatalogConfig::from_vars(service, &vars).unwrap();
+        let issuer = TokenIssuer::new(
+            "shop-users",
+            "shop",
+            SigningKey::generate(Algorithm::EdDSA).unwrap(),
+        );
+        let validator = Validator::builder()
+            .issuer("shop-users")
+            .audience("shop")
+            .keys(issuer.key_set())
+            .build()
+            .unwrap();
+        let bus = InProcessBus::new();
+        let catalog = Catalog::start(&config, database, validator, Arc::new(bus.clone()))
+            .await
+            .unwrap();
+        let kit = Kit::new(config.service.clone());
+        let token = |role: &str| {
+            issuer
+                .issue(&AccessClaims::new(format!("{role}-1")).role(role))
+                .unwrap()
+                .token
+        };
+        Self {
+            app: kit.stack(router(catalog.clone())),
+            admin: token("admin"),
+            customer: token("customer"),
+            catalog,
+            bus,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        extra: Option<(&str, &str)>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
+        }
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None, None).await
+    }
+}
+
+macro_rules! on_both {
+    ($($suite:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let database = super::Database::connect("sqlite::memory:").await.unwrap();
+                    super::$suite(&database, "sqlite::memory:").await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(db) = super::PgTestDb::create_or_skip("catalog").await else { return };
+                    let database = super::Database::connect(&db.url).await.unwrap();
+                    super::$suite(&database, &db.url).await;
+                    if let super::Database::Postgres(pool) = database { pool.close().await; }
+                    db.drop_database().await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    listing_pages_filters_and_sorts,
+    invalid_listing_parameters_are_400_problems,
+    a_product_is_served_through_the_cache_with_etags,
+    search_finds_by_words_and_ignores_query_syntax,
+    writes_need_the_admin_role_and_validate_their_fields,
+    a_price_change_invalidates_the_cache_and_publishes_an_event,
+);
+
+async fn listing_pages_filters_and_sorts(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    let page = shop.get("/products").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body["total"], 120);
+    assert_eq!(page.body["items"].as_array().unwrap().len(), 20);
+
+    let kitchen = shop.get("/products?category=kitchen&per_page=100").await;
+    assert_eq!(kitchen.body["total"], 20);
+    assert!(
+        kitchen.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["category_id"] == "kitchen")
+    );
+    let out_of_stock: Vec<_> = kitchen.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["stock"] == 0)
+        .collect();
+    assert_eq!(out_of_stock.len(), 1);
+
+    let cheap_first = shop
+        .get("/products?sort=price_asc&min_price=1000&max_price=5000&per_page=100")
+        .await;
+    let prices: Vec<i64> = cheap_first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["price_minor"].as_i64().unwrap())
+        .collect();
+    assert!(!prices.is_empty());
+    assert!(prices.windows(2).all(|w| w[0] <= w[1]));
+    assert!(prices.iter().all(|p| (1000..=5000).contains(p)));
+    assert_eq!(cheap_first.body["total"], prices.len());
+
+    let dear_first = shop.get("/products?sort=price_desc&per_page=5").await;
+    let prices: Vec<i64> = dear_first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["price_minor"].as_i64().unwrap())
+        .collect();
+    assert!(prices.windows(2).all(|w| w[0] >= w[1]));
+
+    let beyond = shop.get("/products?page=7").await;
+    assert_eq!(beyond.body["items"].as_array().unwrap().len(), 0);
+    assert_eq!(beyond.body["total"], 120);
+
+    let categories = shop.get("/categories").await;
+    assert_eq!(categories.body.as_array().unwrap().len(), 6);
+}
+
+async fn invalid_listing_parameters_are_400_problems(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    for (query, field) in [
+        ("page=0", Some("page")),
+        ("per_page=1000", Some("per_page")),
+        ("min_price=-1", Some("min_price")),
+        ("min_price=500&max_price=100", Some("max_price")),
+        ("category=DROP%20TABLE%20products", Some("category")),
+        ("sort=random", None),
+        ("page=abc", None),
+        ("colour=red", None),
+    ] {
+        let reply = shop.get(&format!("/products?{query}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(
+            reply.headers[header::CONTENT_TYPE],
+            "application/problem+json",
+            "{query}"
+        );
+        if let Some(field) = field {
+            assert_eq!(reply.body["errors"][0]["field"], field, "{query}");
+        } else {
+            assert!(
+                reply.body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{query}"
+            );
+        }
+    }
+    for query in ["", "q=", "q=%20%20", "q=kettle&limit=0"] {
+        assert_eq!(
+            shop.get(&format!("/products/search?{query}")).await.status,
+            StatusCode::BAD_REQUEST,
+            "{query}"
+        );
+    }
+    // The table is still there.
+    assert_eq!(shop.get("/products").await.body["total"], 120);
+}
+
+async fn a_product_is_served_through_the_cache_with_etags(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    let first = shop.get("/products/kitchen-000").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body["name"], "Copper Kettle");
+    assert_eq!(first.body["stock"], 0);
+    let tag = first.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert_eq!(tag, "\"kitchen-000-1\"");
+    shop.get("/products/kitchen-000").await;
+    let stats = shop.catalog.product_cache().stats();
+    assert_eq!((stats.loads, stats.hits), (1, 1));
+
+    let not_modified = shop
+        .call(
+            Method::GET,
+            "/products/kitchen-000",
+            None,
+            None,
+            Some(("if-none-match", &tag)),
+        )
+        .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+
+    let missing = shop.get("/products/no-such-thing").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    shop.get("/products/no-such-thing").await;
+    assert_eq!(
+        shop.catalog.product_cache().stats().loads,
+        2,
+        "the 404 is remembered"
+    );
+}
+
+async fn search_finds_by_words_and_ignores_query_syntax(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    let found = shop.get("/products/search?q=copper%20kettle").await;
+    assert_eq!(found.status, StatusCode::OK);
+    let ids: Vec<&str> = found.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["kitchen-000"]);
+    // Stemmed: "kettles" finds kettles.
+    let plural = shop.get("/products/search?q=kettles").await;
+    assert_eq!(plural.body["items"].as_array().unwrap().len(), 4);
+    for hostile in [
+        "name%3A*%20OR%20x",
+        "%22unbalanced",
+        "NEAR(a%20b)",
+        "'%3B%20DROP%20TABLE%20products%3B--",
+    ] {
+        let reply = shop.get(&format!("/products/search?q={hostile}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{hostile}: {}", reply.body);
+    }
+    assert_eq!(shop.get("/products").await.body["total"], 120);
+}
+
+fn teapot() -> Value {
+    json!({"id": "kitchen-teapot-x", "name": "Glass Teapot", "description": "See the leaves unfurl.",
+           "category_id": "kitchen", "price_minor": 2999, "currency": "EUR", "stock": 12})
+}
+
+async fn writes_need_the_admin_role_and_validate_their_fields(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    assert_eq!(
+        shop.call(Method::POST, "/products", None, Some(teapot()), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        shop.call(
+            Method::POST,
+            "/products",
+            Some(&shop.customer),
+            Some(teapot()),
+            None
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+    // A 404 remembered before the product exists does not hide it afterwards.
+    assert_eq!(
+        shop.get("/products/kitchen-teapot-x").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let created = shop
+        .call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(teapot()),
+            None,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(
+        created.headers[header::LOCATION],
+        "/products/kitchen-teapot-x"
+    );
+    assert_eq!(
+        shop.get("/products/kitchen-teapot-x").await.body["price_minor"],
+        2999
+    );
+    assert_eq!(
+        shop.call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(teapot()),
+            None
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+
+    let mut unknown = teapot();
+    unknown["id"] = json!("other-id");
+    unknown["category_id"] = json!("spaceships");
+    let reply = shop
+        .call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(unknown),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.body["errors"][0]["field"], "category_id");
+
+    let bad = json!({"id": "Bad Id", "name": "", "description": "", "category_id": "kitchen",
+                     "price_minor": -5, "currency": "euro", "stock": -1});
+    let reply = shop
+        .call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(bad),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "price_minor", "currency", "stock", "id"]);
+    // A float price is the wrong shape, not a rounding.
+    let mut float = teapot();
+    float["price_minor"] = json!(29.99);
+    assert_eq!(
+        shop.call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(float),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    assert_eq!(
+        shop.call(
+            Method::DELETE,
+            "/products/kitchen-teapot-x",
+            Some(&shop.admin),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        shop.get("/products/kitchen-teapot-x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        shop.call(
+            Method::DELETE,
+            "/products/kitchen-teapot-x",
+            Some(&shop.admin),
+            None,
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+async fn a_price_change_invalidates_the_cache_and_publishes_an_event(
+    database: &Database,
+    url: &str,
+) {
+    let shop = Shop::start(database, url).await;
+    let mut events = shop.bus.subscribe(EVENTS);
+    let before = shop.get("/products/garden-001").await.body;
+    let mut changed = before.clone();
+    for field in ["version", "created_at", "updated_at"] {
+        changed.as_object_mut().unwrap().remove(field);
+    }
+    changed["price_minor"] = json!(before["price_minor"].as_i64().unwrap() + 100);
+    let reply = shop
+        .call(
+            Method::PUT,
+            "/products/garden-001",
+            Some(&shop.admin),
+            Some(changed.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body["version"], 2);
+
+    let after = shop.get("/products/garden-001").await;
+    assert_eq!(after.body["price_minor"], changed["price_minor"]);
+    assert_eq!(after.headers[header::ETAG], "\"garden-001-2\"");
+
+    let event = events.try_recv().unwrap();
+    assert_eq!(event.kind, "ProductPriceChanged");
+    assert_eq!(event.payload["product_id"], "garden-001");
+    assert_eq!(event.payload["old_price_minor"], before["price_minor"]);
+    assert_eq!(event.payload["new_price_minor"], changed["price_minor"]);
+
+    // A change that keeps the price publishes nothing.
+    changed["stock"] = json!(1);
+    shop.call(
+        Method::PUT,
+        "/products/garden-001",
+        Some(&shop.admin),
+        Some(changed),
+        None,
+    )
+    .await;
+    assert!(events.try_recv().is_err());
+    assert_eq!(
+        shop.call(
+            Method::PUT,
+            "/products/nope",
+            Some(&shop.admin),
+            Some(teapot()),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
