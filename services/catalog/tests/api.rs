@@ -14,7 +14,6 @@ use shop_common::Kit;
 use shop_common::bus::{EventBus, InProcessBus};
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
-use shop_common::testing::PgTestDb;
 use tower::ServiceExt;
 
 struct Shop {
@@ -117,33 +116,7 @@ impl Shop {
     }
 }
 
-macro_rules! on_both {
-    ($($suite:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test]
-                async fn $suite() {
-                    let database = super::Database::connect("sqlite::memory:").await.unwrap();
-                    super::$suite(&database, "sqlite::memory:").await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test]
-                async fn $suite() {
-                    let Some(db) = super::PgTestDb::create_or_skip("catalog").await else { return };
-                    let database = super::Database::connect(&db.url).await.unwrap();
-                    super::$suite(&database, &db.url).await;
-                    if let super::Database::Postgres(pool) = database { pool.close().await; }
-                    db.drop_database().await.unwrap();
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+shop_common::on_both_stores!(
     listing_pages_filters_and_sorts,
     invalid_listing_parameters_are_400_problems,
     a_product_is_served_through_the_cache_with_etags,

@@ -124,3 +124,38 @@ impl Drop for PgTestDb {
         .join();
     }
 }
+
+/// Runs each named suite twice: `mod on_sqlite` (an in-memory SQLite database) and
+/// `mod on_postgres` (a fresh PostgreSQL database from [`PgTestDb::create_or_skip`], dropped
+/// afterwards). A suite is an `async fn(&Database, &str)` taking the database and its URL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($suite:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let url = "sqlite::memory:";
+                    let database = $crate::store::Database::connect(url).await.unwrap();
+                    super::$suite(&database, url).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(db) = $crate::testing::PgTestDb::create_or_skip("suite").await else {
+                        return;
+                    };
+                    let database = $crate::store::Database::connect(&db.url).await.unwrap();
+                    super::$suite(&database, &db.url).await;
+                    if let $crate::store::Database::Postgres(pool) = database {
+                        pool.close().await;
+                    }
+                    db.drop_database().await.unwrap();
+                }
+            )*
+        }
+    };
+}

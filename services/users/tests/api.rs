@@ -5,7 +5,6 @@ mod common;
 use http::{Method, Request, StatusCode, header};
 use serde_json::json;
 use shop_common::store::Database;
-use shop_common::testing::PgTestDb;
 
 use common::*;
 
@@ -16,34 +15,7 @@ async fn sqlite() -> Database {
     Database::connect("sqlite::memory:").await.unwrap()
 }
 
-/// Runs `suite` on SQLite, then on PostgreSQL when the server is there.
-macro_rules! on_both {
-    ($($suite:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test]
-                async fn $suite() {
-                    let url = "sqlite::memory:";
-                    super::$suite(&super::sqlite().await, url).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test]
-                async fn $suite() {
-                    let Some(db) = super::PgTestDb::create_or_skip("users").await else { return };
-                    let database = super::Database::connect(&db.url).await.unwrap();
-                    super::$suite(&database, &db.url).await;
-                    if let super::Database::Postgres(pool) = database { pool.close().await; }
-                    db.drop_database().await.unwrap();
-                }
-            )*
-        }
-    };
-}
-
-on_both!(
+shop_common::on_both_stores!(
     register_login_and_profile,
     bad_input_is_rejected_precisely,
     sql_metacharacters_are_stored_verbatim,
