@@ -12,6 +12,7 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 /// | `TOKEN_ISSUER` | `shop-users` | the accepted `iss` |
 /// | `TOKEN_AUDIENCE` | `shop` | the accepted `aud` |
 /// | `REDIS_URL` | unset | a Redis second tier and invalidation bus for the product cache |
+/// | `REDIS_KEY_PREFIX` | `catalog` | the prefix of its keys and invalidation channel |
 /// | `PRODUCT_CACHE_TTL_MS` | 30000 | how long a cached product is fresh (and then served stale as long again while it refreshes) |
 /// | `SEED_DEMO_CATALOG` | `true` on SQLite, else `false` | load the 120 demo products into an empty catalog |
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct CatalogConfig {
     pub audience: String,
     /// Redis for the second tier, if any.
     pub redis_url: Option<String>,
+    /// Prefix of the Redis keys and channel.
+    pub redis_prefix: String,
     /// Product cache TTL.
     pub cache_ttl: Duration,
     /// Whether to seed.
@@ -75,6 +78,9 @@ impl CatalogConfig {
                 .raw("TOKEN_AUDIENCE")
                 .unwrap_or_else(|| "shop".to_owned()),
             redis_url,
+            redis_prefix: vars
+                .raw("REDIS_KEY_PREFIX")
+                .unwrap_or_else(|| "catalog".to_owned()),
             cache_ttl: vars.millis_or("PRODUCT_CACHE_TTL_MS", Duration::from_secs(30))?,
             seed_demo_catalog: vars.parse_or("SEED_DEMO_CATALOG", embedded, "true or false")?,
             service,

@@ -32,7 +32,12 @@ struct Reply {
 
 impl Shop {
     async fn start(database: &Database, url: &str) -> Self {
-        let pairs = [("DATABASE_URL", url), ("SEED_DEMO_CATALOG", "true")];
+        Self::start_with(database, url, &[]).await
+    }
+
+    async fn start_with(database: &Database, url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut pairs = vec![("DATABASE_URL", url), ("SEED_DEMO_CATALOG", "true")];
+        pairs.extend_from_slice(extra);
         let vars = Vars(|var: &str| {
             pairs
                 .iter()
@@ -123,7 +128,71 @@ shop_common::on_both_stores!(
     search_finds_by_words_and_ignores_query_syntax,
     writes_need_the_admin_role_and_validate_their_fields,
     a_price_change_invalidates_the_cache_and_publishes_an_event,
+    with_redis_a_change_on_one_replica_reaches_the_others,
 );
+
+/// Production mode: two replicas on one database and one Redis (a unique key prefix).
+async fn with_redis_a_change_on_one_replica_reaches_the_others(database: &Database, url: &str) {
+    let redis =
+        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let reachable = redis::Client::open(redis.as_str())
+        .ok()
+        .map(|client| async move { client.get_multiplexed_async_connection().await.is_ok() });
+    let reachable = match reachable {
+        Some(check) => tokio::time::timeout(std::time::Duration::from_secs(2), check)
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if !reachable {
+        assert!(
+            std::env::var_os("MAINSTAY_REQUIRE_SERVERS").is_none(),
+            "Redis at {redis} is required"
+        );
+        eprintln!("skipping: Redis at {redis} cannot be used");
+        return;
+    }
+    let prefix = format!("test-catalog-{}", uuid::Uuid::new_v4().simple());
+    let extra = [
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = Shop::start_with(database, url, &extra).await;
+    let b = Shop::start_with(database, url, &extra).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // both subscribed
+
+    let first = a.get("/products/books-003").await.body;
+    // B finds it in Redis: its loader never runs.
+    assert_eq!(b.get("/products/books-003").await.body, first);
+    let stats = b.catalog.product_cache().stats();
+    assert_eq!((stats.l2_hits, stats.loads), (1, 0));
+
+    let mut changed = first.clone();
+    for field in ["version", "created_at", "updated_at"] {
+        changed.as_object_mut().unwrap().remove(field);
+    }
+    changed["price_minor"] = json!(1);
+    let reply = a
+        .call(
+            Method::PUT,
+            "/products/books-003",
+            Some(&a.admin),
+            Some(changed),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // B's first-tier copy is dropped by the broadcast; its next read sees the new price.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = b.get("/products/books-003").await.body["price_minor"].clone();
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1, "replica B kept serving the old price");
+}
 
 async fn listing_pages_filters_and_sorts(database: &Database, url: &str) {
     let shop = Shop::start(database, url).await;
