@@ -1,9 +1,12 @@
 //! The HTTP API.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{CACHE_CONTROL, ETAG, IF_NONE_MATCH, LOCATION};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -132,16 +135,14 @@ async fn list(
         limit: per_page,
         offset: (page - 1).saturating_mul(per_page),
     };
-    let (items, total) = catalog
-        .0
-        .store
-        .list(&listing)
-        .await
-        .map_err(|e| internal(&e))?;
-    Ok(
-        Json(json!({"items": items, "total": total, "page": page, "per_page": per_page}))
-            .into_response(),
-    )
+    let key = format!("list:{listing:?}");
+    let store = catalog.0.store.clone();
+    let body = cached_page(&catalog, key, async move {
+        let (items, total) = store.list(&listing).await?;
+        Ok(json!({"items": items, "total": total, "page": page, "per_page": per_page}))
+    })
+    .await?;
+    Ok(json_body(&body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,13 +168,40 @@ async fn search(
         errors.add("limit", "must be from 1 to 50");
     }
     errors.finish(StatusCode::BAD_REQUEST, "invalid search parameters")?;
-    let items = catalog
+    let key = format!("search:{limit}:{words}");
+    let (store, words) = (catalog.0.store.clone(), words.to_owned());
+    let body = cached_page(&catalog, key, async move {
+        let items = store.search(&words, limit).await?;
+        Ok(json!({"items": items, "query": words}))
+    })
+    .await?;
+    Ok(json_body(&body))
+}
+
+/// A page from the page cache, or from `load` (once, however many ask at the same time).
+async fn cached_page(
+    catalog: &Catalog,
+    key: String,
+    load: impl Future<Output = Result<Value, shop_common::store::StoreError>> + Send + 'static,
+) -> Result<Arc<str>, Problem> {
+    catalog
         .0
-        .store
-        .search(words, limit)
+        .pages
+        .get_or_load(&key, move || async move {
+            let page = load.await?;
+            Ok::<_, shop_common::store::StoreError>(Some(Arc::from(page.to_string())))
+        })
         .await
-        .map_err(|e| internal(&e))?;
-    Ok(Json(json!({"items": items, "query": words})).into_response())
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| Problem::internal(&std::io::Error::other("a page load returned nothing")))
+}
+
+fn json_body(body: &str) -> Response {
+    (
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn etag(product: &Product) -> HeaderValue {
@@ -306,6 +334,7 @@ async fn create(
         Write::Done(product) => {
             // A 404 for this id may be remembered: forget it.
             catalog.0.products.invalidate(&product.id).await;
+            catalog.0.pages.invalidate_local();
             let location = HeaderValue::from_str(&format!("/products/{}", product.id))
                 .unwrap_or_else(|_| HeaderValue::from_static("/products"));
             Ok((StatusCode::CREATED, [(LOCATION, location)], Json(product)).into_response())
@@ -348,6 +377,7 @@ async fn update(
         Write::Exists => return Err(Problem::conflict("conflicting product")),
     };
     catalog.0.products.invalidate(&updated.id).await;
+    catalog.0.pages.invalidate_local();
     if before.price_minor != updated.price_minor || before.currency != updated.currency {
         let event = Envelope::new(
             "ProductPriceChanged",
@@ -382,5 +412,6 @@ async fn delete(
         return Err(Problem::not_found(format!("no product {id:?}")));
     }
     catalog.0.products.invalidate(&id).await;
+    catalog.0.pages.invalidate_local();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -8,6 +8,7 @@
 //! | `GET /products/{id}` | — | one product, through the cache, with `ETag` and `304` |
 //! | `POST /products`, `PUT /products/{id}`, `DELETE /products/{id}` | role `admin` | changes; they invalidate the cache, and a new price publishes `ProductPriceChanged` on `catalog.events` |
 //!
+//! Listing and search pages are cached for 5 s per replica (a write clears the replica's).
 //! Reads of single products go through [`mainstay_cache::Cache`]: single-flight loads,
 //! stale-while-revalidate, 404s remembered for 5 s, and with `REDIS_URL` a Redis second tier
 //! whose invalidations reach every replica. Prices are integer minor units plus an ISO 4217
@@ -54,6 +55,9 @@ pub struct Catalog(Arc<Inner>);
 struct Inner {
     store: Arc<dyn CatalogStore>,
     products: Cache<String, Product>,
+    /// Listing and search pages, as JSON, by their canonical query; local to the replica and
+    /// short-lived (a write clears this replica's, other replicas' expire within the TTL).
+    pages: Cache<String, Arc<str>>,
     validator: Validator,
     bus: Arc<dyn EventBus>,
 }
@@ -111,9 +115,18 @@ impl Catalog {
                     RedisBus::from_url(url, "catalog:invalidate").map_err(StartError::Redis)?,
                 );
         }
+        let pages = Cache::builder("product_pages")
+            .max_capacity(64 << 20)
+            .weigher(|key: &String, page: &Arc<str>| {
+                u32::try_from(key.len() + page.len()).unwrap_or(u32::MAX)
+            })
+            .ttl(Duration::from_secs(5))
+            .stale_while_revalidate(Duration::from_secs(5))
+            .build();
         Ok(Self(Arc::new(Inner {
             store,
             products: products.build(),
+            pages,
             validator,
             bus,
         })))
@@ -123,6 +136,12 @@ impl Catalog {
     #[must_use]
     pub fn product_cache(&self) -> &Cache<String, Product> {
         &self.0.products
+    }
+
+    /// The listing and search page cache (for its metrics).
+    #[must_use]
+    pub fn page_cache(&self) -> &Cache<String, Arc<str>> {
+        &self.0.pages
     }
 
     /// The store.

@@ -376,6 +376,9 @@ async fn writes_need_the_admin_role_and_validate_their_fields(database: &Databas
         .status,
         StatusCode::FORBIDDEN
     );
+    // Cached listings see writes at once on this replica.
+    let kitchen = "/products?category=kitchen&per_page=100";
+    assert_eq!(shop.get(kitchen).await.body["total"], 20);
     // A 404 remembered before the product exists does not hide it afterwards.
     assert_eq!(
         shop.get("/products/kitchen-teapot-x").await.status,
@@ -400,6 +403,7 @@ async fn writes_need_the_admin_role_and_validate_their_fields(database: &Databas
         shop.get("/products/kitchen-teapot-x").await.body["price_minor"],
         2999
     );
+    assert_eq!(shop.get(kitchen).await.body["total"], 21);
     assert_eq!(
         shop.call(
             Method::POST,
