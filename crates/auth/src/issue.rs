@@ -349,6 +349,14 @@ impl TokenIssuer {
         until
     }
 
+    /// Replaces every key at once: for replicas that share keys through storage and reload
+    /// them when another replica rotates.
+    pub fn replace(&self, current: SigningKey, retiring: Vec<(SigningKey, SystemTime)>) {
+        let mut ring = self.write();
+        ring.current = current;
+        ring.retiring = retiring;
+    }
+
     /// The current signing key.
     #[must_use]
     pub fn current(&self) -> SigningKey {

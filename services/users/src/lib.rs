@@ -92,14 +92,24 @@ impl std::fmt::Debug for Users {
     }
 }
 
-/// The in-process JWKS: the validator of `/me` reads the issuer's keys without HTTP.
-struct LocalKeys(Arc<TokenIssuer>);
+/// The in-process JWKS: the validator of `/me` reads the issuer's keys without HTTP, reloading
+/// them from the database first (another replica may have rotated).
+struct LocalKeys(Arc<std::sync::OnceLock<std::sync::Weak<Inner>>>);
 
 #[async_trait]
 impl FetchJwks for LocalKeys {
     async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let inner = self
+            .0
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or_else(|| FetchError("the users service is not running".to_owned()))?;
+        let users = Users(inner);
+        if let Err(error) = users.reload_keys().await {
+            tracing::warn!(%error, "cannot reload signing keys; serving the ones in memory");
+        }
         Ok(Fetched {
-            keys: self.0.jwks(),
+            keys: users.0.issuer.jwks(),
             max_age: Some(Duration::from_secs(60)),
         })
     }
@@ -126,6 +136,10 @@ fn restore(stored: &StoredKey) -> Result<SigningKey, StartError> {
         .parse()
         .map_err(|_| fail(mainstay_auth::KeyError::NoAlgorithm))?;
     SigningKey::from_pkcs8_der(algorithm, &stored.pkcs8).map_err(fail)
+}
+
+fn retire_time(stored: &StoredKey) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(stored.retire_at.unwrap_or(0)).unwrap_or(0))
 }
 
 fn stored(key: &SigningKey) -> StoredKey {
@@ -165,25 +179,26 @@ impl Users {
         let mut issuer = TokenIssuer::new(&config.issuer, &config.audience, current)
             .access_ttl(config.access_ttl);
         for retiring in keys.iter().filter(|k| k.retire_at.is_some()) {
-            let until = UNIX_EPOCH
-                + Duration::from_secs(u64::try_from(retiring.retire_at.unwrap_or(0)).unwrap_or(0));
-            issuer = issuer.with_retiring(restore(retiring)?, until);
+            issuer = issuer.with_retiring(restore(retiring)?, retire_time(retiring));
         }
         let issuer = Arc::new(issuer);
-        let jwks = Jwks::new(LocalKeys(issuer.clone()));
-        let validator = Validator::builder()
-            .issuer(&config.issuer)
-            .audience(&config.audience)
-            .jwks(jwks.clone())
-            .build()
-            .map_err(|e| StartError::Seed(e.to_string()))?;
         let (burst, period) = config.login_per_account;
         let per_account = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Seed(e.to_string()))?;
         let (burst, period) = config.login_per_ip;
         let per_ip = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Seed(e.to_string()))?;
-        let users = Self(Arc::new(Inner {
+        // The validator's JWKS reads this service's own state, which holds the validator: the
+        // link back is set once the state exists.
+        let this = Arc::new(std::sync::OnceLock::new());
+        let jwks = Jwks::new(LocalKeys(this.clone()));
+        let validator = Validator::builder()
+            .issuer(&config.issuer)
+            .audience(&config.audience)
+            .jwks(jwks.clone())
+            .build()
+            .map_err(|e| StartError::Seed(e.to_string()))?;
+        let inner = Arc::new(Inner {
             passwords: Passwords::new(),
             store,
             issuer,
@@ -192,11 +207,53 @@ impl Users {
             per_account,
             per_ip,
             config,
-        }));
+        });
+        let _ = this.set(Arc::downgrade(&inner));
+        let users = Self(inner);
+        // Rotations made by other replicas reach this one within 30 s.
+        let weak = Arc::downgrade(&users.0);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(error) = Users(inner).reload_keys().await {
+                    tracing::warn!(%error, "cannot reload signing keys");
+                }
+            }
+        });
         if users.0.config.seed_demo_users {
             users.seed().await?;
         }
         Ok(users)
+    }
+
+    /// Loads the signing keys from the database again, so that a rotation made by another
+    /// replica is signed with and published here too. Runs every 30 s after
+    /// [`start`](Self::start), and whenever this replica's validator meets an unknown `kid`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or a stored key cannot be read.
+    pub async fn reload_keys(&self) -> Result<(), StartError> {
+        let keys = self.0.store.signing_keys(unix_now()).await?;
+        let Some(current) = keys.iter().find(|k| k.retire_at.is_none()) else {
+            return Ok(());
+        };
+        let current = restore(current)?;
+        let mut retiring = Vec::new();
+        for key in keys.iter().filter(|k| k.retire_at.is_some()) {
+            retiring.push((restore(key)?, retire_time(key)));
+        }
+        if current.kid() != self.0.issuer.current().kid() {
+            tracing::info!(
+                kid = current.kid(),
+                "signing key rotated by another replica"
+            );
+        }
+        self.0.issuer.replace(current, retiring);
+        Ok(())
     }
 
     async fn seed(&self) -> Result<(), StartError> {

@@ -24,7 +24,33 @@ shop_common::on_both_stores!(
     admin_routes_need_the_admin_role,
     keys_rotate_without_signing_anyone_out,
     logins_are_limited_per_account,
+    a_rotation_on_one_replica_reaches_the_others,
 );
+
+async fn a_rotation_on_one_replica_reaches_the_others(database: &Database, url: &str) {
+    let a = Client::start(database, config(url, &[])).await;
+    let b = Client::start(database, config(url, &[])).await;
+    let (admin, _) = a.login(ADMIN.0, ADMIN.1).await;
+    let rotated = a
+        .call(Method::POST, "/admin/keys/rotate", Some(&admin), None)
+        .await;
+    let new_kid = rotated.body["kid"].as_str().unwrap().to_owned();
+
+    // A signs with the new key; B has never seen it, and still accepts A's token: its
+    // validator meets an unknown kid and reloads the keys from the database.
+    let (from_a, _) = a.login(ALICE.0, ALICE.1).await;
+    assert_eq!(b.get("/me", &from_a).await.status, StatusCode::OK);
+
+    // After B's reload (every 30 s, or the one above), B publishes and signs with the new key.
+    b.users.reload_keys().await.unwrap();
+    let jwks = b
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(jwks.body["keys"][0]["kid"], new_kid.as_str());
+    let (from_b, _) = b.login(ALICE.0, ALICE.1).await;
+    let header = mainstay_auth::jsonwebtoken::decode_header(&from_b).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+}
 
 async fn register_login_and_profile(database: &Database, url: &str) {
     let client = Client::start(database, config(url, &[])).await;
