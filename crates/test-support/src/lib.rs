@@ -2,6 +2,10 @@
 //!
 //! * [`CountingAllocator`]: a global allocator that counts allocations per thread, so a test or a
 //!   benchmark can assert how many heap allocations a call makes.
+//! * `consul` (feature `consul`): a Consul agent for tests.
+
+#[cfg(feature = "consul")]
+pub mod consul;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

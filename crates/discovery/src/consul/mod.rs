@@ -1,0 +1,9 @@
+//! A thin client of the Consul agent API: registration with a TTL or HTTP check, TTL
+//! heartbeats, deregistration, and the blocking-query watch of healthy instances.
+
+mod client;
+pub mod model;
+mod watch;
+
+pub use self::client::{ConsulClient, ConsulError, HealthQuery};
+pub use self::watch::{Snapshot, WatchOptions, watch_service};

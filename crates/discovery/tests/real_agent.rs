@@ -1,0 +1,69 @@
+//! Against a real Consul agent, when `CONSUL_HTTP_ADDR` names one (with `CONSUL_HTTP_TOKEN` if
+//! its ACLs demand it). Consul cannot be installed on this project's CI machines, so there
+//! this test says it has nothing to run against and passes; the same behaviour is proven
+//! against the test agent in `watch.rs`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
+use mainstay_discovery::consul::{ConsulClient, WatchOptions, watch_service};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_heartbeat_watch_and_deregister_on_a_real_agent() {
+    let Some(client) = ConsulClient::from_env() else {
+        eprintln!("CONSUL_HTTP_ADDR is not set: no real agent to test against");
+        return;
+    };
+    let client = client.expect("CONSUL_HTTP_ADDR is an HTTP address");
+    let id = format!("mainstay-test-{}", std::process::id());
+    let registration = Registration {
+        id: id.clone(),
+        name: "mainstay-test".to_owned(),
+        tags: vec![],
+        address: "127.0.0.1".to_owned(),
+        port: 9,
+        meta: HashMap::new(),
+        check: Some(CheckDefinition {
+            check_id: None,
+            ttl: Some("30s".to_owned()),
+            http: None,
+            interval: None,
+            timeout: None,
+            deregister_critical_service_after: "1m".to_owned(),
+            status: None,
+        }),
+    };
+    client.register(&registration).await.unwrap();
+    let mut instances = watch_service(
+        client.clone(),
+        "mainstay-test",
+        WatchOptions {
+            wait: Duration::from_secs(5),
+            ..WatchOptions::default()
+        },
+    );
+    let passing = CheckUpdate {
+        status: "passing".to_owned(),
+        output: String::new(),
+    };
+    client
+        .update_check(&format!("service:{id}"), &passing)
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        instances.wait_for(|s| s.endpoints.iter().any(|e| e.id == id)),
+    )
+    .await
+    .expect("the instance never passed")
+    .unwrap();
+    client.deregister(&id).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        instances.wait_for(|s| s.endpoints.iter().all(|e| e.id != id)),
+    )
+    .await
+    .expect("the instance never left")
+    .unwrap();
+}

@@ -1,0 +1,189 @@
+//! The client and the watch loop against the Consul test server: registration, heartbeat,
+//! instances added and removed, a check going critical, the index going backwards, the agent
+//! unreachable and back, the ACL token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
+use mainstay_discovery::consul::{
+    ConsulClient, ConsulError, Snapshot, WatchOptions, watch_service,
+};
+use mainstay_test_support::consul::ConsulTestServer;
+use tokio::sync::watch;
+
+fn instance(id: &str, port: u16) -> Registration {
+    Registration {
+        id: id.to_owned(),
+        name: "catalog".to_owned(),
+        tags: vec!["v1".to_owned()],
+        address: "127.0.0.1".to_owned(),
+        port,
+        meta: HashMap::new(),
+        check: Some(CheckDefinition {
+            check_id: None,
+            ttl: Some("30s".to_owned()),
+            http: None,
+            interval: None,
+            timeout: None,
+            deregister_critical_service_after: "1m".to_owned(),
+            status: Some("passing".to_owned()),
+        }),
+    }
+}
+
+fn fast() -> WatchOptions {
+    WatchOptions {
+        wait: Duration::from_secs(2),
+        burst: 2,
+        refill: Duration::from_millis(10),
+        backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+    }
+}
+
+/// The first snapshot that satisfies `ready`, within 10 s.
+async fn until(
+    receiver: &mut watch::Receiver<Snapshot>,
+    ready: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    tokio::time::timeout(Duration::from_secs(10), receiver.wait_for(|s| ready(s)))
+        .await
+        .expect("the watch never reached the expected state")
+        .expect("the watch stopped")
+        .clone()
+}
+
+fn ids(snapshot: &Snapshot) -> Vec<&str> {
+    snapshot.endpoints.iter().map(|e| e.id.as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_follows_instances_as_they_come_and_go() {
+    let server = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&server.url()).unwrap();
+    client.register(&instance("catalog-1", 9001)).await.unwrap();
+    let mut instances = watch_service(client.clone(), "catalog", fast());
+    let first = until(&mut instances, |s| s.fresh && s.endpoints.len() == 1).await;
+    assert_eq!(first.endpoints[0].authority(), "127.0.0.1:9001");
+    assert_eq!(first.endpoints[0].tags, ["v1"]);
+
+    client.register(&instance("catalog-2", 9002)).await.unwrap();
+    let two = until(&mut instances, |s| s.endpoints.len() == 2).await;
+    assert_eq!(ids(&two), ["catalog-1", "catalog-2"]);
+
+    // A check going critical takes the instance out of the passing set.
+    let critical = CheckUpdate {
+        status: "critical".to_owned(),
+        output: "disk full".to_owned(),
+    };
+    client
+        .update_check("service:catalog-1", &critical)
+        .await
+        .unwrap();
+    let one = until(&mut instances, |s| s.endpoints.len() == 1).await;
+    assert_eq!(ids(&one), ["catalog-2"]);
+    // A heartbeat brings it back.
+    let passing = CheckUpdate {
+        status: "passing".to_owned(),
+        output: String::new(),
+    };
+    client
+        .update_check("service:catalog-1", &passing)
+        .await
+        .unwrap();
+    until(&mut instances, |s| s.endpoints.len() == 2).await;
+
+    client.deregister("catalog-2").await.unwrap();
+    let left = until(&mut instances, |s| s.endpoints.len() == 1).await;
+    assert_eq!(ids(&left), ["catalog-1"]);
+
+    // Every query after the first blocked on an index, and none sent an index below 1.
+    let queries = server.queries();
+    assert_eq!(queries[0], None);
+    assert!(queries[1..].iter().all(|q| {
+        q.as_deref()
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| i >= 1)
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_going_backwards_resets_the_watch() {
+    let server = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&server.url()).unwrap();
+    client.register(&instance("catalog-1", 9001)).await.unwrap();
+    let mut instances = watch_service(client.clone(), "catalog", fast());
+    until(&mut instances, |s| s.endpoints.len() == 1).await;
+    let before = server.queries().len();
+
+    server.set_index(1); // a snapshot restore, say
+    // The blocked query returns index 1, below the watch's 2: the next query carries no index.
+    let mut reset = false;
+    for _ in 0..200 {
+        if server.queries()[before..].contains(&None) {
+            reset = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        reset,
+        "the watch did not reset its index: {:?}",
+        &server.queries()[before..]
+    );
+    assert!(
+        !server.queries().contains(&Some("0".to_owned())),
+        "index 0 sent"
+    );
+    // And it goes on watching from the new index.
+    client.register(&instance("catalog-2", 9002)).await.unwrap();
+    until(&mut instances, |s| s.endpoints.len() == 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_agent_keeps_the_last_instances_until_it_is_back() {
+    let mut server = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&server.url()).unwrap();
+    client.register(&instance("catalog-1", 9001)).await.unwrap();
+    let mut instances = watch_service(client.clone(), "catalog", fast());
+    until(&mut instances, |s| s.fresh && s.endpoints.len() == 1).await;
+
+    server.stop();
+    let stale = until(&mut instances, |s| !s.fresh).await;
+    assert_eq!(
+        ids(&stale),
+        ["catalog-1"],
+        "the last good instances are kept"
+    );
+
+    server.restart().await;
+    ConsulClient::new(&server.url())
+        .unwrap()
+        .register(&instance("catalog-3", 9003))
+        .await
+        .unwrap();
+    let back = until(&mut instances, |s| s.fresh && s.endpoints.len() == 2).await;
+    assert_eq!(ids(&back), ["catalog-1", "catalog-3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_token_is_sent_and_a_refusal_is_named() {
+    let server = ConsulTestServer::start_with_token(Some("s3cret")).await;
+    let anonymous = ConsulClient::new(&server.url()).unwrap();
+    assert!(matches!(
+        anonymous.register(&instance("x", 1)).await,
+        Err(ConsulError::Denied(_))
+    ));
+    let client = anonymous.token("s3cret");
+    client.register(&instance("catalog-1", 9001)).await.unwrap();
+    assert_eq!(server.status("catalog-1").as_deref(), Some("passing"));
+    assert!(!format!("{client:?}").contains("s3cret"));
+}
+
+#[test]
+fn addresses_must_be_http() {
+    assert!(ConsulClient::new("127.0.0.1:8500").is_ok());
+    assert!(ConsulClient::new("https://consul:8501").is_err());
+    assert!(ConsulClient::new("not a url").is_err());
+}
