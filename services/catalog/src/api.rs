@@ -14,7 +14,7 @@ use mainstay_auth::{JwtLayer, RequireRoleLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use shop_common::bus::Envelope;
-use shop_common::{Json, Problem};
+use shop_common::{FieldErrors, Json, Problem};
 
 use crate::store::{Listing, Product, Sort, Write};
 use crate::{Catalog, EVENTS, unix_now};
@@ -42,26 +42,6 @@ pub fn router(catalog: Catalog) -> Router {
 
 fn internal(error: &dyn std::error::Error) -> Problem {
     Problem::internal(error)
-}
-
-/// Field errors of a request, reported together.
-#[derive(Default)]
-struct Errors(Vec<Value>);
-
-impl Errors {
-    fn add(&mut self, field: &str, message: &str) {
-        self.0.push(json!({"field": field, "message": message}));
-    }
-
-    fn finish(self, status: StatusCode, detail: &str) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        Err(Problem::new(status)
-            .detail(detail)
-            .typed("/problems/validation", "Invalid fields")
-            .with("errors", Value::Array(self.0)))
-    }
 }
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
@@ -105,7 +85,7 @@ async fn list(
     let params = query(params)?;
     let page = params.page.unwrap_or(1);
     let per_page = params.per_page.unwrap_or(20);
-    let mut errors = Errors::default();
+    let mut errors = FieldErrors::new();
     if page < 1 {
         errors.add("page", "must be 1 or more");
     }
@@ -126,7 +106,7 @@ async fn list(
     if params.category.as_deref().is_some_and(|c| !slug_ok(c)) {
         errors.add("category", "must be a category id such as kitchen");
     }
-    errors.finish(StatusCode::BAD_REQUEST, "invalid listing parameters")?;
+    errors.check(StatusCode::BAD_REQUEST, "invalid listing parameters")?;
     let listing = Listing {
         category: params.category,
         min_price: params.min_price,
@@ -159,7 +139,7 @@ async fn search(
     let params = query(params)?;
     let q = params.q.unwrap_or_default();
     let limit = params.limit.unwrap_or(20);
-    let mut errors = Errors::default();
+    let mut errors = FieldErrors::new();
     let words = q.trim();
     if words.is_empty() || words.chars().count() > 100 {
         errors.add("q", "must be 1 to 100 characters");
@@ -167,7 +147,7 @@ async fn search(
     if !(1..=50).contains(&limit) {
         errors.add("limit", "must be from 1 to 50");
     }
-    errors.finish(StatusCode::BAD_REQUEST, "invalid search parameters")?;
+    errors.check(StatusCode::BAD_REQUEST, "invalid search parameters")?;
     let key = format!("search:{limit}:{words}");
     let (store, words) = (catalog.0.store.clone(), words.to_owned());
     let body = cached_page(&catalog, key, async move {
@@ -258,7 +238,7 @@ fn validated(
     version: i64,
     created_at: i64,
 ) -> Result<Product, Problem> {
-    let mut errors = Errors::default();
+    let mut errors = FieldErrors::new();
     let name = input.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
         errors.add("name", "must be 1 to 200 characters");
@@ -287,7 +267,7 @@ fn validated(
             "must be 1 to 64 lower-case letters, digits or hyphens",
         );
     }
-    errors.finish(
+    errors.check(
         StatusCode::UNPROCESSABLE_ENTITY,
         "the product has invalid fields",
     )?;
@@ -307,12 +287,15 @@ fn validated(
 }
 
 fn unknown_category() -> Problem {
-    Problem::unprocessable("the product has invalid fields")
-        .typed("/problems/validation", "Invalid fields")
-        .with(
-            "errors",
-            json!([{"field": "category_id", "message": "no such category"}]),
+    let mut errors = FieldErrors::new();
+    errors.add("category_id", "no such category");
+    errors
+        .check(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the product has invalid fields",
         )
+        .err()
+        .unwrap_or_else(|| Problem::unprocessable("the product has invalid fields"))
 }
 
 async fn create(

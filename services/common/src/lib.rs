@@ -46,6 +46,6 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use self::problem::{Json, PROBLEM_JSON, Problem};
+pub use self::problem::{FieldErrors, Json, PROBLEM_JSON, Problem};
 pub use self::serve::{serve, serve_until, shutdown_signal};
 pub use self::stack::Kit;

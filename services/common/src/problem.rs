@@ -124,6 +124,40 @@ impl std::fmt::Display for Problem {
 
 impl std::error::Error for Problem {}
 
+/// Field errors collected while validating a request, reported together in one problem of
+/// type `/problems/validation` with an `errors` member of `{field, message}` objects.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<Value>);
+
+impl FieldErrors {
+    /// No errors yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is invalid.
+    pub fn add(&mut self, field: &str, message: &str) {
+        self.0
+            .push(serde_json::json!({"field": field, "message": message}));
+    }
+
+    /// `Ok` when no field failed; otherwise the problem listing them, with `status` and `detail`.
+    ///
+    /// # Errors
+    ///
+    /// The problem.
+    pub fn check(self, status: StatusCode, detail: &str) -> Result<(), Problem> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(Problem::new(status)
+            .detail(detail)
+            .typed("/problems/validation", "Invalid fields")
+            .with("errors", Value::Array(self.0)))
+    }
+}
+
 /// Like `axum::Json`, but a body that cannot be read answers with a problem: 400 for malformed
 /// JSON, 415 for a missing `Content-Type: application/json`, 422 for JSON of the wrong shape,
 /// 413 for a body over the limit.

@@ -15,9 +15,9 @@ use mainstay_auth::{AccessClaims, JwtLayer, Principal, RequireRoleLayer, Signing
 use mainstay_resilience::http::problem_response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use shop_common::{Json, Problem};
+use shop_common::{FieldErrors, Json, Problem};
 
-use crate::input::{self, Errors};
+use crate::input;
 use crate::store::{User, Write};
 use crate::{Users, stored, unix_now};
 
@@ -99,11 +99,14 @@ struct RegisterBody {
 }
 
 async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) -> Reply {
-    let mut errors = Errors::default();
+    let mut errors = FieldErrors::new();
     let email = input::email(&body.email, &mut errors);
     let name = input::name(&body.name, &mut errors);
     input::password(&body.password, &mut errors);
-    errors.finish()?;
+    errors.check(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the request has invalid fields",
+    )?;
 
     let hash = users
         .0
@@ -355,10 +358,13 @@ async fn update_me(
     if body.name.is_none() && body.email.is_none() {
         return Err(Problem::unprocessable("nothing to change: give name or email").into());
     }
-    let mut errors = Errors::default();
+    let mut errors = FieldErrors::new();
     let name = body.name.as_deref().map(|n| input::name(n, &mut errors));
     let email = body.email.as_deref().map(|e| input::email(e, &mut errors));
-    errors.finish()?;
+    errors.check(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the request has invalid fields",
+    )?;
     let user = current_user(&users, &principal).await?;
     let name = name.unwrap_or(user.name);
     let email = email.unwrap_or(user.email);
@@ -400,18 +406,14 @@ async fn list_users(
     let Query(page) = page.map_err(|r| Refusal::from(Problem::bad_request(r.body_text())))?;
     let limit = page.limit.unwrap_or(50);
     let offset = page.offset.unwrap_or(0);
-    let mut errors = Vec::new();
+    let mut errors = FieldErrors::new();
     if !(1..=100).contains(&limit) {
-        errors.push(json!({"field": "limit", "message": "must be from 1 to 100"}));
+        errors.add("limit", "must be from 1 to 100");
     }
     if offset < 0 {
-        errors.push(json!({"field": "offset", "message": "must not be negative"}));
+        errors.add("offset", "must not be negative");
     }
-    if !errors.is_empty() {
-        return Err(Problem::bad_request("invalid paging parameters")
-            .with("errors", errors)
-            .into());
-    }
+    errors.check(StatusCode::BAD_REQUEST, "invalid paging parameters")?;
     let (items, total) = users
         .0
         .store

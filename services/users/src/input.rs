@@ -1,31 +1,6 @@
 //! Validation of what clients send: every field error named, all at once.
 
-use serde_json::{Value, json};
-use shop_common::Problem;
-
-/// Field errors collected while validating a body.
-#[derive(Debug, Default)]
-pub(crate) struct Errors(Vec<Value>);
-
-impl Errors {
-    fn add(&mut self, field: &str, message: &str) {
-        self.0.push(json!({"field": field, "message": message}));
-    }
-
-    /// `Ok` when no field failed; otherwise a 422 problem listing them.
-    ///
-    /// # Errors
-    ///
-    /// The problem.
-    pub(crate) fn finish(self) -> Result<(), Problem> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        Err(Problem::unprocessable("the request has invalid fields")
-            .typed("/problems/validation", "Invalid fields")
-            .with("errors", Value::Array(self.0)))
-    }
-}
+use shop_common::FieldErrors as Errors;
 
 /// The normalised email (trimmed, lower-cased), or an error on `errors`.
 pub(crate) fn email(raw: &str, errors: &mut Errors) -> String {
@@ -78,12 +53,12 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        let mut errors = Errors::default();
+        let mut errors = Errors::new();
         assert_eq!(
             email("  Alice@Example.COM ", &mut errors),
             "alice@example.com"
         );
-        assert!(errors.0.is_empty());
+        assert!(errors.check(http::StatusCode::BAD_REQUEST, "").is_ok());
         for bad in [
             "",
             "alice",
@@ -93,19 +68,29 @@ mod tests {
             "a b@example.com",
             "a@b@c.com",
         ] {
-            let mut errors = Errors::default();
+            let mut errors = Errors::new();
             email(bad, &mut errors);
-            assert_eq!(errors.0.len(), 1, "{bad:?}");
+            let problem = errors.check(http::StatusCode::BAD_REQUEST, "").unwrap_err();
+            assert_eq!(
+                problem.extensions["errors"].as_array().unwrap().len(),
+                1,
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn every_failing_field_is_reported() {
-        let mut errors = Errors::default();
+        let mut errors = Errors::new();
         email("nope", &mut errors);
         name("", &mut errors);
         password("short", &mut errors);
-        let problem = errors.finish().unwrap_err();
+        let problem = errors
+            .check(
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "the request has invalid fields",
+            )
+            .unwrap_err();
         assert_eq!(problem.status, 422);
         assert_eq!(problem.extensions["errors"].as_array().unwrap().len(), 3);
     }
