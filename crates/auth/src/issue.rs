@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -305,10 +305,7 @@ impl TokenIssuer {
     ///
     /// [`IssueError`] when signing fails.
     pub fn issue(&self, claims: &AccessClaims) -> Result<AccessToken, IssueError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = crate::unix_now();
         let mut jti = [0u8; 16];
         // The system RNG does not fail on supported platforms; a zero jti would still be unique
         // enough for logs, and jti is not used for security here.

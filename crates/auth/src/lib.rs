@@ -84,6 +84,13 @@ pub use self::principal::Principal;
 pub use self::require::{Require, RequireFuture, RequireRoleLayer, RequireScopeLayer};
 pub use self::validator::{ConfigError, Validator, ValidatorBuilder};
 
+/// Seconds since the Unix epoch, the unit of `exp`, `nbf` and `iat` (0 before 1970).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The jsonwebtoken crate this one is built on (for [`jsonwebtoken::Algorithm`] and JWK types).
 pub use jsonwebtoken;
 

@@ -2,13 +2,15 @@
 //! whole family (OAuth 2.0 Security BCP, RFC 9700 §4.14.2).
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::unix_now;
 
 /// Length of a refresh token's text: 32 random bytes in unpadded base64url.
 const TOKEN_CHARS: usize = 43;
@@ -181,12 +183,6 @@ pub async fn rotate<S: RefreshStore + ?Sized>(
         }
         Consumed::Invalid => Err(RefreshError::Invalid),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

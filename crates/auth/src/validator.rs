@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::borrow::Cow;
 
@@ -18,6 +18,7 @@ use crate::error::AuthError;
 use crate::jwks::Jwks;
 use crate::keys::{KeySet, VerifyingKey};
 use crate::principal::{Principal, Standard};
+use crate::unix_now;
 
 /// The two header fields key selection needs, parsed without the rest (jsonwebtoken parses the
 /// whole header again when it verifies).
@@ -228,12 +229,6 @@ impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
             value.principal.expires_at().saturating_sub(unix_now()),
         ))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The result of the synchronous part of validation.

@@ -17,7 +17,7 @@ use shop_common::bus::Envelope;
 use shop_common::{FieldErrors, Json, Problem};
 
 use crate::store::{Listing, Product, Sort, Write};
-use crate::{Catalog, EVENTS, unix_now};
+use crate::{Catalog, EVENTS};
 
 /// The API routes, without the server stack (see `shop_common::Kit::stack`).
 pub fn router(catalog: Catalog) -> Router {
@@ -271,7 +271,7 @@ fn validated(
         StatusCode::UNPROCESSABLE_ENTITY,
         "the product has invalid fields",
     )?;
-    let now = unix_now();
+    let now = shop_common::unix_seconds();
     Ok(Product {
         id,
         name,
@@ -306,7 +306,7 @@ async fn create(
         .id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let product = validated(input, id, 1, unix_now())?;
+    let product = validated(input, id, 1, shop_common::unix_seconds())?;
     match catalog
         .0
         .store

@@ -70,13 +70,6 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    i64::try_from(secs).unwrap_or(i64::MAX)
-}
-
 impl Catalog {
     /// Opens the store (migrating it), seeds an empty catalog when configured to, and builds
     /// the product cache. Admin routes trust tokens `validator` accepts; events go to `bus`.
@@ -95,7 +88,7 @@ impl Catalog {
             for category in seed::categories() {
                 store.add_category(&category).await?;
             }
-            let products = seed::products(unix_now());
+            let products = seed::products(shop_common::unix_seconds());
             for product in &products {
                 store.create(product).await?;
             }

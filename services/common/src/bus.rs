@@ -32,9 +32,7 @@ impl Envelope {
     ///
     /// Never: a value that serializes to JSON is required by the signature's bound.
     pub fn new(kind: impl Into<String>, payload: &impl Serialize) -> Self {
-        let occurred_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let occurred_at = crate::unix_millis();
         let mut headers = HashMap::new();
         mainstay_telemetry::propagation::inject_message(&tracing::Span::current(), &mut headers);
         Self {

@@ -49,3 +49,21 @@ pub mod testing;
 pub use self::problem::{FieldErrors, Json, PROBLEM_JSON, Problem};
 pub use self::serve::{serve, serve_until, shutdown_signal};
 pub use self::stack::Kit;
+
+/// Seconds since the Unix epoch, the unit the stores keep times in (0 before 1970).
+#[must_use]
+pub fn unix_seconds() -> i64 {
+    since_epoch().map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Milliseconds since the Unix epoch (0 before 1970).
+#[must_use]
+pub fn unix_millis() -> i64 {
+    since_epoch().map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn since_epoch() -> Option<std::time::Duration> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+}

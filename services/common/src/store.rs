@@ -168,9 +168,7 @@ impl IdempotencyStore for SqliteIdempotency {
         fingerprint: &str,
         response: &serde_json::Value,
     ) -> Result<Remembered, StoreError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = crate::unix_millis();
         let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (key, fingerprint, response, created_at_ms) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",

@@ -19,7 +19,7 @@ use shop_common::{FieldErrors, Json, Problem};
 
 use crate::input;
 use crate::store::{User, Write};
-use crate::{Users, stored, unix_now};
+use crate::{Users, stored};
 
 type Reply = Result<Response, Refusal>;
 
@@ -114,7 +114,7 @@ async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) ->
         .hash(body.password)
         .await
         .map_err(|e| internal(&std::io::Error::other(e.to_string())))?;
-    let now = unix_now();
+    let now = shop_common::unix_seconds();
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
         email,
@@ -303,7 +303,7 @@ async fn logout(State(users): State<Users>, Json(body): Json<RefreshBody>) -> Re
     use mainstay_auth::refresh::Consumed;
     if let Some(token) = RefreshToken::parse(&body.refresh_token) {
         let store = &*users.0.store;
-        let now = u64::try_from(unix_now()).unwrap_or(0);
+        let now = u64::try_from(shop_common::unix_seconds()).unwrap_or(0);
         match store
             .consume(&token.digest(), now)
             .await
@@ -371,7 +371,7 @@ async fn update_me(
     match users
         .0
         .store
-        .update(&user.id, &name, &email, unix_now())
+        .update(&user.id, &name, &email, shop_common::unix_seconds())
         .await
         .map_err(|e| internal(&e))?
     {
@@ -431,8 +431,8 @@ async fn rotate_keys(State(users): State<Users>, principal: Principal) -> Reply 
     let next = SigningKey::generate(users.0.config.algorithm)
         .map_err(|e| internal(&std::io::Error::other(e.to_string())))?;
     let previous = users.0.issuer.current();
-    let retire_at =
-        unix_now() + i64::try_from(users.0.issuer.ttl().as_secs() + 60).unwrap_or(i64::MAX);
+    let retire_at = shop_common::unix_seconds()
+        + i64::try_from(users.0.issuer.ttl().as_secs() + 60).unwrap_or(i64::MAX);
     // Stored first: a crash between the two steps leaves the database ahead, and a restart
     // loads what it says.
     users

@@ -26,7 +26,7 @@ pub mod store;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use mainstay_auth::jsonwebtoken::Algorithm;
@@ -115,13 +115,6 @@ impl FetchJwks for LocalKeys {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    i64::try_from(secs).unwrap_or(i64::MAX)
-}
-
 fn algorithm_name(algorithm: Algorithm) -> String {
     format!("{algorithm:?}")
 }
@@ -147,7 +140,7 @@ fn stored(key: &SigningKey) -> StoredKey {
         kid: key.kid().to_owned(),
         algorithm: algorithm_name(key.algorithm()),
         pkcs8: key.pkcs8_der().to_vec(),
-        created_at: unix_now(),
+        created_at: shop_common::unix_seconds(),
         retire_at: None,
     }
 }
@@ -161,7 +154,7 @@ impl Users {
     /// The database fails, or a stored key cannot be read.
     pub async fn start(config: UsersConfig, database: &Database) -> Result<Self, StartError> {
         let store = store::open(database).await?;
-        let now = unix_now();
+        let now = shop_common::unix_seconds();
         let keys = store.signing_keys(now).await?;
         let current = match keys.iter().find(|k| k.retire_at.is_none()) {
             Some(current) => restore(current)?,
@@ -237,7 +230,11 @@ impl Users {
     ///
     /// The database fails, or a stored key cannot be read.
     pub async fn reload_keys(&self) -> Result<(), StartError> {
-        let keys = self.0.store.signing_keys(unix_now()).await?;
+        let keys = self
+            .0
+            .store
+            .signing_keys(shop_common::unix_seconds())
+            .await?;
         let Some(current) = keys.iter().find(|k| k.retire_at.is_none()) else {
             return Ok(());
         };
@@ -267,7 +264,7 @@ impl Users {
                 .hash(password.to_owned())
                 .await
                 .map_err(|e| StartError::Seed(e.to_string()))?;
-            let now = unix_now();
+            let now = shop_common::unix_seconds();
             let user = User {
                 id: uuid::Uuid::new_v4().to_string(),
                 email: email.to_owned(),
