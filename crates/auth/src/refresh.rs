@@ -60,8 +60,13 @@ impl RefreshToken {
     /// token has 256 bits of entropy.
     #[must_use]
     pub fn digest(&self) -> String {
+        use std::fmt::Write;
         let digest = digest::digest(&digest::SHA256, self.0.as_bytes());
-        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(64);
+        for byte in digest.as_ref() {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
     }
 }
 

@@ -305,18 +305,16 @@ impl<K, V> fmt::Debug for Cache<K, V> {
 /// Removes a key's flight when its load task ends, however it ends.
 struct Landed<K: Hash + Eq, V> {
     inner: Arc<Inner<K, V>>,
-    key: Option<K>,
+    key: K,
 }
 
 impl<K: Hash + Eq, V> Drop for Landed<K, V> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.inner
-                .inflight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&key);
-        }
+        self.inner
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 
@@ -419,15 +417,11 @@ where
         }
         let landed = Landed {
             inner: self.0.clone(),
-            key: Some(key.clone()),
+            key: key.clone(),
         };
         let task = tokio::spawn(async move {
-            let inner = landed.inner.clone();
-            let key = landed
-                .key
-                .clone()
-                .unwrap_or_else(|| unreachable!("set above"));
-            let outcome = inner.load(&key, loader).await;
+            // `landed` lives for the whole load and clears the flight when it ends.
+            let outcome = landed.inner.load(&landed.key, loader).await;
             drop(landed);
             outcome
         });

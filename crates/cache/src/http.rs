@@ -423,7 +423,6 @@ where
             return Box::pin(async move { Ok(inner.call(request).await?.map(Either::Left)) });
         };
         let shared = self.layer.shared.clone();
-        let refresh_service = self.inner.clone();
         Box::pin(async move {
             let asked = directives(request.headers());
             let head = request.method() == Method::HEAD;
@@ -441,7 +440,8 @@ where
                     return Ok(answer(&stored, head, if_none_match.as_ref()));
                 }
                 if now < stored.stale_until {
-                    refresh(shared.clone(), refresh_service, key, &request);
+                    // This request needs no origin call: its service refreshes instead.
+                    refresh(shared.clone(), inner, key, &request);
                     return Ok(answer(&stored, head, if_none_match.as_ref()));
                 }
             }

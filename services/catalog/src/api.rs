@@ -1,7 +1,6 @@
 //! The HTTP API.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -10,6 +9,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCAT
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use mainstay_auth::{JwtLayer, RequireRoleLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -122,7 +122,7 @@ async fn list(
         Ok(json!({"items": items, "total": total, "page": page, "per_page": per_page}))
     })
     .await?;
-    Ok(json_body(&body))
+    Ok(json_body(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +155,7 @@ async fn search(
         Ok(json!({"items": items, "query": words}))
     })
     .await?;
-    Ok(json_body(&body))
+    Ok(json_body(body))
 }
 
 /// A page from the page cache, or from `load` (once, however many ask at the same time).
@@ -163,23 +163,24 @@ async fn cached_page(
     catalog: &Catalog,
     key: String,
     load: impl Future<Output = Result<Value, shop_common::store::StoreError>> + Send + 'static,
-) -> Result<Arc<str>, Problem> {
+) -> Result<Bytes, Problem> {
     catalog
         .0
         .pages
         .get_or_load(&key, move || async move {
             let page = load.await?;
-            Ok::<_, shop_common::store::StoreError>(Some(Arc::from(page.to_string())))
+            Ok::<_, shop_common::store::StoreError>(Some(Bytes::from(page.to_string())))
         })
         .await
         .map_err(|e| internal(&e))?
         .ok_or_else(|| Problem::internal(&std::io::Error::other("a page load returned nothing")))
 }
 
-fn json_body(body: &str) -> Response {
+/// A cached page as the response body: shared with the cache, not copied.
+fn json_body(body: Bytes) -> Response {
     (
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body.to_string(),
+        body,
     )
         .into_response()
 }

@@ -57,7 +57,7 @@ struct Inner {
     products: Cache<String, Product>,
     /// Listing and search pages, as JSON, by their canonical query; local to the replica and
     /// short-lived (a write clears this replica's, other replicas' expire within the TTL).
-    pages: Cache<String, Arc<str>>,
+    pages: Cache<String, bytes::Bytes>,
     validator: Validator,
     bus: Arc<dyn EventBus>,
 }
@@ -110,7 +110,7 @@ impl Catalog {
         }
         let pages = Cache::builder("product_pages")
             .max_capacity(64 << 20)
-            .weigher(|key: &String, page: &Arc<str>| {
+            .weigher(|key: &String, page: &bytes::Bytes| {
                 u32::try_from(key.len() + page.len()).unwrap_or(u32::MAX)
             })
             .ttl(Duration::from_secs(5))
@@ -133,7 +133,7 @@ impl Catalog {
 
     /// The listing and search page cache (for its metrics).
     #[must_use]
-    pub fn page_cache(&self) -> &Cache<String, Arc<str>> {
+    pub fn page_cache(&self) -> &Cache<String, bytes::Bytes> {
         &self.0.pages
     }
 
