@@ -3,9 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Method, StatusCode, header};
 use mainstay_auth::jsonwebtoken::Algorithm;
 use mainstay_auth::{AccessClaims, SigningKey, TokenIssuer, Validator};
 use serde_json::{Value, json};
@@ -14,7 +12,7 @@ use shop_common::Kit;
 use shop_common::bus::{EventBus, InProcessBus};
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
-use tower::ServiceExt;
+use shop_common::testing::Reply;
 
 struct Shop {
     app: Router,
@@ -22,12 +20,6 @@ struct Shop {
     bus: InProcessBus,
     admin: String,
     customer: String,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
 }
 
 impl Shop {
@@ -83,37 +75,9 @@ impl Shop {
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
-        extra: Option<(&str, &str)>,
+        header: Option<(&str, &str)>,
     ) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        if let Some((name, value)) = extra {
-            request = request.header(name, value);
-        }
-        let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(body.to_string())
-            }
-            None => Body::empty(),
-        };
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        shop_common::testing::call(&self.app, method, path, token, body, header).await
     }
 
     async fn get(&self, path: &str) -> Reply {

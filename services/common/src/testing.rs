@@ -159,3 +159,80 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// A response as tests read it: status, headers, and the body as JSON (a string when it is not
+/// JSON, `null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    /// The status.
+    pub status: http::StatusCode,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: serde_json::Value,
+}
+
+/// Sends `request` through `app` in process.
+///
+/// # Panics
+///
+/// When the router fails or the body cannot be read (a test failure).
+pub async fn send(app: &axum::Router, request: http::Request<axum::body::Body>) -> Reply {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("the router answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the body is readable")
+        .to_bytes();
+    let body = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Builds and sends a request: `token` as a bearer token, `body` as JSON, and one more header.
+///
+/// # Panics
+///
+/// When the request cannot be built or answered (a test failure).
+pub async fn call(
+    app: &axum::Router,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+    header: Option<(&str, &str)>,
+) -> Reply {
+    let mut request = http::Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some((name, value)) = header {
+        request = request.header(name, value);
+    }
+    let body = match body {
+        Some(body) => {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+            axum::body::Body::from(body.to_string())
+        }
+        None => axum::body::Body::empty(),
+    };
+    send(app, request.body(body).expect("a valid request")).await
+}

@@ -3,14 +3,14 @@
 
 use axum::Router;
 use axum::body::Body;
-use http::{HeaderMap, Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Method, Request, StatusCode};
 use serde_json::Value;
 use shop_common::Kit;
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
+pub use shop_common::testing::Reply;
+use shop_common::testing::{call, send};
 use shop_users::{Users, UsersConfig, router};
-use tower::ServiceExt;
 
 pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
     let mut pairs: Vec<(String, String)> = extra
@@ -29,12 +29,6 @@ pub struct Client {
     pub users: Users,
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Value,
-}
-
 impl Client {
     pub async fn start(database: &Database, config: UsersConfig) -> Self {
         let kit = Kit::new(config.service.clone());
@@ -46,21 +40,7 @@ impl Client {
     }
 
     pub async fn raw(&self, request: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        send(&self.app, request).await
     }
 
     pub async fn call(
@@ -70,18 +50,7 @@ impl Client {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let body = match body {
-            Some(body) => {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(body.to_string())
-            }
-            None => Body::empty(),
-        };
-        self.raw(request.body(body).unwrap()).await
+        call(&self.app, method, path, token, body, None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
