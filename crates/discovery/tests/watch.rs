@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use mainstay_discovery::Snapshot;
 use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
-use mainstay_discovery::consul::{
-    ConsulClient, ConsulError, Snapshot, WatchOptions, watch_service,
-};
+use mainstay_discovery::consul::{ConsulClient, ConsulError, Lease, WatchOptions, watch_service};
 use mainstay_test_support::consul::ConsulTestServer;
 use tokio::sync::watch;
 
@@ -186,4 +185,58 @@ fn addresses_must_be_http() {
     assert!(ConsulClient::new("127.0.0.1:8500").is_ok());
     assert!(ConsulClient::new("https://consul:8501").is_err());
     assert!(ConsulClient::new("not a url").is_err());
+}
+
+/// Polls `probe` every 20 ms until it holds, for at most 10 s.
+async fn eventually(what: &str, probe: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !probe() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_heartbeats_at_a_third_of_its_ttl_and_deregisters_on_shutdown() {
+    let server = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&server.url()).unwrap();
+    let mut registration = instance("catalog-1", 9001);
+    registration.check = None;
+    let ttl = Duration::from_secs(1);
+    let lease = Lease::start(client.clone(), registration, ttl, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(server.status("catalog-1").as_deref(), Some("passing"));
+
+    // Four heartbeats take 4/3 of the TTL: without them the check would have expired.
+    let started = tokio::time::Instant::now();
+    eventually("four heartbeats", || {
+        server.check_updates("catalog-1").unwrap_or(0) >= 4
+    })
+    .await;
+    assert!(started.elapsed() > ttl, "heartbeats came faster than TTL/3");
+    assert_eq!(server.status("catalog-1").as_deref(), Some("passing"));
+
+    // Graceful shutdown: gone from the catalog at once.
+    lease.deregister().await.unwrap();
+    assert_eq!(server.status("catalog-1"), None);
+
+    // A lease dropped without deregistering (a crash) stops heartbeating: the check goes
+    // critical after its TTL (and Consul removes the instance after the critical timeout).
+    let mut registration = instance("catalog-2", 9002);
+    registration.check = None;
+    let lease = Lease::start(client, registration, ttl, Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(lease);
+    let updates = server.check_updates("catalog-2");
+    eventually("the check to go critical", || {
+        server.status("catalog-2").as_deref() == Some("critical")
+    })
+    .await;
+    assert_eq!(
+        server.check_updates("catalog-2"),
+        updates,
+        "a dropped lease heartbeat"
+    );
 }

@@ -27,6 +27,8 @@ struct Instance {
     last_update: Instant,
     deregister_after: Duration,
     critical_since: Option<Instant>,
+    /// TTL check updates received.
+    updates: u64,
 }
 
 #[derive(Default)]
@@ -174,6 +176,16 @@ impl ConsulTestServer {
         self.shared.lock().queries.clone()
     }
 
+    /// How many TTL updates an instance's check has received, if the instance is registered.
+    #[must_use]
+    pub fn check_updates(&self, service_id: &str) -> Option<u64> {
+        self.shared
+            .lock()
+            .instances
+            .get(service_id)
+            .map(|i| i.updates)
+    }
+
     /// The status of an instance's check, if the instance is registered.
     #[must_use]
     pub fn status(&self, service_id: &str) -> Option<String> {
@@ -275,6 +287,7 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
             ttl,
             last_update: now,
             deregister_after,
+            updates: 0,
         },
     );
     shared.bump(&mut state);
@@ -317,6 +330,7 @@ async fn update_check(
         return (StatusCode::NOT_FOUND, format!("Unknown check ID {check:?}")).into_response();
     };
     instance.last_update = now;
+    instance.updates += 1;
     let changed = instance.status != status;
     instance.critical_since = if status == "critical" {
         instance.critical_since.or(Some(now))

@@ -2,8 +2,10 @@
 //! heartbeats, deregistration, and the blocking-query watch of healthy instances.
 
 mod client;
+mod lease;
 pub mod model;
 mod watch;
 
 pub use self::client::{ConsulClient, ConsulError, HealthQuery};
-pub use self::watch::{Snapshot, WatchOptions, watch_service};
+pub use self::lease::Lease;
+pub use self::watch::{WatchOptions, watch_service};

@@ -1,13 +1,12 @@
 //! The blocking-query watch of a service's healthy instances.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::client::{ConsulClient, HealthQuery};
-use crate::Endpoint;
+use crate::{Endpoint, Snapshot};
 
 /// How a watch behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +33,6 @@ impl Default for WatchOptions {
             max_backoff: Duration::from_secs(180),
         }
     }
-}
-
-/// What a watch knows of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Snapshot {
-    /// Healthy instances, sorted by id. After a failed query, the last good list.
-    pub endpoints: Arc<Vec<Endpoint>>,
-    /// Whether the last query succeeded.
-    pub fresh: bool,
 }
 
 /// A token bucket: `burst` queries at once, then one per `refill`.
@@ -123,16 +113,7 @@ pub fn watch_service(
                     index = if new_index < index { 0 } else { new_index };
                     let mut endpoints: Vec<Endpoint> = entries.iter().map(Endpoint::from).collect();
                     endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-                    sender.send_if_modified(|snapshot| {
-                        let changed = *snapshot.endpoints != endpoints || !snapshot.fresh;
-                        if changed {
-                            *snapshot = Snapshot {
-                                endpoints: Arc::new(endpoints),
-                                fresh: true,
-                            };
-                        }
-                        changed
-                    });
+                    Snapshot::publish(&sender, endpoints);
                 }
                 Err(error) => {
                     failures += 1;
@@ -141,8 +122,7 @@ pub fn watch_service(
                         .saturating_mul(failures.saturating_mul(failures))
                         .min(options.max_backoff);
                     tracing::warn!(%service, %error, ?backoff, "consul watch failed; keeping the last instances");
-                    sender
-                        .send_if_modified(|snapshot| std::mem::replace(&mut snapshot.fresh, false));
+                    Snapshot::mark_stale(&sender);
                     index = 0;
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

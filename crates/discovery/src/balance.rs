@@ -1,0 +1,646 @@
+//! Client-side balancing over discovered endpoints: tower's power of two choices on PeakEWMA,
+//! with outlier ejection and a clear error when a service has no endpoint left.
+//!
+//! [`Balanced::new`] takes any source of [`Snapshot`]s (Consul, DNS SRV, a static list) and a
+//! function that makes a service for one [`Endpoint`]. Each endpoint service is wrapped in an
+//! [`Outlier`] detector, then in tower's [`PeakEwma`](tower::load::PeakEwma) load, and the set feeds tower's
+//! [`Balance`](tower::balance::p2c::Balance) (p2c):
+//!
+//! ```text
+//! Balanced ─► p2c::Balance ─► PeakEwma ─► Outlier ─► your endpoint service (breaker, timeout, client)
+//! ```
+//!
+//! * **Outlier ejection.** An endpoint whose calls fail `consecutive_failures` times in a row,
+//!   or that answers with a local rejection (its own circuit breaker is open), is removed from
+//!   the balancer for a back-off period (`base_ejection`, doubled on each repeated ejection up to
+//!   `max_ejection`) and then readmitted with a fresh service. At most `max_ejected_percent` of
+//!   the endpoints are out at once, but always at least one, as in Envoy.
+//! * **Ejection is retryable.** The call that finds an endpoint unavailable fails with
+//!   [`Ejected`], which is not a local rejection, so a retry layer above the balancer sends it
+//!   again, and the balancer picks another endpoint.
+//! * **Never a hang.** When a service has no endpoint at all, the balancer answers at once with
+//!   [`NoEndpoints`], which names the service.
+//!
+//! `Balanced` is not `Clone` (the balancer's state is one set); share it behind
+//! `tower::buffer::Buffer`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::future::{Either, Ready, ready as ready_future};
+use pin_project_lite::pin_project;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tower::balance::p2c;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
+use tower::{BoxError, Service};
+
+use crate::{Endpoint, Snapshot};
+
+/// What one call says about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The endpoint answered well.
+    Success,
+    /// The endpoint failed this call; enough of these in a row eject it.
+    Failure,
+    /// The endpoint is unavailable (its circuit breaker is open): eject it now.
+    Unavailable,
+}
+
+/// Judges calls for the outlier detector.
+pub trait Classify<Res, E> {
+    /// What `result` says about the endpoint that produced it.
+    fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+}
+
+/// Every error is a failure, and a local rejection (an open circuit, a full bulkhead: see
+/// [`mainstay_resilience::rejection`]) makes the endpoint unavailable. Every response is a
+/// success.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsFail;
+
+impl<Res, E: 'static> Classify<Res, E> for ErrorsFail {
+    fn classify(&self, result: Result<&Res, &E>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(error) => classify_error(error),
+        }
+    }
+}
+
+/// As [`ErrorsFail`], and `5xx` responses are failures too (Envoy's `consecutive_5xx`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpStatus;
+
+impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatus {
+    fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
+        match result {
+            Ok(response) if response.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(error) => classify_error(error),
+        }
+    }
+}
+
+fn classify_error<E: 'static>(error: &E) -> Outcome {
+    if mainstay_resilience::rejection::local_rejection_of(error).is_some() {
+        Outcome::Unavailable
+    } else {
+        Outcome::Failure
+    }
+}
+
+/// When endpoints are ejected, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierOptions {
+    /// Failures in a row that eject an endpoint (default 5).
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts (default 10 s); each repeated ejection doubles it ...
+    pub base_ejection: Duration,
+    /// ... up to this (default 5 minutes). An endpoint that then serves this long without
+    /// being ejected starts again from `base_ejection`.
+    pub max_ejection: Duration,
+    /// The most endpoints out at once, in percent of those discovered (default 50); at least
+    /// one may always be ejected.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierOptions {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// How a [`Balanced`] service balances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BalanceOptions {
+    /// Outlier ejection.
+    pub outlier: OutlierOptions,
+    /// The round-trip time assumed for an endpoint that has not answered yet (default 30 ms,
+    /// at least 1 µs). An endpoint new to the balancer, or readmitted, gets calls once the
+    /// others' load exceeds this.
+    pub default_rtt: Duration,
+    /// How fast PeakEWMA forgets a slow answer (default 10 s, at least 1 ms).
+    pub decay: Duration,
+}
+
+impl Default for BalanceOptions {
+    fn default() -> Self {
+        Self {
+            outlier: OutlierOptions::default(),
+            default_rtt: Duration::from_millis(30),
+            decay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The service had no endpoint to send the call to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no healthy endpoint for service `{service}`")]
+pub struct NoEndpoints {
+    /// The service's name.
+    pub service: Arc<str>,
+}
+
+/// The endpoint was unavailable (its circuit breaker refused the call) and has been ejected;
+/// another attempt goes to another endpoint.
+///
+/// On purpose, this error has no `source()`: the refusal it replaces was local to one endpoint,
+/// and a retry layer must not mistake it for a refusal of the whole service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("endpoint `{endpoint}` of service `{service}` is unavailable ({reason}); ejected")]
+pub struct Ejected {
+    /// The service's name.
+    pub service: Arc<str>,
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// What the endpoint's own layers said.
+    pub reason: String,
+}
+
+/// What the discover stream learns from its source, its endpoints and its timers.
+enum Event {
+    Snapshot(Arc<Vec<Endpoint>>),
+    Eject { id: String, generation: u64 },
+    Readmit { id: String },
+}
+
+/// The shared health of one endpoint service, from insertion to removal.
+struct Health {
+    service: Arc<str>,
+    id: String,
+    generation: u64,
+    threshold: u32,
+    consecutive: AtomicU32,
+    ejected: AtomicBool,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Health {
+    fn eject(&self) {
+        if !self.ejected.swap(true, Ordering::AcqRel) {
+            let _ = self.events.send(Event::Eject {
+                id: self.id.clone(),
+                generation: self.generation,
+            });
+        }
+    }
+
+    fn record(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => self.consecutive.store(0, Ordering::Relaxed),
+            Outcome::Failure => {
+                if self.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
+                    self.eject();
+                }
+            }
+            Outcome::Unavailable => self.eject(),
+        }
+    }
+}
+
+/// One endpoint's service, watched for outliers. Made by [`Balanced`]; see the
+/// [module docs](self).
+pub struct Outlier<S, C> {
+    inner: S,
+    classify: C,
+    health: Arc<Health>,
+}
+
+impl<S, C> fmt::Debug for Outlier<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outlier")
+            .field("service", &self.health.service)
+            .field("endpoint", &self.health.id)
+            .field("consecutive_failures", &self.health.consecutive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Outlier<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = OutlierFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        OutlierFuture {
+            inner: self.inner.call(request),
+            classify: self.classify.clone(),
+            health: Arc::clone(&self.health),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of an [`Outlier`] call.
+    pub struct OutlierFuture<F, C> {
+        #[pin]
+        inner: F,
+        classify: C,
+        health: Arc<Health>,
+    }
+}
+
+impl<F, C> fmt::Debug for OutlierFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutlierFuture")
+            .field("endpoint", &self.health.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for OutlierFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError> + 'static,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let outcome = this.classify.classify(result.as_ref());
+        this.health.record(outcome);
+        Poll::Ready(match result {
+            Ok(response) => Ok(response),
+            Err(error) if outcome == Outcome::Unavailable => {
+                let error: BoxError = error.into();
+                Err(Box::new(Ejected {
+                    service: Arc::clone(&this.health.service),
+                    endpoint: this.health.id.clone(),
+                    reason: error.to_string(),
+                }))
+            }
+            Err(error) => Err(error.into()),
+        })
+    }
+}
+
+/// An endpoint's ejection history.
+struct Ejection {
+    /// Ejections since the endpoint last served `max_ejection` without one.
+    times: u32,
+    /// Whether the endpoint is out now.
+    out: bool,
+    /// When it was last readmitted.
+    readmitted: Option<Instant>,
+}
+
+/// Aborts the source-forwarding task when the discover stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A [`tower::discover::Discover`] stream of endpoint services from a [`Snapshot`] source,
+/// with outlier ejection. Built by [`Balanced::new`]; public for callers that want to feed
+/// another balancer.
+pub struct EndpointDiscover<M, S, C> {
+    service: Arc<str>,
+    make: M,
+    classify: C,
+    options: OutlierOptions,
+    events: mpsc::UnboundedReceiver<Event>,
+    sender: mpsc::UnboundedSender<Event>,
+    known: HashMap<String, Endpoint>,
+    /// Endpoints handed to the balancer, with the generation of their service.
+    active: HashMap<String, u64>,
+    ejections: HashMap<String, Ejection>,
+    pending: VecDeque<Change<String, Outlier<S, C>>>,
+    live: Arc<AtomicUsize>,
+    generation: u64,
+    _source: AbortOnDrop,
+}
+
+// The stream is never pinned structurally: every field is moved freely.
+impl<M, S, C> Unpin for EndpointDiscover<M, S, C> {}
+
+impl<M, S, C> fmt::Debug for EndpointDiscover<M, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointDiscover")
+            .field("service", &self.service)
+            .field("known", &self.known.len())
+            .field("active", &self.active.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, S, C> EndpointDiscover<M, S, C>
+where
+    M: FnMut(&Endpoint) -> S,
+    C: Clone,
+{
+    /// Follows `source`, making a service per endpoint with `make`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (a task forwards the source's changes).
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        mut source: watch::Receiver<Snapshot>,
+        make: M,
+        classify: C,
+        options: OutlierOptions,
+    ) -> Self {
+        let (sender, events) = mpsc::unbounded_channel();
+        let first = Arc::clone(&source.borrow_and_update().endpoints);
+        let forward = sender.clone();
+        let task = tokio::spawn(async move {
+            while source.changed().await.is_ok() {
+                let endpoints = Arc::clone(&source.borrow_and_update().endpoints);
+                if forward.send(Event::Snapshot(endpoints)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut discover = Self {
+            service: service.into(),
+            make,
+            classify,
+            options,
+            events,
+            sender,
+            known: HashMap::new(),
+            active: HashMap::new(),
+            ejections: HashMap::new(),
+            pending: VecDeque::new(),
+            live: Arc::new(AtomicUsize::new(0)),
+            generation: 0,
+            _source: AbortOnDrop(task),
+        };
+        discover.handle(Event::Snapshot(first));
+        discover
+    }
+
+    fn insert(&mut self, id: &str) {
+        let Some(endpoint) = self.known.get(id) else {
+            return;
+        };
+        self.generation += 1;
+        let health = Arc::new(Health {
+            service: Arc::clone(&self.service),
+            id: id.to_owned(),
+            generation: self.generation,
+            threshold: self.options.consecutive_failures.max(1),
+            consecutive: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            events: self.sender.clone(),
+        });
+        let service = Outlier {
+            inner: (self.make)(endpoint),
+            classify: self.classify.clone(),
+            health,
+        };
+        self.active.insert(id.to_owned(), self.generation);
+        self.pending
+            .push_back(Change::Insert(id.to_owned(), service));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.active.remove(id).is_some() {
+            self.pending.push_back(Change::Remove(id.to_owned()));
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Snapshot(endpoints) => {
+                let next: HashMap<String, Endpoint> = endpoints
+                    .iter()
+                    .map(|e| (e.id.clone(), e.clone()))
+                    .collect();
+                let gone: Vec<String> = self
+                    .known
+                    .keys()
+                    .filter(|id| !next.contains_key(*id))
+                    .cloned()
+                    .collect();
+                for id in &gone {
+                    self.remove(id);
+                    self.ejections.remove(id);
+                }
+                let previous = std::mem::replace(&mut self.known, next);
+                let mut ids: Vec<String> = self.known.keys().cloned().collect();
+                ids.sort();
+                for id in ids {
+                    let out = self.ejections.get(&id).is_some_and(|e| e.out);
+                    let changed = previous.get(&id) != self.known.get(&id);
+                    if !out && (changed || !self.active.contains_key(&id)) {
+                        self.insert(&id);
+                    }
+                }
+            }
+            Event::Eject { id, generation } => {
+                if self.active.get(&id) != Some(&generation) {
+                    return; // an older service of a readmitted or replaced endpoint
+                }
+                let out = self.ejections.values().filter(|e| e.out).count();
+                let allowed =
+                    (self.known.len() * usize::from(self.options.max_ejected_percent) / 100).max(1);
+                if out >= allowed {
+                    tracing::warn!(service = %self.service, endpoint = %id, out, "outlier not ejected: too many endpoints are out already");
+                    return;
+                }
+                let options = self.options;
+                let ejection = self.ejections.entry(id.clone()).or_insert(Ejection {
+                    times: 0,
+                    out: false,
+                    readmitted: None,
+                });
+                if ejection
+                    .readmitted
+                    .is_some_and(|at| at.elapsed() >= options.max_ejection)
+                {
+                    ejection.times = 0;
+                }
+                let period = options
+                    .base_ejection
+                    .saturating_mul(1u32 << ejection.times.min(16))
+                    .min(options.max_ejection);
+                ejection.times += 1;
+                ejection.out = true;
+                tracing::warn!(service = %self.service, endpoint = %id, ?period, "endpoint ejected");
+                self.remove(&id);
+                let events = self.sender.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(period).await;
+                    let _ = events.send(Event::Readmit { id });
+                });
+            }
+            Event::Readmit { id } => {
+                if let Some(ejection) = self.ejections.get_mut(&id) {
+                    if !ejection.out {
+                        return;
+                    }
+                    ejection.out = false;
+                    ejection.readmitted = Some(Instant::now());
+                    tracing::info!(service = %self.service, endpoint = %id, "endpoint readmitted");
+                    self.insert(&id);
+                }
+            }
+        }
+        self.live.store(self.active.len(), Ordering::Release);
+    }
+}
+
+impl<M, S, C> futures_util::Stream for EndpointDiscover<M, S, C>
+where
+    M: FnMut(&Endpoint) -> S,
+    C: Clone,
+{
+    type Item = Result<Change<String, Outlier<S, C>>, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(change)));
+            }
+            match ready!(self.events.poll_recv(cx)) {
+                Some(event) => self.handle(event),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// A balanced service over discovered endpoints; see the [module docs](self).
+pub struct Balanced<M, S, C, Req>
+where
+    M: FnMut(&Endpoint) -> S,
+    C: Clone,
+{
+    inner: p2c::Balance<PeakEwmaDiscover<EndpointDiscover<M, S, C>>, Req>,
+    live: Arc<AtomicUsize>,
+    service: Arc<str>,
+    refuse: bool,
+}
+
+impl<M, S, C, Req> fmt::Debug for Balanced<M, S, C, Req>
+where
+    M: FnMut(&Endpoint) -> S,
+    C: Clone,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balanced")
+            .field("service", &self.service)
+            .field("endpoints", &self.live.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M, S, C, Req> Balanced<M, S, C, Req>
+where
+    M: FnMut(&Endpoint) -> S,
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    /// Balances calls to `service` over the endpoints `source` publishes, making each
+    /// endpoint's service with `make` and judging its calls with `classify`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        source: watch::Receiver<Snapshot>,
+        make: M,
+        classify: C,
+        options: BalanceOptions,
+    ) -> Self {
+        let service = service.into();
+        let discover = EndpointDiscover::new(
+            Arc::clone(&service),
+            source,
+            make,
+            classify,
+            options.outlier,
+        );
+        let live = Arc::clone(&discover.live);
+        // tower panics on a zero RTT or decay.
+        let discover = PeakEwmaDiscover::new::<Req>(
+            discover,
+            options.default_rtt.max(Duration::from_micros(1)),
+            options.decay.max(Duration::from_millis(1)),
+            CompleteOnResponse::default(),
+        );
+        Self {
+            inner: p2c::Balance::new(discover),
+            live,
+            service,
+            refuse: false,
+        }
+    }
+
+    /// How many endpoints the balancer has now (discovered and not ejected).
+    #[must_use]
+    pub fn endpoints(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+impl<M, S, C, Req> Service<Req> for Balanced<M, S, C, Req>
+where
+    M: FnMut(&Endpoint) -> S,
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Either<
+        Ready<Result<S::Response, BoxError>>,
+        <p2c::Balance<PeakEwmaDiscover<EndpointDiscover<M, S, C>>, Req> as Service<Req>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(result) => {
+                self.refuse = false;
+                Poll::Ready(result)
+            }
+            // The balancer has drained discovery before it answers Pending, so `live` is up to
+            // date: with no endpoint at all, waiting would be a hang.
+            Poll::Pending if self.live.load(Ordering::Acquire) == 0 => {
+                self.refuse = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        if std::mem::take(&mut self.refuse) {
+            return Either::Left(ready_future(Err(Box::new(NoEndpoints {
+                service: Arc::clone(&self.service),
+            }))));
+        }
+        Either::Right(self.inner.call(request))
+    }
+}

@@ -1,0 +1,106 @@
+//! A registration tied to the lifetime of the process: TTL heartbeats, deregistration on
+//! shutdown.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::client::{ConsulClient, ConsulError};
+use super::model::{CheckDefinition, CheckUpdate, Registration, consul_duration};
+
+/// A service instance registered with a TTL check that a background task keeps passing.
+///
+/// * The check is marked passing every TTL/3, so two heartbeats may be lost before Consul
+///   marks the instance critical.
+/// * [`deregister`](Self::deregister) stops the heartbeat and removes the instance: call it on
+///   graceful shutdown, before the server stops accepting.
+/// * Dropping the lease stops the heartbeat only. The check then goes critical after its TTL,
+///   and Consul removes the instance after `DeregisterCriticalServiceAfter`, which is always
+///   set: a crashed process does not linger in the catalog.
+#[derive(Debug)]
+pub struct Lease {
+    client: ConsulClient,
+    service_id: String,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+impl Lease {
+    /// Registers `registration` with a TTL check of `ttl` (its check, if any, is replaced),
+    /// removed by Consul `deregister_after` once critical, and starts heartbeating.
+    ///
+    /// # Errors
+    ///
+    /// The agent refused the registration or could not be reached.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start(
+        client: ConsulClient,
+        mut registration: Registration,
+        ttl: Duration,
+        deregister_after: Duration,
+    ) -> Result<Self, ConsulError> {
+        let ttl = ttl.max(Duration::from_secs(1));
+        let check_id = format!("service:{}", registration.id);
+        registration.check = Some(CheckDefinition {
+            check_id: Some(check_id.clone()),
+            ttl: Some(consul_duration(ttl)),
+            http: None,
+            interval: None,
+            timeout: None,
+            deregister_critical_service_after: consul_duration(deregister_after),
+            status: Some("passing".to_owned()),
+        });
+        client.register(&registration).await?;
+        let heartbeat = tokio::spawn(heartbeat(client.clone(), check_id, ttl / 3));
+        Ok(Self {
+            client,
+            service_id: registration.id,
+            heartbeat: Some(heartbeat),
+        })
+    }
+
+    /// The registered instance's id.
+    #[must_use]
+    pub fn service_id(&self) -> &str {
+        &self.service_id
+    }
+
+    /// Stops the heartbeat and deregisters the instance.
+    ///
+    /// # Errors
+    ///
+    /// The agent refused or could not be reached; Consul then removes the instance after its
+    /// critical timeout.
+    pub async fn deregister(mut self) -> Result<(), ConsulError> {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+        self.client.deregister(&self.service_id).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(task) = self.heartbeat.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn heartbeat(client: ConsulClient, check_id: String, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // registered passing just now
+    loop {
+        ticks.tick().await;
+        let update = CheckUpdate {
+            status: "passing".to_owned(),
+            output: String::new(),
+        };
+        if let Err(error) = client.update_check(&check_id, &update).await {
+            tracing::warn!(%check_id, %error, "consul heartbeat failed");
+        }
+    }
+}
