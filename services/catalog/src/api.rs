@@ -176,10 +176,14 @@ async fn cached_page(
         .ok_or_else(|| Problem::internal(&std::io::Error::other("a page load returned nothing")))
 }
 
-/// A cached page as the response body: shared with the cache, not copied.
+/// A cached page as the response body: shared with the cache, not copied. Shared caches (the
+/// gateway's) may keep it as long as this service's own page cache does.
 fn json_body(body: Bytes) -> Response {
     (
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static("public, max-age=5")),
+        ],
         body,
     )
         .into_response()

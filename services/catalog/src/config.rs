@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shop_common::config::{ConfigError, ServiceConfig, Vars};
+use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
 
 /// What the catalog is configured with, beyond [`ServiceConfig`].
 ///
@@ -19,12 +19,8 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 pub struct CatalogConfig {
     /// The common part.
     pub service: ServiceConfig,
-    /// The JWKS of the users service.
-    pub jwks_url: String,
-    /// Accepted `iss`.
-    pub issuer: String,
-    /// Accepted `aud`.
-    pub audience: String,
+    /// How the users service's tokens are validated.
+    pub tokens: TokenConfig,
     /// Redis for the second tier, if any.
     pub redis_url: Option<String>,
     /// Prefix of the Redis keys and channel.
@@ -68,15 +64,7 @@ impl CatalogConfig {
         }
         let embedded = service.database_url.starts_with("sqlite:");
         Ok(Self {
-            jwks_url: vars
-                .raw("USERS_JWKS_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".to_owned()),
-            issuer: vars
-                .raw("TOKEN_ISSUER")
-                .unwrap_or_else(|| "shop-users".to_owned()),
-            audience: vars
-                .raw("TOKEN_AUDIENCE")
-                .unwrap_or_else(|| "shop".to_owned()),
+            tokens: TokenConfig::from_vars(vars),
             redis_url,
             redis_prefix: vars
                 .raw("REDIS_KEY_PREFIX")

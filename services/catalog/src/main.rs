@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use mainstay_auth::{Jwks, Validator};
 use shop_catalog::{Catalog, CatalogConfig, router};
 use shop_common::Kit;
 use shop_common::bus::InProcessBus;
@@ -16,13 +15,7 @@ async fn main() -> std::io::Result<()> {
         eprintln!("{e}");
         std::process::exit(EX_CONFIG)
     });
-    let jwks = Jwks::from_url(&config.jwks_url).map_err(std::io::Error::other)?;
-    let validator = Validator::builder()
-        .issuer(&config.issuer)
-        .audience(&config.audience)
-        .jwks(jwks)
-        .build()
-        .map_err(std::io::Error::other)?;
+    let validator = config.tokens.validator()?;
     let database = Database::connect(&config.service.database_url)
         .await
         .map_err(std::io::Error::other)?;

@@ -164,6 +164,8 @@ async fn listing_pages_filters_and_sorts(database: &Database, url: &str) {
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.body["total"], 120);
     assert_eq!(page.body["items"].as_array().unwrap().len(), 20);
+    // Shared caches (the gateway's) may keep a page as long as the catalog's own page cache.
+    assert_eq!(page.headers["cache-control"], "public, max-age=5");
 
     let kitchen = shop.get("/products?category=kitchen&per_page=100").await;
     assert_eq!(kitchen.body["total"], 20);

@@ -152,6 +152,49 @@ impl ServiceConfig {
     }
 }
 
+/// How a service validates the users service's tokens: `USERS_JWKS_URL` (default
+/// `http://127.0.0.1:8081/.well-known/jwks.json`), `TOKEN_ISSUER` (default `shop-users`),
+/// `TOKEN_AUDIENCE` (default `shop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// The JWKS of the users service.
+    pub jwks_url: String,
+    /// Accepted `iss`.
+    pub issuer: String,
+    /// Accepted `aud`.
+    pub audience: String,
+}
+
+impl TokenConfig {
+    /// Reads the three variables, with their defaults.
+    pub fn from_vars<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Self {
+        let or = |var: &str, default: &str| vars.raw(var).unwrap_or_else(|| default.to_owned());
+        Self {
+            jwks_url: or(
+                "USERS_JWKS_URL",
+                "http://127.0.0.1:8081/.well-known/jwks.json",
+            ),
+            issuer: or("TOKEN_ISSUER", "shop-users"),
+            audience: or("TOKEN_AUDIENCE", "shop"),
+        }
+    }
+
+    /// A validator over the remote JWKS.
+    ///
+    /// # Errors
+    ///
+    /// The JWKS URL is not usable.
+    pub fn validator(&self) -> std::io::Result<mainstay_auth::Validator> {
+        let jwks = mainstay_auth::Jwks::from_url(&self.jwks_url).map_err(std::io::Error::other)?;
+        mainstay_auth::Validator::builder()
+            .issuer(&self.issuer)
+            .audience(&self.audience)
+            .jwks(jwks)
+            .build()
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// The value, or the error printed to standard error and the process ended with [`EX_CONFIG`]:
 /// for `main`, before logging is set up.
 pub fn or_exit<T>(result: Result<T, ConfigError>) -> T {

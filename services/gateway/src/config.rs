@@ -1,0 +1,191 @@
+//! The gateway's configuration, from the environment.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mainstay_discovery::Endpoint;
+use shop_common::config::{ConfigError, ServiceConfig, Vars};
+
+/// The services the gateway routes to, with the port each listens on by default.
+///
+/// A service that has not landed yet has no default address: until `<NAME>_URLS`, Consul or
+/// DNS names one, its routes answer 503 naming it.
+pub const SERVICES: [(&str, Option<u16>); 5] = [
+    ("users", Some(8081)),
+    ("catalog", Some(8082)),
+    ("carts", None),
+    ("orders", None),
+    ("recommendations", None),
+];
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A fixed list (the embedded default): `<NAME>_URLS`, comma-separated.
+    Static(Vec<Endpoint>),
+    /// Consul's passing instances of the service (when `CONSUL_HTTP_ADDR` is set).
+    Consul,
+    /// DNS SRV records of this name (`<NAME>_SRV`).
+    Srv(String),
+}
+
+/// A request budget: so many requests at once, refilled over a period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests allowed at once.
+    pub burst: u32,
+    /// Over which the burst refills.
+    pub period: Duration,
+}
+
+impl std::str::FromStr for Limit {
+    type Err = ();
+
+    /// `burst/seconds`, such as `100/1`.
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (burst, seconds) = text.split_once('/').ok_or(())?;
+        let burst: u32 = burst.trim().parse().map_err(|_| ())?;
+        let seconds: u64 = seconds.trim().parse().map_err(|_| ())?;
+        if burst == 0 || seconds == 0 {
+            return Err(());
+        }
+        Ok(Self {
+            burst,
+            period: Duration::from_secs(seconds),
+        })
+    }
+}
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Listening address, timeouts, body limit (`PORT` defaults to 8080).
+    pub service: ServiceConfig,
+    /// Where each service's endpoints come from.
+    pub discovery: BTreeMap<&'static str, Discovery>,
+    /// `CONSUL_HTTP_ADDR`: the Consul agent, for services discovered through it.
+    pub consul_addr: Option<String>,
+    /// `USERS_JWKS_URL`: the users service's keys (default
+    /// `http://127.0.0.1:8081/.well-known/jwks.json`).
+    pub jwks_url: String,
+    /// `TOKEN_ISSUER` (default `shop-users`).
+    pub issuer: String,
+    /// `TOKEN_AUDIENCE` (default `shop`).
+    pub audience: String,
+    /// `RATE_LIMIT_PER_PRINCIPAL` (default `50/1`): signed-in callers, by token subject.
+    pub per_principal: Limit,
+    /// `RATE_LIMIT_PER_IP` (default `20/1`): anonymous callers, by client address.
+    pub per_ip: Limit,
+    /// `TRUSTED_PROXIES`: addresses whose `X-Forwarded-For` is believed (default none: the
+    /// client address is the connection's peer).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// `CORS_ALLOWED_ORIGINS`: origins browsers may call from (default none: same origin only).
+    pub cors_origins: Vec<String>,
+    /// `UPSTREAM_ATTEMPT_TIMEOUT_MS`: one attempt at an upstream (default 2 s).
+    pub attempt_timeout: Duration,
+    /// `UPSTREAM_MAX_CONCURRENT`: calls in flight per upstream service (default 512).
+    pub max_concurrent: usize,
+    /// `HOME_PART_TIMEOUT_MS`: each part of `/api/v1/home` (default 800 ms).
+    pub home_part_timeout: Duration,
+    /// `CATALOG_CACHE_ENTRIES`: catalog responses kept (default 10,000).
+    pub catalog_cache_entries: u64,
+}
+
+impl GatewayConfig {
+    /// Reads the configuration from the environment.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&Vars(|var: &str| std::env::var(var).ok()))
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables.
+    ///
+    /// # Errors
+    ///
+    /// The first variable set to something unusable.
+    pub fn from_vars<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Self, ConfigError> {
+        let service = ServiceConfig::from_vars("gateway", 8080, vars)?;
+        let consul_addr = vars
+            .raw("CONSUL_HTTP_ADDR")
+            .filter(|a| !a.trim().is_empty());
+        let mut discovery = BTreeMap::new();
+        for (name, port) in SERVICES {
+            let upper = name.to_ascii_uppercase();
+            let source = if let Some(urls) = vars.raw(&format!("{upper}_URLS")) {
+                Discovery::Static(Endpoint::parse_list(&urls).map_err(|e| ConfigError {
+                    var: format!("{upper}_URLS"),
+                    value: urls.clone(),
+                    expected: e.to_string(),
+                })?)
+            } else if let Some(name) = vars.raw(&format!("{upper}_SRV")) {
+                Discovery::Srv(name)
+            } else if consul_addr.is_some() {
+                Discovery::Consul
+            } else {
+                Discovery::Static(
+                    port.map(|p| vec![Endpoint::new("127.0.0.1", p)])
+                        .unwrap_or_default(),
+                )
+            };
+            discovery.insert(name, source);
+        }
+        let list = |var: &str| -> Vec<String> {
+            vars.raw(var)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let trusted_proxies = list("TRUSTED_PROXIES")
+            .into_iter()
+            .map(|ip| {
+                ip.parse().map_err(|_| ConfigError {
+                    var: "TRUSTED_PROXIES".to_owned(),
+                    value: ip.clone(),
+                    expected: "comma-separated IP addresses".to_owned(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let limit = |var: &str, burst: u32| {
+            let default = Limit {
+                burst,
+                period: Duration::from_secs(1),
+            };
+            vars.parse_or(var, default, "burst/seconds, such as 50/1")
+        };
+        Ok(Self {
+            service,
+            discovery,
+            consul_addr,
+            jwks_url: vars
+                .raw("USERS_JWKS_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".to_owned()),
+            issuer: vars
+                .raw("TOKEN_ISSUER")
+                .unwrap_or_else(|| "shop-users".to_owned()),
+            audience: vars
+                .raw("TOKEN_AUDIENCE")
+                .unwrap_or_else(|| "shop".to_owned()),
+            per_principal: limit("RATE_LIMIT_PER_PRINCIPAL", 50)?,
+            per_ip: limit("RATE_LIMIT_PER_IP", 20)?,
+            trusted_proxies,
+            cors_origins: list("CORS_ALLOWED_ORIGINS"),
+            attempt_timeout: vars
+                .millis_or("UPSTREAM_ATTEMPT_TIMEOUT_MS", Duration::from_secs(2))?,
+            max_concurrent: vars.parse_or("UPSTREAM_MAX_CONCURRENT", 512, "a number of calls")?,
+            home_part_timeout: vars
+                .millis_or("HOME_PART_TIMEOUT_MS", Duration::from_millis(800))?,
+            catalog_cache_entries: vars.parse_or(
+                "CATALOG_CACHE_ENTRIES",
+                10_000,
+                "a number of entries",
+            )?,
+        })
+    }
+}

@@ -1,0 +1,551 @@
+//! `shop-gateway`: the one front door of the commerce system.
+//!
+//! The public API lives under `/api/v1`. Each route names the service behind it, and the
+//! gateway calls that service through a client balanced over its discovered endpoints (see
+//! [`upstream`]). A request meets, in order:
+//!
+//! 1. CORS (an explicit allow-list) and the security headers, on every response;
+//! 2. the server stack of every service (`shop_common::Kit::stack`): request id, trace, RED
+//!    metrics, health and metrics endpoints, body limit, deadline, adaptive concurrency;
+//! 3. the route table ([`ROUTES`]): an unknown path is a 404 problem;
+//! 4. authentication: a bearer token is validated against the users service's JWKS
+//!    (mainstay-auth) when present, and required on protected routes;
+//! 5. the rate limit: per principal when signed in, per client address otherwise (the
+//!    address is the peer's, or `X-Forwarded-For` when the peer is a trusted proxy);
+//! 6. the body, buffered up to the body limit (413 beyond), so that it can be retried;
+//! 7. the upstream call; for catalog `GET`s, through a shared response cache
+//!    (mainstay-cache). Upstream failures become 502, 503 or 504 problems, never a hang.
+//!
+//! `GET /api/v1/home` aggregates products, the caller's cart and recommendations, each with
+//! its own timeout and fallback. `GET /api/v1/openapi.json` describes the public API, and
+//! `/docs` serves Swagger UI over it.
+
+pub mod config;
+mod home;
+mod openapi;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::Full;
+use mainstay_auth::{AuthError, Principal, Validator};
+use mainstay_cache::CacheCollector;
+use mainstay_cache::http::{ResponseCacheLayer, UriKey};
+use mainstay_discovery::Snapshot;
+use mainstay_discovery::balance::NoEndpoints;
+use mainstay_resilience::deadline::Deadline;
+use mainstay_resilience::http::problem_response;
+use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+use shop_common::{Kit, Problem};
+use tokio::sync::watch;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Layer, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use self::config::{Discovery, GatewayConfig, Limit};
+use self::upstream::{ClientSettings, Upstream, UpstreamRequest};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone; a bearer token, if sent, must be valid (it keys the rate limit).
+    Open,
+    /// Only with a valid bearer token (401 otherwise). Roles are checked by the service.
+    SignedIn,
+}
+
+/// A route of the public API: requests under `prefix` go to `service`, with `prefix` replaced
+/// by `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The public path prefix (matched on segment boundaries).
+    pub prefix: &'static str,
+    /// The service behind it.
+    pub service: &'static str,
+    /// The service's own path prefix.
+    pub upstream: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+const fn route(
+    prefix: &'static str,
+    service: &'static str,
+    upstream: &'static str,
+    access: Access,
+) -> Route {
+    Route {
+        prefix,
+        service,
+        upstream,
+        access,
+    }
+}
+
+/// The route table, most specific prefixes first.
+pub const ROUTES: &[Route] = &[
+    route("/api/v1/auth", "users", "", Access::Open),
+    route("/api/v1/me", "users", "/me", Access::SignedIn),
+    route("/api/v1/admin/users", "users", "/users", Access::SignedIn),
+    route(
+        "/api/v1/admin/keys",
+        "users",
+        "/admin/keys",
+        Access::SignedIn,
+    ),
+    route("/api/v1/products", "catalog", "/products", Access::Open),
+    route("/api/v1/categories", "catalog", "/categories", Access::Open),
+    route("/api/v1/cart", "carts", "/cart", Access::SignedIn),
+    route("/api/v1/orders", "orders", "/orders", Access::SignedIn),
+    route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
+];
+
+/// The route for `path`, and the upstream path (query not included).
+#[must_use]
+pub fn resolve(path: &str) -> Option<(&'static Route, String)> {
+    ROUTES.iter().find_map(|route| {
+        let rest = path.strip_prefix(route.prefix)?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let mut upstream = format!("{}{rest}", route.upstream);
+        if upstream.is_empty() {
+            upstream.push('/');
+        }
+        Some((route, upstream))
+    })
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+struct Inner {
+    validator: Validator,
+    upstreams: HashMap<&'static str, Upstream>,
+    /// The catalog client behind the shared response cache, for `GET`s.
+    catalog_cached: Upstream,
+    per_principal: KeyedRateLimitLayer<(), String>,
+    per_ip: KeyedRateLimitLayer<(), IpAddr>,
+    trusted_proxies: Vec<IpAddr>,
+    body_limit: usize,
+    home_part_timeout: Duration,
+}
+
+/// The gateway: its upstream clients, validator and limits. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstreams", &self.0.upstreams.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A rate limit of zero.
+    #[error("bad rate limit: {0}")]
+    Limit(String),
+    /// A service's discovery is not configured.
+    #[error("no discovery configured for `{0}`")]
+    NoDiscovery(&'static str),
+    /// Discovery could not start.
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
+impl Gateway {
+    /// A gateway over `sources` (one per service in [`config::SERVICES`]), validating tokens
+    /// with `validator` and recording upstream calls into `kit`'s metrics.
+    ///
+    /// # Errors
+    ///
+    /// A rate limit of zero, or a service without a source.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn new(
+        config: &GatewayConfig,
+        kit: &Kit,
+        validator: Validator,
+        sources: &HashMap<&'static str, watch::Receiver<Snapshot>>,
+    ) -> Result<Self, StartError> {
+        let http = upstream::http_client();
+        let settings = ClientSettings {
+            deadline: config.service.request_timeout,
+            attempt_timeout: config.attempt_timeout,
+            max_concurrent: config.max_concurrent,
+        };
+        let mut upstreams = HashMap::new();
+        for (name, _) in config::SERVICES {
+            let source = sources.get(name).ok_or(StartError::NoDiscovery(name))?;
+            upstreams.insert(
+                name,
+                upstream::upstream(name, source.clone(), &http, settings, &kit.metrics),
+            );
+        }
+        let cache = ResponseCacheLayer::new(config.catalog_cache_entries);
+        let stats = cache.clone();
+        kit.metrics.register_collector(Box::new(CacheCollector::new(
+            "gateway_catalog_responses",
+            move || stats.stats(),
+        )));
+        let catalog = upstreams["catalog"].clone();
+        let catalog_cached = BoxCloneSyncService::new(
+            cache
+                .make_key(UriKey)
+                .layer(catalog)
+                .map_response(|response| response.map(Body::new)),
+        );
+        let limit = |l: Limit| (l.burst, l.period);
+        let (burst, period) = limit(config.per_principal);
+        let per_principal = KeyedRateLimitLayer::new(burst, period, ())
+            .map_err(|e| StartError::Limit(e.to_string()))?;
+        let (burst, period) = limit(config.per_ip);
+        let per_ip = KeyedRateLimitLayer::new(burst, period, ())
+            .map_err(|e| StartError::Limit(e.to_string()))?;
+        Ok(Self(Arc::new(Inner {
+            validator,
+            upstreams,
+            catalog_cached,
+            per_principal,
+            per_ip,
+            trusted_proxies: config.trusted_proxies.clone(),
+            body_limit: config.service.body_limit,
+            home_part_timeout: config.home_part_timeout,
+        })))
+    }
+
+    /// The client of `service`.
+    fn upstream(&self, service: &str) -> Upstream {
+        self.0.upstreams[service].clone()
+    }
+
+    /// The client's address: the peer, or, when the peer is a trusted proxy, the last
+    /// untrusted address of `X-Forwarded-For`.
+    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.0.trusted_proxies.contains(&peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !self.0.trusted_proxies.contains(ip))
+            .unwrap_or(peer)
+    }
+
+    /// Validates the bearer token, if any; `Err` is the refusal to send.
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        access: Access,
+        client: IpAddr,
+    ) -> Result<Option<Principal>, Box<Response>> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let refusal = |error: AuthError| -> Box<Response> {
+            // A bad token costs a verification: it counts against the address's limit.
+            if let Err(limited) = self.0.per_ip.check(&client) {
+                return Box::new(problem_response(&limited));
+            }
+            Box::new(error.to_response::<Body>())
+        };
+        match (token, access) {
+            (None, Access::Open) => Ok(None),
+            (None, Access::SignedIn) => Err(refusal(AuthError::MissingToken)),
+            (Some(token), _) => self
+                .0
+                .validator
+                .validate(token.trim())
+                .await
+                .map(Some)
+                .map_err(refusal),
+        }
+    }
+
+    /// Takes one request from the caller's budget.
+    fn rate_limit(
+        &self,
+        principal: Option<&Principal>,
+        client: IpAddr,
+    ) -> Result<(), Box<Response>> {
+        let checked = match principal {
+            Some(principal) => self.0.per_principal.check(&principal.subject().to_owned()),
+            None => self.0.per_ip.check(&client),
+        };
+        checked.map_err(|limited| {
+            tracing::info!(%client, signed_in = principal.is_some(), "rate limited");
+            Box::new(problem_response(&limited))
+        })
+    }
+}
+
+/// The client address of a request (see [`Gateway::client_ip`]).
+fn peer(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
+}
+
+/// An upstream failure as a problem: 503 when the service has no endpoint or refused
+/// locally, 504 on a timeout, 502 otherwise.
+fn upstream_problem(service: &str, error: &BoxError) -> Response {
+    if error.is::<NoEndpoints>() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail(error.to_string())
+            .with("service", service)
+            .into_response();
+    }
+    let response: Response<Body> = problem_response(&**error);
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response; // 503 (breaker, bulkhead), 429 or 504 (timeout, deadline)
+    }
+    tracing::warn!(%service, %error, "upstream failed");
+    Problem::new(StatusCode::BAD_GATEWAY)
+        .detail(format!("the {service} service failed to answer"))
+        .with("service", service)
+        .into_response()
+}
+
+/// The upstream request for `request`: path mapped, hop-by-hop headers removed,
+/// `X-Forwarded-*` set (the connection's peer appended to `X-Forwarded-For`), the deadline
+/// carried.
+fn upstream_request(
+    request: &http::request::Parts,
+    path: &str,
+    body: Bytes,
+    peer: IpAddr,
+) -> UpstreamRequest {
+    let path_and_query = match request.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut upstream = http::Request::new(Full::new(body));
+    *upstream.method_mut() = request.method.clone();
+    *upstream.uri_mut() = path_and_query.parse().unwrap_or_default();
+    let mut headers = request.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::try_from(forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    if let Some(host) = request.headers.get(header::HOST) {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    *upstream.headers_mut() = headers;
+    if let Some(deadline) = request.extensions.get::<Deadline>() {
+        upstream.extensions_mut().insert(*deadline);
+    }
+    upstream
+}
+
+/// Every `/api/v1` request but the gateway's own.
+async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
+    let Some((route, path)) = resolve(request.uri().path()) else {
+        return Problem::not_found(format!("no route for {}", request.uri().path()))
+            .into_response();
+    };
+    let peer = peer(&request);
+    let client = gateway.client_ip(peer, request.headers());
+    let principal = match gateway
+        .authenticate(request.headers(), route.access, client)
+        .await
+    {
+        Ok(principal) => principal,
+        Err(refusal) => return *refusal,
+    };
+    if let Err(limited) = gateway.rate_limit(principal.as_ref(), client) {
+        return *limited;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, gateway.0.body_limit).await else {
+        return Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
+            .detail(format!(
+                "the request body is larger than {} bytes",
+                gateway.0.body_limit
+            ))
+            .into_response();
+    };
+    let upstream_request = upstream_request(&parts, &path, body, peer);
+    let service = if route.service == "catalog" && parts.method == Method::GET {
+        gateway.0.catalog_cached.clone()
+    } else {
+        gateway.upstream(route.service)
+    };
+    match service.oneshot(upstream_request).await {
+        Ok(mut response) => {
+            strip_hop_by_hop(response.headers_mut());
+            response
+        }
+        Err(error) => upstream_problem(route.service, &error),
+    }
+}
+
+/// Starts discovery for every service in [`config::SERVICES`], as `config` says: a static
+/// list, Consul's passing instances (`CONSUL_HTTP_ADDR`), or DNS SRV records.
+///
+/// # Errors
+///
+/// The Consul address or the system's DNS configuration is unusable.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn discover(
+    config: &GatewayConfig,
+) -> Result<HashMap<&'static str, watch::Receiver<Snapshot>>, StartError> {
+    use mainstay_discovery::consul::{ConsulClient, WatchOptions, watch_service};
+    use mainstay_discovery::dns::{DnsOptions, hickory_resolver::TokioResolver, watch_srv};
+
+    let consul = config
+        .consul_addr
+        .as_deref()
+        .map(ConsulClient::new)
+        .transpose()
+        .map_err(|e| StartError::Discovery(e.to_string()))?;
+    let consul = match (consul, std::env::var("CONSUL_HTTP_TOKEN")) {
+        (Some(client), Ok(token)) if !token.is_empty() => Some(client.token(token)),
+        (client, _) => client,
+    };
+    let mut resolver = None;
+    let mut sources = HashMap::new();
+    for (name, discovery) in &config.discovery {
+        let source = match discovery {
+            Discovery::Static(endpoints) => mainstay_discovery::fixed(endpoints.clone()),
+            Discovery::Consul => {
+                let client = consul
+                    .clone()
+                    .ok_or_else(|| StartError::Discovery("CONSUL_HTTP_ADDR is not set".into()))?;
+                watch_service(client, *name, WatchOptions::default())
+            }
+            Discovery::Srv(srv) => {
+                if resolver.is_none() {
+                    let built = TokioResolver::builder_tokio()
+                        .and_then(mainstay_discovery::dns::hickory_resolver::ResolverBuilder::build)
+                        .map_err(|e| StartError::Discovery(format!("DNS: {e}")))?;
+                    resolver = Some(built);
+                }
+                let resolver = resolver.clone().ok_or(StartError::NoDiscovery(name))?;
+                watch_srv(resolver, srv.clone(), DnsOptions::default())
+            }
+        };
+        sources.insert(*name, source);
+    }
+    Ok(sources)
+}
+
+/// The security headers every response carries (unless the service set its own).
+fn security_headers() -> [SetResponseHeaderLayer<HeaderValue>; 4] {
+    [
+        SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        ),
+        SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        ),
+        SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ]
+}
+
+/// CORS for the allow-listed origins (none: no CORS headers, same origin only).
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::try_from(o.as_str()).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// The whole gateway: the public API in `kit`'s server stack, with CORS and the security
+/// headers outermost.
+pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> Router {
+    let api = Router::new()
+        .route("/api/v1/home", axum::routing::get(home::home))
+        .route("/api/v1/{*rest}", axum::routing::any(proxy))
+        .with_state(gateway);
+    let mut app = kit.stack(api).merge(openapi::routes());
+    for layer in security_headers() {
+        app = app.layer(layer);
+    }
+    app.layer(cors(cors_origins))
+}

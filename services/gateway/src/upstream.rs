@@ -1,0 +1,186 @@
+//! One client per upstream service: the client stack of ARCHITECTURE.md §3 over a balancer
+//! fed by discovery.
+//!
+//! ```text
+//! trace/inject + RED metrics   ClientLayer (mainstay-telemetry)
+//! overall deadline             the server request's deadline, or REQUEST_TIMEOUT_MS
+//! retry                        idempotent requests only, budgeted; never after NoEndpoints
+//! bulkhead                     UPSTREAM_MAX_CONCURRENT calls at once, no queue
+//! buffer → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery)
+//!   per endpoint: circuit breaker → per-attempt timeout → pooled HTTP/1 connection
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, NoEndpoints};
+use mainstay_discovery::{Endpoint, Snapshot};
+use mainstay_resilience::ServiceBuilderExt;
+use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
+use mainstay_resilience::http::{HttpRetryPolicy, StatusClassifier};
+use mainstay_resilience::retry::{Decision, Policy, RetryBudget, RetryLayer};
+use mainstay_telemetry::{ClientLayer, Metrics};
+use tokio::sync::watch;
+use tower::buffer::Buffer;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+/// A request to an upstream: the body is buffered, so that it can be retried.
+pub type UpstreamRequest = Request<Full<Bytes>>;
+
+/// A client of one upstream service. Cheap to clone.
+pub type Upstream = BoxCloneSyncService<UpstreamRequest, Response<Body>, BoxError>;
+
+/// How upstream clients behave.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    /// The budget of a whole call, retries included, unless the request's deadline is sooner.
+    pub deadline: Duration,
+    /// One attempt.
+    pub attempt_timeout: Duration,
+    /// Calls in flight per service.
+    pub max_concurrent: usize,
+}
+
+/// The pooled HTTP/1 client every upstream shares.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new pooled client (no request timeout of its own: the stack times attempts).
+#[must_use]
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Sends a request to one endpoint: its authority replaces the request's.
+#[derive(Clone)]
+struct Dial {
+    client: HttpClient,
+    authority: Arc<str>,
+}
+
+impl Service<UpstreamRequest> for Dial {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: UpstreamRequest) -> Self::Future {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(&*self.authority)
+            .path_and_query(path)
+            .build();
+        let client = self.client.clone();
+        Box::pin(async move {
+            *request.uri_mut() = uri?;
+            let response = client.request(request).await?;
+            Ok(response.map(Body::new))
+        })
+    }
+}
+
+/// [`HttpRetryPolicy`], except that a service with no endpoint is not asked again.
+#[derive(Debug, Clone, Copy)]
+struct GatewayRetry;
+
+impl Policy<UpstreamRequest, Response<Body>, BoxError> for GatewayRetry {
+    fn clone_request(&self, request: &UpstreamRequest) -> Option<UpstreamRequest> {
+        <HttpRetryPolicy as Policy<_, Response<Body>, BoxError>>::clone_request(
+            &HttpRetryPolicy,
+            request,
+        )
+    }
+
+    fn decide(
+        &self,
+        request: &UpstreamRequest,
+        result: Result<&Response<Body>, &BoxError>,
+    ) -> Decision {
+        if let Err(error) = result
+            && error.is::<NoEndpoints>()
+        {
+            return Decision::Done;
+        }
+        HttpRetryPolicy.decide(request, result)
+    }
+
+    fn deadline(
+        &self,
+        request: &UpstreamRequest,
+    ) -> Option<mainstay_resilience::deadline::Deadline> {
+        <HttpRetryPolicy as Policy<_, Response<Body>, BoxError>>::deadline(
+            &HttpRetryPolicy,
+            request,
+        )
+    }
+}
+
+/// A client of `service`, balanced over the endpoints `source` publishes.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+#[must_use]
+pub fn upstream(
+    service: &'static str,
+    source: watch::Receiver<Snapshot>,
+    http: &HttpClient,
+    settings: ClientSettings,
+    metrics: &Metrics,
+) -> Upstream {
+    let http = http.clone();
+    let make = move |endpoint: &Endpoint| {
+        // Opens at half of the last 20 calls failing (at least 10), and probes again after 5 s.
+        let breaker = Breaker::builder()
+            .count_window(20)
+            .minimum_calls(10)
+            .failure_rate(0.5)
+            .open_for(Duration::from_secs(5))
+            .build()
+            .expect("a valid breaker configuration");
+        ServiceBuilder::new()
+            .layer(CircuitBreakerLayer::new(breaker).classifier(StatusClassifier))
+            .attempt_timeout(settings.attempt_timeout)
+            .service(Dial {
+                client: http.clone(),
+                authority: endpoint.authority().into(),
+            })
+    };
+    let balanced = Balanced::new(service, source, make, HttpStatus, BalanceOptions::default());
+    let client = ServiceBuilder::new()
+        .layer(ClientLayer::new(service, metrics))
+        .deadline(settings.deadline)
+        .retries(
+            RetryLayer::new()
+                .policy(GatewayRetry)
+                .max_attempts(3)
+                .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
+        )
+        .bulkhead(settings.max_concurrent, Duration::ZERO)
+        .service(Buffer::new(balanced, settings.max_concurrent.max(1)))
+        .map_err(Into::into);
+    BoxCloneSyncService::new(client)
+}

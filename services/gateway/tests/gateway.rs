@@ -1,0 +1,826 @@
+//! The gateway over real upstream servers on loopback: routing, auth, rate limits, the client
+//! address, body limits, CORS and security headers, the catalog cache, upstream failures as
+//! problems, the home page with a part down, the `OpenAPI` page, and Consul discovery.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use http::{Method, Request, StatusCode};
+use mainstay_auth::jsonwebtoken::Algorithm;
+use mainstay_auth::{AccessClaims, SigningKey, TokenIssuer, Validator};
+use mainstay_discovery::consul::ConsulClient;
+use mainstay_discovery::consul::model::{CheckDefinition, Registration};
+use mainstay_test_support::consul::ConsulTestServer;
+use serde_json::{Value, json};
+use shop_common::Kit;
+use shop_common::config::Vars;
+use shop_common::testing::{Reply, call, send};
+use shop_gateway::{Gateway, GatewayConfig, app, discover};
+
+/// A fake upstream: counts its requests and echoes what it saw.
+#[derive(Clone, Default)]
+struct Upstream {
+    hits: Arc<AtomicUsize>,
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    address
+}
+
+/// Echoes the request: method, path, query, a few headers.
+async fn echo(
+    axum::extract::State(upstream): axum::extract::State<Upstream>,
+    request: Request<Body>,
+) -> axum::Json<Value> {
+    upstream.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    axum::Json(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "authorization": header("authorization"),
+        "x_forwarded_for": header("x-forwarded-for"),
+        "deadline": header("x-request-deadline"),
+        "connection_header": header("x-hop"),
+        "body_bytes": body.len(),
+    }))
+}
+
+async fn catalog(upstream: Upstream) -> SocketAddr {
+    let router = Router::new()
+        .route(
+            "/products",
+            get(
+                |axum::extract::State(u): axum::extract::State<Upstream>| async move {
+                    u.hits.fetch_add(1, Ordering::SeqCst);
+                    (
+                        [("cache-control", "public, max-age=60")],
+                        axum::Json(
+                            json!({"items": [{"id": "kettle"}, {"id": "teapot"}], "total": 2}),
+                        ),
+                    )
+                },
+            ),
+        )
+        .route("/products/{*rest}", axum::routing::any(echo))
+        .route("/categories", axum::routing::any(echo))
+        .with_state(upstream);
+    serve(router).await
+}
+
+async fn users(upstream: Upstream) -> SocketAddr {
+    let router = Router::new().fallback(echo).with_state(upstream);
+    serve(router).await
+}
+
+async fn slow(delay: Duration) -> SocketAddr {
+    serve(Router::new().fallback(move || async move {
+        tokio::time::sleep(delay).await;
+        "late"
+    }))
+    .await
+}
+
+/// A port nothing listens on.
+async fn dead() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Shop {
+    app: Router,
+    issuer: TokenIssuer,
+}
+
+impl Shop {
+    fn token(&self, subject: &str) -> String {
+        self.issuer
+            .issue(&AccessClaims::new(subject))
+            .unwrap()
+            .token
+    }
+}
+
+fn issuer() -> TokenIssuer {
+    TokenIssuer::new(
+        "shop-users",
+        "shop",
+        SigningKey::generate(Algorithm::EdDSA).unwrap(),
+    )
+}
+
+async fn shop(vars: &[(&str, String)]) -> Shop {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
+    let issuer = issuer();
+    let validator = Validator::builder()
+        .issuer("shop-users")
+        .audience("shop")
+        .keys(issuer.key_set())
+        .build()
+        .unwrap();
+    let kit = Kit::new(config.service.clone());
+    let sources = discover(&config).unwrap();
+    let gateway = Gateway::new(&config, &kit, validator, &sources).unwrap();
+    Shop {
+        app: app(gateway, &kit, &config.cors_origins),
+        issuer,
+    }
+}
+
+fn url(address: SocketAddr) -> String {
+    format!("http://{address}")
+}
+
+fn from(request: http::request::Builder, peer: &str) -> http::request::Builder {
+    request.extension(ConnectInfo(peer.parse::<SocketAddr>().unwrap()))
+}
+
+async fn get_from(app: &Router, path: &str, peer: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = from(Request::get(path), peer);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(app, request.body(Body::empty()).unwrap()).await
+}
+
+fn assert_problem(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(
+        reply.headers["content-type"], "application/problem+json",
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["status"], status.as_u16());
+}
+
+#[tokio::test]
+async fn public_routes_are_proxied_with_their_paths_mapped() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let catalog = catalog(upstream.clone()).await;
+    let shop = shop(&[("USERS_URLS", url(users)), ("CATALOG_URLS", url(catalog))]).await;
+
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/auth/login?x=1",
+        None,
+        Some(json!({"email": "a@b.c"})),
+        Some(("x-hop", "kept")),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["path"], "/login");
+    assert_eq!(reply.body["query"], "x=1");
+    assert_eq!(reply.body["method"], "POST");
+    assert!(reply.body["body_bytes"].as_u64().unwrap() > 0);
+    // The deadline travels to the upstream.
+    let deadline: u64 = reply.body["deadline"].as_str().unwrap().parse().unwrap();
+    assert!(deadline > 0 && deadline <= 10_000, "{deadline}");
+
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/auth/.well-known/jwks.json",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.body["path"], "/.well-known/jwks.json");
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/categories",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.body["path"], "/categories");
+
+    // Security headers on every answer, a 404 problem for unknown routes.
+    assert_eq!(reply.headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        reply.headers["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    assert!(
+        reply.headers["strict-transport-security"]
+            .to_str()
+            .unwrap()
+            .starts_with("max-age=")
+    );
+    let missing = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/nothing-here",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&missing, StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers["x-content-type-options"], "nosniff");
+    // A prefix matches whole segments only.
+    let near = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/products-and-more",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&near, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn protected_routes_need_a_valid_token_and_forward_it() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let shop = shop(&[("USERS_URLS", url(users))]).await;
+
+    let reply = call(&shop.app, Method::GET, "/api/v1/me", None, None, None).await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    assert!(reply.headers.contains_key("www-authenticate"));
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/me",
+        Some("not.a.jwt"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    // Signed by another key.
+    let stranger = issuer().issue(&AccessClaims::new("mallory")).unwrap().token;
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/me",
+        Some(&stranger),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        0,
+        "a refused request reached users"
+    );
+
+    let token = shop.token("alice");
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/me",
+        Some(&token),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["path"], "/me");
+    assert_eq!(reply.body["authorization"], format!("Bearer {token}"));
+    // An open route refuses a bad token too, instead of treating the caller as anonymous.
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/auth/.well-known/jwks.json",
+        Some("bad"),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn anonymous_callers_are_limited_per_address_and_signed_in_ones_per_principal() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let shop = shop(&[
+        ("USERS_URLS", url(users)),
+        ("RATE_LIMIT_PER_IP", "3/60".to_owned()),
+        ("RATE_LIMIT_PER_PRINCIPAL", "5/60".to_owned()),
+    ])
+    .await;
+    let path = "/api/v1/auth/.well-known/jwks.json";
+    for _ in 0..3 {
+        assert_eq!(
+            get_from(&shop.app, path, "10.0.0.1:5000", &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let limited = get_from(&shop.app, path, "10.0.0.1:5001", &[]).await;
+    assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key("retry-after"));
+    // Another address has its own budget.
+    assert_eq!(
+        get_from(&shop.app, path, "10.0.0.2:5000", &[]).await.status,
+        StatusCode::OK
+    );
+
+    // Signed in from the limited address: the principal's budget, not the address's.
+    let alice = format!("Bearer {}", shop.token("alice"));
+    for _ in 0..5 {
+        let reply = get_from(
+            &shop.app,
+            path,
+            "10.0.0.1:5000",
+            &[("authorization", &alice)],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let reply = get_from(
+        &shop.app,
+        path,
+        "10.0.0.1:5000",
+        &[("authorization", &alice)],
+    )
+    .await;
+    assert_problem(&reply, StatusCode::TOO_MANY_REQUESTS);
+    let bob = format!("Bearer {}", shop.token("bob"));
+    let reply = get_from(&shop.app, path, "10.0.0.1:5000", &[("authorization", &bob)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    // Bad tokens count against the address: a flood of them is cut off with 429.
+    let garbage = [("authorization", "Bearer x.y.z")];
+    let reply = get_from(&shop.app, path, "10.0.0.3:1", &garbage).await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    for _ in 0..2 {
+        get_from(&shop.app, path, "10.0.0.3:1", &garbage).await;
+    }
+    let reply = get_from(&shop.app, path, "10.0.0.3:1", &garbage).await;
+    assert_problem(&reply, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let shop = shop(&[
+        ("USERS_URLS", url(users)),
+        ("RATE_LIMIT_PER_IP", "1/60".to_owned()),
+        ("TRUSTED_PROXIES", "10.9.9.9".to_owned()),
+    ])
+    .await;
+    let path = "/api/v1/auth/.well-known/jwks.json";
+    // Through the trusted proxy: each client has its own budget.
+    let via = |client: &'static str| [("x-forwarded-for", client)];
+    let reply = get_from(&shop.app, path, "10.9.9.9:1", &via("203.0.113.1")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["x_forwarded_for"], "203.0.113.1, 10.9.9.9");
+    assert_eq!(
+        get_from(&shop.app, path, "10.9.9.9:1", &via("203.0.113.2"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &get_from(&shop.app, path, "10.9.9.9:1", &via("203.0.113.1")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    // A spoofed header from anyone else is ignored: the peer is the client.
+    assert_eq!(
+        get_from(&shop.app, path, "198.51.100.7:1", &via("203.0.113.50"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_problem(
+        &get_from(&shop.app, path, "198.51.100.7:1", &via("203.0.113.51")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+}
+
+#[tokio::test]
+async fn large_bodies_are_refused_and_cors_follows_the_allow_list() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let shop = shop(&[
+        ("USERS_URLS", url(users)),
+        ("BODY_LIMIT_BYTES", "1024".to_owned()),
+        ("CORS_ALLOWED_ORIGINS", "https://shop.example".to_owned()),
+    ])
+    .await;
+    let big = json!({"padding": "x".repeat(2048)});
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/auth/register",
+        None,
+        Some(big),
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/api/v1/auth/login")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = send(&shop.app, preflight("https://shop.example")).await;
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let methods = allowed.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let refused = send(&shop.app, preflight("https://evil.example")).await;
+    assert!(!refused.headers.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn catalog_gets_are_answered_from_the_cache() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let shop = shop(&[("CATALOG_URLS", url(catalog))]).await;
+    for _ in 0..5 {
+        let reply = call(&shop.app, Method::GET, "/api/v1/products", None, None, None).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body["items"][0]["id"], "kettle");
+    }
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        1,
+        "the cache did not answer"
+    );
+    // Another query is another entry.
+    call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/products?page=2",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn upstream_failures_are_problems_never_hangs() {
+    let late = slow(Duration::from_secs(30)).await;
+    let dead = dead().await;
+    let shop = shop(&[
+        ("USERS_URLS", url(dead)),
+        ("CATALOG_URLS", url(late)),
+        ("UPSTREAM_ATTEMPT_TIMEOUT_MS", "200".to_owned()),
+        ("REQUEST_TIMEOUT_MS", "1000".to_owned()),
+    ])
+    .await;
+    let token = shop.token("alice");
+
+    // No endpoint at all (carts has not landed): 503 naming the service, at once.
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/cart",
+        Some(&token),
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["service"], "carts");
+    assert!(reply.body["detail"].as_str().unwrap().contains("`carts`"));
+
+    // Too slow: 504.
+    let started = tokio::time::Instant::now();
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/categories",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Nothing listening: 502 while the endpoint is tried, 503 once it is ejected.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let reply = call(
+            &shop.app,
+            Method::GET,
+            "/api/v1/me",
+            Some(&token),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(reply.headers["content-type"], "application/problem+json");
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses[0], StatusCode::BAD_GATEWAY, "{statuses:?}");
+    assert_eq!(statuses[3], StatusCode::SERVICE_UNAVAILABLE, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn the_home_page_falls_back_part_by_part() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let late = slow(Duration::from_secs(30)).await;
+    let shop = shop(&[
+        ("CATALOG_URLS", url(catalog)),
+        ("RECOMMENDATIONS_URLS", url(late)),
+        ("HOME_PART_TIMEOUT_MS", "300".to_owned()),
+    ])
+    .await;
+
+    // Signed out: no cart; recommendations too slow, so the featured products stand in.
+    let reply = call(&shop.app, Method::GET, "/api/v1/home", None, None, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["products"].as_array().unwrap().len(), 2);
+    assert_eq!(reply.body["cart"], Value::Null);
+    assert_eq!(reply.body["recommendations"], reply.body["products"]);
+    assert_eq!(reply.body["degraded"], json!(["recommendations"]));
+
+    // Signed in, with the carts service down as well.
+    let token = shop.token("alice");
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/home",
+        Some(&token),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["degraded"], json!(["cart", "recommendations"]));
+    assert_eq!(reply.headers["cache-control"], "private, no-store");
+}
+
+#[tokio::test]
+async fn the_openapi_page_loads() {
+    let shop = shop(&[]).await;
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/openapi.json",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/auth/login",
+        "/api/v1/products",
+        "/api/v1/home",
+        "/api/v1/cart",
+    ] {
+        assert!(
+            reply.body["paths"].get(path).is_some(),
+            "{path} is not documented"
+        );
+    }
+    assert!(reply.body["components"]["securitySchemes"]["bearer"].is_object());
+
+    let page = call(&shop.app, Method::GET, "/docs/", None, None, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.body.as_str().unwrap();
+    assert!(html.contains("swagger-ui"), "not the Swagger UI page");
+    let init = call(
+        &shop.app,
+        Method::GET,
+        "/docs/swagger-initializer.js",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert!(init.body.as_str().unwrap().contains("/api/v1/openapi.json"));
+    let bundle = call(
+        &shop.app,
+        Method::GET,
+        "/docs/swagger-ui-bundle.js",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bundle.status, StatusCode::OK);
+}
+
+fn registration(id: &str, name: &str, port: u16) -> Registration {
+    Registration {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        tags: Vec::new(),
+        address: "127.0.0.1".to_owned(),
+        port,
+        meta: HashMap::new(),
+        check: Some(CheckDefinition {
+            check_id: None,
+            ttl: Some("30s".to_owned()),
+            http: None,
+            interval: None,
+            timeout: None,
+            deregister_critical_service_after: "1m".to_owned(),
+            status: Some("passing".to_owned()),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_production_mode_services_are_found_through_consul() {
+    let consul = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&consul.url()).unwrap();
+    let first = Upstream::default();
+    let second = Upstream::default();
+    let a = catalog(first.clone()).await;
+    let b = catalog(second.clone()).await;
+    client
+        .register(&registration("catalog-a", "catalog", a.port()))
+        .await
+        .unwrap();
+    let shop = shop(&[
+        ("CONSUL_HTTP_ADDR", consul.url()),
+        ("RATE_LIMIT_PER_IP", "10000/1".to_owned()),
+    ])
+    .await;
+
+    // The watch answers first; then every call reaches the registered instance.
+    let mut reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/categories",
+        None,
+        None,
+        None,
+    )
+    .await;
+    for _ in 0..100 {
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = call(
+            &shop.app,
+            Method::GET,
+            "/api/v1/categories",
+            None,
+            None,
+            None,
+        )
+        .await;
+    }
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["path"], "/categories");
+
+    // A second instance registers and the first leaves: traffic follows.
+    client
+        .register(&registration("catalog-b", "catalog", b.port()))
+        .await
+        .unwrap();
+    client.deregister("catalog-a").await.unwrap();
+    let before = first.hits.load(Ordering::SeqCst);
+    let mut moved = false;
+    for _ in 0..200 {
+        let reply = call(
+            &shop.app,
+            Method::GET,
+            "/api/v1/categories",
+            None,
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if second.hits.load(Ordering::SeqCst) > 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(moved, "traffic never reached the new instance");
+    let settled = first.hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        call(
+            &shop.app,
+            Method::GET,
+            "/api/v1/categories",
+            None,
+            None,
+            None,
+        )
+        .await;
+    }
+    assert_eq!(
+        first.hits.load(Ordering::SeqCst),
+        settled,
+        "the deregistered instance was still called"
+    );
+    assert!(settled >= before);
+    // Users was never registered: its routes say so.
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/auth/login",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn bad_configuration_names_the_variable() {
+    let config = |pairs: &[(&str, &str)]| {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned()))
+    };
+    for (var, value) in [
+        ("CATALOG_URLS", "http://catalog"),
+        ("RATE_LIMIT_PER_IP", "0/1"),
+        ("RATE_LIMIT_PER_PRINCIPAL", "fast"),
+        ("TRUSTED_PROXIES", "10.0.0.1, proxy.local"),
+        ("UPSTREAM_ATTEMPT_TIMEOUT_MS", "0"),
+    ] {
+        let error = config(&[(var, value)]).unwrap_err();
+        assert_eq!(error.var, var, "{error}");
+    }
+    // Defaults: the services that exist on their ports, the others with no endpoint.
+    let defaults = config(&[]).unwrap();
+    assert_eq!(
+        defaults.discovery["catalog"],
+        shop_gateway::Discovery::Static(vec![mainstay_discovery::Endpoint::new("127.0.0.1", 8082)])
+    );
+    assert_eq!(
+        defaults.discovery["carts"],
+        shop_gateway::Discovery::Static(Vec::new())
+    );
+    let consul = config(&[
+        ("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+        ("USERS_SRV", "_http._tcp.users."),
+    ])
+    .unwrap();
+    assert_eq!(consul.discovery["catalog"], shop_gateway::Discovery::Consul);
+    assert_eq!(
+        consul.discovery["users"],
+        shop_gateway::Discovery::Srv("_http._tcp.users.".to_owned())
+    );
+}
+
+#[test]
+fn routes_match_whole_segments_and_map_prefixes() {
+    let (route, path) = shop_gateway::resolve("/api/v1/products/kitchen-000").unwrap();
+    assert_eq!(
+        (route.service, path.as_str()),
+        ("catalog", "/products/kitchen-000")
+    );
+    let (route, path) = shop_gateway::resolve("/api/v1/auth").unwrap();
+    assert_eq!((route.service, path.as_str()), ("users", "/"));
+    let (_, path) = shop_gateway::resolve("/api/v1/admin/users").unwrap();
+    assert_eq!(path, "/users");
+    assert!(shop_gateway::resolve("/api/v1/authx").is_none());
+    assert!(shop_gateway::resolve("/api/v2/products").is_none());
+}
