@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mainstay_discovery::Endpoint;
-use shop_common::config::{ConfigError, ServiceConfig, Vars};
+use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
 
 /// The services the gateway routes to, with the port each listens on by default.
 ///
@@ -66,13 +66,8 @@ pub struct GatewayConfig {
     pub discovery: BTreeMap<&'static str, Discovery>,
     /// `CONSUL_HTTP_ADDR`: the Consul agent, for services discovered through it.
     pub consul_addr: Option<String>,
-    /// `USERS_JWKS_URL`: the users service's keys (default
-    /// `http://127.0.0.1:8081/.well-known/jwks.json`).
-    pub jwks_url: String,
-    /// `TOKEN_ISSUER` (default `shop-users`).
-    pub issuer: String,
-    /// `TOKEN_AUDIENCE` (default `shop`).
-    pub audience: String,
+    /// How the users service's tokens are validated.
+    pub tokens: TokenConfig,
     /// `RATE_LIMIT_PER_PRINCIPAL` (default `50/1`): signed-in callers, by token subject.
     pub per_principal: Limit,
     /// `RATE_LIMIT_PER_IP` (default `20/1`): anonymous callers, by client address.
@@ -163,15 +158,7 @@ impl GatewayConfig {
             service,
             discovery,
             consul_addr,
-            jwks_url: vars
-                .raw("USERS_JWKS_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".to_owned()),
-            issuer: vars
-                .raw("TOKEN_ISSUER")
-                .unwrap_or_else(|| "shop-users".to_owned()),
-            audience: vars
-                .raw("TOKEN_AUDIENCE")
-                .unwrap_or_else(|| "shop".to_owned()),
+            tokens: TokenConfig::from_vars(vars),
             per_principal: limit("RATE_LIMIT_PER_PRINCIPAL", 50)?,
             per_ip: limit("RATE_LIMIT_PER_IP", 20)?,
             trusted_proxies,

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mainstay_auth::{Jwks, Validator};
 use mainstay_discovery::consul::model::Registration;
 use mainstay_discovery::consul::{ConsulClient, Lease};
 use shop_common::Kit;
@@ -17,13 +16,7 @@ async fn main() -> std::io::Result<()> {
         eprintln!("{e}");
         std::process::exit(EX_CONFIG)
     });
-    let jwks = Jwks::from_url(&config.jwks_url).map_err(std::io::Error::other)?;
-    let validator = Validator::builder()
-        .issuer(&config.issuer)
-        .audience(&config.audience)
-        .jwks(jwks)
-        .build()
-        .map_err(std::io::Error::other)?;
+    let validator = config.tokens.validator()?;
     let sources = discover(&config).map_err(std::io::Error::other)?;
     let kit = Kit::new(config.service.clone());
     let gateway =

@@ -56,14 +56,22 @@ pub(crate) struct Product {
     id: String,
     /// Its name.
     name: String,
-    /// Its category.
-    category: String,
+    /// A sentence or two about it.
+    description: String,
+    /// Its category's id.
+    category_id: String,
     /// Its price in minor units of `currency`.
     price_minor: i64,
     /// ISO 4217 currency code.
     currency: String,
     /// Units in stock.
     stock: i64,
+    /// Incremented by every change (the `ETag` is `"<id>-<version>"`).
+    version: i64,
+    /// Unix seconds.
+    created_at: i64,
+    /// Unix seconds.
+    updated_at: i64,
 }
 
 /// A page of products.
