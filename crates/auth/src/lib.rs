@@ -2,8 +2,8 @@
 //!
 //! * [`Validator`] checks a bearer token's size, shape, key, algorithm (pinned per key, never
 //!   taken from the token), signature and claims (`exp`/`nbf` with leeway; `iss`, `aud`,
-//!   `sub` and `exp` required; more claims on request), and remembers verified tokens by
-//!   digest until they expire, so a hot token skips the signature check.
+//!   `sub` and `exp` required; more claims on request), and remembers verified tokens
+//!   until they expire, so a hot token skips the signature check.
 //! * Keys come from PEM or a shared secret ([`KeySet`]), or from a JWKS document ([`Jwks`]):
 //!   cached, refreshed ahead of expiry, refetched on an unknown `kid` at most once per
 //!   interval.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use std::borrow::Cow;
 
-use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation};
@@ -201,7 +200,10 @@ struct Shared {
     validations: HashMap<Algorithm, Validation>,
     required_claims: Vec<String>,
     max_token_bytes: usize,
-    cache: Option<moka::sync::Cache<[u8; 32], Arc<Verified>>>,
+    /// Keyed by the token itself: moka hashes it with `SipHash` and compares it on a hit, which
+    /// costs a tenth of a SHA-256 digest (12.9k instructions for a 300-byte token, measured
+    /// under callgrind) and is exact.
+    cache: Option<moka::sync::Cache<Arc<str>, Arc<Verified>>>,
 }
 
 /// A verified token in the cache.
@@ -218,10 +220,10 @@ type MokaInstant = std::time::Instant;
 /// Entries live until the token's `exp`, never longer.
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+impl moka::Expiry<Arc<str>, Arc<Verified>> for UntilExp {
     fn expire_after_create(
         &self,
-        _key: &[u8; 32],
+        _key: &Arc<str>,
         value: &Arc<Verified>,
         _created_at: MokaInstant,
     ) -> Option<Duration> {
@@ -244,8 +246,8 @@ pub(crate) enum Checked {
 /// A token is refused, in this order, when it is larger than the limit, not three base64url
 /// parts, names a `kid` longer than 256 bytes or unknown, declares an `alg` other than its
 /// key's, fails the signature, or fails the claims (`exp`, `nbf` with leeway; `iss`, `aud`,
-/// `sub`, `exp` and the configured claims required). A verified token is remembered, keyed by
-/// its SHA-256 digest, until its `exp`: validating it again costs a digest and a lookup.
+/// `sub`, `exp` and the configured claims required). A verified token is remembered until its
+/// `exp`: validating it again costs one hash table lookup.
 ///
 /// ```
 /// use mainstay_auth::{KeySet, Validator, VerifyingKey};
@@ -343,13 +345,8 @@ impl Validator {
                 limit: shared.max_token_bytes,
             });
         }
-        let digest = shared.cache.as_ref().map(|cache| {
-            let mut key = [0; 32];
-            key.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
-            (cache, key)
-        });
-        if let Some((cache, key)) = &digest
-            && let Some(hit) = cache.get(key)
+        if let Some(cache) = &shared.cache
+            && let Some(hit) = cache.get(token)
         {
             let key_trusted = match &shared.keys {
                 Keys::Static(_) => true,
@@ -361,7 +358,7 @@ impl Validator {
             if key_trusted && unix_now() < hit.principal.expires_at() {
                 return Checked::Valid(hit.principal.clone());
             }
-            cache.invalidate(key);
+            cache.invalidate(token);
         }
         let mut buffer = Vec::with_capacity(128);
         let Some((alg, kid)) = key_header(token, &mut buffer) else {
@@ -401,9 +398,9 @@ impl Validator {
         {
             return Checked::Invalid(AuthError::MissingClaim(missing.clone()));
         }
-        if let Some((cache, digest)) = digest {
+        if let Some(cache) = &shared.cache {
             cache.insert(
-                digest,
+                Arc::from(token),
                 Arc::new(Verified {
                     principal: principal.clone(),
                     key: key.clone(),
