@@ -139,16 +139,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// The headers `Connection` names: hop-by-hop too (RFC 9110 §7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+        .collect()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP.iter().chain(&connection_named(headers)) {
         headers.remove(name);
     }
 }
@@ -374,10 +377,20 @@ fn upstream_request(
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = request.method.clone();
     *upstream.uri_mut() = path_and_query.parse().unwrap_or_default();
-    let mut headers = request.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    // One pass over the caller's headers: hop-by-hop ones (and those `Connection` names) and
+    // `Host` stay behind.
+    let named: Vec<HeaderName> = connection_named(&request.headers);
+    let mut headers = HeaderMap::with_capacity(request.headers.len() + 3);
+    for (name, value) in &request.headers {
+        if name != header::HOST && !HOP_BY_HOP.contains(name) && !named.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let forwarded_for = match request
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(previous) => format!("{previous}, {peer}"),
         None => peer.to_string(),
     };

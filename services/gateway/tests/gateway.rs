@@ -59,7 +59,9 @@ async fn echo(
         "authorization": header("authorization"),
         "x_forwarded_for": header("x-forwarded-for"),
         "deadline": header("x-request-deadline"),
-        "connection_header": header("x-hop"),
+        "x_hop": header("x-hop"),
+        "x_kept": header("x-kept"),
+        "te": header("te"),
         "body_bytes": body.len(),
     }))
 }
