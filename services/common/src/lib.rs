@@ -6,7 +6,8 @@
 //! * [`Kit`]: metrics, health and configuration shared by a service, and
 //!   [`Kit::stack`], the standard server stack of ARCHITECTURE.md §3.
 //! * [`serve`]: graceful shutdown on SIGTERM/SIGINT: readiness turns 503, in-flight requests
-//!   finish within the grace period.
+//!   finish within the grace period; in production mode, registration with Consul for the
+//!   service's lifetime ([`registry`]).
 //! * [`Problem`] and [`Json`]: RFC 9457 errors, and JSON bodies whose rejections are problems
 //!   (400, 413, 415, 422).
 //! * [`store`]: the store pattern (trait, PostgreSQL and SQLite implementations, per-dialect
@@ -40,6 +41,7 @@
 pub mod bus;
 pub mod config;
 mod problem;
+pub mod registry;
 mod serve;
 mod stack;
 pub mod store;

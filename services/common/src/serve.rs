@@ -11,12 +11,26 @@ use crate::stack::Kit;
 /// 503, no new connections are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to
 /// finish. Flush telemetry after it returns (drop the `TelemetryGuard`).
 ///
+/// In production mode (`CONSUL_HTTP_ADDR` set) the service registers with the local Consul
+/// agent once it listens, heartbeats while it runs, and deregisters as soon as shutdown begins,
+/// before draining, so that callers stop choosing it (see [`crate::registry`]).
+///
 /// # Errors
 ///
-/// The address cannot be bound, or the listener fails.
+/// The address cannot be bound, the Consul agent refuses the registration, or the listener
+/// fails.
 pub async fn serve(app: Router, kit: &Kit) -> std::io::Result<()> {
     let listener = TcpListener::bind(kit.config.listen).await?;
-    serve_until(listener, app, kit, shutdown_signal()).await
+    let lease = crate::registry::register_from_env(&kit.config).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(lease) = lease
+            && let Err(error) = lease.deregister().await
+        {
+            tracing::warn!(%error, "could not deregister from consul; it will expire");
+        }
+    };
+    serve_until(listener, app, kit, shutdown).await
 }
 
 /// [`serve`] on a bound listener, until `shutdown` completes.

@@ -1,0 +1,67 @@
+//! Registration with the local Consul agent in production mode (`CONSUL_HTTP_ADDR`), for as
+//! long as the service runs: TTL heartbeats at TTL/3, deregistration when shutdown begins.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mainstay_discovery::consul::model::Registration;
+use mainstay_discovery::consul::{ConsulClient, Lease};
+
+use crate::config::{ServiceConfig, Vars};
+
+/// The TTL of a service's check: a process that stops heartbeating is critical within 10 s.
+pub const CHECK_TTL: Duration = Duration::from_secs(10);
+
+/// Consul removes an instance critical for this long (its documented minimum).
+pub const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+
+/// Registers the service when `CONSUL_HTTP_ADDR` is set (with `CONSUL_HTTP_TOKEN` as the ACL
+/// token), as `<name>-<address>-<port>` at `SERVICE_ADDRESS` (default: the listening address,
+/// or `127.0.0.1` when that is a wildcard).
+///
+/// # Errors
+///
+/// The agent refused the registration or could not be reached: a service that was asked to
+/// register and cannot would be invisible, so it does not start.
+pub async fn register_from_env(config: &ServiceConfig) -> std::io::Result<Option<Lease>> {
+    register_from_vars(config, &Vars(|var: &str| std::env::var(var).ok())).await
+}
+
+/// [`register_from_env`] over any source of variables.
+///
+/// # Errors
+///
+/// As [`register_from_env`].
+pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
+    config: &ServiceConfig,
+    vars: &Vars<F>,
+) -> std::io::Result<Option<Lease>> {
+    let Some(address) = vars.raw("CONSUL_HTTP_ADDR") else {
+        return Ok(None);
+    };
+    let mut client = ConsulClient::new(&address).map_err(std::io::Error::other)?;
+    if let Some(token) = vars.raw("CONSUL_HTTP_TOKEN") {
+        client = client.token(token);
+    }
+    let advertised = match vars.raw("SERVICE_ADDRESS") {
+        Some(address) => address,
+        None if config.listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]).to_string(),
+        None => config.listen.ip().to_string(),
+    };
+    let port = config.listen.port();
+    let registration = Registration {
+        id: format!("{}-{advertised}-{port}", config.name),
+        name: config.name.clone(),
+        tags: vec!["http".to_owned()],
+        address: advertised,
+        port,
+        meta: HashMap::new(),
+        check: None,
+    };
+    let lease = Lease::start(client, registration, CHECK_TTL, DEREGISTER_AFTER)
+        .await
+        .map_err(std::io::Error::other)?;
+    tracing::info!(service_id = %lease.service_id(), "registered with consul");
+    Ok(Some(lease))
+}

@@ -1,0 +1,69 @@
+//! Registration with Consul in production mode, against the Consul test agent.
+
+use std::collections::HashMap;
+
+use mainstay_discovery::consul::{ConsulClient, HealthQuery};
+use mainstay_test_support::consul::ConsulTestServer;
+use shop_common::config::{ServiceConfig, Vars};
+use shop_common::registry::register_from_vars;
+
+fn vars(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn without_consul_nothing_is_registered() {
+    let config = ServiceConfig::from_vars("catalog", 8082, &Vars(|_: &str| None)).unwrap();
+    let lease = register_from_vars(&config, &Vars(|_: &str| None))
+        .await
+        .unwrap();
+    assert!(lease.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_registers_where_callers_can_dial_it_and_leaves_on_shutdown() {
+    let consul = ConsulTestServer::start().await;
+    let env = vars(&[
+        ("CONSUL_HTTP_ADDR", consul.url()),
+        ("BIND_ADDR", "0.0.0.0".to_owned()),
+        ("PORT", "18082".to_owned()),
+    ]);
+    let env = Vars(|k: &str| env.get(k).cloned());
+    let config = ServiceConfig::from_vars("catalog", 8082, &env).unwrap();
+    let lease = register_from_vars(&config, &env).await.unwrap().unwrap();
+    assert_eq!(lease.service_id(), "catalog-127.0.0.1-18082");
+
+    let client = ConsulClient::new(&consul.url()).unwrap();
+    let query = HealthQuery {
+        passing: true,
+        ..HealthQuery::default()
+    };
+    let (entries, _) = client.health_service("catalog", query).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    // A wildcard listener is advertised on loopback, never as 0.0.0.0.
+    assert_eq!(entries[0].service.address, "127.0.0.1");
+    assert_eq!(entries[0].service.port, 18082);
+
+    lease.deregister().await.unwrap();
+    let (entries, _) = client.health_service("catalog", query).await.unwrap();
+    assert!(entries.is_empty());
+    assert_eq!(consul.status("catalog-127.0.0.1-18082"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_agent_stops_the_service_from_starting() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = listener.local_addr().unwrap();
+    drop(listener);
+    let env = vars(&[
+        ("CONSUL_HTTP_ADDR", format!("http://{dead}")),
+        ("SERVICE_ADDRESS", "10.1.2.3".to_owned()),
+    ]);
+    let env = Vars(|k: &str| env.get(k).cloned());
+    let config = ServiceConfig::from_vars("users", 8081, &env).unwrap();
+    let error = register_from_vars(&config, &env).await.unwrap_err();
+    assert!(error.to_string().contains("consul"), "{error}");
+}
