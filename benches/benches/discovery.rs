@@ -9,7 +9,10 @@
 //!   fed by a fixed `ServiceList`;
 //! * `balance/mainstay_balanced`: our `Balanced` over the same three endpoints from a static
 //!   source: the same p2c and PeakEWMA, plus outlier detection on every call and the
-//!   no-endpoint check.
+//!   no-endpoint check;
+//! * `balance/mainstay_balanced_shared` and `balance/mainstay_balanced_tower_buffer`: the same
+//!   balancer shared by clones, behind our `Shared` (a lock) and behind tower's `Buffer` (a
+//!   channel to a worker task).
 //!
 //! Each iteration is one `ready().await` and one `call().await`.
 #![allow(missing_docs)]
@@ -23,9 +26,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use mainstay_discovery::balance::{BalanceOptions, Balanced, ErrorsFail};
+use mainstay_discovery::balance::{BalanceOptions, Balanced, ErrorsFail, Shared};
 use mainstay_discovery::{Endpoint, fixed};
 use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
 use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{Service, ServiceExt, service_fn};
@@ -90,6 +94,28 @@ fn main() {
     );
     group.bench_function("mainstay_balanced", |b| {
         b.iter_custom(|iters| runtime.block_on(calls(&mut ours, iters)));
+    });
+
+    // Shared by clones: through `Shared` (a lock) and through tower's `Buffer` (a worker task).
+    let make = |e: &Endpoint| endpoint(e.port);
+    let source = fixed((1..=3).map(|p| Endpoint::new("127.0.0.1", p)).collect());
+    let mut shared = Shared::new(Balanced::new(
+        "bench",
+        source,
+        make,
+        ErrorsFail,
+        BalanceOptions::default(),
+    ));
+    group.bench_function("mainstay_balanced_shared", |b| {
+        b.iter_custom(|iters| runtime.block_on(calls(&mut shared, iters)));
+    });
+    let source = fixed((1..=3).map(|p| Endpoint::new("127.0.0.1", p)).collect());
+    let mut buffered = Buffer::new(
+        Balanced::new("bench", source, make, ErrorsFail, BalanceOptions::default()),
+        1024,
+    );
+    group.bench_function("mainstay_balanced_tower_buffer", |b| {
+        b.iter_custom(|iters| runtime.block_on(calls(&mut buffered, iters)));
     });
     group.finish();
     c.final_summary();

@@ -21,8 +21,8 @@
 //! * **Never a hang.** When a service has no endpoint at all, the balancer answers at once with
 //!   [`NoEndpoints`], which names the service.
 //!
-//! `Balanced` is not `Clone` (the balancer's state is one set); share it behind
-//! `tower::buffer::Buffer`.
+//! `Balanced` is not `Clone` (the balancer's state is one set); share it behind [`Shared`]
+//! (a lock, no extra task) or `tower::buffer::Buffer`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -642,5 +642,161 @@ where
             }))));
         }
         Either::Right(self.inner.call(request))
+    }
+}
+
+/// A service shared by its clones behind a lock, without `tower::buffer::Buffer`'s worker
+/// task: each call takes the lock, waits for the service to be ready and calls it, all within
+/// the caller's own poll. Meant for [`Balanced`], whose readiness and `call` are short and
+/// synchronous.
+///
+/// Compared with `Buffer`, a call skips a channel send, a wake-up of the worker task and a
+/// wake-up back; under load that is most of what sharing costs. The price is that while no
+/// endpoint is ready, only the last caller to look is woken by the balancer itself, so every
+/// waiting call also looks again every `repoll` (1 ms by default): none waits forever. The
+/// lock is never held across an `.await`.
+///
+/// `poll_ready` is always ready; readiness is awaited inside the call.
+pub struct Shared<S> {
+    inner: Arc<std::sync::Mutex<S>>,
+    repoll: Duration,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            repoll: self.repoll,
+        }
+    }
+}
+
+impl<S> fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("repoll", &self.repoll)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Shared<S> {
+    /// Shares `service`.
+    #[must_use]
+    pub fn new(service: S) -> Self {
+        Self {
+            inner: Arc::new(std::sync::Mutex::new(service)),
+            repoll: Duration::from_millis(1),
+        }
+    }
+
+    /// How often a call waiting for readiness looks again (default 1 ms).
+    #[must_use]
+    pub fn repoll(mut self, every: Duration) -> Self {
+        self.repoll = every.max(Duration::from_micros(100));
+        self
+    }
+}
+
+impl<S, Req> Service<Req> for Shared<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = SharedFuture<S, Req>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        SharedFuture {
+            state: SharedState::Waiting {
+                inner: Arc::clone(&self.inner),
+                request: Some(request),
+                repoll: self.repoll,
+                sleep: None,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Shared`] call.
+    pub struct SharedFuture<S: Service<Req>, Req> {
+        #[pin]
+        state: SharedState<S, Req>,
+    }
+}
+
+pin_project! {
+    #[project = SharedStateProj]
+    enum SharedState<S: Service<Req>, Req> {
+        Waiting {
+            inner: Arc<std::sync::Mutex<S>>,
+            request: Option<Req>,
+            repoll: Duration,
+            sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        },
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S: Service<Req>, Req> fmt::Debug for SharedFuture<S, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, Req> Future for SharedFuture<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let called = match this.state.as_mut().project() {
+                SharedStateProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                SharedStateProj::Waiting {
+                    inner,
+                    request,
+                    repoll,
+                    sleep,
+                } => {
+                    let mut service = inner
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let Some(request) = request.take() else {
+                                return Poll::Ready(Err(
+                                    "a shared call was polled after it was sent".into(),
+                                ));
+                            };
+                            service.call(request)
+                        }
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                        Poll::Pending => {
+                            drop(service);
+                            let timer =
+                                sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*repoll)));
+                            if timer.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            *sleep = None; // look again now, and arm a new timer if still not ready
+                            continue;
+                        }
+                    }
+                }
+            };
+            this.state.set(SharedState::Called { future: called });
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mainstay_discovery::balance::{
-    BalanceOptions, Balanced, Ejected, ErrorsFail, NoEndpoints, OutlierOptions,
+    BalanceOptions, Balanced, Ejected, ErrorsFail, NoEndpoints, OutlierOptions, Shared,
 };
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
@@ -245,4 +245,91 @@ async fn an_open_breaker_ejects_its_endpoint_at_once_with_a_retryable_error() {
     tokio::task::yield_now().await;
     let counts = spread(&mut service, 200).await;
     assert!(counts["10.0.0.1:1"] >= 30, "{counts:?}");
+}
+
+/// An endpoint that answers with its id.
+fn answering(endpoint: &Endpoint) -> BoxService<(), String, BoxError> {
+    let id = endpoint.id.clone();
+    BoxService::new(service_fn(move |()| {
+        let id = id.clone();
+        async move { Ok::<_, BoxError>(id) }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_balancer_serves_many_concurrent_callers() {
+    let (_source, receiver) = watch::channel(snapshot(&[1, 2, 3]));
+    // Boxed as the gateway boxes it: futures that hold the balancer are only provably `Send`
+    // once erased (rust#64552).
+    let shared = tower::util::BoxCloneSyncService::new(Shared::new(Balanced::new(
+        "catalog",
+        receiver,
+        answering,
+        ErrorsFail,
+        options(5),
+    )));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let shared = shared.clone();
+        callers.spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..50 {
+                answers.push(shared.clone().oneshot(()).await.unwrap());
+            }
+            answers
+        });
+    }
+    let mut counts = BTreeMap::<String, usize>::new();
+    for answers in callers.join_all().await {
+        for answer in answers {
+            *counts.entry(answer).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.values().sum::<usize>(), 32 * 50);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+}
+
+/// Ready only once `open` is set, and never wakes anyone: the worst case for a waiting call.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Service<()> for Gate {
+    type Response = &'static str;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<&'static str, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.open.load(std::sync::atomic::Ordering::SeqCst) {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        std::future::ready(Ok("through"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_call_waiting_for_readiness_looks_again_without_a_wake_up() {
+    let gate = Gate {
+        open: Arc::default(),
+    };
+    let shared = Shared::new(gate.clone()).repoll(Duration::from_millis(1));
+    let waiting = tokio::spawn(shared.oneshot(()));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!waiting.is_finished());
+    gate.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answer = tokio::time::timeout(Duration::from_millis(5), waiting)
+        .await
+        .expect("the waiting call never looked again")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "through");
 }

@@ -6,7 +6,8 @@
 //! overall deadline             the server request's deadline, or REQUEST_TIMEOUT_MS
 //! retry                        idempotent requests only, budgeted; never after NoEndpoints
 //! bulkhead                     UPSTREAM_MAX_CONCURRENT calls at once, no queue
-//! buffer → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery)
+//! shared → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery), one
+//!                              balancer for every caller, behind a lock rather than a task
 //!   per endpoint: circuit breaker → per-attempt timeout → pooled HTTP/1 connection
 //! ```
 
@@ -23,7 +24,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, NoEndpoints};
+use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, NoEndpoints, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
@@ -31,7 +32,6 @@ use mainstay_resilience::http::{HttpRetryPolicy, StatusClassifier};
 use mainstay_resilience::retry::{Decision, Policy, RetryBudget, RetryLayer};
 use mainstay_telemetry::{ClientLayer, Metrics};
 use tokio::sync::watch;
-use tower::buffer::Buffer;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
@@ -180,7 +180,7 @@ pub fn upstream(
                 .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
         )
         .bulkhead(settings.max_concurrent, Duration::ZERO)
-        .service(Buffer::new(balanced, settings.max_concurrent.max(1)))
+        .service(Shared::new(balanced))
         .map_err(Into::into);
     BoxCloneSyncService::new(client)
 }
