@@ -9,7 +9,8 @@
 //!    metrics, health and metrics endpoints, body limit, deadline, adaptive concurrency;
 //! 3. the route table ([`ROUTES`]): an unknown path is a 404 problem;
 //! 4. authentication: a bearer token is validated against the users service's JWKS
-//!    (mainstay-auth) when present, and required on protected routes;
+//!    (mainstay-auth) when present, and required on protected routes; the sign-in routes
+//!    never look at it ([`Access::Public`]);
 //! 5. the rate limit: per principal when signed in, per client address otherwise (the
 //!    address is the peer's, or `X-Forwarded-For` when the peer is a trusted proxy);
 //! 6. the body, buffered up to the body limit (413 beyond), so that it can be retried;
@@ -59,6 +60,10 @@ use self::upstream::{ClientSettings, Upstream, UpstreamRequest};
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Anyone, and a bearer token is not looked at: the sign-in routes, which a client calls
+    /// precisely when its access token has expired (and may still send it). Limited per
+    /// client address.
+    Public,
     /// Anyone; a bearer token, if sent, must be valid (it keys the rate limit).
     Open,
     /// Only with a valid bearer token (401 otherwise). Roles are checked by the service.
@@ -95,7 +100,7 @@ const fn route(
 
 /// The route table, most specific prefixes first.
 pub const ROUTES: &[Route] = &[
-    route("/api/v1/auth", "users", "", Access::Open),
+    route("/api/v1/auth", "users", "", Access::Public),
     route("/api/v1/me", "users", "/me", Access::SignedIn),
     route("/api/v1/admin/users", "users", "/users", Access::SignedIn),
     route(
@@ -304,7 +309,7 @@ impl Gateway {
             Box::new(error.to_response::<Body>())
         };
         match (token, access) {
-            (None, Access::Open) => Ok(None),
+            (_, Access::Public) | (None, Access::Open) => Ok(None),
             (None, Access::SignedIn) => Err(refusal(AuthError::MissingToken)),
             (Some(token), _) => self
                 .0

@@ -309,17 +309,31 @@ async fn protected_routes_need_a_valid_token_and_forward_it() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["path"], "/me");
     assert_eq!(reply.body["authorization"], format!("Bearer {token}"));
-    // An open route refuses a bad token too, instead of treating the caller as anonymous.
+    // An open route refuses a bad token too, instead of treating the caller as anonymous ...
     let reply = call(
         &shop.app,
         Method::GET,
-        "/api/v1/auth/.well-known/jwks.json",
+        "/api/v1/products/kettle",
         Some("bad"),
         None,
         None,
     )
     .await;
     assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    // ... but the sign-in routes never look at it: a client refreshes precisely when its
+    // access token has expired, and may still send it.
+    let body = Some(json!({"refresh_token": "r"}));
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/auth/token/refresh",
+        Some(&stranger),
+        body,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["path"], "/token/refresh");
 }
 
 #[tokio::test]
@@ -328,11 +342,12 @@ async fn anonymous_callers_are_limited_per_address_and_signed_in_ones_per_princi
     let users = users(upstream.clone()).await;
     let shop = shop(&[
         ("USERS_URLS", url(users)),
+        ("CATALOG_URLS", url(users)),
         ("RATE_LIMIT_PER_IP", "3/60".to_owned()),
         ("RATE_LIMIT_PER_PRINCIPAL", "5/60".to_owned()),
     ])
     .await;
-    let path = "/api/v1/auth/.well-known/jwks.json";
+    let path = "/api/v1/categories";
     for _ in 0..3 {
         assert_eq!(
             get_from(&shop.app, path, "10.0.0.1:5000", &[]).await.status,
