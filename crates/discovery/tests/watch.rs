@@ -217,6 +217,15 @@ async fn a_lease_heartbeats_at_a_third_of_its_ttl_and_deregisters_on_shutdown() 
     assert!(started.elapsed() > ttl, "heartbeats came faster than TTL/3");
     assert_eq!(server.status("catalog-1").as_deref(), Some("passing"));
 
+    // The agent forgets the instance (state lost, or removed by hand): the next heartbeat
+    // registers it again.
+    client.deregister("catalog-1").await.unwrap();
+    assert_eq!(server.status("catalog-1"), None);
+    eventually("the instance to be registered again", || {
+        server.status("catalog-1").as_deref() == Some("passing")
+    })
+    .await;
+
     // Graceful shutdown: gone from the catalog at once.
     lease.deregister().await.unwrap();
     assert_eq!(server.status("catalog-1"), None);

@@ -11,7 +11,8 @@ use super::model::{CheckDefinition, CheckUpdate, Registration, consul_duration};
 /// A service instance registered with a TTL check that a background task keeps passing.
 ///
 /// * The check is marked passing every TTL/3, so two heartbeats may be lost before Consul
-///   marks the instance critical.
+///   marks the instance critical. If the agent no longer knows the check (it lost its state),
+///   the instance is registered again.
 /// * [`deregister`](Self::deregister) stops the heartbeat and removes the instance: call it on
 ///   graceful shutdown, before the server stops accepting.
 /// * Dropping the lease stops the heartbeat only. The check then goes critical after its TTL,
@@ -53,10 +54,11 @@ impl Lease {
             status: Some("passing".to_owned()),
         });
         client.register(&registration).await?;
-        let heartbeat = tokio::spawn(heartbeat(client.clone(), check_id, ttl / 3));
+        let service_id = registration.id.clone();
+        let heartbeat = tokio::spawn(heartbeat(client.clone(), registration, check_id, ttl / 3));
         Ok(Self {
             client,
-            service_id: registration.id,
+            service_id,
             heartbeat: Some(heartbeat),
         })
     }
@@ -89,7 +91,14 @@ impl Drop for Lease {
     }
 }
 
-async fn heartbeat(client: ConsulClient, check_id: String, every: Duration) {
+/// Marks the check passing every `every`; when the agent no longer knows the check (it lost
+/// its state, or an operator removed the instance), registers the instance again.
+async fn heartbeat(
+    client: ConsulClient,
+    registration: Registration,
+    check_id: String,
+    every: Duration,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // registered passing just now
@@ -99,8 +108,21 @@ async fn heartbeat(client: ConsulClient, check_id: String, every: Duration) {
             status: "passing".to_owned(),
             output: String::new(),
         };
-        if let Err(error) = client.update_check(&check_id, &update).await {
-            tracing::warn!(%check_id, %error, "consul heartbeat failed");
+        match client.update_check(&check_id, &update).await {
+            Ok(()) => {}
+            // Consul 1.11.2 and later answer 404 for an unknown check; older agents 500
+            // "CheckID does not have associated TTL" (spring-cloud-consul#808 re-registers on
+            // both).
+            Err(ConsulError::Status { status, body })
+                if status == 404
+                    || (status == 500 && body.contains("does not have associated TTL")) =>
+            {
+                tracing::warn!(%check_id, "consul forgot this instance; registering it again");
+                if let Err(error) = client.register(&registration).await {
+                    tracing::warn!(%check_id, %error, "consul registration failed");
+                }
+            }
+            Err(error) => tracing::warn!(%check_id, %error, "consul heartbeat failed"),
         }
     }
 }
