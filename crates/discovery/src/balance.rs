@@ -631,7 +631,10 @@ where
                 self.refuse = true;
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.refuse = false;
+                Poll::Pending
+            }
         }
     }
 
