@@ -47,7 +47,11 @@ impl Kit {
     /// 7. the routes (and the service's own auth layer, which it adds to them).
     pub fn stack(&self, api: Router) -> Router {
         let timeout = self.config.request_timeout;
+        // One `layer` call per group: axum boxes every route again on each call and clones
+        // every box on every request.
         let protected = ServiceBuilder::new()
+            // 3: the body limit, read by the `Json`/`Bytes` extractors.
+            .layer(DefaultBodyLimit::max(self.config.body_limit))
             // 4: timeouts and shedding are errors below; axum needs responses.
             .layer(ProblemLayer::new())
             // 5: one deadline for the whole request, carried to outbound calls.
@@ -56,7 +60,6 @@ impl Kit {
             // 6: shed before the handler queues work behind a slow dependency.
             .layer(AdaptiveLimitLayer::new(Aimd::default()));
         api.layer(protected)
-            .layer(DefaultBodyLimit::max(self.config.body_limit))
             .merge(routes(&self.metrics, &self.health))
             .layer(ServerLayer::new(&self.metrics))
     }

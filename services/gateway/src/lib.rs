@@ -50,7 +50,7 @@ use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
 use shop_common::{Kit, Problem};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer, ServiceExt};
+use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -508,26 +508,9 @@ pub fn discover(
     Ok(sources)
 }
 
-/// The security headers every response carries (unless the service set its own).
-fn security_headers() -> [SetResponseHeaderLayer<HeaderValue>; 4] {
-    [
-        SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-        ),
-        SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
-        SetResponseHeaderLayer::if_not_present(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("frame-ancestors 'none'"),
-        ),
-        SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ),
-    ]
+/// Sets `name` on every response that lacks it.
+fn always(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
 /// CORS for the allow-listed origins (none: no CORS headers, same origin only).
@@ -561,9 +544,19 @@ pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> Router {
         .route("/api/v1/home", axum::routing::get(home::home))
         .route("/api/v1/{*rest}", axum::routing::any(proxy))
         .with_state(gateway);
-    let mut app = kit.stack(api).merge(openapi::routes());
-    for layer in security_headers() {
-        app = app.layer(layer);
-    }
-    app.layer(cors(cors_origins))
+    // One `layer` call: axum boxes every route again on each, and clones every box on every
+    // request (callgrind counted 28 clones per proxied request with one call per layer).
+    let outer = ServiceBuilder::new()
+        .layer(cors(cors_origins))
+        .layer(always(
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ))
+        .layer(always(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(always(
+            header::CONTENT_SECURITY_POLICY,
+            "frame-ancestors 'none'",
+        ))
+        .layer(always(header::REFERRER_POLICY, "no-referrer"));
+    kit.stack(api).merge(openapi::routes()).layer(outer)
 }
