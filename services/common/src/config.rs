@@ -50,6 +50,32 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         }
     }
 
+    /// A comma-separated list of IP addresses, or `default` when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and one of its entries is not an IP address.
+    pub fn ip_list(
+        &self,
+        var: &str,
+        default: &[std::net::IpAddr],
+    ) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        let Some(raw) = self.raw(var) else {
+            return Ok(default.to_vec());
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                entry.parse().map_err(|_| ConfigError {
+                    var: var.to_owned(),
+                    value: raw.clone(),
+                    expected: "comma-separated IP addresses".to_owned(),
+                })
+            })
+            .collect()
+    }
+
     /// A duration given in milliseconds, or `default` when unset.
     ///
     /// # Errors

@@ -69,3 +69,30 @@ fn since_epoch() -> Option<std::time::Duration> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
 }
+
+/// The client's address: the connection's `peer`, or, when the peer is one of the `trusted`
+/// proxies, the last address of `X-Forwarded-For` that is not one of them (each proxy appends
+/// the address it was called from, so the addresses left of the first untrusted one are the
+/// client's to choose).
+#[must_use]
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|ip| ip.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}

@@ -137,16 +137,7 @@ impl GatewayConfig {
                 .map(str::to_owned)
                 .collect()
         };
-        let trusted_proxies = list("TRUSTED_PROXIES")
-            .into_iter()
-            .map(|ip| {
-                ip.parse().map_err(|_| ConfigError {
-                    var: "TRUSTED_PROXIES".to_owned(),
-                    value: ip.clone(),
-                    expected: "comma-separated IP addresses".to_owned(),
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let trusted_proxies = vars.ip_list("TRUSTED_PROXIES", &[])?;
         let limit = |var: &str, burst: u32| {
             let default = Limit {
                 burst,

@@ -267,24 +267,9 @@ impl Gateway {
         self.0.upstreams[service].clone()
     }
 
-    /// The client's address: the peer, or, when the peer is a trusted proxy, the last
-    /// untrusted address of `X-Forwarded-For`.
+    /// The client's address (see [`shop_common::client_ip`]).
     fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.0.trusted_proxies.contains(&peer) {
-            return peer;
-        }
-        let forwarded: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|ip| ip.trim().parse().ok())
-            .collect();
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !self.0.trusted_proxies.contains(ip))
-            .unwrap_or(peer)
+        shop_common::client_ip(peer, headers, &self.0.trusted_proxies)
     }
 
     /// Validates the bearer token, if any; `Err` is the refusal to send.

@@ -144,16 +144,16 @@ async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) ->
     }
 }
 
-/// The client's address (from the connection), for the per-IP login limit.
+/// The connection's peer address, for the per-IP login limit (see `shop_common::client_ip`).
 struct ClientIp(IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // axum's own extractor, so that tests' `MockConnectInfo` is seen too.
+        let ip = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
         Ok(Self(ip))
     }
@@ -225,9 +225,12 @@ fn bad_credentials() -> Refusal {
 
 async fn login(
     State(users): State<Users>,
-    ClientIp(ip): ClientIp,
+    ClientIp(peer): ClientIp,
+    headers: axum::http::HeaderMap,
     Json(body): Json<LoginBody>,
 ) -> Reply {
+    // Behind the gateway the peer is the gateway: the client is in `X-Forwarded-For`.
+    let ip = shop_common::client_ip(peer, &headers, &users.0.config.trusted_proxies);
     users.0.per_ip.check(&ip).map_err(|limited| {
         tracing::warn!(%ip, "login limit per address reached");
         Refusal::from(problem_response::<axum::body::Body>(&limited))

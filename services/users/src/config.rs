@@ -17,6 +17,7 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 /// | `SEED_DEMO_USERS` | `true` on SQLite, else `false` | create alice and admin |
 /// | `LOGIN_PER_ACCOUNT` | `5/60` | login attempts per account: burst / seconds |
 /// | `LOGIN_PER_IP` | `30/60` | login attempts per client address |
+/// | `TRUSTED_PROXIES` | `127.0.0.1,::1` | peers whose `X-Forwarded-For` names the client (the gateway) |
 #[derive(Debug, Clone)]
 pub struct UsersConfig {
     /// The common part.
@@ -37,6 +38,9 @@ pub struct UsersConfig {
     pub login_per_account: (u32, Duration),
     /// Login attempts per client address.
     pub login_per_ip: (u32, Duration),
+    /// Peers whose `X-Forwarded-For` is believed: by default loopback, where the gateway runs
+    /// beside the services (and only local processes can reach the default listener).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 fn error(var: &str, value: String, expected: &str) -> ConfigError {
@@ -122,6 +126,13 @@ impl UsersConfig {
             seed_demo_users: vars.parse_or("SEED_DEMO_USERS", embedded, "true or false")?,
             login_per_account: rate(vars, "LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
             login_per_ip: rate(vars, "LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
+            trusted_proxies: vars.ip_list(
+                "TRUSTED_PROXIES",
+                &[
+                    std::net::IpAddr::from([127, 0, 0, 1]),
+                    std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                ],
+            )?,
             service,
         })
     }

@@ -462,4 +462,51 @@ async fn logins_are_limited_per_address() {
         )
         .await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    let spoofed = login_via(&client.app, "198.51.100.1").await;
+    assert_eq!(spoofed, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A failed login as forwarded for `client` by whoever the app's peer is.
+async fn login_via(app: &axum::Router, client: &str) -> StatusCode {
+    let request = http::Request::post("/login")
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", client)
+        .body(axum::body::Body::from(
+            json!({"email": "d@example.com", "password": "whatever guess"}).to_string(),
+        ))
+        .unwrap();
+    shop_common::testing::send(app, request).await.status
+}
+
+#[tokio::test]
+async fn behind_the_gateway_logins_are_limited_per_forwarded_client() {
+    use axum::extract::connect_info::MockConnectInfo;
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config("sqlite::memory:", &[("LOGIN_PER_IP", "1/60")]),
+    )
+    .await;
+    // The gateway on loopback, trusted by default.
+    let app = client
+        .app
+        .clone()
+        .layer(MockConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            4000,
+        ))));
+    assert_eq!(
+        login_via(&app, "203.0.113.1").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_via(&app, "203.0.113.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Another client behind the same gateway has its own budget.
+    assert_eq!(
+        login_via(&app, "203.0.113.2").await,
+        StatusCode::UNAUTHORIZED
+    );
 }
