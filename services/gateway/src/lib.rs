@@ -100,7 +100,27 @@ const fn route(
 
 /// The route table, most specific prefixes first.
 pub const ROUTES: &[Route] = &[
-    route("/api/v1/auth", "users", "", Access::Public),
+    // The sign-in routes one by one: the rest of users stays behind its own prefixes.
+    route(
+        "/api/v1/auth/register",
+        "users",
+        "/register",
+        Access::Public,
+    ),
+    route("/api/v1/auth/login", "users", "/login", Access::Public),
+    route(
+        "/api/v1/auth/token/refresh",
+        "users",
+        "/token/refresh",
+        Access::Public,
+    ),
+    route("/api/v1/auth/logout", "users", "/logout", Access::Public),
+    route(
+        "/api/v1/auth/.well-known/jwks.json",
+        "users",
+        "/.well-known/jwks.json",
+        Access::Public,
+    ),
     route("/api/v1/me", "users", "/me", Access::SignedIn),
     route("/api/v1/admin/users", "users", "/users", Access::SignedIn),
     route(
@@ -116,9 +136,22 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
 ];
 
-/// The route for `path`, and the upstream path (query not included).
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded: a proxy that forwards
+/// one lets a server that normalises paths reach what the route table did not allow.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// The route for `path`, and the upstream path (query not included). A path with a `.` or
+/// `..` segment has none.
 #[must_use]
 pub fn resolve(path: &str) -> Option<(&'static Route, String)> {
+    if has_dot_segment(path) {
+        return None;
+    }
     ROUTES.iter().find_map(|route| {
         let rest = path.strip_prefix(route.prefix)?;
         if !(rest.is_empty() || rest.starts_with('/')) {
@@ -351,7 +384,8 @@ fn upstream_problem(service: &str, error: &BoxError) -> Response {
         .into_response()
 }
 
-/// The upstream request for `request`: path mapped, hop-by-hop headers removed,
+/// The upstream request for `request` (`None` when the mapped target is not a valid URI):
+/// path mapped, hop-by-hop headers removed,
 /// `X-Forwarded-*` set (the connection's peer appended to `X-Forwarded-For`), the deadline
 /// carried.
 fn upstream_request(
@@ -359,14 +393,14 @@ fn upstream_request(
     path: &str,
     body: Bytes,
     peer: IpAddr,
-) -> UpstreamRequest {
+) -> Option<UpstreamRequest> {
     let path_and_query = match request.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
     let mut upstream = http::Request::new(Full::new(body));
     *upstream.method_mut() = request.method.clone();
-    *upstream.uri_mut() = path_and_query.parse().unwrap_or_default();
+    *upstream.uri_mut() = path_and_query.parse().ok()?;
     // One pass over the caller's headers: hop-by-hop ones (and those `Connection` names) and
     // `Host` stay behind.
     let named: Vec<HeaderName> = connection_named(&request.headers);
@@ -395,7 +429,7 @@ fn upstream_request(
     if let Some(deadline) = request.extensions.get::<Deadline>() {
         upstream.extensions_mut().insert(*deadline);
     }
-    upstream
+    Some(upstream)
 }
 
 /// Every `/api/v1` request but the gateway's own.
@@ -425,7 +459,9 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             ))
             .into_response();
     };
-    let upstream_request = upstream_request(&parts, &path, body, peer);
+    let Some(upstream_request) = upstream_request(&parts, &path, body, peer) else {
+        return Problem::bad_request("the request target cannot be forwarded").into_response();
+    };
     let service = if route.service == "catalog" && parts.method == Method::GET {
         gateway.0.catalog_cached.clone()
     } else {

@@ -834,8 +834,22 @@ fn routes_match_whole_segments_and_map_prefixes() {
         (route.service, path.as_str()),
         ("catalog", "/products/kitchen-000")
     );
-    let (route, path) = shop_gateway::resolve("/api/v1/auth").unwrap();
-    assert_eq!((route.service, path.as_str()), ("users", "/"));
+    let (route, path) = shop_gateway::resolve("/api/v1/auth/login").unwrap();
+    assert_eq!((route.service, path.as_str()), ("users", "/login"));
+    // Only the sign-in routes are public under /auth: not the rest of users.
+    assert!(shop_gateway::resolve("/api/v1/auth").is_none());
+    assert!(shop_gateway::resolve("/api/v1/auth/users").is_none());
+    assert!(shop_gateway::resolve("/api/v1/auth/me").is_none());
+    // No dot segments, plain or encoded: a normalising upstream would escape the route.
+    for path in [
+        "/api/v1/auth/login/../../me",
+        "/api/v1/products/%2e%2e/admin",
+        "/api/v1/products/%2E./x",
+        "/api/v1/products/./x",
+    ] {
+        assert!(shop_gateway::resolve(path).is_none(), "{path}");
+    }
+    assert!(shop_gateway::resolve("/api/v1/products/a..b").is_some());
     let (_, path) = shop_gateway::resolve("/api/v1/admin/users").unwrap();
     assert_eq!(path, "/users");
     assert!(shop_gateway::resolve("/api/v1/authx").is_none());
