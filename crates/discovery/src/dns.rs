@@ -91,7 +91,7 @@ pub fn watch_srv(
     receiver
 }
 
-/// One resolution: the endpoints, sorted, and how long they may be trusted.
+/// One resolution: the endpoints, and how long they may be trusted.
 async fn resolve(
     resolver: &TokioResolver,
     name: &str,
@@ -152,8 +152,6 @@ async fn resolve(
             endpoints.push(endpoint);
         }
     }
-    endpoints.sort();
-    endpoints.dedup_by(|a, b| a.id == b.id);
     Ok((endpoints, ttl))
 }
 

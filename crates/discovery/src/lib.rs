@@ -39,16 +39,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Publishes a successful lookup's endpoints (sorted), waking receivers only when the list
-    /// changed or the snapshot was stale: a lookup that returns is no proof of change.
+    /// A fresh snapshot of `endpoints`, in the order every source publishes: sorted, one per
+    /// id.
+    fn of(mut endpoints: Vec<Endpoint>) -> Self {
+        endpoints.sort();
+        endpoints.dedup_by(|a, b| a.id == b.id);
+        Self {
+            endpoints: Arc::new(endpoints),
+            fresh: true,
+        }
+    }
+
+    /// Publishes a successful lookup's endpoints, waking receivers only when the list changed
+    /// or the snapshot was stale: a lookup that returns is no proof of change.
     pub(crate) fn publish(sender: &watch::Sender<Self>, endpoints: Vec<Endpoint>) {
+        let next = Self::of(endpoints);
         sender.send_if_modified(|snapshot| {
-            let changed = *snapshot.endpoints != endpoints || !snapshot.fresh;
+            let changed = *snapshot != next;
             if changed {
-                *snapshot = Self {
-                    endpoints: Arc::new(endpoints),
-                    fresh: true,
-                };
+                *snapshot = next;
             }
             changed
         });
@@ -70,14 +79,7 @@ impl Snapshot {
 /// ```
 #[must_use]
 pub fn fixed(endpoints: Vec<Endpoint>) -> watch::Receiver<Snapshot> {
-    let mut endpoints = endpoints;
-    endpoints.sort();
-    endpoints.dedup_by(|a, b| a.id == b.id);
-    let (_, receiver) = watch::channel(Snapshot {
-        endpoints: Arc::new(endpoints),
-        fresh: true,
-    });
-    receiver
+    watch::channel(Snapshot::of(endpoints)).1
 }
 
 /// An address that is not `host:port`.

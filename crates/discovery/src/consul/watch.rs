@@ -111,9 +111,7 @@ pub fn watch_service(
                     }
                     failures = 0;
                     index = if new_index < index { 0 } else { new_index };
-                    let mut endpoints: Vec<Endpoint> = entries.iter().map(Endpoint::from).collect();
-                    endpoints.sort_by(|a, b| a.id.cmp(&b.id));
-                    Snapshot::publish(&sender, endpoints);
+                    Snapshot::publish(&sender, entries.iter().map(Endpoint::from).collect());
                 }
                 Err(error) => {
                     failures += 1;
