@@ -3,7 +3,6 @@
 //! this test says it has nothing to run against and passes; the same behaviour is proven
 //! against the test agent in `watch.rs`.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
@@ -17,23 +16,11 @@ async fn register_heartbeat_watch_and_deregister_on_a_real_agent() {
     };
     let client = client.expect("CONSUL_HTTP_ADDR is an HTTP address");
     let id = format!("mainstay-test-{}", std::process::id());
-    let registration = Registration {
-        id: id.clone(),
-        name: "mainstay-test".to_owned(),
-        tags: vec![],
-        address: "127.0.0.1".to_owned(),
-        port: 9,
-        meta: HashMap::new(),
-        check: Some(CheckDefinition {
-            check_id: None,
-            ttl: Some("30s".to_owned()),
-            http: None,
-            interval: None,
-            timeout: None,
-            deregister_critical_service_after: "1m".to_owned(),
-            status: None,
-        }),
-    };
+    let mut registration = Registration::new(&id, "mainstay-test", "127.0.0.1", 9);
+    registration.check = Some(CheckDefinition {
+        status: None, // critical until the test reports
+        ..CheckDefinition::ttl(Duration::from_secs(30), Duration::from_secs(60))
+    });
     client.register(&registration).await.unwrap();
     let mut instances = watch_service(
         client.clone(),

@@ -2,7 +2,6 @@
 //! instances added and removed, a check going critical, the index going backwards, the agent
 //! unreachable and back, the ACL token.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use mainstay_discovery::Snapshot;
@@ -12,23 +11,13 @@ use mainstay_test_support::consul::ConsulTestServer;
 use tokio::sync::watch;
 
 fn instance(id: &str, port: u16) -> Registration {
-    Registration {
-        id: id.to_owned(),
-        name: "catalog".to_owned(),
-        tags: vec!["v1".to_owned()],
-        address: "127.0.0.1".to_owned(),
-        port,
-        meta: HashMap::new(),
-        check: Some(CheckDefinition {
-            check_id: None,
-            ttl: Some("30s".to_owned()),
-            http: None,
-            interval: None,
-            timeout: None,
-            deregister_critical_service_after: "1m".to_owned(),
-            status: Some("passing".to_owned()),
-        }),
-    }
+    let mut registration = Registration::new(id, "catalog", "127.0.0.1", port);
+    registration.tags.push("v1".to_owned());
+    registration.check = Some(CheckDefinition::ttl(
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    ));
+    registration
 }
 
 fn fast() -> WatchOptions {

@@ -1,8 +1,6 @@
 //! Registration with the local Consul agent in production mode (`CONSUL_HTTP_ADDR`), for as
 //! long as the service runs: TTL heartbeats at TTL/3, deregistration when shutdown begins.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use mainstay_discovery::consul::model::Registration;
@@ -46,19 +44,13 @@ pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
     }
     let advertised = match vars.raw("SERVICE_ADDRESS") {
         Some(address) => address,
-        None if config.listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]).to_string(),
+        None if config.listen.ip().is_unspecified() => "127.0.0.1".to_owned(),
         None => config.listen.ip().to_string(),
     };
     let port = config.listen.port();
-    let registration = Registration {
-        id: format!("{}-{advertised}-{port}", config.name),
-        name: config.name.clone(),
-        tags: vec!["http".to_owned()],
-        address: advertised,
-        port,
-        meta: HashMap::new(),
-        check: None,
-    };
+    let id = format!("{}-{advertised}-{port}", config.name);
+    let mut registration = Registration::new(id, &config.name, advertised, port);
+    registration.tags.push("http".to_owned());
     let lease = Lease::start(client, registration, CHECK_TTL, DEREGISTER_AFTER)
         .await
         .map_err(std::io::Error::other)?;

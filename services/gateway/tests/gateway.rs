@@ -664,23 +664,12 @@ async fn the_openapi_page_loads() {
 }
 
 fn registration(id: &str, name: &str, port: u16) -> Registration {
-    Registration {
-        id: id.to_owned(),
-        name: name.to_owned(),
-        tags: Vec::new(),
-        address: "127.0.0.1".to_owned(),
-        port,
-        meta: HashMap::new(),
-        check: Some(CheckDefinition {
-            check_id: None,
-            ttl: Some("30s".to_owned()),
-            http: None,
-            interval: None,
-            timeout: None,
-            deregister_critical_service_after: "1m".to_owned(),
-            status: Some("passing".to_owned()),
-        }),
-    }
+    let mut registration = Registration::new(id, name, "127.0.0.1", port);
+    registration.check = Some(CheckDefinition::ttl(
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    ));
+    registration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

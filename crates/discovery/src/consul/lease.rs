@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::client::{ConsulClient, ConsulError};
-use super::model::{CheckDefinition, CheckUpdate, Registration, consul_duration};
+use super::model::{CheckDefinition, CheckUpdate, Registration};
 
 /// A service instance registered with a TTL check that a background task keeps passing.
 ///
@@ -46,12 +46,7 @@ impl Lease {
         let check_id = format!("service:{}", registration.id);
         registration.check = Some(CheckDefinition {
             check_id: Some(check_id.clone()),
-            ttl: Some(consul_duration(ttl)),
-            http: None,
-            interval: None,
-            timeout: None,
-            deregister_critical_service_after: consul_duration(deregister_after),
-            status: Some("passing".to_owned()),
+            ..CheckDefinition::ttl(ttl, deregister_after)
         });
         client.register(&registration).await?;
         let service_id = registration.id.clone();

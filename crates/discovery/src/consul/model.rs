@@ -106,6 +106,27 @@ pub struct Registration {
     pub check: Option<CheckDefinition>,
 }
 
+impl Registration {
+    /// Instance `id` of service `name` at `address:port`, with no tags, metadata or check.
+    #[must_use]
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        address: impl Into<String>,
+        port: u16,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name: name.into(),
+            tags: Vec::new(),
+            address: address.into(),
+            port,
+            meta: HashMap::new(),
+            check: None,
+        }
+    }
+}
+
 /// A check registered with a service: TTL (the service reports) or HTTP (the agent polls).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -130,6 +151,23 @@ pub struct CheckDefinition {
     /// Initial status (Consul's default is `critical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+}
+
+impl CheckDefinition {
+    /// A TTL check of `ttl`, passing from registration, whose instance the agent removes once
+    /// it has been critical for `deregister_after`.
+    #[must_use]
+    pub fn ttl(ttl: std::time::Duration, deregister_after: std::time::Duration) -> Self {
+        Self {
+            check_id: None,
+            ttl: Some(consul_duration(ttl)),
+            http: None,
+            interval: None,
+            timeout: None,
+            deregister_critical_service_after: consul_duration(deregister_after),
+            status: Some("passing".to_owned()),
+        }
+    }
 }
 
 /// The body of `PUT /v1/agent/check/update/:check_id`.
