@@ -2,18 +2,16 @@
 //! part with its own timeout and fallback, so that one slow or failing service degrades the
 //! page instead of failing it.
 
-use std::future::Future;
-
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::{Access, Gateway, peer};
+use crate::{Access, Gateway};
 
 /// The home page's data.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -32,11 +30,12 @@ pub(crate) struct Home {
     degraded: Vec<&'static str>,
 }
 
-/// A `GET` of `path` on `service` as JSON, within the part timeout.
+/// Part `part` of the page: a `GET` of `path` on `service` as JSON, within the part timeout.
+/// A part that fails is logged and falls back.
 async fn fetch(
     gateway: &Gateway,
-    service: &str,
-    path: &str,
+    part: &'static str,
+    (service, path): (&str, &str),
     authorization: Option<&HeaderValue>,
 ) -> Result<Value, String> {
     let mut request = http::Request::get(path)
@@ -49,7 +48,7 @@ async fn fetch(
     }
     let call = async {
         let response = gateway
-            .upstream(service)
+            .upstream(service, &Method::GET)
             .oneshot(request)
             .await
             .map_err(|e| e.to_string())?;
@@ -64,28 +63,13 @@ async fn fetch(
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| e.to_string())
     };
-    tokio::time::timeout(gateway.0.home_part_timeout, call)
+    let result = tokio::time::timeout(gateway.0.home_part_timeout, call)
         .await
-        .map_err(|_| format!("{service} did not answer in time"))?
-}
-
-/// A part's value, or its fallback with the part's name recorded as degraded.
-async fn part<T>(
-    name: &'static str,
-    degraded: &std::sync::Mutex<Vec<&'static str>>,
-    fetch: impl Future<Output = Result<T, String>>,
-) -> Option<T> {
-    match fetch.await {
-        Ok(value) => Some(value),
-        Err(error) => {
-            tracing::warn!(part = name, %error, "home page part fell back");
-            degraded
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(name);
-            None
-        }
+        .unwrap_or_else(|_| Err(format!("{service} did not answer in time")));
+    if let Err(error) = &result {
+        tracing::warn!(part, %error, "home page part fell back");
     }
+    result
 }
 
 /// The list under `items`, or the value itself when it is a list.
@@ -101,53 +85,43 @@ fn items(value: Value) -> Vec<Value> {
 }
 
 pub(crate) async fn home(State(gateway): State<Gateway>, request: Request) -> Response {
-    let client = gateway.client_ip(peer(&request), request.headers());
-    let principal = match gateway
-        .authenticate(request.headers(), Access::Open, client)
-        .await
-    {
-        Ok(principal) => principal,
+    let (parts, _) = request.into_parts();
+    let principal = match gateway.admit(&parts, Access::Open).await {
+        Ok((_, principal)) => principal,
         Err(refusal) => return *refusal,
     };
-    if let Err(limited) = gateway.rate_limit(principal.as_ref(), client) {
-        return *limited;
-    }
-    let authorization = request.headers().get(header::AUTHORIZATION);
-    let degraded = std::sync::Mutex::new(Vec::new());
-    let products = part(
+    let authorization = parts.headers.get(header::AUTHORIZATION);
+    let products = fetch(
+        &gateway,
         "products",
-        &degraded,
-        fetch(&gateway, "catalog", "/products?per_page=8", None),
+        ("catalog", "/products?per_page=8"),
+        None,
     );
     let cart = async {
-        if principal.is_some() {
-            part(
-                "cart",
-                &degraded,
-                fetch(&gateway, "carts", "/cart", authorization),
-            )
-            .await
-        } else {
-            None
+        match principal {
+            Some(_) => Some(fetch(&gateway, "cart", ("carts", "/cart"), authorization).await),
+            None => None, // signed out: no cart, and nothing fell back
         }
     };
-    let recommendations = part(
+    let recommendations = fetch(
+        &gateway,
         "recommendations",
-        &degraded,
-        fetch(
-            &gateway,
-            "recommendations",
-            "/recommendations?limit=8",
-            authorization,
-        ),
+        ("recommendations", "/recommendations?limit=8"),
+        authorization,
     );
     let (products, cart, recommendations) = tokio::join!(products, cart, recommendations);
+    // In name order.
+    let degraded = [
+        ("cart", cart.as_ref().is_some_and(Result::is_err)),
+        ("products", products.is_err()),
+        ("recommendations", recommendations.is_err()),
+    ]
+    .into_iter()
+    .filter_map(|(part, fell_back)| fell_back.then_some(part))
+    .collect();
     let products = products.map(items).unwrap_or_default();
-    let recommendations = recommendations.map_or_else(|| products.clone(), items);
-    let mut degraded = degraded
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    degraded.sort_unstable();
+    let recommendations = recommendations.map_or_else(|_| products.clone(), items);
+    let cart = cart.and_then(Result::ok);
     let home = Home {
         products,
         cart,

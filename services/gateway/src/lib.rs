@@ -295,9 +295,32 @@ impl Gateway {
         })))
     }
 
-    /// The client of `service`.
-    fn upstream(&self, service: &str) -> Upstream {
-        self.0.upstreams[service].clone()
+    /// The client for a `method` request to `service`: catalog `GET`s go through the shared
+    /// response cache.
+    fn upstream(&self, service: &str, method: &Method) -> Upstream {
+        if service == "catalog" && method == Method::GET {
+            self.0.catalog_cached.clone()
+        } else {
+            self.0.upstreams[service].clone()
+        }
+    }
+
+    /// Admits a request (its `parts`) to a route of `access`: the connection's peer, the client's address,
+    /// the caller's principal (if any), and one request taken from the caller's budget. `Err`
+    /// is the refusal to send.
+    async fn admit(
+        &self,
+        request: &http::request::Parts,
+        access: Access,
+    ) -> Result<(IpAddr, Option<Principal>), Box<Response>> {
+        let peer = request
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let client = self.client_ip(peer, &request.headers);
+        let principal = self.authenticate(&request.headers, access, client).await?;
+        self.rate_limit(principal.as_ref(), client)?;
+        Ok((peer, principal))
     }
 
     /// The client's address (see [`shop_common::client_ip`]).
@@ -354,14 +377,6 @@ impl Gateway {
             Box::new(problem_response(&limited))
         })
     }
-}
-
-/// The client address of a request (see [`Gateway::client_ip`]).
-fn peer(request: &Request) -> IpAddr {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip())
 }
 
 /// An upstream failure as a problem: 503 when the service has no endpoint or refused
@@ -438,19 +453,11 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
         return Problem::not_found(format!("no route for {}", request.uri().path()))
             .into_response();
     };
-    let peer = peer(&request);
-    let client = gateway.client_ip(peer, request.headers());
-    let principal = match gateway
-        .authenticate(request.headers(), route.access, client)
-        .await
-    {
-        Ok(principal) => principal,
+    let (parts, body) = request.into_parts();
+    let peer = match gateway.admit(&parts, route.access).await {
+        Ok((peer, _)) => peer,
         Err(refusal) => return *refusal,
     };
-    if let Err(limited) = gateway.rate_limit(principal.as_ref(), client) {
-        return *limited;
-    }
-    let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, gateway.0.body_limit).await else {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
             .detail(format!(
@@ -462,11 +469,7 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let Some(upstream_request) = upstream_request(&parts, &path, body, peer) else {
         return Problem::bad_request("the request target cannot be forwarded").into_response();
     };
-    let service = if route.service == "catalog" && parts.method == Method::GET {
-        gateway.0.catalog_cached.clone()
-    } else {
-        gateway.upstream(route.service)
-    };
+    let service = gateway.upstream(route.service, &parts.method);
     match service.oneshot(upstream_request).await {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut());
