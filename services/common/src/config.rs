@@ -50,6 +50,31 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         }
     }
 
+    /// A rate as `count/seconds` (`5/60`: five per minute), or `default` when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and is not two whole numbers above zero around a `/`.
+    pub fn rate_or(
+        &self,
+        var: &str,
+        default: (u32, Duration),
+    ) -> Result<(u32, Duration), ConfigError> {
+        let Some(raw) = self.raw(var) else {
+            return Ok(default);
+        };
+        let parsed = raw.trim().split_once('/').and_then(|(count, secs)| {
+            let count: u32 = count.trim().parse().ok()?;
+            let secs: u64 = secs.trim().parse().ok()?;
+            (count > 0 && secs > 0).then(|| (count, Duration::from_secs(secs)))
+        });
+        parsed.ok_or_else(|| ConfigError {
+            var: var.to_owned(),
+            value: raw,
+            expected: "count/seconds, such as 5/60, both above zero".to_owned(),
+        })
+    }
+
     /// A comma-separated list of IP addresses, or `default` when unset.
     ///
     /// # Errors

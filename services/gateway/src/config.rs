@@ -30,33 +30,6 @@ pub enum Discovery {
     Srv(String),
 }
 
-/// A request budget: so many requests at once, refilled over a period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// Requests allowed at once.
-    pub burst: u32,
-    /// Over which the burst refills.
-    pub period: Duration,
-}
-
-impl std::str::FromStr for Limit {
-    type Err = ();
-
-    /// `burst/seconds`, such as `100/1`.
-    fn from_str(text: &str) -> Result<Self, ()> {
-        let (burst, seconds) = text.split_once('/').ok_or(())?;
-        let burst: u32 = burst.trim().parse().map_err(|_| ())?;
-        let seconds: u64 = seconds.trim().parse().map_err(|_| ())?;
-        if burst == 0 || seconds == 0 {
-            return Err(());
-        }
-        Ok(Self {
-            burst,
-            period: Duration::from_secs(seconds),
-        })
-    }
-}
-
 /// The gateway's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
@@ -69,9 +42,9 @@ pub struct GatewayConfig {
     /// How the users service's tokens are validated.
     pub tokens: TokenConfig,
     /// `RATE_LIMIT_PER_PRINCIPAL` (default `50/1`): signed-in callers, by token subject.
-    pub per_principal: Limit,
+    pub per_principal: (u32, Duration),
     /// `RATE_LIMIT_PER_IP` (default `20/1`): anonymous callers, by client address.
-    pub per_ip: Limit,
+    pub per_ip: (u32, Duration),
     /// `TRUSTED_PROXIES`: addresses whose `X-Forwarded-For` is believed (default none: the
     /// client address is the connection's peer).
     pub trusted_proxies: Vec<IpAddr>,
@@ -138,20 +111,14 @@ impl GatewayConfig {
                 .collect()
         };
         let trusted_proxies = vars.ip_list("TRUSTED_PROXIES", &[])?;
-        let limit = |var: &str, burst: u32| {
-            let default = Limit {
-                burst,
-                period: Duration::from_secs(1),
-            };
-            vars.parse_or(var, default, "burst/seconds, such as 50/1")
-        };
         Ok(Self {
             service,
             discovery,
             consul_addr,
             tokens: TokenConfig::from_vars(vars),
-            per_principal: limit("RATE_LIMIT_PER_PRINCIPAL", 50)?,
-            per_ip: limit("RATE_LIMIT_PER_IP", 20)?,
+            per_principal: vars
+                .rate_or("RATE_LIMIT_PER_PRINCIPAL", (50, Duration::from_secs(1)))?,
+            per_ip: vars.rate_or("RATE_LIMIT_PER_IP", (20, Duration::from_secs(1)))?,
             trusted_proxies,
             cors_origins: list("CORS_ALLOWED_ORIGINS"),
             attempt_timeout: vars

@@ -54,7 +54,7 @@ use tower::{BoxError, Layer, ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 
-pub use self::config::{Discovery, GatewayConfig, Limit};
+pub use self::config::{Discovery, GatewayConfig};
 use self::upstream::{ClientSettings, Upstream, UpstreamRequest};
 
 /// Who may call a route.
@@ -276,11 +276,10 @@ impl Gateway {
                 .layer(catalog)
                 .map_response(|response| response.map(Body::new)),
         );
-        let limit = |l: Limit| (l.burst, l.period);
-        let (burst, period) = limit(config.per_principal);
+        let (burst, period) = config.per_principal;
         let per_principal = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Limit(e.to_string()))?;
-        let (burst, period) = limit(config.per_ip);
+        let (burst, period) = config.per_ip;
         let per_ip = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Limit(e.to_string()))?;
         Ok(Self(Arc::new(Inner {

@@ -51,23 +51,6 @@ fn error(var: &str, value: String, expected: &str) -> ConfigError {
     }
 }
 
-fn rate<F: Fn(&str) -> Option<String>>(
-    vars: &Vars<F>,
-    var: &str,
-    default: (u32, Duration),
-) -> Result<(u32, Duration), ConfigError> {
-    let Some(raw) = vars.raw(var) else {
-        return Ok(default);
-    };
-    let expected = "attempts/seconds, such as 5/60, both above zero";
-    let parsed = raw.trim().split_once('/').and_then(|(burst, secs)| {
-        let burst: u32 = burst.trim().parse().ok()?;
-        let secs: u64 = secs.trim().parse().ok()?;
-        (burst > 0 && secs > 0).then(|| (burst, Duration::from_secs(secs)))
-    });
-    parsed.ok_or_else(|| error(var, raw, expected))
-}
-
 impl UsersConfig {
     /// Reads the configuration from the environment.
     ///
@@ -124,8 +107,8 @@ impl UsersConfig {
             refresh_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
             algorithm,
             seed_demo_users: vars.parse_or("SEED_DEMO_USERS", embedded, "true or false")?,
-            login_per_account: rate(vars, "LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
-            login_per_ip: rate(vars, "LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
+            login_per_account: vars.rate_or("LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
+            login_per_ip: vars.rate_or("LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
             trusted_proxies: vars.ip_list(
                 "TRUSTED_PROXIES",
                 &[
