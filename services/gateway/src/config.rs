@@ -39,6 +39,8 @@ pub struct GatewayConfig {
     pub discovery: BTreeMap<&'static str, Discovery>,
     /// `CONSUL_HTTP_ADDR`: the Consul agent, for services discovered through it.
     pub consul_addr: Option<String>,
+    /// `CONSUL_HTTP_TOKEN`: its ACL token.
+    pub consul_token: Option<String>,
     /// How the users service's tokens are validated.
     pub tokens: TokenConfig,
     /// `RATE_LIMIT_PER_PRINCIPAL` (default `50/1`): signed-in callers, by token subject.
@@ -115,6 +117,7 @@ impl GatewayConfig {
             service,
             discovery,
             consul_addr,
+            consul_token: vars.raw("CONSUL_HTTP_TOKEN"),
             tokens: TokenConfig::from_vars(vars),
             per_principal: vars
                 .rate_or("RATE_LIMIT_PER_PRINCIPAL", (50, Duration::from_secs(1)))?,

@@ -499,11 +499,11 @@ pub fn discover(
         .as_deref()
         .map(ConsulClient::new)
         .transpose()
-        .map_err(|e| StartError::Discovery(e.to_string()))?;
-    let consul = match (consul, std::env::var("CONSUL_HTTP_TOKEN")) {
-        (Some(client), Ok(token)) if !token.is_empty() => Some(client.token(token)),
-        (client, _) => client,
-    };
+        .map_err(|e| StartError::Discovery(e.to_string()))?
+        .map(|client| match &config.consul_token {
+            Some(token) => client.token(token),
+            None => client,
+        });
     let mut resolver = None;
     let mut sources = HashMap::new();
     for (name, discovery) in &config.discovery {
