@@ -11,18 +11,20 @@
 //!   per endpoint: circuit breaker → per-attempt timeout → pooled HTTP/1 connection
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::TryFutureExt;
+use futures_util::future::{Either, MapErr, MapOk};
 use http::{Request, Response, Uri};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, NoEndpoints, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
@@ -74,10 +76,20 @@ struct Dial {
     authority: Arc<str>,
 }
 
+/// The future of a [`Dial`] call: hyper's, with the error boxed and the body made axum's. No
+/// allocation of its own.
+type DialFuture = Either<
+    Ready<Result<Response<Body>, BoxError>>,
+    MapOk<
+        MapErr<ResponseFuture, fn(hyper_util::client::legacy::Error) -> BoxError>,
+        fn(Response<Incoming>) -> Response<Body>,
+    >,
+>;
+
 impl Service<UpstreamRequest> for Dial {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Future = DialFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -93,12 +105,13 @@ impl Service<UpstreamRequest> for Dial {
             .authority(&*self.authority)
             .path_and_query(path)
             .build();
-        let client = self.client.clone();
-        Box::pin(async move {
-            *request.uri_mut() = uri?;
-            let response = client.request(request).await?;
-            Ok(response.map(Body::new))
-        })
+        match uri {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(error) => return Either::Left(ready(Err(error.into()))),
+        }
+        let to_box: fn(hyper_util::client::legacy::Error) -> BoxError = Into::into;
+        let to_body: fn(Response<Incoming>) -> Response<Body> = |r| r.map(Body::new);
+        Either::Right(self.client.request(request).map_err(to_box).map_ok(to_body))
     }
 }
 
