@@ -16,8 +16,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use criterion::Criterion;
 use http::Request;
-use mainstay_auth::jsonwebtoken::Algorithm;
-use mainstay_auth::{SigningKey, TokenIssuer, Validator};
 use shop_catalog::{Catalog, CatalogConfig, router};
 use shop_common::bus::InProcessBus;
 use shop_common::config::{ServiceConfig, Vars};
@@ -35,17 +33,7 @@ fn main() {
         let vars = Vars(|var: &str| (var == "SEED_DEMO_CATALOG").then(|| "true".to_owned()));
         let service = ServiceConfig::from_vars("catalog", 0, &vars).unwrap();
         let config = CatalogConfig::from_vars(service, &vars).unwrap();
-        let issuer = TokenIssuer::new(
-            "shop-users",
-            "shop",
-            SigningKey::generate(Algorithm::EdDSA).unwrap(),
-        );
-        let validator = Validator::builder()
-            .issuer("shop-users")
-            .audience("shop")
-            .keys(issuer.key_set())
-            .build()
-            .unwrap();
+        let (_issuer, validator) = shop_common::testing::users_tokens();
         let database = Database::connect("sqlite::memory:").await.unwrap();
         let catalog = Catalog::start(&config, &database, validator, Arc::new(InProcessBus::new()))
             .await

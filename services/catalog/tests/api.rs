@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use http::{Method, StatusCode, header};
-use mainstay_auth::jsonwebtoken::Algorithm;
-use mainstay_auth::{AccessClaims, SigningKey, TokenIssuer, Validator};
+use mainstay_auth::AccessClaims;
 use serde_json::{Value, json};
 use shop_catalog::{Catalog, CatalogConfig, EVENTS, router};
 use shop_common::Kit;
@@ -38,17 +37,7 @@ impl Shop {
         });
         let service = ServiceConfig::from_vars("catalog", 0, &vars).unwrap();
         let config = CatalogConfig::from_vars(service, &vars).unwrap();
-        let issuer = TokenIssuer::new(
-            "shop-users",
-            "shop",
-            SigningKey::generate(Algorithm::EdDSA).unwrap(),
-        );
-        let validator = Validator::builder()
-            .issuer("shop-users")
-            .audience("shop")
-            .keys(issuer.key_set())
-            .build()
-            .unwrap();
+        let (issuer, validator) = shop_common::testing::users_tokens();
         let bus = InProcessBus::new();
         let catalog = Catalog::start(&config, database, validator, Arc::new(bus.clone()))
             .await

@@ -236,3 +236,23 @@ pub async fn call(
     };
     send(app, request.body(body).expect("a valid request")).await
 }
+
+/// A token issuer as the users service runs it (`iss` `shop-users`, `aud` `shop`, a fresh
+/// `EdDSA` key), and a validator that trusts it: for services that check users' tokens.
+///
+/// # Panics
+///
+/// When a key cannot be generated (a test failure).
+#[must_use]
+pub fn users_tokens() -> (mainstay_auth::TokenIssuer, mainstay_auth::Validator) {
+    use mainstay_auth::jsonwebtoken::Algorithm;
+    let key = mainstay_auth::SigningKey::generate(Algorithm::EdDSA).expect("an EdDSA key");
+    let issuer = mainstay_auth::TokenIssuer::new("shop-users", "shop", key);
+    let validator = mainstay_auth::Validator::builder()
+        .issuer("shop-users")
+        .audience("shop")
+        .keys(issuer.key_set())
+        .build()
+        .expect("a validator of one static key");
+    (issuer, validator)
+}

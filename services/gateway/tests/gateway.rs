@@ -13,8 +13,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::{Method, Request, StatusCode};
-use mainstay_auth::jsonwebtoken::Algorithm;
-use mainstay_auth::{AccessClaims, SigningKey, TokenIssuer, Validator};
+use mainstay_auth::{AccessClaims, TokenIssuer};
 use mainstay_discovery::consul::ConsulClient;
 use mainstay_discovery::consul::model::{CheckDefinition, Registration};
 use mainstay_test_support::consul::ConsulTestServer;
@@ -121,27 +120,13 @@ impl Shop {
     }
 }
 
-fn issuer() -> TokenIssuer {
-    TokenIssuer::new(
-        "shop-users",
-        "shop",
-        SigningKey::generate(Algorithm::EdDSA).unwrap(),
-    )
-}
-
 async fn shop(vars: &[(&str, String)]) -> Shop {
     let vars: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
-    let issuer = issuer();
-    let validator = Validator::builder()
-        .issuer("shop-users")
-        .audience("shop")
-        .keys(issuer.key_set())
-        .build()
-        .unwrap();
+    let (issuer, validator) = shop_common::testing::users_tokens();
     let kit = Kit::new(config.service.clone());
     let sources = discover(&config).unwrap();
     let gateway = Gateway::new(&config, &kit, validator, &sources).unwrap();
@@ -279,7 +264,11 @@ async fn protected_routes_need_a_valid_token_and_forward_it() {
     .await;
     assert_problem(&reply, StatusCode::UNAUTHORIZED);
     // Signed by another key.
-    let stranger = issuer().issue(&AccessClaims::new("mallory")).unwrap().token;
+    let stranger = shop_common::testing::users_tokens()
+        .0
+        .issue(&AccessClaims::new("mallory"))
+        .unwrap()
+        .token;
     let reply = call(
         &shop.app,
         Method::GET,
