@@ -3,10 +3,13 @@
 //! records, and a server that stops answering.
 #![cfg(feature = "dns")]
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::until;
 use mainstay_discovery::dns::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig,
 };
@@ -18,7 +21,6 @@ use mainstay_discovery::dns::hickory_resolver::{ResolverBuilder, TokioResolver};
 use mainstay_discovery::dns::{DnsOptions, watch_srv};
 use mainstay_discovery::{Endpoint, Snapshot};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
 const SERVICE: &str = "_http._tcp.catalog.test.";
 
@@ -116,17 +118,6 @@ fn fast() -> DnsOptions {
         backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
     }
-}
-
-async fn until(
-    receiver: &mut watch::Receiver<Snapshot>,
-    ready: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
-    tokio::time::timeout(Duration::from_secs(10), receiver.wait_for(|s| ready(s)))
-        .await
-        .expect("the source never reached the expected state")
-        .expect("the source stopped")
-        .clone()
 }
 
 fn authorities(snapshot: &Snapshot) -> Vec<String> {

@@ -2,13 +2,15 @@
 //! instances added and removed, a check going critical, the index going backwards, the agent
 //! unreachable and back, the ACL token.
 
+mod common;
+
 use std::time::Duration;
 
+use common::until;
 use mainstay_discovery::Snapshot;
 use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
 use mainstay_discovery::consul::{ConsulClient, ConsulError, Lease, WatchOptions, watch_service};
 use mainstay_test_support::consul::ConsulTestServer;
-use tokio::sync::watch;
 
 fn instance(id: &str, port: u16) -> Registration {
     let mut registration = Registration::new(id, "catalog", "127.0.0.1", port);
@@ -28,18 +30,6 @@ fn fast() -> WatchOptions {
         backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(200),
     }
-}
-
-/// The first snapshot that satisfies `ready`, within 10 s.
-async fn until(
-    receiver: &mut watch::Receiver<Snapshot>,
-    ready: impl Fn(&Snapshot) -> bool,
-) -> Snapshot {
-    tokio::time::timeout(Duration::from_secs(10), receiver.wait_for(|s| ready(s)))
-        .await
-        .expect("the watch never reached the expected state")
-        .expect("the watch stopped")
-        .clone()
 }
 
 fn ids(snapshot: &Snapshot) -> Vec<&str> {
