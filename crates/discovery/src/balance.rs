@@ -19,7 +19,8 @@
 //!   [`Ejected`], which is not a local rejection, so a retry layer above the balancer sends it
 //!   again, and the balancer picks another endpoint.
 //! * **Never a hang.** When a service has no endpoint at all, the balancer answers at once with
-//!   [`NoEndpoints`], which names the service.
+//!   [`NoEndpoints`], which names the service; it is a local rejection, so a retry layer above
+//!   does not ask again.
 //!
 //! `Balanced` is not `Clone` (the balancer's state is one set); share it behind [`Shared`]
 //! (a lock, no extra task) or `tower::buffer::Buffer`.
@@ -34,6 +35,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::future::{Either, Ready, ready as ready_future};
+use mainstay_resilience::rejection::NoEndpoint;
 use pin_project_lite::pin_project;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -148,11 +150,16 @@ impl Default for BalanceOptions {
 }
 
 /// The service had no endpoint to send the call to.
+///
+/// Its `source()` is mainstay-resilience's [`NoEndpoint`], a local rejection: a retry layer
+/// above does not ask again, and the problem layer answers `503`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no healthy endpoint for service `{service}`")]
 pub struct NoEndpoints {
     /// The service's name.
     pub service: Arc<str>,
+    #[source]
+    rejection: NoEndpoint,
 }
 
 /// The endpoint was unavailable (its circuit breaker refused the call) and has been ejected;
@@ -642,6 +649,7 @@ where
         if std::mem::take(&mut self.refuse) {
             return Either::Left(ready_future(Err(Box::new(NoEndpoints {
                 service: Arc::clone(&self.service),
+                rejection: NoEndpoint,
             }))));
         }
         Either::Right(self.inner.call(request))

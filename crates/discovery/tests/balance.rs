@@ -11,7 +11,7 @@ use mainstay_discovery::balance::{
 };
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
-use mainstay_resilience::rejection::local_rejection;
+use mainstay_resilience::rejection::{RejectionKind, local_rejection};
 use tokio::sync::watch;
 use tower::util::BoxService;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -120,6 +120,9 @@ async fn a_service_with_no_endpoint_fails_at_once_naming_it() {
     let none = error.downcast_ref::<NoEndpoints>().expect("NoEndpoints");
     assert_eq!(&*none.service, "carts");
     assert_eq!(error.to_string(), "no healthy endpoint for service `carts`");
+    // A local rejection: retry layers stop, problem layers answer 503.
+    let rejection = local_rejection(&*error).expect("a local rejection");
+    assert_eq!(rejection.kind, RejectionKind::NoEndpoint);
 
     // And it recovers when an endpoint appears.
     source.send(snapshot(&[7])).unwrap();

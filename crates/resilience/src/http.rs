@@ -349,6 +349,9 @@ fn problem_for<B: From<String>>(
                 "too many requests in flight",
             ),
             RejectionKind::Shed => (StatusCode::SERVICE_UNAVAILABLE, "overloaded: request shed"),
+            RejectionKind::NoEndpoint => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no endpoint is available")
+            }
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream temporarily unavailable (circuit open)",

@@ -1,6 +1,7 @@
 //! Local rejections: calls a layer of this crate refused without sending them.
 //!
-//! An open circuit, a full bulkhead, a rate limit and load shedding all answer before the
+//! An open circuit, a full bulkhead, a rate limit, load shedding and a balancer with no
+//! endpoint ([`NoEndpoint`], for balancers outside this crate to return) all answer before the
 //! request leaves the process. They say nothing about the endpoint's health, so the layers of this crate treat them
 //! alike:
 //!
@@ -27,7 +28,16 @@ pub enum RejectionKind {
     RateLimited,
     /// An adaptive concurrency limiter shed the call.
     Shed,
+    /// A balancer had no endpoint to send the call to ([`NoEndpoint`]).
+    NoEndpoint,
 }
+
+/// The leaf error of a balancer that had no endpoint to send a call to: a local rejection, so
+/// that retry stops and the problem layer answers `503`. A balancer's own error (naming the
+/// service, say) returns it from `source()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, thiserror::Error)]
+#[error("no endpoint to send the call to")]
+pub struct NoEndpoint;
 
 /// A recognised local rejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +77,12 @@ pub fn local_rejection_of<E: 'static>(error: &E) -> Option<LocalRejection> {
 /// `downcast_ref`, so one list serves both.
 macro_rules! recognise_leaves {
     ($error:expr) => {{
+        if $error.downcast_ref::<NoEndpoint>().is_some() {
+            return Some(LocalRejection {
+                kind: RejectionKind::NoEndpoint,
+                retry_after: None,
+            });
+        }
         #[cfg(feature = "circuit-breaker")]
         if let Some(leaf) = $error.downcast_ref::<crate::circuit_breaker::error::Open>() {
             return Some(leaf.rejection());
@@ -87,12 +103,10 @@ macro_rules! recognise_leaves {
     }};
 }
 
-#[allow(unused_variables)]
 fn recognise(e: &(dyn Error + 'static)) -> Option<LocalRejection> {
     recognise_leaves!(e)
 }
 
-#[allow(unused_variables)]
 fn recognise_any(e: &dyn Any) -> Option<LocalRejection> {
     recognise_leaves!(e)
 }

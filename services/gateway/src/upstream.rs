@@ -4,7 +4,8 @@
 //! ```text
 //! trace/inject + RED metrics   ClientLayer (mainstay-telemetry)
 //! overall deadline             the server request's deadline, or REQUEST_TIMEOUT_MS
-//! retry                        idempotent requests only, budgeted; never after NoEndpoints
+//! retry                        idempotent requests only, budgeted; never a local rejection
+//!                              (an open breaker above, no endpoint at all)
 //! bulkhead                     UPSTREAM_MAX_CONCURRENT calls at once, no queue
 //! shared → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery), one
 //!                              balancer for every caller, behind a lock rather than a task
@@ -26,12 +27,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
-use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, NoEndpoints, Shared};
+use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
 use mainstay_resilience::http::{HttpRetryPolicy, StatusClassifier};
-use mainstay_resilience::retry::{Decision, Policy, RetryBudget, RetryLayer};
+use mainstay_resilience::retry::{RetryBudget, RetryLayer};
 use mainstay_telemetry::{ClientLayer, Metrics};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
@@ -115,42 +116,6 @@ impl Service<UpstreamRequest> for Dial {
     }
 }
 
-/// [`HttpRetryPolicy`], except that a service with no endpoint is not asked again.
-#[derive(Debug, Clone, Copy)]
-struct GatewayRetry;
-
-impl Policy<UpstreamRequest, Response<Body>, BoxError> for GatewayRetry {
-    fn clone_request(&self, request: &UpstreamRequest) -> Option<UpstreamRequest> {
-        <HttpRetryPolicy as Policy<_, Response<Body>, BoxError>>::clone_request(
-            &HttpRetryPolicy,
-            request,
-        )
-    }
-
-    fn decide(
-        &self,
-        request: &UpstreamRequest,
-        result: Result<&Response<Body>, &BoxError>,
-    ) -> Decision {
-        if let Err(error) = result
-            && error.is::<NoEndpoints>()
-        {
-            return Decision::Done;
-        }
-        HttpRetryPolicy.decide(request, result)
-    }
-
-    fn deadline(
-        &self,
-        request: &UpstreamRequest,
-    ) -> Option<mainstay_resilience::deadline::Deadline> {
-        <HttpRetryPolicy as Policy<_, Response<Body>, BoxError>>::deadline(
-            &HttpRetryPolicy,
-            request,
-        )
-    }
-}
-
 /// A client of `service`, balanced over the endpoints `source` publishes.
 ///
 /// # Panics
@@ -188,7 +153,7 @@ pub fn upstream(
         .deadline(settings.deadline)
         .retries(
             RetryLayer::new()
-                .policy(GatewayRetry)
+                .policy(HttpRetryPolicy)
                 .max_attempts(3)
                 .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
         )
