@@ -208,7 +208,12 @@ impl Health {
 
     fn record(&self, outcome: Outcome) {
         match outcome {
-            Outcome::Success => self.consecutive.store(0, Ordering::Relaxed),
+            // A read, not a write, on the common path: no cache line bounced between cores.
+            Outcome::Success => {
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+            }
             Outcome::Failure => {
                 if self.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
                     self.eject();
