@@ -55,6 +55,9 @@ pub enum Outcome {
     Failure,
     /// The endpoint is unavailable (its circuit breaker is open): eject it now.
     Unavailable,
+    /// The call says nothing about the endpoint (the caller's deadline ran out): neither a
+    /// success nor a failure.
+    Ignore,
 }
 
 /// Judges calls for the outlier detector.
@@ -63,9 +66,10 @@ pub trait Classify<Res, E> {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
 }
 
-/// Every error is a failure, and a local rejection (an open circuit, a full bulkhead: see
-/// [`mainstay_resilience::rejection`]) makes the endpoint unavailable. Every response is a
-/// success.
+/// Every error is a failure, but a local rejection (an open circuit, a full bulkhead: see
+/// [`mainstay_resilience::rejection`]) makes the endpoint unavailable, and a deadline that ran
+/// out ([`DeadlineExceeded`](mainstay_resilience::deadline::DeadlineExceeded)) is the caller's
+/// budget spent and is ignored. Every response is a success.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsFail;
 
@@ -78,13 +82,18 @@ impl<Res, E: 'static> Classify<Res, E> for ErrorsFail {
     }
 }
 
-/// As [`ErrorsFail`], and `5xx` responses are failures too (Envoy's `consecutive_5xx`).
+/// As [`ErrorsFail`], and `5xx` responses are failures too (Envoy's `consecutive_5xx`), but for
+/// a `504` that says the caller's own deadline ran out
+/// ([`DEADLINE_RAN_OUT`](mainstay_resilience::http::DEADLINE_RAN_OUT)), which is ignored.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpStatus;
 
 impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatus {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
+            Ok(response) if mainstay_resilience::http::deadline_ran_out(response.headers()) => {
+                Outcome::Ignore
+            }
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
             Err(error) => classify_error(error),
@@ -95,6 +104,8 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatus {
 fn classify_error<E: 'static>(error: &E) -> Outcome {
     if mainstay_resilience::rejection::local_rejection_of(error).is_some() {
         Outcome::Unavailable
+    } else if mainstay_resilience::deadline::deadline_exceeded_of(error).is_some() {
+        Outcome::Ignore
     } else {
         Outcome::Failure
     }
@@ -220,6 +231,7 @@ impl Health {
                 }
             }
             Outcome::Unavailable => self.eject(),
+            Outcome::Ignore => {}
         }
     }
 }

@@ -336,3 +336,59 @@ async fn a_shared_call_waiting_for_readiness_looks_again_without_a_wake_up() {
         .unwrap();
     assert_eq!(answer, "through");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_deadline_running_out_ejects_nothing() {
+    use mainstay_discovery::balance::HttpStatus;
+    use mainstay_resilience::deadline::DeadlineExceeded;
+    use mainstay_resilience::http::{DEADLINE_HEADER, DEADLINE_RAN_OUT};
+
+    // Every call runs out of its deadline below the balancer.
+    let (_source, receiver) = watch::channel(snapshot(&[1]));
+    let expiring = |_: &Endpoint| {
+        BoxService::new(service_fn(|()| async {
+            Err::<String, BoxError>(Box::new(DeadlineExceeded::default()))
+        }))
+    };
+    let mut service = Balanced::new("catalog", receiver, expiring, ErrorsFail, options(3));
+    for _ in 0..20 {
+        let error = call(&mut service).await.unwrap_err();
+        assert!(error.is::<DeadlineExceeded>(), "{error}");
+    }
+    assert_eq!(service.endpoints(), 1);
+
+    // Over HTTP: a 504 that says the caller's deadline ran out is ignored; another 504 is the
+    // endpoint's failure.
+    let (_source, receiver) = watch::channel(snapshot(&[1, 2]));
+    let marked = Arc::new(Mutex::new(true));
+    let mark = Arc::clone(&marked);
+    let timing_out = move |_: &Endpoint| {
+        let mark = Arc::clone(&mark);
+        BoxService::new(service_fn(move |()| {
+            let mut response = http::Response::new(());
+            *response.status_mut() = http::StatusCode::GATEWAY_TIMEOUT;
+            if *mark.lock().unwrap() {
+                response
+                    .headers_mut()
+                    .insert(DEADLINE_HEADER, DEADLINE_RAN_OUT);
+            }
+            async move { Ok::<_, BoxError>(response) }
+        }))
+    };
+    let mut service = Balanced::new("catalog", receiver, timing_out, HttpStatus, options(3));
+    for _ in 0..20 {
+        let response = service.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(service.endpoints(), 2);
+    *marked.lock().unwrap() = false;
+    for _ in 0..6 {
+        let _ = service.ready().await.unwrap().call(()).await;
+    }
+    let _ = service.ready().await.unwrap();
+    assert_eq!(
+        service.endpoints(),
+        1,
+        "an endpoint answering plain 504s was not ejected"
+    );
+}

@@ -11,7 +11,8 @@
 //!   client's mistakes and say nothing about the endpoint.
 //! * [`ProblemLayer`] answers what the layers below refused or timed out with an
 //!   `application/problem+json` response: `503` (open circuit, full bulkhead) or `429` (rate
-//!   limited) with `Retry-After` and `RateLimit-*` headers, `504` for timeouts and deadlines.
+//!   limited) with `Retry-After` and `RateLimit-*` headers, `504` for timeouts and deadlines
+//!   (with [`DEADLINE_RAN_OUT`] when the deadline that ran out was the caller's).
 //!   Its error type is `Infallible`, so axum needs no `HandleErrorLayer`.
 //!
 //! # Example
@@ -60,6 +61,19 @@ use crate::rejection::{RejectionKind, local_rejection};
 
 /// The header a deadline travels in: the milliseconds left when the request was sent.
 pub const DEADLINE_HEADER: HeaderName = HeaderName::from_static("x-request-deadline");
+
+/// The value of [`DEADLINE_HEADER`] on a `504` response that says the deadline the caller sent
+/// ran out: the caller's budget was spent, the server did not fail. [`ProblemLayer`] sets it,
+/// and [`StatusClassifier`] (like mainstay-discovery's outlier detection) does not count such
+/// a response against the endpoint.
+pub const DEADLINE_RAN_OUT: HeaderValue = HeaderValue::from_static("0");
+
+/// Whether a response's headers say the caller's own deadline ran out (see
+/// [`DEADLINE_RAN_OUT`]).
+#[must_use]
+pub fn deadline_ran_out(headers: &HeaderMap) -> bool {
+    headers.get(&DEADLINE_HEADER) == Some(&DEADLINE_RAN_OUT)
+}
 
 /// The header that makes a non-idempotent request safe to retry.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -163,13 +177,16 @@ mod classifier {
     use crate::circuit_breaker::{Classify, DefaultClassifier, Outcome};
 
     /// Counts `5xx` responses and errors as failures, ignores local rejections from layers below
-    /// (as [`DefaultClassifier`] does), and counts everything else as a success.
+    /// and deadlines that ran out (as [`DefaultClassifier`] does) and `504`s that say the
+    /// caller's deadline ran out ([`super::DEADLINE_RAN_OUT`]), and counts everything else as a
+    /// success.
     #[derive(Debug, Clone, Copy, Default)]
     pub struct StatusClassifier;
 
     impl<B, E: 'static> Classify<Response<B>, E> for StatusClassifier {
         fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
             match result {
+                Ok(response) if super::deadline_ran_out(response.headers()) => Outcome::Ignore,
                 Ok(response) if response.status().is_server_error() => Outcome::Failure,
                 Ok(_) => Outcome::Success,
                 Err(e) => Classify::<Response<B>, E>::classify(&DefaultClassifier, Err(e)),
@@ -370,10 +387,16 @@ fn problem_for<B: From<String>>(
         return response;
     }
     if is_timeout(error) {
-        return problem(
+        let mut response = problem(
             StatusCode::GATEWAY_TIMEOUT,
             "the request did not complete in time",
         );
+        if crate::deadline::deadline_exceeded(error).is_some_and(|e| e.by_caller()) {
+            response
+                .headers_mut()
+                .insert(DEADLINE_HEADER, DEADLINE_RAN_OUT);
+        }
+        return response;
     }
     problem(other, other.canonical_reason().unwrap_or("error"))
 }

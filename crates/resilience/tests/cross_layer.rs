@@ -350,3 +350,97 @@ async fn the_deadline_travels_in_a_header_and_an_expired_one_stops_the_next_hop(
     assert!(error.is::<DeadlineExceeded>());
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
+
+/// A service that answers after `delay`.
+fn slow(
+    delay: Duration,
+) -> impl Service<Req, Response = Response<String>, Error = BoxError, Future: Send> + Clone + Send {
+    service_fn(move |_: Req| async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, BoxError>(Response::new(String::from("late")))
+    })
+}
+
+fn with_deadline(path: &str, millis: u64) -> Req {
+    let mut request = get(path);
+    request
+        .headers_mut()
+        .insert(DEADLINE_HEADER, millis.to_string().parse().unwrap());
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_deadline_running_out_is_not_the_endpoints_failure() {
+    let breaker = Breaker::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate(0.5)
+        .build()
+        .unwrap();
+    let mut endpoint = ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::new(breaker.clone()).classifier(StatusClassifier))
+        .attempt_timeout(Duration::from_millis(500))
+        .service(slow(Duration::from_secs(1)));
+
+    // Twenty callers that allowed 10 ms each: their deadlines ran out, the endpoint is fine.
+    for _ in 0..20 {
+        let error = endpoint
+            .ready()
+            .await
+            .unwrap()
+            .call(with_deadline("/", 10))
+            .await
+            .unwrap_err();
+        assert!(error.is::<DeadlineExceeded>());
+    }
+    assert_eq!(breaker.state(), State::Closed);
+
+    // The endpoint's own slowness (the attempt timeout) still counts.
+    for _ in 0..4 {
+        let _ = endpoint.ready().await.unwrap().call(get("/")).await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_says_whose_deadline_ran_out_and_the_caller_believes_it() {
+    use mainstay_resilience::circuit_breaker::{Classify, Outcome};
+    use mainstay_resilience::http::{ProblemLayer, deadline_ran_out};
+    use mainstay_resilience::timeout::DeadlineLayer;
+
+    let mut server = ServiceBuilder::new()
+        .layer(ProblemLayer::new())
+        .layer(DeadlineLayer::new(Duration::from_millis(300)))
+        .attempt_timeout(Duration::from_secs(10))
+        .service(slow(Duration::from_secs(1)));
+
+    // The caller allowed 100 ms: its deadline ran out, and the 504 says so.
+    let callers = server
+        .ready()
+        .await
+        .unwrap()
+        .call(with_deadline("/", 100))
+        .await
+        .unwrap();
+    assert_eq!(callers.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(deadline_ran_out(callers.headers()));
+    assert_eq!(
+        StatusClassifier.classify(Ok::<_, &BoxError>(&callers)),
+        Outcome::Ignore
+    );
+
+    // The server's own budget (300 ms, sooner than the caller's 5 s) ran out: its failure.
+    let own = server
+        .ready()
+        .await
+        .unwrap()
+        .call(with_deadline("/", 5_000))
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(!deadline_ran_out(own.headers()));
+    assert_eq!(
+        StatusClassifier.classify(Ok::<_, &BoxError>(&own)),
+        Outcome::Failure
+    );
+}

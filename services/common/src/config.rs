@@ -136,6 +136,11 @@ pub struct ServiceConfig {
     /// `REQUEST_TIMEOUT_MS`: the longest a request may take, including a shorter deadline sent
     /// by the caller (default 10 s).
     pub request_timeout: Duration,
+    /// `DEADLINE_FLOOR_MS`: a deadline the caller sends (`x-request-deadline`) shorter than this
+    /// is raised to it, so that a client cannot make every call it causes time out at once
+    /// (default 0 for services behind the gateway, where the caller is the system itself; the
+    /// gateway raises the default).
+    pub deadline_floor: Duration,
     /// `BODY_LIMIT_BYTES`: the largest request body (default 1 MiB).
     pub body_limit: usize,
     /// `SHUTDOWN_GRACE_MS`: how long in-flight requests may take to finish after SIGTERM
@@ -197,6 +202,11 @@ impl ServiceConfig {
             listen: SocketAddr::new(ip, port),
             database_url,
             request_timeout: vars.millis_or("REQUEST_TIMEOUT_MS", Duration::from_secs(10))?,
+            deadline_floor: Duration::from_millis(vars.parse_or(
+                "DEADLINE_FLOOR_MS",
+                0,
+                "a whole number of milliseconds",
+            )?),
             body_limit,
             shutdown_grace: vars.millis_or("SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
         })

@@ -41,8 +41,8 @@ impl Kit {
     ///    below, so that a saturated service can still say so;
     /// 3. the body limit (413 as problem+json through [`Json`](crate::Json));
     /// 4. the answer for errors of the next layers: 504 or 503 as problem+json;
-    /// 5. the deadline: the caller's `x-request-deadline` or `REQUEST_TIMEOUT_MS`, whichever
-    ///    comes first, enforced by a timeout;
+    /// 5. the deadline: the caller's `x-request-deadline` (raised to `DEADLINE_FLOOR_MS`) or
+    ///    `REQUEST_TIMEOUT_MS`, whichever comes first, enforced by a timeout;
     /// 6. adaptive concurrency (AIMD), shedding load with 503 when latency rises;
     /// 7. the routes (and the service's own auth layer, which it adds to them).
     pub fn stack(&self, api: Router) -> Router {
@@ -55,7 +55,7 @@ impl Kit {
             // 4: timeouts and shedding are errors below; axum needs responses.
             .layer(ProblemLayer::new())
             // 5: one deadline for the whole request, carried to outbound calls.
-            .layer(DeadlineLayer::new(timeout))
+            .layer(DeadlineLayer::new(timeout).floor(self.config.deadline_floor))
             .layer(TimeoutLayer::new(timeout).within_deadline())
             // 6: shed before the handler queues work behind a slow dependency.
             .layer(AdaptiveLimitLayer::new(Aimd::default()));

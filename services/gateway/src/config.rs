@@ -19,6 +19,9 @@ pub const SERVICES: [(&str, Option<u16>); 5] = [
     ("recommendations", None),
 ];
 
+/// The gateway's default `DEADLINE_FLOOR_MS`: the shortest deadline a client may ask for.
+pub const DEFAULT_DEADLINE_FLOOR: Duration = Duration::from_millis(100);
+
 /// Where a service's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -78,7 +81,11 @@ impl GatewayConfig {
     ///
     /// The first variable set to something unusable.
     pub fn from_vars<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Self, ConfigError> {
-        let service = ServiceConfig::from_vars("gateway", 8080, vars)?;
+        let mut service = ServiceConfig::from_vars("gateway", 8080, vars)?;
+        // Clients are untrusted: a deadline shorter than this is not believed.
+        if vars.raw("DEADLINE_FLOOR_MS").is_none() {
+            service.deadline_floor = DEFAULT_DEADLINE_FLOOR;
+        }
         let consul_addr = vars
             .raw("CONSUL_HTTP_ADDR")
             .filter(|a| !a.trim().is_empty());

@@ -563,6 +563,101 @@ async fn upstream_failures_are_problems_never_hangs() {
     assert_eq!(statuses[3], StatusCode::SERVICE_UNAVAILABLE, "{statuses:?}");
 }
 
+/// An upstream that takes `delay` behind the server stack every service runs, so that it
+/// believes the deadline it is sent and answers 504 when it runs out.
+async fn slow_service(delay: Duration) -> SocketAddr {
+    let config =
+        shop_common::config::ServiceConfig::from_vars("catalog", 0, &Vars(|_: &str| None)).unwrap();
+    let router = Router::new().fallback(move || async move {
+        tokio::time::sleep(delay).await;
+        "late"
+    });
+    serve(Kit::new(config).stack(router)).await
+}
+
+#[tokio::test]
+async fn tiny_client_deadlines_never_take_an_upstream_out_of_rotation() {
+    let catalog = slow_service(Duration::from_millis(150)).await;
+    let shop = shop(&[
+        ("CATALOG_URLS", url(catalog)),
+        ("RATE_LIMIT_PER_IP", "1000/1".to_owned()),
+    ])
+    .await;
+
+    // A burst of anonymous searches asking for 1 ms: the gateway raises the deadline to its
+    // floor (100 ms), the upstream needs 150 ms, so every one runs out, at the gateway or at
+    // the upstream (which then says so with `x-request-deadline: 0`).
+    // Eight at a time, under either side's concurrency limit: this is about deadlines.
+    for round in 0..5 {
+        let burst = (0..8).map(|i| {
+            let app = shop.app.clone();
+            async move {
+                get_from(
+                    &app,
+                    &format!("/api/v1/products/search?q=kettle{round}-{i}"),
+                    "203.0.113.9:5000",
+                    &[("x-request-deadline", "1")],
+                )
+                .await
+            }
+        });
+        for reply in futures_util::future::join_all(burst).await {
+            assert_problem(&reply, StatusCode::GATEWAY_TIMEOUT);
+        }
+    }
+
+    // The caller's budget ran out, the upstream did not fail: it is still in rotation, and
+    // ordinary requests are served.
+    for i in 0..5 {
+        let reply = get_from(
+            &shop.app,
+            &format!("/api/v1/products/search?q=teapot{i}"),
+            "203.0.113.10:5000",
+            &[],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn a_client_deadline_is_raised_to_the_floor_and_capped_by_the_timeout() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let shop = shop(&[
+        ("CATALOG_URLS", url(catalog)),
+        ("REQUEST_TIMEOUT_MS", "3000".to_owned()),
+    ])
+    .await;
+    let sent = |reply: &Reply| -> u64 { reply.body["deadline"].as_str().unwrap().parse().unwrap() };
+
+    let reply = get_from(
+        &shop.app,
+        "/api/v1/categories",
+        "203.0.113.1:1",
+        &[("x-request-deadline", "1")],
+    )
+    .await;
+    let floor = sent(&reply);
+    assert!(
+        (50..=100).contains(&floor),
+        "the upstream was given {floor} ms"
+    );
+
+    let reply = get_from(
+        &shop.app,
+        "/api/v1/categories",
+        "203.0.113.1:1",
+        &[("x-request-deadline", "600000")],
+    )
+    .await;
+    let capped = sent(&reply);
+    assert!(
+        (2_900..=3_000).contains(&capped),
+        "the upstream was given {capped} ms"
+    );
+}
+
 #[tokio::test]
 async fn the_home_page_falls_back_part_by_part() {
     let upstream = Upstream::default();

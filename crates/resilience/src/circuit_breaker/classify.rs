@@ -1,5 +1,6 @@
 //! Deciding what counts as a failure.
 
+use crate::deadline::deadline_exceeded_of;
 use crate::rejection::local_rejection_of;
 
 /// How the breaker counts one completed call.
@@ -44,7 +45,10 @@ where
 }
 
 /// Responses are successes; errors are failures, except local rejections from layers below
-/// (a full bulkhead, a rate limit), which say nothing about the endpoint and are ignored.
+/// (a full bulkhead, a rate limit) and a request deadline that ran out
+/// ([`DeadlineExceeded`](crate::deadline::DeadlineExceeded): the caller's budget, not the
+/// endpoint's failure), which say nothing about the endpoint and are ignored. A per-attempt
+/// timeout is a failure.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
@@ -52,7 +56,9 @@ impl<Res, E: 'static> Classify<Res, E> for DefaultClassifier {
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
         match result {
             Ok(_) => Outcome::Success,
-            Err(e) if local_rejection_of(e).is_some() => Outcome::Ignore,
+            Err(e) if local_rejection_of(e).is_some() || deadline_exceeded_of(e).is_some() => {
+                Outcome::Ignore
+            }
             Err(_) => Outcome::Failure,
         }
     }

@@ -25,16 +25,4 @@ pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The request's deadline passed, either while it ran or before it started (in which case the
-/// inner service was never called).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, thiserror::Error)]
-#[error("request deadline exceeded")]
-pub struct DeadlineExceeded {
-    _private: (),
-}
-
-impl DeadlineExceeded {
-    pub(crate) fn new() -> Self {
-        Self { _private: () }
-    }
-}
+pub use crate::deadline::DeadlineExceeded;

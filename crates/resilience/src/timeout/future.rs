@@ -39,6 +39,8 @@ pin_project! {
         sleep: Option<Sleep>,
         limit: Limit,
         expires_as_deadline: bool,
+        // The deadline is the caller's: a `DeadlineExceeded` from below is reported as such.
+        by_caller: bool,
     }
 }
 
@@ -49,24 +51,35 @@ impl<F> ResponseFuture<F> {
             sleep: None,
             limit: Limit::Attempt { timeout, deadline },
             expires_as_deadline: false,
+            by_caller: false,
         }
     }
 
-    pub(crate) fn deadline(inner: F, at: Instant) -> Self {
+    pub(crate) fn deadline(inner: F, at: Instant, by_caller: bool) -> Self {
         Self {
             inner: Some(inner),
             sleep: None,
             limit: Limit::Deadline(at),
             expires_as_deadline: true,
+            by_caller,
         }
     }
 
-    pub(crate) fn expired() -> Self {
+    pub(crate) fn expired(by_caller: bool) -> Self {
         Self {
             inner: None,
             sleep: None,
             limit: Limit::Expired,
             expires_as_deadline: true,
+            by_caller,
+        }
+    }
+
+    fn exceeded(by_caller: bool) -> BoxError {
+        if by_caller {
+            DeadlineExceeded::of_caller().into()
+        } else {
+            DeadlineExceeded::new().into()
         }
     }
 }
@@ -81,10 +94,17 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(DeadlineExceeded::new().into()));
+            return Poll::Ready(Err(Self::exceeded(*this.by_caller)));
         };
         if let Poll::Ready(result) = inner.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+            return Poll::Ready(result.map_err(|error| {
+                let error: BoxError = error.into();
+                // A timeout below that stopped at this deadline: say whose it was.
+                if *this.by_caller && error.is::<DeadlineExceeded>() {
+                    return Self::exceeded(true);
+                }
+                error
+            }));
         }
         if this.sleep.is_none() {
             let at = match *this.limit {
@@ -99,13 +119,13 @@ where
                     }
                 }
                 Limit::Deadline(at) => at,
-                Limit::Expired => return Poll::Ready(Err(DeadlineExceeded::new().into())),
+                Limit::Expired => return Poll::Ready(Err(Self::exceeded(*this.by_caller))),
             };
             this.sleep.set(Some(sleep_until(at)));
         }
         match this.sleep.as_pin_mut().map(|sleep| sleep.poll(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(Err(if *this.expires_as_deadline {
-                DeadlineExceeded::new().into()
+                Self::exceeded(*this.by_caller)
             } else {
                 Elapsed::new().into()
             })),

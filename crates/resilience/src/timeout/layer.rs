@@ -118,7 +118,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let deadline = self.read.deadline(&request);
         if deadline.is_some_and(Deadline::is_expired) {
-            return ResponseFuture::expired();
+            return ResponseFuture::expired(false);
         }
         ResponseFuture::attempt(
             self.inner.call(request),
@@ -132,6 +132,7 @@ where
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
     budget: Duration,
+    floor: Duration,
 }
 
 impl DeadlineLayer {
@@ -139,7 +140,19 @@ impl DeadlineLayer {
     /// is earlier.
     #[must_use]
     pub fn new(budget: Duration) -> Self {
-        Self { budget }
+        Self {
+            budget,
+            floor: Duration::ZERO,
+        }
+    }
+
+    /// Raise a deadline the request carries to at least `floor` from now (never past the
+    /// budget). For a service that faces untrusted clients: a caller's `x-request-deadline: 1`
+    /// would otherwise make every call it causes time out at once.
+    #[must_use]
+    pub fn floor(mut self, floor: Duration) -> Self {
+        self.floor = floor;
+        self
     }
 }
 
@@ -150,6 +163,7 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             budget: self.budget,
+            floor: self.floor,
             _marker: PhantomData,
         }
     }
@@ -160,6 +174,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     budget: Duration,
+    floor: Duration,
     _marker: PhantomData<fn()>,
 }
 
@@ -190,11 +205,18 @@ where
     }
 
     fn call(&mut self, mut request: Req) -> Self::Future {
-        let deadline = Deadline::after(self.budget).min(request.deadline());
+        let own = Deadline::after(self.budget);
+        let callers = request
+            .deadline()
+            .map(|d| d.max(Deadline::after(self.floor)));
+        let (deadline, by_caller) = match callers {
+            Some(callers) if callers < own => (callers, true),
+            _ => (own, false),
+        };
         if deadline.is_expired() {
-            return ResponseFuture::expired();
+            return ResponseFuture::expired(by_caller);
         }
         request.set_deadline(deadline);
-        ResponseFuture::deadline(self.inner.call(request), deadline.instant())
+        ResponseFuture::deadline(self.inner.call(request), deadline.instant(), by_caller)
     }
 }
