@@ -553,7 +553,7 @@ mod tests {
 }
 
 /// Every interleaving of the atomic core, explored by loom:
-/// `RUSTFLAGS="--cfg mainstay_loom" cargo test -p mainstay-resilience --features circuit-breaker --lib --release loom`
+/// `RUSTFLAGS="--cfg mainstay_loom" cargo test -p mainstay-resilience --features circuit-breaker,retry --lib --release loom`
 #[cfg(all(test, mainstay_loom))]
 mod loom_tests {
     use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! A retry budget: retries as a share of requests, plus a floor, over a sliding time window.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::{Clock, duration_nanos};
+use crate::sync::atomic::{AtomicU64, Ordering};
 
 const BUCKETS: usize = 10;
 /// A retry costs this many milli-tokens; a request deposits `ratio × COST`. Integer arithmetic,
@@ -22,6 +22,10 @@ const VALUE_BIAS: i64 = 1 << (VALUE_BITS - 1);
 /// Every request deposits `ratio` of a token, every retry withdraws one; deposits and withdrawals
 /// count for `ttl`. On top, `min_per_second × ttl` retries are always allowed, so a quiet
 /// service can still retry. Clones share one budget.
+///
+/// A withdrawal is one compare-and-swap that checks the balance it takes from, so concurrent
+/// retries never overdraw the budget (within one tenth of `ttl`, where every caller writes the
+/// same word; a caller still on the previous tenth as it ends can take one token more).
 ///
 /// ```
 /// use std::time::Duration;
@@ -80,12 +84,7 @@ impl RetryBudget {
     /// Takes one retry from the budget; `false` when it is spent.
     #[must_use = "a `false` means the retry must not be made"]
     pub fn withdraw(&self) -> bool {
-        let s = &*self.shared;
-        if s.balance() < COST {
-            return false;
-        }
-        s.add(-COST);
-        true
+        self.shared.take(COST)
     }
 
     /// Retries the budget would allow right now.
@@ -101,37 +100,109 @@ impl Shared {
     }
 
     fn add(&self, amount: i64) {
+        self.update(amount, false);
+    }
+
+    /// Withdraws `amount` if the balance holds it, in the same compare-and-swap that writes it.
+    fn take(&self, amount: i64) -> bool {
+        self.update(-amount, true)
+    }
+
+    /// Adds `amount` to the current bucket; with `checked`, only if the balance stays at or
+    /// above zero. Every write of this tenth of the window goes to the same word, and the check
+    /// reads that word's value from the very compare-and-swap that replaces it, so two
+    /// withdrawals cannot both spend the last token.
+    fn update(&self, amount: i64, checked: bool) -> bool {
         let epoch = self.epoch();
         let tag = (epoch & ((1 << EPOCH_BITS) - 1)) << VALUE_BITS;
-        let bucket = &self.buckets[(epoch % BUCKETS as u64) as usize];
-        let mut current = bucket.load(Ordering::Relaxed);
+        let index = (epoch % BUCKETS as u64) as usize;
+        let bucket = &self.buckets[index];
+        // The other buckets only change when this tenth ends; read them once.
+        let others = if checked {
+            self.reserve + self.live_sum(epoch, Some(index))
+        } else {
+            0
+        };
+        let mut current = bucket.load(Ordering::Acquire);
         loop {
             let value = if current & !VALUE_MASK == tag {
                 (current & VALUE_MASK).cast_signed() - VALUE_BIAS
             } else {
                 0
             };
+            if checked && others + value + amount < 0 {
+                return false;
+            }
             let next_value = (value + amount).clamp(-VALUE_BIAS, VALUE_BIAS - 1);
             let next = tag | (next_value + VALUE_BIAS) as u64;
-            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return,
+            match bucket.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
                 Err(seen) => current = seen,
             }
         }
     }
 
-    fn balance(&self) -> i64 {
-        let epoch = self.epoch();
-        let live: i64 = self
-            .buckets
+    /// The sum of the buckets still inside the window, but for `skip`.
+    fn live_sum(&self, epoch: u64, skip: Option<usize>) -> i64 {
+        self.buckets
             .iter()
-            .map(|b| b.load(Ordering::Acquire))
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, b)| b.load(Ordering::Acquire))
             .filter(|word| {
                 let age = epoch.wrapping_sub(word >> VALUE_BITS) & ((1 << EPOCH_BITS) - 1);
                 age < BUCKETS as u64
             })
             .map(|word| (word & VALUE_MASK).cast_signed() - VALUE_BIAS)
-            .sum();
-        self.reserve + live
+            .sum()
+    }
+
+    fn balance(&self) -> i64 {
+        self.reserve + self.live_sum(self.epoch(), None)
+    }
+}
+
+#[cfg(all(test, not(mainstay_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_withdrawals_never_overdraw() {
+        // 100 retries in reserve (10 per second over 10 s), no deposits.
+        let budget = RetryBudget::new(Duration::from_secs(10), 10, 0.0);
+        let granted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        if budget.withdraw() {
+                            granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.into_inner(), 100);
+        assert_eq!(budget.remaining(), 0);
+    }
+}
+
+/// Every interleaving of two retries racing for the last token, explored by loom (see
+/// `circuit_breaker::core` for the command).
+#[cfg(all(test, mainstay_loom))]
+mod loom_tests {
+    use super::*;
+
+    #[test]
+    fn loom_two_retries_never_both_take_the_last_token() {
+        loom::model(|| {
+            // One retry in reserve (one per second over one second), no deposits.
+            let budget = RetryBudget::new(Duration::from_secs(1), 1, 0.0);
+            let other = budget.clone();
+            let racer = loom::thread::spawn(move || other.withdraw());
+            let mine = budget.withdraw();
+            let theirs = racer.join().unwrap();
+            assert!(mine ^ theirs, "granted: {mine} and {theirs}");
+        });
     }
 }
