@@ -531,6 +531,40 @@ fn bad_configuration_is_a_typed_error() {
     );
 }
 
+#[test]
+fn count_windows_are_bounded_by_what_the_counters_hold() {
+    const LARGEST: usize = (1 << 20) - 1;
+    assert!(Breaker::builder().count_window(LARGEST).build().is_ok());
+    for too_large in [LARGEST + 1, 1 << 24] {
+        assert!(matches!(
+            Breaker::builder().count_window(too_large).build().unwrap_err(),
+            ConfigError::Count { max, .. } if max == LARGEST as u64
+        ));
+    }
+    assert!(matches!(
+        Breaker::builder()
+            .time_window(Duration::from_secs(1), 1025)
+            .build()
+            .unwrap_err(),
+        ConfigError::Count { max: 1024, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minimum_above_the_window_size_is_the_window_size() {
+    // A window of 5 never holds 50 calls: taken as 5, so the breaker still opens.
+    let breaker = Breaker::builder()
+        .count_window(5)
+        .minimum_calls(50)
+        .build()
+        .unwrap();
+    let mut svc = service(&breaker, Arc::default());
+    for _ in 0..5 {
+        let _ = call(&mut svc, Do::Fail).await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_static_handle_shares_state_and_counts_with_the_original() {
     let breaker = small(4).half_open_permits(1).build().unwrap();

@@ -319,7 +319,8 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Judge the last `calls` calls (default 100). Exact: each new call pushes out the oldest.
+    /// Judge the last `calls` calls (default 100; from 1 to 1,048,575, 2^20 - 1, the most the
+    /// packed counters hold). Exact: each new call pushes out the oldest.
     #[must_use]
     pub fn count_window(mut self, calls: usize) -> Self {
         self.window = WindowSpec::Count(calls);
@@ -349,7 +350,9 @@ impl Builder {
         self
     }
 
-    /// Do not judge the window until it holds this many calls (default 10).
+    /// Do not judge the window until it holds this many calls (default 10). With a count
+    /// window, a larger number is taken as the window's size (as resilience4j does): a window
+    /// never holds more calls than its size, so the breaker would never open.
     #[must_use]
     pub fn minimum_calls(mut self, calls: u64) -> Self {
         self.minimum_calls = calls;
@@ -457,9 +460,11 @@ impl Builder {
             }
             None => (1.0, open_base_ms),
         };
+        let mut minimum_calls = self.minimum_calls;
         let window = match self.window {
             WindowSpec::Count(calls) => {
                 count("count window", calls as u64, MAX_COUNT_WINDOW as u64)?;
+                minimum_calls = minimum_calls.min(calls as u64);
                 WindowSpec::Count(calls)
             }
             WindowSpec::Time { length, buckets } => {
@@ -479,7 +484,7 @@ impl Builder {
         let settings = Settings {
             failure_rate_bp,
             slow_rate_bp,
-            minimum_calls: self.minimum_calls,
+            minimum_calls,
             half_open_permits: self.half_open_permits,
             half_open_max_ms: self
                 .half_open_max_wait

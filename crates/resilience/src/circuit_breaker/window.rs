@@ -20,8 +20,10 @@ pub(crate) const FAILED: u8 = 0b010;
 /// The call took longer than the slow-call threshold.
 pub(crate) const SLOW: u8 = 0b100;
 
-/// The largest count window; the limit keeps every aggregate inside its packed field.
-pub(crate) const MAX_COUNT_WINDOW: usize = 1 << 24;
+/// The largest count window: every aggregate must fit its packed field, which holds values up
+/// to its bias, 2^20 (see `FIELD_BITS`), less one.
+pub(crate) const MAX_COUNT_WINDOW: usize = (1 << 20) - 1;
+const _: () = assert!(MAX_COUNT_WINDOW as u64 == FIELD_BIAS - 1);
 /// The most buckets a time window may have.
 pub(crate) const MAX_BUCKETS: usize = 1024;
 
@@ -200,20 +202,23 @@ impl CountWindow {
 // Time window
 // ---------------------------------------------------------------------------------------------
 
-/// Bits of a bucket word that hold the bucket number (the rest hold counts).
+/// Bits of a bucket word that hold the bucket number (the rest hold a count).
 const EPOCH_BITS: u32 = 24;
 const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 const COUNT_BITS: u32 = 64 - EPOCH_BITS;
-/// Failures and slow calls share one word: 20 bits each.
-const HALF_BITS: u32 = COUNT_BITS / 2;
-const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
+/// Each count saturates here: 2^40 - 1 calls in one bucket, about 10^12, which no service
+/// reaches. Calls, failures and slow calls each have a word of their own, so that they saturate
+/// together and a failure rate stays right however busy a bucket is.
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 #[derive(Debug)]
 struct Bucket {
     /// `epoch << 40 | calls`
     calls: AtomicU64,
-    /// `epoch << 40 | slow << 20 | failures`
-    bad: AtomicU64,
+    /// `epoch << 40 | failures`
+    failures: AtomicU64,
+    /// `epoch << 40 | slow calls`
+    slow: AtomicU64,
 }
 
 /// Outcomes of the last `buckets × bucket_nanos` nanoseconds, in `buckets` slices.
@@ -230,7 +235,8 @@ impl TimeWindow {
             buckets: (0..buckets)
                 .map(|_| Bucket {
                     calls: AtomicU64::new(0),
-                    bad: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    slow: AtomicU64::new(0),
                 })
                 .collect(),
             bucket_nanos: bucket_nanos.max(1),
@@ -242,19 +248,19 @@ impl TimeWindow {
         now_nanos / self.bucket_nanos
     }
 
-    /// Adds `delta` (already shifted into place) to `word`, restarting it first when it belongs to
-    /// an older bucket. Saturates instead of overflowing into the epoch.
+    /// Adds one to `word`'s count, restarting it first when it belongs to an older bucket.
+    /// Saturates instead of overflowing into the epoch.
     #[inline]
-    fn bump(word: &AtomicU64, epoch: u64, add: impl Fn(u64) -> u64) {
+    fn bump(word: &AtomicU64, epoch: u64) {
         let tag = (epoch & EPOCH_MASK) << COUNT_BITS;
         let mut current = word.load(Ordering::Relaxed);
         loop {
-            let counts = if current & !((1 << COUNT_BITS) - 1) == tag {
-                current & ((1 << COUNT_BITS) - 1)
+            let count = if current & !COUNT_MASK == tag {
+                current & COUNT_MASK
             } else {
                 0
             };
-            let next = tag | add(counts);
+            let next = tag | (count + 1).min(COUNT_MASK);
             match word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(seen) => current = seen,
@@ -269,20 +275,14 @@ impl TimeWindow {
         }
         let epoch = self.epoch(now_nanos);
         let bucket = &self.buckets[(epoch % self.buckets.len() as u64) as usize];
-        Self::bump(&bucket.calls, epoch, |calls| {
-            (calls + 1).min((1 << COUNT_BITS) - 1)
-        });
-        let failed = u64::from((outcome & FAILED) >> 1);
-        let slow = u64::from((outcome & SLOW) >> 2);
-        if failed | slow == 0 {
-            return false;
+        Self::bump(&bucket.calls, epoch);
+        if outcome & FAILED != 0 {
+            Self::bump(&bucket.failures, epoch);
         }
-        Self::bump(&bucket.bad, epoch, |bad| {
-            let failures = ((bad & HALF_MASK) + failed).min(HALF_MASK);
-            let slows = (((bad >> HALF_BITS) & HALF_MASK) + slow).min(HALF_MASK);
-            failures | (slows << HALF_BITS)
-        });
-        true
+        if outcome & SLOW != 0 {
+            Self::bump(&bucket.slow, epoch);
+        }
+        outcome & (FAILED | SLOW) != 0
     }
 
     pub(crate) fn snapshot(&self, now_nanos: u64) -> Snapshot {
@@ -294,16 +294,14 @@ impl TimeWindow {
             age < span
         };
         let mut snapshot = Snapshot::default();
+        let count = |word: &AtomicU64| {
+            let word = word.load(Ordering::Acquire);
+            if live(word) { word & COUNT_MASK } else { 0 }
+        };
         for bucket in &*self.buckets {
-            let calls = bucket.calls.load(Ordering::Acquire);
-            if live(calls) {
-                snapshot.calls += calls & ((1 << COUNT_BITS) - 1);
-            }
-            let bad = bucket.bad.load(Ordering::Acquire);
-            if live(bad) {
-                snapshot.failures += bad & HALF_MASK;
-                snapshot.slow += (bad >> HALF_BITS) & HALF_MASK;
-            }
+            snapshot.calls += count(&bucket.calls);
+            snapshot.failures += count(&bucket.failures);
+            snapshot.slow += count(&bucket.slow);
         }
         snapshot
     }
@@ -311,7 +309,8 @@ impl TimeWindow {
     pub(crate) fn reset(&self) {
         for bucket in &*self.buckets {
             bucket.calls.store(0, Ordering::Release);
-            bucket.bad.store(0, Ordering::Release);
+            bucket.failures.store(0, Ordering::Release);
+            bucket.slow.store(0, Ordering::Release);
         }
     }
 }
@@ -322,6 +321,34 @@ mod tests {
 
     const OK: u8 = RECORDED;
     const FAIL: u8 = RECORDED | FAILED;
+
+    #[test]
+    fn the_largest_count_window_counts_every_failure() {
+        let window = CountWindow::new(MAX_COUNT_WINDOW);
+        for _ in 0..MAX_COUNT_WINDOW {
+            window.record(FAIL);
+        }
+        let snapshot = window.snapshot();
+        assert_eq!(snapshot.calls, MAX_COUNT_WINDOW as u64);
+        assert_eq!(snapshot.failures, MAX_COUNT_WINDOW as u64);
+        assert_eq!(snapshot, window.recount());
+    }
+
+    #[test]
+    fn a_busy_time_bucket_keeps_its_failure_rate() {
+        // More than 2^20 calls in one bucket, half of them failures: the old packed word held
+        // 2^20 - 1 failures and read this as under half.
+        let window = TimeWindow::new(1_000_000_000, 1);
+        let n = (1u64 << 20) + 10;
+        for _ in 0..n {
+            window.record(OK, 5);
+            window.record(FAIL | SLOW, 5);
+        }
+        let snapshot = window.snapshot(5);
+        assert_eq!(snapshot.calls, 2 * n);
+        assert_eq!(snapshot.failures, n);
+        assert_eq!(snapshot.slow, n);
+    }
 
     #[test]
     fn count_window_fast_modulo_matches_remainder() {
