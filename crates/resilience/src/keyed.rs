@@ -1,22 +1,19 @@
 //! Per-key middleware: rate limits, breakers and bulkheads per user, host, route or tenant.
 //!
-//! [`MakeKey`] extracts the key from a request. Breakers and bulkheads per key live in a
-//! bounded registry: once it holds `max_keys` entries, adding a key first evicts the least
-//! recently used entries that no call is using, so a flood of distinct keys cannot grow memory
-//! without bound (a key whose state is in use by a call in flight is never evicted, so the
-//! bound is soft only while that many calls are in flight).
+//! [`MakeKey`] extracts the key from a request. The state of each key lives in a bounded
+//! registry: once it holds `max_keys` entries, a new key replaces an old one chosen by the
+//! CLOCK algorithm (second chance, an approximation of least recently used), at an amortised
+//! constant cost per new key, whatever the traffic. A flood of distinct keys therefore costs
+//! neither memory beyond the configured bound nor time that grows with the registry.
+//!
+//! Breakers and bulkheads that a call in flight is using are never replaced (their state would
+//! be lost under the call); their number is bounded by the calls in flight, so the bound is
+//! exceeded only by that many. A rate limit replaced this way starts again with a full burst.
 
-// The registry serves the keyed breaker and bulkhead; a build with only `rate-limit` (whose
-// keyed state lives in governor) does not use it.
-#![cfg_attr(
-    not(any(feature = "circuit-breaker", feature = "bulkhead")),
-    allow(dead_code)
-)]
-
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Extracts the key a request is limited or isolated by.
 ///
@@ -42,74 +39,120 @@ where
 }
 
 struct Entry<V> {
-    value: Arc<V>,
-    last_used: AtomicU64,
+    value: V,
+    /// Used since the clock hand last passed: spared once.
+    referenced: AtomicBool,
 }
 
-/// A bounded map from keys to shared state, evicting idle entries least recently used first.
+struct Table<K, V> {
+    map: HashMap<K, Entry<V>>,
+    /// Every key, in the order the clock hand visits them (front first).
+    ring: VecDeque<K>,
+}
+
+/// A bounded map from keys to shared state, replacing entries by the CLOCK algorithm.
 pub(crate) struct Registry<K, V> {
-    map: RwLock<HashMap<K, Entry<V>>>,
-    max_keys: usize,
-    tick: AtomicU64,
+    table: RwLock<Table<K, V>>,
+    max_keys: AtomicUsize,
+    /// Whether a call in flight holds a value (it is then never replaced).
+    in_use: fn(&V) -> bool,
+    /// Entries the clock hand has looked at, for the tests of its amortised cost.
+    #[cfg(test)]
+    steps: AtomicUsize,
 }
 
-impl<K: Hash + Eq + Clone, V> Registry<K, V> {
-    pub(crate) fn new(max_keys: usize) -> Self {
+impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
+    /// At most `max_keys` entries (at least one); `in_use` says which values must stay.
+    pub(crate) fn new(max_keys: usize, in_use: fn(&V) -> bool) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
-            max_keys: max_keys.max(1),
-            tick: AtomicU64::new(0),
+            table: RwLock::new(Table {
+                map: HashMap::new(),
+                ring: VecDeque::new(),
+            }),
+            max_keys: AtomicUsize::new(max_keys.max(1)),
+            in_use,
+            #[cfg(test)]
+            steps: AtomicUsize::new(0),
         }
+    }
+
+    /// Changes the bound (entries above it go as new keys arrive).
+    pub(crate) fn set_max_keys(&self, max_keys: usize) {
+        self.max_keys.store(max_keys.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.read().map_or(0, |map| map.len())
+        self.read().map.len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table<K, V>> {
+        // A poisoned lock only means another thread panicked while holding it; the table is
+        // still consistent (every write below keeps map and ring in step before it can panic).
+        self.table
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The state of `key`, made by `make` on first use.
-    pub(crate) fn get_or_insert(&self, key: &K, make: impl FnOnce() -> V) -> Arc<V> {
-        let now = self.tick.fetch_add(1, Ordering::Relaxed);
-        if let Ok(map) = self.map.read()
-            && let Some(entry) = map.get(key)
-        {
-            entry.last_used.store(now, Ordering::Relaxed);
+    pub(crate) fn get_or_insert(&self, key: &K, make: impl FnOnce() -> V) -> V {
+        if let Some(entry) = self.read().map.get(key) {
+            // A load first: the common case writes nothing, so no cache line moves.
+            if !entry.referenced.load(Ordering::Relaxed) {
+                entry.referenced.store(true, Ordering::Relaxed);
+            }
             return entry.value.clone();
         }
-        // A poisoned lock only means another thread panicked while holding it; the map itself
-        // is still consistent (every write below is a single insert or remove).
-        let mut map = self
-            .map
+        let mut table = self
+            .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = map.get(key) {
+        if let Some(entry) = table.map.get(key) {
             return entry.value.clone();
         }
-        if map.len() >= self.max_keys {
-            let excess = map.len() + 1 - self.max_keys;
-            Self::evict(&mut map, excess);
+        let max_keys = self.max_keys.load(Ordering::Relaxed);
+        while table.map.len() >= max_keys {
+            if !self.evict_one(&mut table) {
+                break; // every entry is in use: exceed the bound by the calls in flight
+            }
         }
-        let value = Arc::new(make());
-        map.insert(
+        let value = make();
+        table.map.insert(
             key.clone(),
             Entry {
                 value: value.clone(),
-                last_used: AtomicU64::new(now),
+                referenced: AtomicBool::new(false),
             },
         );
+        table.ring.push_back(key.clone());
         value
     }
 
-    /// Removes up to `count` idle entries, least recently used first.
-    fn evict(map: &mut HashMap<K, Entry<V>>, count: usize) {
-        let mut idle: Vec<(u64, K)> = map
-            .iter()
-            .filter(|(_, entry)| Arc::strong_count(&entry.value) == 1)
-            .map(|(key, entry)| (entry.last_used.load(Ordering::Relaxed), key.clone()))
-            .collect();
-        idle.sort_unstable_by_key(|(used, _)| *used);
-        for (_, key) in idle.into_iter().take(count) {
-            map.remove(&key);
+    /// Moves the clock hand until it finds an entry neither used since its last pass nor in
+    /// use, and removes it. Each step either removes an entry or clears a mark that a use set
+    /// (or passes an entry a call holds), so the cost per new key is constant amortised, plus
+    /// the calls in flight. `false` when every entry is in use.
+    fn evict_one(&self, table: &mut Table<K, V>) -> bool {
+        // Two turns: the first clears every mark, the second finds an unmarked entry unless
+        // all are in use.
+        let mut turns = table.ring.len() * 2;
+        while turns > 0 {
+            turns -= 1;
+            let Some(key) = table.ring.pop_front() else {
+                return false;
+            };
+            #[cfg(test)]
+            self.steps.fetch_add(1, Ordering::Relaxed);
+            let spare = table.map.get(&key).is_some_and(|entry| {
+                entry.referenced.swap(false, Ordering::Relaxed) || (self.in_use)(&entry.value)
+            });
+            if spare {
+                table.ring.push_back(key);
+            } else {
+                table.map.remove(&key);
+                return true;
+            }
         }
+        false
     }
 }
 
@@ -123,20 +166,65 @@ impl<K, V> std::fmt::Debug for Registry<K, V> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
+    fn held(value: &Arc<String>) -> bool {
+        Arc::strong_count(value) > 1
+    }
+
     #[test]
-    fn evicts_the_least_recently_used_idle_key_and_keeps_keys_in_use() {
-        let registry: Registry<u32, &str> = Registry::new(2);
-        let held = registry.get_or_insert(&1, || "one");
-        registry.get_or_insert(&2, || "two");
-        registry.get_or_insert(&3, || "three");
+    fn a_value_in_use_is_never_replaced() {
+        let registry: Registry<u32, Arc<String>> = Registry::new(2, held);
+        let one = registry.get_or_insert(&1, || Arc::new(String::from("one")));
+        registry.get_or_insert(&2, || Arc::new(String::from("two")));
+        registry.get_or_insert(&3, || Arc::new(String::from("three")));
         assert_eq!(registry.len(), 2);
         // Key 1 is the oldest but in use: key 2 went instead.
         assert!(Arc::ptr_eq(
-            &held,
-            &registry.get_or_insert(&1, || "new one")
+            &one,
+            &registry.get_or_insert(&1, || Arc::new(String::from("new one")))
         ));
-        assert_eq!(*registry.get_or_insert(&2, || "two again"), "two again");
+        assert_eq!(
+            *registry.get_or_insert(&2, || Arc::new(String::from("two again"))),
+            "two again"
+        );
+    }
+
+    #[test]
+    fn a_key_used_again_outlives_keys_used_once() {
+        let registry: Registry<u32, Arc<String>> = Registry::new(100, |_| false);
+        let hot = registry.get_or_insert(&0, || Arc::new(String::from("hot")));
+        drop(hot);
+        for key in 1..10_000 {
+            registry.get_or_insert(&key, || Arc::new(String::from("cold")));
+            registry.get_or_insert(&0, || Arc::new(String::from("hot again")));
+        }
+        assert_eq!(registry.len(), 100);
+        assert_eq!(
+            *registry.get_or_insert(&0, || Arc::new(String::from("hot again"))),
+            "hot"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_costs_constant_steps_per_key() {
+        let registry: Registry<u64, Arc<String>> = Registry::new(1_000, |_| false);
+        for key in 0..1_000 {
+            registry.get_or_insert(&key, || Arc::new(String::from("used twice")));
+            registry.get_or_insert(&key, || Arc::new(String::from("used twice")));
+        }
+        let flood = 100_000;
+        for key in 1_000..1_000 + flood {
+            registry.get_or_insert(&key, || Arc::new(String::from("once")));
+        }
+        assert_eq!(registry.len(), 1_000);
+        // One step per replaced key, plus one per mark cleared (at most one per key used).
+        let steps = registry.steps.load(Ordering::Relaxed);
+        assert!(
+            steps <= flood as usize + 1_000,
+            "{steps} steps for {flood} new keys"
+        );
     }
 }

@@ -82,6 +82,43 @@ async fn the_number_of_breakers_stays_bounded() {
     }
 }
 
+#[tokio::test]
+async fn a_breaker_in_use_is_never_replaced() {
+    let layer = KeyedCircuitBreakerLayer::with_max_keys(
+        Breaker::builder().count_window(2).minimum_calls(2),
+        |(host, _): &(u32, Option<oneshot::Receiver<()>>)| *host,
+        2,
+    )
+    .unwrap();
+    let mut svc = layer.layer(service_fn(
+        |(host, gate): (u32, Option<oneshot::Receiver<()>>)| async move {
+            if let Some(gate) = gate {
+                let _ = gate.await;
+            }
+            Err::<u32, BoxError>(format!("{host} is down").into())
+        },
+    ));
+    // Host 0 fails once, and a second call to it is in flight while a hundred hosts pass.
+    let _ = svc.ready().await.unwrap().call((0, None)).await;
+    let (release, gate) = oneshot::channel();
+    let in_flight = svc.ready().await.unwrap().call((0, Some(gate)));
+    for host in 1..=100 {
+        let _ = svc.ready().await.unwrap().call((host, None)).await;
+    }
+    // Its second failure lands in the breaker the next call sees: the circuit opens.
+    release.send(()).unwrap();
+    let _ = in_flight.await;
+    assert_eq!(layer.breaker(&0).state(), State::Open);
+    let refused = svc
+        .ready()
+        .await
+        .unwrap()
+        .call((0, None))
+        .await
+        .unwrap_err();
+    assert!(refused.is::<Open>(), "{refused}");
+}
+
 #[test]
 fn a_bad_template_is_a_config_error() {
     let error =

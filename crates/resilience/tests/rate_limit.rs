@@ -99,23 +99,30 @@ async fn keys_have_independent_limits() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn idle_keys_are_pruned_beyond_max_keys() {
-    let layer = KeyedRateLimitLayer::new(1, Duration::from_millis(10), |n: &u32| *n)
+async fn a_flood_of_new_keys_never_tracks_more_than_max_keys() {
+    let layer = KeyedRateLimitLayer::new(5, Duration::from_secs(60), |n: &u32| *n)
         .unwrap()
         .max_keys(10);
     let mut svc = layer.layer(ok::<u32>());
-    for n in 0..1_000 {
+    // Every key of the flood is still inside its limit (4 of 5 left for a minute): none is
+    // idle, and still the bound holds at every step.
+    for n in 0..10_000 {
         svc.ready().await.unwrap().call(n).await.unwrap();
+        assert!(
+            layer.tracked_keys() <= 10,
+            "tracked {}",
+            layer.tracked_keys()
+        );
     }
-    advance(Duration::from_secs(1)).await;
-    for n in 0..1_100u32 {
-        svc.ready().await.unwrap().call(100_000 + n % 5).await.ok();
+    // A key used throughout keeps its state: its limit is not reset by the flood.
+    for _ in 0..5 {
+        svc.ready().await.unwrap().call(7_000_000).await.unwrap();
     }
-    assert!(
-        layer.tracked_keys() <= 10,
-        "tracked {}",
-        layer.tracked_keys()
-    );
+    for n in 20_000..20_050 {
+        svc.ready().await.unwrap().call(n).await.unwrap();
+        let _ = svc.ready().await.unwrap().call(7_000_000).await;
+    }
+    assert!(svc.ready().await.unwrap().call(7_000_000).await.is_err());
 }
 
 #[test]

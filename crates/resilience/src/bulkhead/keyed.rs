@@ -36,7 +36,7 @@ use crate::keyed::{MakeKey, Registry};
 pub struct KeyedBulkheadLayer<M, K> {
     make_key: M,
     max_concurrent: usize,
-    registry: Arc<Registry<K, Semaphore>>,
+    registry: Arc<Registry<K, Arc<Semaphore>>>,
 }
 
 impl<M: Clone, K> Clone for KeyedBulkheadLayer<M, K> {
@@ -70,7 +70,10 @@ impl<M, K: Hash + Eq + Clone> KeyedBulkheadLayer<M, K> {
         Self {
             make_key,
             max_concurrent: max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
-            registry: Arc::new(Registry::new(max_keys)),
+            registry: Arc::new(Registry::new(max_keys, |semaphore: &Arc<Semaphore>| {
+                // Every permit holds the semaphore.
+                Arc::strong_count(semaphore) > 1
+            })),
         }
     }
 
@@ -81,7 +84,7 @@ impl<M, K: Hash + Eq + Clone> KeyedBulkheadLayer<M, K> {
 
     fn semaphore(&self, key: &K) -> Arc<Semaphore> {
         self.registry
-            .get_or_insert(key, || Semaphore::new(self.max_concurrent))
+            .get_or_insert(key, || Arc::new(Semaphore::new(self.max_concurrent)))
     }
 }
 

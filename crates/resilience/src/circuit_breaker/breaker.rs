@@ -52,6 +52,17 @@ struct Shared {
     clock: Clock,
 }
 
+impl Breaker {
+    /// Whether a handle other than this one exists (a call in flight, or a caller holding a
+    /// clone): a keyed registry must not replace it.
+    pub(crate) fn is_shared(&self) -> bool {
+        match &self.shared {
+            Handle::Counted(shared) => Arc::strong_count(shared) > 1,
+            Handle::Static(_) => true,
+        }
+    }
+}
+
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")

@@ -13,7 +13,8 @@ use crate::BoxError;
 use crate::keyed::{MakeKey, Registry};
 
 /// One [`Breaker`] per key (host, route, tenant), all built from one [`Builder`]'s settings, in
-/// a registry that holds at most `max_keys` breakers (see [`crate::keyed`]).
+/// a registry that holds at most `max_keys` breakers (see [`crate::keyed`]). A breaker that a
+/// call in flight (or a clone from [`breaker`](Self::breaker)) holds is never replaced.
 ///
 /// ```
 /// use mainstay_resilience::circuit_breaker::{Breaker, KeyedCircuitBreakerLayer, error::Open};
@@ -89,7 +90,7 @@ impl<M, K: Hash + Eq + Clone> KeyedCircuitBreakerLayer<M, K> {
             make_key,
             classifier: DefaultClassifier,
             settings: Arc::new(builder.validate()?),
-            registry: Arc::new(Registry::new(max_keys)),
+            registry: Arc::new(Registry::new(max_keys, Breaker::is_shared)),
         })
     }
 }
@@ -107,7 +108,7 @@ impl<M, K: Hash + Eq + Clone, C> KeyedCircuitBreakerLayer<M, K, C> {
 
     /// The breaker of `key` (made if it did not exist yet), to read its state or switch it.
     pub fn breaker(&self, key: &K) -> Breaker {
-        Breaker::clone(&self.registry.get_or_insert(key, || self.settings.make()))
+        self.registry.get_or_insert(key, || self.settings.make())
     }
 
     /// Breakers currently kept.

@@ -1,14 +1,13 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::clock::Clock as GovernorClock;
 use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{NotUntil, Quota, RateLimiter};
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -17,7 +16,7 @@ use tower_service::Service;
 use super::error::{InvalidQuota, RateLimited};
 use super::future::ResponseFuture;
 use crate::BoxError;
-use crate::keyed::MakeKey;
+use crate::keyed::{MakeKey, Registry};
 
 /// governor's clock, read from tokio so paused-time tests drive the limiter. Instants are
 /// durations since the limiter was built (governor implements its `Reference` for `Duration`).
@@ -35,7 +34,24 @@ impl GovernorClock for TokioClock {
 }
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
-type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+type Keyed<K> = RateLimiter<K, BoundedStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+
+/// Keyed GCRA state in the bounded registry of [`crate::keyed`]: at most `max_keys` keys,
+/// replaced by the CLOCK algorithm at a constant amortised cost per new key.
+struct BoundedStore<K>(Arc<Registry<K, Arc<InMemoryState>>>);
+
+impl<K: std::hash::Hash + Eq + Clone> StateStore for BoundedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // No call holds a limit's state across an await: any key may be replaced.
+        let state = self.0.get_or_insert(key, Arc::default);
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -176,14 +192,11 @@ where
     }
 }
 
-/// How often (in calls) a keyed limiter checks whether it holds too many keys.
-const PRUNE_EVERY: u64 = 1024;
-
 struct KeyedShared<K: std::hash::Hash + Eq + Clone> {
     limiter: Keyed<K>,
+    keys: Arc<Registry<K, Arc<InMemoryState>>>,
     clock: TokioClock,
     limits: Limits,
-    calls: AtomicU64,
 }
 
 /// One limit per key (see [`MakeKey`]), shared by every service this layer makes.
@@ -218,8 +231,7 @@ where
     K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
 {
     /// Admits `burst` calls at once per key, refilled evenly over `period`. Keys are made by
-    /// `make_key`; once more than 100,000 keys are tracked, keys whose limiter is full again are
-    /// dropped (see [`max_keys`](Self::max_keys)).
+    /// `make_key`; at most 100,000 keys are tracked (see [`max_keys`](Self::max_keys)).
     ///
     /// # Errors
     ///
@@ -229,30 +241,35 @@ where
         let clock = TokioClock {
             base: Instant::now(),
         };
+        let max_keys = 100_000;
+        let keys = Arc::new(Registry::new(max_keys, |_: &Arc<InMemoryState>| false));
         Ok(Self {
             make_key,
-            max_keys: 100_000,
+            max_keys,
             shared: Arc::new(KeyedShared {
-                limiter: RateLimiter::dashmap_with_clock(limits.quota, clock),
+                limiter: RateLimiter::new(limits.quota, BoundedStore(Arc::clone(&keys)), clock),
+                keys,
                 clock,
                 limits,
-                calls: AtomicU64::new(0),
             }),
         })
     }
 
-    /// Prune idle keys once more than `max_keys` are tracked. A key still inside its limit is
-    /// never pruned, so the bound is soft under a flood of distinct active keys.
+    /// Track at most `max_keys` keys (at least one; the bound is shared by every clone of
+    /// this layer). Beyond it, a new key replaces one not used recently (see
+    /// [`crate::keyed`]), at a constant amortised cost, so a flood of distinct keys costs
+    /// neither memory nor time beyond the bound; a replaced key starts again with a full burst.
     #[must_use]
     pub fn max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys;
+        self.max_keys = max_keys.max(1);
+        self.shared.keys.set_max_keys(self.max_keys);
         self
     }
 
     /// Keys currently tracked.
     #[must_use]
     pub fn tracked_keys(&self) -> usize {
-        self.shared.limiter.len()
+        self.shared.keys.len()
     }
 
     /// Takes one call from `key`'s limit, outside any service: for keys only a handler knows,
@@ -264,11 +281,6 @@ where
     /// [`RateLimited`] when `key` is over its limit.
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         let shared = &*self.shared;
-        if shared.calls.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1
-            && shared.limiter.len() > self.max_keys
-        {
-            shared.limiter.retain_recent();
-        }
         shared
             .limiter
             .check_key(key)
