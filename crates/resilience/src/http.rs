@@ -11,7 +11,8 @@
 //!   client's mistakes and say nothing about the endpoint.
 //! * [`ProblemLayer`] answers what the layers below refused or timed out with an
 //!   `application/problem+json` response: `503` (open circuit, full bulkhead) or `429` (rate
-//!   limited) with `Retry-After` and `RateLimit-*` headers, `504` for timeouts and deadlines
+//!   limited) with `Retry-After` (and, for rate limits, the draft's `RateLimit` and
+//!   `RateLimit-Policy`: see [`set_rate_limit_headers`]), `504` for timeouts and deadlines
 //!   (with [`DEADLINE_RAN_OUT`] when the deadline that ran out was the caller's).
 //!   Its error type is `Infallible`, so axum needs no `HandleErrorLayer`.
 //!
@@ -406,23 +407,66 @@ fn rate_limit_headers(error: &(dyn std::error::Error + 'static), headers: &mut H
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(limited) = e.downcast_ref::<crate::rate_limit::error::RateLimited>() {
-            let reset = limited.retry_after();
-            let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-            headers.insert(
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderValue::from(limited.limit()),
-            );
-            headers.insert(
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderValue::from(0u32),
-            );
-            headers.insert(
-                HeaderName::from_static("ratelimit-reset"),
-                HeaderValue::from(reset.max(1)),
-            );
+            set_rate_limit_headers(&limited.status(), headers);
             return;
         }
         current = e.source();
+    }
+}
+
+/// `RateLimit-Policy`, the policy: its quota and window.
+#[cfg(feature = "rate-limit")]
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit`, the policy's state now: what remains, and when it is full again.
+#[cfg(feature = "rate-limit")]
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Sets the `RateLimit-Policy` and `RateLimit` headers of the IETF draft *RateLimit header
+/// fields for HTTP* (draft-ietf-httpapi-ratelimit-headers-09) for a limit's [`Status`]:
+///
+/// ```text
+/// RateLimit-Policy: "default";q=20;w=1      20 calls (the burst) per window of 1 s
+/// RateLimit: "default";r=17;t=1             17 left now; full again in 1 s (rounded up)
+/// ```
+///
+/// `t` is what the draft calls the reset: the seconds until the quota is whole again. A
+/// server sends both on every response its limit admitted or refused.
+///
+/// [`Status`]: crate::rate_limit::Status
+///
+/// ```
+/// use std::time::Duration;
+/// use mainstay_resilience::http::set_rate_limit_headers;
+/// use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let per_client = KeyedRateLimitLayer::<(), u32>::new(20, Duration::from_secs(1), ()).unwrap();
+/// let status = per_client.check(&7).unwrap();
+/// let mut headers = http::HeaderMap::new();
+/// set_rate_limit_headers(&status, &mut headers);
+/// assert_eq!(headers["ratelimit-policy"], r#""default";q=20;w=1"#);
+/// assert_eq!(headers["ratelimit"], r#""default";r=19;t=1"#);
+/// # }
+/// ```
+#[cfg(feature = "rate-limit")]
+pub fn set_rate_limit_headers(status: &crate::rate_limit::Status, headers: &mut HeaderMap) {
+    let ceil_secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let policy = format!(
+        "\"default\";q={};w={}",
+        status.limit,
+        ceil_secs(status.period).max(1)
+    );
+    let state = format!(
+        "\"default\";r={};t={}",
+        status.remaining,
+        ceil_secs(status.reset)
+    );
+    for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, state)] {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
     }
 }
 

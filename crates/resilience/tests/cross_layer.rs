@@ -249,7 +249,7 @@ async fn retry_after_from_the_server_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn local_rejections_become_problem_responses_with_retry_after() {
-    // Rate limited: 429 with Retry-After and RateLimit-* headers.
+    // Rate limited: 429 with Retry-After and the draft's RateLimit headers.
     let mut limited = ServiceBuilder::new()
         .problem_responses()
         .shared_rate_limit(RateLimitLayer::new(1, Duration::from_secs(2)).unwrap())
@@ -274,8 +274,11 @@ async fn local_rejections_become_problem_responses_with_retry_after() {
         "application/problem+json"
     );
     assert_eq!(response.headers()["retry-after"], "2");
-    assert_eq!(response.headers()["ratelimit-limit"], "1");
-    assert_eq!(response.headers()["ratelimit-remaining"], "0");
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""default";q=1;w=2"#
+    );
+    assert_eq!(response.headers()["ratelimit"], r#""default";r=0;t=2"#);
     assert!(
         response.body().contains(r#""status":429"#),
         "{}",

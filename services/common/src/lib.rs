@@ -70,6 +70,22 @@ fn since_epoch() -> Option<std::time::Duration> {
         .ok()
 }
 
+/// The key a per-address limit counts `client` under: an IPv4 address itself (an IPv4-mapped
+/// IPv6 address as its IPv4 address), an IPv6 address its /64, the smallest block a home or a
+/// cloud instance is handed. Keyed on whole IPv6 addresses, one client would have 2^64 budgets.
+#[must_use]
+pub fn limit_key(client: std::net::IpAddr) -> std::net::IpAddr {
+    match client {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V4(v4),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 /// The client's address: the connection's `peer`, or, when the peer is one of the `trusted`
 /// proxies, the last address of `X-Forwarded-For` that is not one of them (each proxy appends
 /// the address it was called from, so the addresses left of the first untrusted one are the
@@ -95,4 +111,21 @@ pub fn client_ip(
         .rev()
         .find(|ip| !trusted.contains(ip))
         .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::limit_key;
+
+    #[test]
+    fn ipv6_clients_are_limited_per_64_and_ipv4_per_address() {
+        let key = |ip: &str| limit_key(ip.parse::<IpAddr>().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1").to_string(), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:203.0.113.7").to_string(), "203.0.113.7");
+        assert_ne!(key("203.0.113.7"), key("203.0.113.8"));
+    }
 }

@@ -86,10 +86,11 @@ fn items(value: Value) -> Vec<Value> {
 
 pub(crate) async fn home(State(gateway): State<Gateway>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
-    let principal = match gateway.admit(&parts, Access::Open).await {
-        Ok((_, principal)) => principal,
+    let admitted = match gateway.admit(&parts, Access::Open).await {
+        Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
+    let principal = admitted.principal.as_ref();
     let authorization = parts.headers.get(header::AUTHORIZATION);
     let products = fetch(
         &gateway,
@@ -133,5 +134,5 @@ pub(crate) async fn home(State(gateway): State<Gateway>, request: Request) -> Re
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
-    response
+    admitted.finish(response)
 }

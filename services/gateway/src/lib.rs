@@ -12,7 +12,9 @@
 //!    (mainstay-auth) when present, and required on protected routes; the sign-in routes
 //!    never look at it ([`Access::Public`]);
 //! 5. the rate limit: per principal when signed in, per client address otherwise (the
-//!    address is the peer's, or `X-Forwarded-For` when the peer is a trusted proxy);
+//!    address is the peer's, or `X-Forwarded-For` when the peer is a trusted proxy; an IPv6
+//!    client counts by its /64); every response it decided carries the IETF draft's
+//!    `RateLimit` and `RateLimit-Policy` headers;
 //! 6. the body, buffered up to the body limit (413 beyond), so that it can be retried;
 //! 7. the upstream call; for catalog `GET`s, through a shared response cache
 //!    (mainstay-cache). Upstream failures become 502, 503 or 504 problems, never a hang.
@@ -45,8 +47,8 @@ use mainstay_cache::http::{ResponseCacheLayer, UriKey};
 use mainstay_discovery::Snapshot;
 use mainstay_discovery::balance::NoEndpoints;
 use mainstay_resilience::deadline::Deadline;
-use mainstay_resilience::http::problem_response;
-use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+use mainstay_resilience::http::{problem_response, set_rate_limit_headers};
+use mainstay_resilience::rate_limit::{KeyedRateLimitLayer, Status};
 use shop_common::{Kit, Problem};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
@@ -304,22 +306,26 @@ impl Gateway {
         }
     }
 
-    /// Admits a request (its `parts`) to a route of `access`: the connection's peer, the client's address,
-    /// the caller's principal (if any), and one request taken from the caller's budget. `Err`
-    /// is the refusal to send.
+    /// Admits a request (its `parts`) to a route of `access`: the connection's peer, the
+    /// caller's principal (if any), and one request taken from the caller's budget, whose state
+    /// the response reports ([`Admitted::finish`]). `Err` is the refusal to send.
     async fn admit(
         &self,
         request: &http::request::Parts,
         access: Access,
-    ) -> Result<(IpAddr, Option<Principal>), Box<Response>> {
+    ) -> Result<Admitted, Box<Response>> {
         let peer = request
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
         let client = self.client_ip(peer, &request.headers);
         let principal = self.authenticate(&request.headers, access, client).await?;
-        self.rate_limit(principal.as_ref(), client)?;
-        Ok((peer, principal))
+        let limit = self.rate_limit(principal.as_ref(), client)?;
+        Ok(Admitted {
+            peer,
+            principal,
+            limit,
+        })
     }
 
     /// The client's address (see [`shop_common::client_ip`]).
@@ -343,7 +349,7 @@ impl Gateway {
             });
         let refusal = |error: AuthError| -> Box<Response> {
             // A bad token costs a verification: it counts against the address's limit.
-            if let Err(limited) = self.0.per_ip.check(&client) {
+            if let Err(limited) = self.0.per_ip.check(&shop_common::limit_key(client)) {
                 return Box::new(problem_response(&limited));
             }
             Box::new(error.to_response::<Body>())
@@ -366,15 +372,34 @@ impl Gateway {
         &self,
         principal: Option<&Principal>,
         client: IpAddr,
-    ) -> Result<(), Box<Response>> {
+    ) -> Result<Status, Box<Response>> {
         let checked = match principal {
             Some(principal) => self.0.per_principal.check(&principal.subject().to_owned()),
-            None => self.0.per_ip.check(&client),
+            None => self.0.per_ip.check(&shop_common::limit_key(client)),
         };
         checked.map_err(|limited| {
             tracing::info!(%client, signed_in = principal.is_some(), "rate limited");
             Box::new(problem_response(&limited))
         })
+    }
+}
+
+/// A request the gateway admitted.
+struct Admitted {
+    /// The connection's peer.
+    peer: IpAddr,
+    /// The caller, when signed in.
+    principal: Option<Principal>,
+    /// The caller's rate limit after this request.
+    limit: Status,
+}
+
+impl Admitted {
+    /// The response, with the caller's rate limit reported in the draft's `RateLimit` and
+    /// `RateLimit-Policy` headers, as on every response a limit decided.
+    fn finish(&self, mut response: Response) -> Response {
+        set_rate_limit_headers(&self.limit, response.headers_mut());
+        response
     }
 }
 
@@ -453,10 +478,22 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             .into_response();
     };
     let (parts, body) = request.into_parts();
-    let peer = match gateway.admit(&parts, route.access).await {
-        Ok((peer, _)) => peer,
+    let admitted = match gateway.admit(&parts, route.access).await {
+        Ok(admitted) => admitted,
         Err(refusal) => return *refusal,
     };
+    admitted.finish(forward(&gateway, route, &path, parts, body, admitted.peer).await)
+}
+
+/// Buffers the body and sends the request upstream.
+async fn forward(
+    gateway: &Gateway,
+    route: &Route,
+    path: &str,
+    parts: http::request::Parts,
+    body: Body,
+    peer: IpAddr,
+) -> Response {
     let Ok(body) = axum::body::to_bytes(body, gateway.0.body_limit).await else {
         return Problem::new(StatusCode::PAYLOAD_TOO_LARGE)
             .detail(format!(
@@ -465,7 +502,7 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
             ))
             .into_response();
     };
-    let Some(upstream_request) = upstream_request(&parts, &path, body, peer) else {
+    let Some(upstream_request) = upstream_request(&parts, path, body, peer) else {
         return Problem::bad_request("the request target cannot be forwarded").into_response();
     };
     let service = gateway.upstream(route.service, &parts.method);

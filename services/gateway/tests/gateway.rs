@@ -337,15 +337,22 @@ async fn anonymous_callers_are_limited_per_address_and_signed_in_ones_per_princi
     ])
     .await;
     let path = "/api/v1/categories";
-    for _ in 0..3 {
-        assert_eq!(
-            get_from(&shop.app, path, "10.0.0.1:5000", &[]).await.status,
-            StatusCode::OK
+    // Every answer a limit decided reports it (the IETF draft's RateLimit fields): 3 per
+    // 60 s, and what is left.
+    for left in (0..3).rev() {
+        let reply = get_from(&shop.app, path, "10.0.0.1:5000", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.headers["ratelimit-policy"], r#""default";q=3;w=60"#);
+        let state = reply.headers["ratelimit"].to_str().unwrap();
+        assert!(
+            state.starts_with(&format!(r#""default";r={left};t="#)),
+            "{state}"
         );
     }
     let limited = get_from(&shop.app, path, "10.0.0.1:5001", &[]).await;
     assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers.contains_key("retry-after"));
+    assert_eq!(limited.headers["ratelimit"], r#""default";r=0;t=60"#);
     // Another address has its own budget.
     assert_eq!(
         get_from(&shop.app, path, "10.0.0.2:5000", &[]).await.status,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::Status;
+
 /// The rate limit refused the call; it was not sent.
 ///
 /// A local rejection (see [`crate::rejection`]).
@@ -14,6 +16,19 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
+    /// The limit's state: nothing remaining, full again once the next call's wait and the
+    /// refill of the rest of the burst have passed.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let interval = self.period / self.limit.max(1);
+        Status {
+            limit: self.limit,
+            remaining: 0,
+            reset: self.retry_after + interval * self.limit.saturating_sub(1),
+            period: self.period,
+        }
+    }
+
     /// When the next call would be admitted.
     #[must_use]
     pub fn retry_after(&self) -> Duration {

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::clock::Clock as GovernorClock;
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{NotUntil, Quota, RateLimiter};
@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::Status;
 use super::error::{InvalidQuota, RateLimited};
 use super::future::ResponseFuture;
 use crate::BoxError;
@@ -33,8 +34,8 @@ impl GovernorClock for TokioClock {
     }
 }
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
-type Keyed<K> = RateLimiter<K, BoundedStore<K>, TokioClock, NoOpMiddleware<Duration>>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+type Keyed<K> = RateLimiter<K, BoundedStore<K>, TokioClock, StateInformationMiddleware>;
 
 /// Keyed GCRA state in the bounded registry of [`crate::keyed`]: at most `max_keys` keys,
 /// replaced by the CLOCK algorithm at a constant amortised cost per new key.
@@ -71,6 +72,16 @@ impl Limits {
             burst,
             period,
         })
+    }
+
+    fn admitted(&self, snapshot: &StateSnapshot) -> Status {
+        let remaining = snapshot.remaining_burst_capacity().min(self.burst);
+        Status {
+            limit: self.burst,
+            remaining,
+            reset: (self.period / self.burst) * (self.burst - remaining),
+            period: self.period,
+        }
     }
 
     fn refused(&self, not_until: &NotUntil<Duration>, clock: &TokioClock) -> RateLimited {
@@ -113,7 +124,10 @@ impl RateLimitLayer {
             base: Instant::now(),
         };
         Ok(Self {
-            limiter: Arc::new(RateLimiter::direct_with_clock(limits.quota, clock)),
+            limiter: Arc::new(
+                RateLimiter::direct_with_clock(limits.quota, clock)
+                    .with_middleware::<StateInformationMiddleware>(),
+            ),
             clock,
             limits,
         })
@@ -184,7 +198,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
         match layer.limiter.check() {
-            Ok(()) => ResponseFuture::called(self.inner.call(request)),
+            Ok(_) => ResponseFuture::called(self.inner.call(request)),
             Err(not_until) => {
                 ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock))
             }
@@ -247,7 +261,7 @@ where
             make_key,
             max_keys,
             shared: Arc::new(KeyedShared {
-                limiter: RateLimiter::new(limits.quota, BoundedStore(Arc::clone(&keys)), clock),
+                limiter: Keyed::new(limits.quota, BoundedStore(Arc::clone(&keys)), clock),
                 keys,
                 clock,
                 limits,
@@ -274,16 +288,17 @@ where
 
     /// Takes one call from `key`'s limit, outside any service: for keys only a handler knows,
     /// such as the account named in a login form. Shares state with the services this layer
-    /// makes.
+    /// makes. The [`Status`] says what is left, for the response's `RateLimit` headers.
     ///
     /// # Errors
     ///
     /// [`RateLimited`] when `key` is over its limit.
-    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+    pub fn check(&self, key: &K) -> Result<Status, RateLimited> {
         let shared = &*self.shared;
         shared
             .limiter
             .check_key(key)
+            .map(|snapshot| shared.limits.admitted(&snapshot))
             .map_err(|not_until| shared.limits.refused(&not_until, &shared.clock))
     }
 }
@@ -340,7 +355,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.layer.make_key.make_key(&request);
         match self.layer.check(&key) {
-            Ok(()) => ResponseFuture::called(self.inner.call(request)),
+            Ok(_) => ResponseFuture::called(self.inner.call(request)),
             Err(limited) => ResponseFuture::limited(limited),
         }
     }

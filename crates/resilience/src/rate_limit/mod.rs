@@ -4,11 +4,13 @@
 //! services: the limiter lives in the layer, not in each service (tower's `RateLimit` keeps
 //! per-instance state, so under axum, which clones services per request, it limits nothing).
 //! [`KeyedRateLimitLayer`] keeps one limit per key (user, API key, client IP), with memory
-//! bounded by pruning keys whose state has returned to full.
+//! bounded by configuration (see [`crate::keyed`]).
 //!
 //! A refused call fails at once with [`error::RateLimited`], a local rejection that says when to
 //! come back; with the `http` feature [`crate::http::ProblemLayer`] turns it into `429 Too Many
-//! Requests` with `Retry-After` and `RateLimit-*` headers.
+//! Requests` with `Retry-After` and the `RateLimit` and `RateLimit-Policy` headers of the IETF
+//! draft. A handler that checks a limit itself ([`KeyedRateLimitLayer::check`]) gets the
+//! limit's [`Status`] to send the same headers on the responses it admits.
 //!
 //! # Example
 //!
@@ -38,4 +40,20 @@ mod layer;
 pub mod error;
 pub mod future;
 
+use std::time::Duration;
+
 pub use self::layer::{KeyedRateLimit, KeyedRateLimitLayer, RateLimit, RateLimitLayer};
+
+/// A limit's state after a decision: what a client is told in the `RateLimit` and
+/// `RateLimit-Policy` headers (see `http::set_rate_limit_headers`, feature `http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// The burst size: calls admitted at once from a full limit (the policy's quota).
+    pub limit: u32,
+    /// Calls that would be admitted now, at once.
+    pub remaining: u32,
+    /// How long until the limit is full again (`remaining == limit`).
+    pub reset: Duration,
+    /// The time in which a drained limit refills completely (the policy's window).
+    pub period: Duration,
+}
