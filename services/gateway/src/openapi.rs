@@ -88,9 +88,10 @@ pub(crate) struct ProductPage {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials,
-    responses((status = 201, description = "Registered"),
-              (status = 409, description = "The email is taken", body = Problem),
-              (status = 422, description = "Invalid fields", body = Problem)))]
+    responses((status = 202, description = "Accepted: the same answer whether or not the email had an account"),
+              (status = 422, description = "Invalid fields", body = Problem),
+              (status = 429, description = "Too many registrations from this address", body = Problem),
+              (status = 503, description = "Too many registrations at once", body = Problem)))]
 fn register() {}
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Credentials,

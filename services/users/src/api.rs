@@ -1,18 +1,20 @@
 //! The HTTP API.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::header::{CACHE_CONTROL, LOCATION};
+use axum::http::header::{CACHE_CONTROL, RETRY_AFTER};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mainstay_auth::refresh::{self, RefreshError, RefreshToken};
 use mainstay_auth::{AccessClaims, JwtLayer, Principal, RequireRoleLayer, SigningKey};
-use mainstay_resilience::http::problem_response;
+use mainstay_resilience::http::{problem_response, set_rate_limit_headers};
+use mainstay_resilience::rate_limit::Status;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shop_common::{FieldErrors, Json, Problem};
@@ -98,7 +100,36 @@ struct RegisterBody {
     name: String,
 }
 
-async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) -> Reply {
+/// What every registration is answered, whether or not the email had an account: the
+/// answer must not tell an attacker which emails are registered (OWASP).
+#[derive(Debug, Serialize)]
+struct Registered {
+    status: &'static str,
+    detail: &'static str,
+}
+
+const REGISTERED: Registered = Registered {
+    status: "accepted",
+    detail: "if this email can be registered, its account is ready: sign in with the password \
+             you chose",
+};
+
+fn registered(limit: &Status) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(REGISTERED)).into_response();
+    set_rate_limit_headers(limit, response.headers_mut());
+    response
+}
+
+/// The longest a registration waits for a hashing slot before it is answered 503.
+const REGISTRATION_QUEUE: Duration = Duration::from_secs(2);
+
+async fn register(
+    State(users): State<Users>,
+    ClientIp(peer): ClientIp,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<RegisterBody>,
+) -> Reply {
+    // Everything the client sent is checked before it keys a limit or a lookup.
     let mut errors = FieldErrors::new();
     let email = input::email(&body.email, &mut errors);
     let name = input::name(&body.name, &mut errors);
@@ -107,7 +138,41 @@ async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) ->
         StatusCode::UNPROCESSABLE_ENTITY,
         "the request has invalid fields",
     )?;
+    let ip = shop_common::client_ip(peer, &headers, &users.0.config.trusted_proxies);
+    let limit = users
+        .0
+        .register_per_ip
+        .check(&shop_common::limit_key(ip))
+        .map_err(|limited| {
+            tracing::warn!(%ip, "registration limit per address reached");
+            Refusal::from(problem_response::<axum::body::Body>(&limited))
+        })?;
 
+    // A taken email costs a lookup, not a hash, and is answered in the time a hash takes.
+    if let Some(existing) = users
+        .0
+        .store
+        .by_email(&email)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        tokio::time::sleep(users.0.passwords.typical_hash_time()).await;
+        // The owner is the one to tell (a mail, once notifications exist): never the caller.
+        tracing::info!(user = %existing.id, "registration attempted for an existing account");
+        return Ok(registered(&limit));
+    }
+
+    // Registrations hash apart from logins: a flood of them queues here, not before a login.
+    let Ok(Ok(_slot)) =
+        tokio::time::timeout(REGISTRATION_QUEUE, users.0.registrations.acquire()).await
+    else {
+        let mut busy = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+            .detail("too many registrations at once; try again shortly")
+            .into_response();
+        busy.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        return Err(busy.into());
+    };
     let hash = users
         .0
         .passwords
@@ -131,17 +196,13 @@ async fn register(State(users): State<Users>, Json(body): Json<RegisterBody>) ->
         .await
         .map_err(|e| internal(&e))?
     {
-        Write::Done(user) => {
-            tracing::info!(user = %user.id, "registered");
-            Ok((
-                StatusCode::CREATED,
-                [(LOCATION, HeaderValue::from_static("/me"))],
-                Json(UserView::from(user)),
-            )
-                .into_response())
+        Write::Done(user) => tracing::info!(user = %user.id, "registered"),
+        // Taken between the lookup and the insert: the same answer.
+        Write::EmailTaken => {
+            tracing::info!("registration attempted for an existing account");
         }
-        Write::EmailTaken => Err(Problem::conflict("an account with this email exists").into()),
     }
+    Ok(registered(&limit))
 }
 
 /// The connection's peer address, for the per-IP login limit (see `shop_common::client_ip`).
@@ -217,10 +278,12 @@ fn tokens(users: &Users, user: &User, refresh_token: &RefreshToken) -> Reply {
         .into_response())
 }
 
-fn bad_credentials() -> Refusal {
-    Problem::new(StatusCode::UNAUTHORIZED)
+fn bad_credentials(limit: &Status) -> Refusal {
+    let mut response = Problem::new(StatusCode::UNAUTHORIZED)
         .detail("invalid email or password")
-        .into()
+        .into_response();
+    set_rate_limit_headers(limit, response.headers_mut());
+    response.into()
 }
 
 async fn login(
@@ -229,14 +292,29 @@ async fn login(
     headers: axum::http::HeaderMap,
     Json(body): Json<LoginBody>,
 ) -> Reply {
+    // The email keys a limit and a lookup: it is checked first (at most 254 bytes, RFC
+    // 5321), so that no client can make either hold what it likes. A password longer than any
+    // account can have is refused before it costs a hash.
+    let mut errors = FieldErrors::new();
+    let email = input::email(&body.email, &mut errors);
+    if body.password.len() > input::MAX_PASSWORD_BYTES {
+        errors.add("password", "must be at most 128 characters");
+    }
+    errors.check(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the request has invalid fields",
+    )?;
     // Behind the gateway the peer is the gateway: the client is in `X-Forwarded-For`.
     let ip = shop_common::client_ip(peer, &headers, &users.0.config.trusted_proxies);
-    users.0.per_ip.check(&ip).map_err(|limited| {
-        tracing::warn!(%ip, "login limit per address reached");
-        Refusal::from(problem_response::<axum::body::Body>(&limited))
-    })?;
-    let email = body.email.trim().to_lowercase();
-    users.0.per_account.check(&email).map_err(|limited| {
+    users
+        .0
+        .per_ip
+        .check(&shop_common::limit_key(ip))
+        .map_err(|limited| {
+            tracing::warn!(%ip, "login limit per address reached");
+            Refusal::from(problem_response::<axum::body::Body>(&limited))
+        })?;
+    let limit = users.0.per_account.check(&email).map_err(|limited| {
         tracing::warn!("login limit per account reached");
         Refusal::from(problem_response::<axum::body::Body>(&limited))
     })?;
@@ -250,17 +328,19 @@ async fn login(
     // Unknown email or wrong password: the same work, the same answer.
     if !users.0.passwords.verify(body.password, hash).await {
         tracing::info!("login refused");
-        return Err(bad_credentials());
+        return Err(bad_credentials(&limit));
     }
     let Some(user) = user else {
-        return Err(bad_credentials());
+        return Err(bad_credentials(&limit));
     };
     let refresh_token =
         refresh::start_family(&*users.0.store, &user.id, users.0.config.refresh_ttl)
             .await
             .map_err(|e| internal(&e))?;
     tracing::info!(user = %user.id, "logged in");
-    tokens(&users, &user, &refresh_token)
+    let mut response = tokens(&users, &user, &refresh_token)?;
+    set_rate_limit_headers(&limit, response.headers_mut());
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]

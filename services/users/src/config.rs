@@ -14,9 +14,11 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 /// | `ACCESS_TOKEN_TTL_SECS` | 900 | access token lifetime |
 /// | `REFRESH_TOKEN_TTL_SECS` | 2592000 (30 days) | refresh token lifetime |
 /// | `SIGNING_ALGORITHM` | `EdDSA` | `EdDSA`, `ES256` or `RS256`, for new keys |
-/// | `SEED_DEMO_USERS` | `true` on SQLite, else `false` | create alice and admin |
+/// | `SEED_DEMO_USERS` | `true` on SQLite, else `false` | create the demo customer alice |
+/// | `ADMIN_PASSWORD` | generated | the password of `admin@example.com`, created on first start in every mode; unset, one is generated and printed once |
 /// | `LOGIN_PER_ACCOUNT` | `5/60` | login attempts per account: burst / seconds |
-/// | `LOGIN_PER_IP` | `30/60` | login attempts per client address |
+/// | `LOGIN_PER_IP` | `30/60` | login attempts per client address (an IPv6 client by its /64) |
+/// | `REGISTER_PER_IP` | `10/3600` | registrations per client address |
 /// | `TRUSTED_PROXIES` | `127.0.0.1,::1` | peers whose `X-Forwarded-For` names the client (the gateway) |
 #[derive(Debug, Clone)]
 pub struct UsersConfig {
@@ -32,12 +34,16 @@ pub struct UsersConfig {
     pub refresh_ttl: Duration,
     /// Algorithm of new signing keys.
     pub algorithm: Algorithm,
-    /// Whether to create the demo accounts.
+    /// Whether to create the demo customer.
     pub seed_demo_users: bool,
+    /// The first admin's password; `None`: generated on first start and printed once.
+    pub admin_password: Option<String>,
     /// Login attempts per account: burst, refilled over the period.
     pub login_per_account: (u32, Duration),
     /// Login attempts per client address.
     pub login_per_ip: (u32, Duration),
+    /// Registrations per client address.
+    pub register_per_ip: (u32, Duration),
     /// Peers whose `X-Forwarded-For` is believed: by default loopback, where the gateway runs
     /// beside the services (and only local processes can reach the default listener).
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -96,6 +102,16 @@ impl UsersConfig {
             Ok(Duration::from_secs(value))
         };
         let embedded = service.database_url.starts_with("sqlite:");
+        let admin_password = vars.raw("ADMIN_PASSWORD");
+        if let Some(password) = &admin_password
+            && !(12..=128).contains(&password.chars().count())
+        {
+            return Err(error(
+                "ADMIN_PASSWORD",
+                "(hidden)".to_owned(),
+                "a password of 12 to 128 characters",
+            ));
+        }
         Ok(Self {
             issuer: vars
                 .raw("TOKEN_ISSUER")
@@ -107,8 +123,10 @@ impl UsersConfig {
             refresh_ttl: secs("REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
             algorithm,
             seed_demo_users: vars.parse_or("SEED_DEMO_USERS", embedded, "true or false")?,
+            admin_password,
             login_per_account: vars.rate_or("LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
             login_per_ip: vars.rate_or("LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
+            register_per_ip: vars.rate_or("REGISTER_PER_IP", (10, Duration::from_secs(3600)))?,
             trusted_proxies: vars.ip_list(
                 "TRUSTED_PROXIES",
                 &[
@@ -164,6 +182,9 @@ mod tests {
             config(&[("ACCESS_TOKEN_TTL_SECS", "0")]).unwrap_err().var,
             "ACCESS_TOKEN_TTL_SECS"
         );
+        let short = config(&[("ADMIN_PASSWORD", "hunter2")]).unwrap_err();
+        assert_eq!(short.var, "ADMIN_PASSWORD");
+        assert!(!short.to_string().contains("hunter2"), "{short}");
         assert_eq!(
             config(&[("SEED_DEMO_USERS", "yes")]).unwrap_err().var,
             "SEED_DEMO_USERS"

@@ -2,9 +2,21 @@
 
 use shop_common::FieldErrors as Errors;
 
-/// The normalised email (trimmed, lower-cased), or an error on `errors`.
+/// The longest password any account can have, in bytes (128 characters of up to 4 bytes).
+pub(crate) const MAX_PASSWORD_BYTES: usize = 128 * 4;
+
+/// The normalised email (trimmed, lower-cased, at most 254 bytes: RFC 5321), or an error on
+/// `errors`. An over-long input is refused before it is copied.
 pub(crate) fn email(raw: &str, errors: &mut Errors) -> String {
-    let email = raw.trim().to_lowercase();
+    let raw = raw.trim();
+    if raw.len() > 254 {
+        errors.add(
+            "email",
+            "must be an email address such as alice@example.com",
+        );
+        return String::new();
+    }
+    let email = raw.to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty()

@@ -3,7 +3,7 @@
 //!
 //! | route | auth | what |
 //! | --- | --- | --- |
-//! | `POST /register` | — | `{email, password, name}` → 201 the user |
+//! | `POST /register` | — | `{email, password, name}` → 202, the same answer whether or not the email was free; limited per IP |
 //! | `POST /login` | — | `{email, password}` → 200 tokens; limited per account and per IP |
 //! | `POST /token/refresh` | — | `{refresh_token}` → 200 new tokens (the old refresh token is spent) |
 //! | `POST /logout` | — | `{refresh_token}` → 204; signs out every token of that login |
@@ -13,8 +13,15 @@
 //! | `POST /admin/keys/rotate` | role `admin` | new signing key; the old one is served until its tokens expire |
 //!
 //! Errors are `application/problem+json`: 401 for bad credentials or tokens, 403 for a missing
-//! role, 409 for a taken email, 413/415/400/422 for bodies (422 lists every invalid field), 429
-//! with `Retry-After` for too many logins.
+//! role, 409 for a taken email on `PATCH /me`, 413/415/400/422 for bodies (422 lists every
+//! invalid field), 429 with `Retry-After` for too many logins or registrations, and 503 when
+//! registrations are queued too long (they hash apart from logins, so that a flood of them
+//! never slows a login).
+//!
+//! Registration does not tell who has an account (OWASP's authentication cheat sheet): a taken
+//! email gets the same `202` after the same time (a wait as long as a hash, instead of one), and
+//! no account is touched. The first admin, `admin@example.com`, is created on first start with
+//! `ADMIN_PASSWORD`, or with a generated password printed once.
 
 #![forbid(unsafe_code)]
 
@@ -39,16 +46,12 @@ pub use self::config::UsersConfig;
 use self::password::Passwords;
 use self::store::{StoredKey, User, UserStore, Write};
 
-/// The demo accounts created on the embedded default (see the README).
-pub const DEMO_USERS: [(&str, &str, &str, &str); 2] = [
-    (
-        "alice@example.com",
-        "alice-in-wonderland",
-        "Alice",
-        "customer",
-    ),
-    ("admin@example.com", "admin-change-me-now", "Admin", "admin"),
-];
+/// The demo customer created on the embedded default (see the README): email, password, name.
+pub const DEMO_CUSTOMER: (&str, &str, &str) = ("alice@example.com", "alice-in-wonderland", "Alice");
+
+/// The first admin's email: created on first start, in every mode, with `ADMIN_PASSWORD` or a
+/// generated password printed once.
+pub const ADMIN_EMAIL: &str = "admin@example.com";
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,10 @@ struct Inner {
     passwords: Passwords,
     per_account: KeyedRateLimitLayer<(), String>,
     per_ip: KeyedRateLimitLayer<(), IpAddr>,
+    register_per_ip: KeyedRateLimitLayer<(), IpAddr>,
+    /// Registrations hashing at once: fewer than the hashing threads, so that logins always
+    /// have one.
+    registrations: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Users {
@@ -181,6 +188,10 @@ impl Users {
         let (burst, period) = config.login_per_ip;
         let per_ip = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Seed(e.to_string()))?;
+        let (burst, period) = config.register_per_ip;
+        let register_per_ip = KeyedRateLimitLayer::new(burst, period, ())
+            .map_err(|e| StartError::Seed(e.to_string()))?;
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         // The validator's JWKS reads this service's own state, which holds the validator: the
         // link back is set once the state exists.
         let this = Arc::new(std::sync::OnceLock::new());
@@ -199,6 +210,8 @@ impl Users {
             validator,
             per_account,
             per_ip,
+            register_per_ip,
+            registrations: Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1))),
             config,
         });
         let _ = this.set(Arc::downgrade(&inner));
@@ -216,9 +229,7 @@ impl Users {
                 }
             }
         });
-        if users.0.config.seed_demo_users {
-            users.seed().await?;
-        }
+        users.seed().await?;
         Ok(users)
     }
 
@@ -253,37 +264,77 @@ impl Users {
         Ok(())
     }
 
+    /// Creates the first admin (in every mode) and, when configured, the demo customer.
     async fn seed(&self) -> Result<(), StartError> {
-        for (email, password, name, role) in DEMO_USERS {
-            if self.0.store.by_email(email).await?.is_some() {
-                continue;
-            }
-            let hash = self
-                .0
-                .passwords
-                .hash(password.to_owned())
-                .await
-                .map_err(|e| StartError::Seed(e.to_string()))?;
-            let now = shop_common::unix_seconds();
-            let user = User {
-                id: uuid::Uuid::new_v4().to_string(),
-                email: email.to_owned(),
-                name: name.to_owned(),
-                password_hash: hash,
-                role: role.to_owned(),
-                created_at: now,
-                updated_at: now,
-            };
-            if let Write::Done(_) = self.0.store.create(&user).await? {
-                tracing::info!(email, role, "seeded a demo account");
+        let config = &self.0.config;
+        let (password, generated) = match &config.admin_password {
+            Some(password) => (password.clone(), false),
+            None => (password::generate(), true),
+        };
+        if self
+            .create_seed(ADMIN_EMAIL, &password, "Admin", "admin")
+            .await?
+            && generated
+        {
+            // Once, on the terminal, never in the logs: nobody else knows it.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "users: created {ADMIN_EMAIL} with the password {password}\n\
+                     users: it is shown only this once; set ADMIN_PASSWORD to choose it"
+                );
             }
         }
+        if config.seed_demo_users {
+            let (email, password, name) = DEMO_CUSTOMER;
+            self.create_seed(email, password, name, "customer").await?;
+        }
         Ok(())
+    }
+
+    /// Creates an account unless its email is taken; `true` when it was created.
+    async fn create_seed(
+        &self,
+        email: &str,
+        password: &str,
+        name: &str,
+        role: &str,
+    ) -> Result<bool, StartError> {
+        if self.0.store.by_email(email).await?.is_some() {
+            return Ok(false);
+        }
+        let hash = self
+            .0
+            .passwords
+            .hash(password.to_owned())
+            .await
+            .map_err(|e| StartError::Seed(e.to_string()))?;
+        let now = shop_common::unix_seconds();
+        let user = User {
+            id: uuid::Uuid::new_v4().to_string(),
+            email: email.to_owned(),
+            name: name.to_owned(),
+            password_hash: hash,
+            role: role.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        let created = matches!(self.0.store.create(&user).await?, Write::Done(_));
+        if created {
+            tracing::info!(email, role, "seeded an account");
+        }
+        Ok(created)
     }
 
     /// The store, for readiness checks and tests.
     #[must_use]
     pub fn store(&self) -> &Arc<dyn UserStore> {
         &self.0.store
+    }
+
+    /// Accounts the per-account login limit tracks now (bounded; for tests and metrics).
+    #[must_use]
+    pub fn login_limit_keys(&self) -> usize {
+        self.0.per_account.tracked_keys()
     }
 }

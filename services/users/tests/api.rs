@@ -57,21 +57,23 @@ async fn register_login_and_profile(database: &Database, url: &str) {
     let reply = client
         .post("/register", json!({"email": " Bob@Example.com ", "password": "a long enough password", "name": "Bob"}))
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    assert_eq!(reply.body["email"], "bob@example.com");
-    assert_eq!(reply.body["role"], "customer");
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     assert!(reply.body.get("password_hash").is_none());
-    assert_eq!(reply.headers[header::LOCATION], "/me");
 
-    // Emails are unique after normalisation.
+    // Emails are unique after normalisation, and a taken one gets the very same answer: the
+    // caller learns nothing, and the account is untouched (its password still works below).
     let again = client
         .post("/register", json!({"email": "BOB@example.com", "password": "another long password", "name": "Bob 2"}))
         .await;
-    assert_eq!(again.status, StatusCode::CONFLICT);
-    assert_eq!(
-        again.headers[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
+    assert_eq!(again.status, reply.status);
+    assert_eq!(again.body, reply.body);
+    let hijack = client
+        .post(
+            "/login",
+            json!({"email": "bob@example.com", "password": "another long password"}),
+        )
+        .await;
+    assert_eq!(hijack.status, StatusCode::UNAUTHORIZED);
 
     let login = client
         .post(
@@ -214,7 +216,7 @@ async fn sql_metacharacters_are_stored_verbatim(database: &Database, url: &str) 
             json!({"email": email, "password": "a long enough password", "name": name}),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let (token, _) = client.login(email, "a long enough password").await;
     let me = client.get("/me", &token).await;
     assert_eq!(me.body["name"], name);
@@ -225,6 +227,13 @@ async fn sql_metacharacters_are_stored_verbatim(database: &Database, url: &str) 
         .post(
             "/login",
             json!({"email": "' OR '1'='1", "password": "' OR '1'='1"}),
+        )
+        .await;
+    assert_eq!(injected_login.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let injected_login = client
+        .post(
+            "/login",
+            json!({"email": "x'OR'1'='1@example.com", "password": "' OR '1'='1"}),
         )
         .await;
     assert_eq!(injected_login.status, StatusCode::UNAUTHORIZED);
@@ -424,6 +433,160 @@ async fn logins_are_limited_per_account(database: &Database, url: &str) {
     );
     // Other accounts are not affected.
     client.login(ADMIN.0, ADMIN.1).await;
+}
+
+#[tokio::test]
+async fn a_login_email_is_checked_before_it_keys_a_limit_or_a_lookup() {
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config("sqlite::memory:", &[("LOGIN_PER_ACCOUNT", "1/60")]),
+    )
+    .await;
+    let tracked = || client.users.login_limit_keys();
+    let before = tracked();
+    for size in [255, 100_000] {
+        let reply = client
+            .post(
+                "/login",
+                json!({"email": format!("{}@example.com", "a".repeat(size)), "password": "whatever guess"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(reply.body["errors"][0]["field"], "email");
+    }
+    let reply = client
+        .post(
+            "/login",
+            json!({"email": ALICE.0, "password": "p".repeat(600)}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(tracked(), before, "an invalid login became a limiter key");
+
+    // A valid one is limited, and its answers say how much is left (the draft's headers).
+    let reply = client
+        .post("/login", json!({"email": ALICE.0, "password": ALICE.1}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["ratelimit-policy"], r#""default";q=1;w=60"#);
+    assert_eq!(reply.headers["ratelimit"], r#""default";r=0;t=60"#);
+    assert_eq!(tracked(), before + 1);
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64() {
+    use axum::extract::connect_info::MockConnectInfo;
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config("sqlite::memory:", &[("LOGIN_PER_IP", "2/60")]),
+    )
+    .await;
+    let from = |ip: &str| {
+        let address: std::net::IpAddr = ip.parse().unwrap();
+        client
+            .app
+            .clone()
+            .layer(MockConnectInfo(std::net::SocketAddr::new(address, 4000)))
+    };
+    // Two addresses of one /64 share its budget; another /64 has its own.
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2::ffff"] {
+        assert_eq!(
+            login_via(&from(ip), "198.51.100.1").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_via(&from("2001:db8:1:2:abcd::9"), "198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_via(&from("2001:db8:1:3::1"), "198.51.100.1").await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn registration_is_limited_per_address_and_tells_nobody_who_has_an_account() {
+    use axum::extract::connect_info::MockConnectInfo;
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config("sqlite::memory:", &[("REGISTER_PER_IP", "2/3600")]),
+    )
+    .await;
+    let app = client
+        .app
+        .clone()
+        .layer(MockConnectInfo(std::net::SocketAddr::from((
+            [203, 0, 113, 7],
+            4000,
+        ))));
+    let register = |email: &str| {
+        let request = http::Request::post("/register")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({"email": email, "password": "a long enough password", "name": "Eve"})
+                    .to_string(),
+            ))
+            .unwrap();
+        shop_common::testing::send(&app, request)
+    };
+    // A taken email and a free one: the same status, body and headers a client can read.
+    let taken = register(ALICE.0).await;
+    let free = register("new@example.com").await;
+    assert_eq!(taken.status, StatusCode::ACCEPTED);
+    assert_eq!((taken.status, &taken.body), (free.status, &free.body));
+    let names = |reply: &Reply| {
+        let mut names: Vec<String> = reply
+            .headers
+            .keys()
+            .filter(|name| !name.as_str().starts_with("ratelimit"))
+            .map(ToString::to_string)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&taken), names(&free));
+    // Alice's account is untouched.
+    client.login(ALICE.0, ALICE.1).await;
+
+    // The address's third registration within the hour is refused, before any work.
+    let limited = register("third@example.com").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers.contains_key("retry-after"));
+    let login = client
+        .post(
+            "/login",
+            json!({"email": "third@example.com", "password": "a long enough password"}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_first_admin_gets_a_generated_password_unless_one_is_set() {
+    // Unset: generated, so the documented one of old does not work.
+    let database = sqlite().await;
+    let mut generated = config("sqlite::memory:", &[]);
+    generated.admin_password = None;
+    let client = Client::start(&database, generated).await;
+    let reply = client
+        .post("/login", json!({"email": ADMIN.0, "password": ADMIN.1}))
+        .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    // Set: that one, and a restart keeps the account it made.
+    let database = sqlite().await;
+    let chosen = config(
+        "sqlite::memory:",
+        &[("ADMIN_PASSWORD", "a chosen admin password")],
+    );
+    let client = Client::start(&database, chosen.clone()).await;
+    client.login(ADMIN.0, "a chosen admin password").await;
+    let restarted = Client::start(&database, chosen).await;
+    restarted.login(ADMIN.0, "a chosen admin password").await;
 }
 
 #[tokio::test]

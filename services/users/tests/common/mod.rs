@@ -19,6 +19,9 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
         .collect();
     pairs.push(("DATABASE_URL".into(), database_url.into()));
     pairs.push(("SEED_DEMO_USERS".into(), "true".into()));
+    if !pairs.iter().any(|(k, _)| k == "ADMIN_PASSWORD") {
+        pairs.push(("ADMIN_PASSWORD".into(), "admin-change-me-now".into()));
+    }
     let vars = Vars(move |var: &str| pairs.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone()));
     let service = ServiceConfig::from_vars("users", 0, &vars).unwrap();
     UsersConfig::from_vars(service, &vars).unwrap()
