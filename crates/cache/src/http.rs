@@ -11,6 +11,12 @@
 //! A `Vary`ing response is stored with the request header values it varied on and served only
 //! to requests with the same values (the last variant stored wins).
 //!
+//! **No stampede.** Concurrent `GET` misses for one key make one origin request: the first is
+//! sent, the others wait for its response and are answered from it once stored. If it cannot be
+//! stored (or varies on a header they sent otherwise), each then asks the origin itself; if the
+//! request that was sent is dropped, the next waiter sends its own. A `HEAD` is answered from a
+//! stored `GET` response, and never stored: its empty body is not the resource's.
+//!
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
@@ -23,7 +29,7 @@
 //!     .layer(ResponseCacheLayer::new(10_000));
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -182,6 +188,83 @@ struct Shared {
     cache: Cache<String, Arc<Stored>>,
     max_body: usize,
     refreshing: Mutex<HashSet<String>>,
+    /// Origin requests in flight for a missed key: the waiters' channel, and its number (so
+    /// that a finished request removes its own entry, not a successor's).
+    loading: Mutex<HashMap<String, (u64, Loading)>>,
+    loads: std::sync::atomic::AtomicU64,
+}
+
+/// What waiters for an origin request in flight learn: `Some` the stored response, `None` that
+/// nothing was stored. A closed channel means the request was dropped.
+type Loading = tokio::sync::watch::Receiver<Option<Option<Arc<Stored>>>>;
+
+/// The sending side of a miss being loaded: removes its entry when done or dropped.
+struct LoadGuard {
+    shared: Arc<Shared>,
+    key: String,
+    id: u64,
+    sender: tokio::sync::watch::Sender<Option<Option<Arc<Stored>>>>,
+}
+
+impl LoadGuard {
+    fn finish(self, stored: Option<Arc<Stored>>) {
+        self.sender.send_replace(Some(stored));
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        let mut loading = self
+            .shared
+            .loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if loading.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            loading.remove(&self.key);
+        }
+    }
+}
+
+/// Who answers a `GET` miss.
+enum Miss {
+    /// This request loads it; the guard tells the waiters.
+    Load(LoadGuard),
+    /// Another request is loading it.
+    Wait(Loading),
+}
+
+impl Shared {
+    fn miss(self: &Arc<Self>, key: &str) -> Miss {
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, waiting)) = loading.get(key) {
+            return Miss::Wait(waiting.clone());
+        }
+        let id = self
+            .loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (sender, receiver) = tokio::sync::watch::channel(None);
+        loading.insert(key.to_owned(), (id, receiver));
+        Miss::Load(LoadGuard {
+            shared: Arc::clone(self),
+            key: key.to_owned(),
+            id,
+            sender,
+        })
+    }
+}
+
+/// Waits for another request's load: the stored response, `Ok(None)` when nothing was stored,
+/// `Err` when that request was dropped.
+async fn wait_for(mut loading: Loading) -> Result<Option<Arc<Stored>>, ()> {
+    loop {
+        if let Some(result) = loading.borrow_and_update().clone() {
+            return Ok(result);
+        }
+        if loading.changed().await.is_err() {
+            // The sender is gone; it may have sent just before.
+            return loading.borrow().clone().ok_or(());
+        }
+    }
 }
 
 impl<M> Clone for ResponseCacheLayer<M> {
@@ -221,6 +304,8 @@ impl ResponseCacheLayer {
                 cache,
                 max_body: 1 << 20,
                 refreshing: Mutex::new(HashSet::new()),
+                loading: Mutex::new(HashMap::new()),
+                loads: std::sync::atomic::AtomicU64::new(0),
             }),
             make_key: Arc::new(UriKey),
         }
@@ -427,40 +512,82 @@ where
             let asked = directives(request.headers());
             let head = request.method() == Method::HEAD;
             let if_none_match = request.headers().get(IF_NONE_MATCH).cloned();
-            if !asked.no_store
-                && !asked.no_cache
-                && let Some(stored) = shared.cache.get(&key).await
-                && stored
-                    .vary
-                    .iter()
-                    .all(|(name, value)| request.headers().get(name) == value.as_ref())
-            {
-                let now = Instant::now();
-                if now < stored.fresh_until {
-                    return Ok(answer(&stored, head, if_none_match.as_ref()));
+            // A HEAD is answered from a stored GET, never stored (its body is empty), and does
+            // not wait for a GET's load.
+            let mut guard = None;
+            let mut looking = !(asked.no_store || asked.no_cache);
+            while looking {
+                if let Some(stored) = shared.cache.get(&key).await
+                    && serves(&stored, request.headers())
+                {
+                    let now = Instant::now();
+                    if now < stored.fresh_until {
+                        return Ok(answer(&stored, head, if_none_match.as_ref()));
+                    }
+                    if now < stored.stale_until {
+                        // This request needs no origin call: its service refreshes instead.
+                        refresh(shared.clone(), inner, key, &request);
+                        return Ok(answer(&stored, head, if_none_match.as_ref()));
+                    }
                 }
-                if now < stored.stale_until {
-                    // This request needs no origin call: its service refreshes instead.
-                    refresh(shared.clone(), inner, key, &request);
-                    return Ok(answer(&stored, head, if_none_match.as_ref()));
+                if head {
+                    break;
+                }
+                match shared.miss(&key) {
+                    Miss::Load(load) => {
+                        guard = Some(load);
+                        looking = false;
+                    }
+                    Miss::Wait(loading) => match wait_for(loading).await {
+                        Ok(Some(stored)) if serves(&stored, request.headers()) => {
+                            return Ok(answer(&stored, head, if_none_match.as_ref()));
+                        }
+                        // Not storable, or another variant: this request asks for itself.
+                        Ok(_) => break,
+                        // The request that was loading was dropped: look again (the first
+                        // waiter back loads).
+                        Err(()) => {}
+                    },
                 }
             }
             let had_auth = request.headers().contains_key(AUTHORIZATION);
             let vary_request = RequestHeaders::of(&request);
             let response = inner.call(request).await?;
-            let Some(lifetime) = (!asked.no_store)
+            let Some(lifetime) = (!asked.no_store && !head)
                 .then(|| storable(had_auth, &response))
                 .flatten()
             else {
+                if let Some(guard) = guard {
+                    guard.finish(None);
+                }
                 return Ok(response.map(Either::Left));
             };
             let vary = vary_request.values(&vary_names(response.headers()));
             match store_response(&shared, key, vary, lifetime, response).await {
-                Ok(stored) => Ok(answer(&stored, head, if_none_match.as_ref())),
-                Err(response) => Ok(response.map(Either::Left)),
+                Ok(stored) => {
+                    if let Some(guard) = guard {
+                        let shareable = stored.status == StatusCode::OK;
+                        guard.finish(shareable.then(|| Arc::clone(&stored)));
+                    }
+                    Ok(answer(&stored, head, if_none_match.as_ref()))
+                }
+                Err(response) => {
+                    if let Some(guard) = guard {
+                        guard.finish(None);
+                    }
+                    Ok(response.map(Either::Left))
+                }
             }
         })
     }
+}
+
+/// Whether `stored` may answer a request with `headers` (its `Vary` values match).
+fn serves(stored: &Stored, headers: &HeaderMap) -> bool {
+    stored
+        .vary
+        .iter()
+        .all(|(name, value)| headers.get(name) == value.as_ref())
 }
 
 /// The request headers a `Vary` may name, kept after the request went to the origin.

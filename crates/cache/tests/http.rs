@@ -220,3 +220,86 @@ async fn a_varying_response_is_served_only_to_matching_requests() {
     assert_eq!(send(&app, in_language("de")).await.2, "product v2 (de)");
     assert_eq!(origin.calls(), 2);
 }
+
+/// An origin that takes 50 ms per answer: `/slow` is cacheable, `/slow-cart` is not.
+fn slow_app(origin: &Origin) -> Router {
+    async fn answer(
+        origin: Origin,
+        cache_control: &'static str,
+    ) -> impl axum::response::IntoResponse {
+        let n = origin.0.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (
+            [(header::CACHE_CONTROL, cache_control)],
+            format!("answer {n}"),
+        )
+    }
+    Router::new()
+        .route(
+            "/slow",
+            get(|State(o): State<Origin>| answer(o, "public, max-age=60")),
+        )
+        .route(
+            "/slow-cart",
+            get(|State(o): State<Origin>| answer(o, "no-store")),
+        )
+        .layer(ResponseCacheLayer::new(1 << 20))
+        .with_state(origin.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_make_one_origin_request() {
+    let origin = Origin::default();
+    let app = slow_app(&origin);
+    let crowd = (0..20).map(|_| send(&app, get_req("/slow")));
+    for (status, _, body) in futures_util::future::join_all(crowd).await {
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "answer 1"));
+    }
+    assert_eq!(origin.calls(), 1);
+
+    // What cannot be stored is not shared: each waiter asks for itself.
+    let crowd = (0..5).map(|_| send(&app, get_req("/slow-cart")));
+    let bodies: std::collections::BTreeSet<String> = futures_util::future::join_all(crowd)
+        .await
+        .into_iter()
+        .map(|(_, _, body)| body)
+        .collect();
+    assert_eq!(bodies.len(), 5, "{bodies:?}");
+    assert_eq!(origin.calls(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_request_hands_its_load_to_a_waiter() {
+    let origin = Origin::default();
+    let app = slow_app(&origin);
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, get_req("/slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, get_req("/slow")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    leader.abort();
+    for waiter in waiters {
+        let (status, _, body) = waiter.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "answer 2"));
+    }
+    assert_eq!(origin.calls(), 2, "one waiter took over the load, alone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_miss_stores_nothing_a_get_would_receive() {
+    let origin = Origin::default();
+    let app = app(&origin);
+    let head = Request::head("/products/1").body(Body::empty()).unwrap();
+    let (status, _, body) = send(&app, head).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    let (status, _, body) = send(&app, get_req("/products/1")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "product v2 (en)"));
+    assert_eq!(origin.calls(), 2);
+}
