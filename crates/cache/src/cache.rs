@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ impl<V: Clone> Entry<V> {
 
 type Outcome<V> = Result<Option<V>, CacheError>;
 type Flight<V> = Shared<BoxFuture<'static, Outcome<V>>>;
+/// A load in flight, and the flag that supersedes it.
+type Pending<V> = (Flight<V>, Arc<AtomicBool>);
 type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 type TtlFor<V> = Arc<dyn Fn(&V) -> Duration + Send + Sync>;
 
@@ -246,7 +249,9 @@ where
 struct Inner<K, V> {
     name: String,
     l1: moka::future::Cache<K, Entry<V>>,
-    inflight: Mutex<HashMap<K, Flight<V>>>,
+    /// The load in flight per key, with the flag that an invalidation or a write of the key
+    /// sets: a superseded load publishes nothing, and nobody joins it any more.
+    inflight: Mutex<HashMap<K, Pending<V>>>,
     ttl: Duration,
     stale_grace: Duration,
     negative_ttl: Option<Duration>,
@@ -302,19 +307,27 @@ impl<K, V> fmt::Debug for Cache<K, V> {
     }
 }
 
-/// Removes a key's flight when its load task ends, however it ends.
+/// Removes a key's flight when its load task ends, however it ends (unless a newer flight
+/// has replaced it).
 struct Landed<K: Hash + Eq, V> {
     inner: Arc<Inner<K, V>>,
     key: K,
+    superseded: Arc<AtomicBool>,
 }
 
 impl<K: Hash + Eq, V> Drop for Landed<K, V> {
     fn drop(&mut self) {
-        self.inner
+        let mut inflight = self
+            .inner
             .inflight
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+            .unwrap_or_else(PoisonError::into_inner);
+        if inflight
+            .get(&self.key)
+            .is_some_and(|(_, flag)| Arc::ptr_eq(flag, &self.superseded))
+        {
+            inflight.remove(&self.key);
+        }
     }
 }
 
@@ -412,29 +425,36 @@ where
             .inflight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(flight) = inflight.get(key) {
+        if let Some((flight, _)) = inflight.get(key) {
             return flight.clone();
         }
+        let superseded = Arc::new(AtomicBool::new(false));
         let landed = Landed {
             inner: self.0.clone(),
             key: key.clone(),
+            superseded: Arc::clone(&superseded),
         };
         let task = tokio::spawn(async move {
             // `landed` lives for the whole load and clears the flight when it ends.
-            let outcome = landed.inner.load(&landed.key, loader).await;
+            let outcome = landed
+                .inner
+                .load(&landed.key, loader, &landed.superseded)
+                .await;
             drop(landed);
             outcome
         });
         let flight = async move { task.await.unwrap_or(Err(CacheError::LoaderPanicked)) }
             .boxed()
             .shared();
-        inflight.insert(key.clone(), flight.clone());
+        inflight.insert(key.clone(), (flight.clone(), superseded));
         flight
     }
 
-    /// Puts a value in both tiers and tells other instances to drop theirs.
+    /// Puts a value in both tiers and tells other instances to drop theirs. A load of `key`
+    /// in flight is superseded: it publishes nothing, and later lookups do not join it.
     pub async fn insert(&self, key: K, value: V) {
         let inner = &*self.0;
+        inner.supersede(&key);
         inner.tier_set(&key, &value).await;
         inner
             .store(
@@ -447,14 +467,43 @@ where
         inner.broadcast(&key).await;
     }
 
-    /// Drops `key` from both tiers and tells other instances to drop it from theirs.
+    /// Drops `key` from both tiers and tells other instances to drop it from theirs. A load of
+    /// `key` in flight (here, or on an instance that hears of it) is superseded: it publishes
+    /// nothing, and later lookups load anew. A second-tier removal that fails is retried in the
+    /// background (five times, over about three seconds) before it is given up, loudly.
     pub async fn invalidate(&self, key: &K) {
         let inner = &*self.0;
+        inner.supersede(key);
         inner.l1.invalidate(key).await;
-        if let Some(tier) = &inner.second_tier {
-            inner.tier_op("remove", tier.remove(key)).await;
+        if let Some(tier) = &inner.second_tier
+            && inner.tier_op("remove", tier.remove(key)).await.is_none()
+        {
+            self.retry_remove(key.clone());
         }
         inner.broadcast(key).await;
+    }
+
+    /// Removes `key` from the second tier again until it works, in the background.
+    fn retry_remove(&self, key: K) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.0);
+        runtime.spawn(async move {
+            let Some(tier) = &inner.second_tier else {
+                return;
+            };
+            let mut pause = Duration::from_millis(100);
+            for _ in 0..5 {
+                tokio::time::sleep(pause).await;
+                if inner.tier_op("remove", tier.remove(&key)).await.is_some() {
+                    return;
+                }
+                pause *= 2;
+            }
+            bump(&inner.counters.l2_errors);
+            tracing::error!(cache = %inner.name, "second-tier invalidation failed five times: its entry stays until its TTL");
+        });
     }
 
     /// Drops every first-tier entry of this instance (the second tier is left alone).
@@ -493,16 +542,17 @@ where
         let mut stream = bus.subscribe();
         let parse = keyed.parse.clone();
         // The task holds the first tier only, so dropping every `Cache` ends it at the next message.
-        let l1 = self.0.l1.clone();
         let weak = Arc::downgrade(&self.0);
         runtime.spawn(async move {
             use futures_util::StreamExt;
             while let Some(text) = stream.next().await {
-                if weak.strong_count() == 0 {
+                let Some(inner) = weak.upgrade() else {
                     break;
-                }
+                };
                 if let Some(key) = parse(&text) {
-                    l1.invalidate(&key).await;
+                    // A load here that began before the other instance's change is stale too.
+                    inner.supersede(&key);
+                    inner.l1.invalidate(&key).await;
                 }
             }
         });
@@ -514,6 +564,37 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
+    /// Marks the load of `key` in flight, if any, as superseded, and forgets it so that later
+    /// lookups start their own.
+    fn supersede(&self, key: &K) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, superseded)) = inflight.remove(key) {
+            superseded.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Stores a loaded slot in the first tier unless the load was superseded. Checked again
+    /// after the write: an invalidation that came in between marked the flag before it
+    /// dropped the entry, so either it dropped this write or this check sees the flag.
+    async fn publish(
+        &self,
+        key: &K,
+        slot: Slot<V>,
+        ttl: Duration,
+        grace: Duration,
+        superseded: &AtomicBool,
+    ) -> bool {
+        if superseded.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.store(key, slot, ttl, grace).await;
+        if superseded.load(Ordering::SeqCst) {
+            self.l1.invalidate(key).await;
+            return false;
+        }
+        true
+    }
+
     fn ttl_of(&self, value: &V) -> Duration {
         self.ttl_for
             .as_ref()
@@ -564,7 +645,7 @@ where
         }
     }
 
-    async fn load<F, Fut, E>(&self, key: &K, loader: F) -> Outcome<V>
+    async fn load<F, Fut, E>(&self, key: &K, loader: F, superseded: &AtomicBool) -> Outcome<V>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<V>, E>>,
@@ -581,11 +662,12 @@ where
             && let Some(Some(value)) = self.tier_op("get", tier.get(key)).await
         {
             bump(&self.counters.l2_hits);
-            self.store(
+            self.publish(
                 key,
                 Slot::Present(value.clone()),
                 self.ttl_of(&value),
                 self.stale_grace,
+                superseded,
             )
             .await;
             return Ok(Some(value));
@@ -594,19 +676,22 @@ where
         let loaded = loader().await.map_err(Into::<BoxError>::into);
         match loaded {
             Ok(Some(value)) => {
-                self.store(
-                    key,
-                    Slot::Present(value.clone()),
-                    self.ttl_of(&value),
-                    self.stale_grace,
-                )
-                .await;
-                self.tier_set(key, &value).await;
+                let ttl = self.ttl_of(&value);
+                let slot = Slot::Present(value.clone());
+                if self
+                    .publish(key, slot, ttl, self.stale_grace, superseded)
+                    .await
+                    && let Some(tier) = &self.second_tier
+                {
+                    // Where nothing is stored: not over an invalidation's tombstone.
+                    self.tier_op("fill", tier.fill(key, &value, ttl)).await;
+                }
                 Ok(Some(value))
             }
             Ok(None) => {
                 if let Some(ttl) = self.negative_ttl {
-                    self.store(key, Slot::Absent, ttl, Duration::ZERO).await;
+                    self.publish(key, Slot::Absent, ttl, Duration::ZERO, superseded)
+                        .await;
                 }
                 Ok(None)
             }
@@ -620,7 +705,8 @@ where
                         matches!(entry.slot, Slot::Present(_)) && Instant::now() < entry.stale_until
                     });
                     if !stale_usable {
-                        self.store(key, Slot::Failed(error.clone()), ttl, Duration::ZERO)
+                        let slot = Slot::Failed(error.clone());
+                        self.publish(key, slot, ttl, Duration::ZERO, superseded)
                             .await;
                     }
                 }

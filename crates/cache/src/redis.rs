@@ -34,7 +34,8 @@ use crate::tier::{InvalidationBus, SecondTier};
 
 /// Turns values into bytes for the second tier and back.
 pub trait Codec<V>: Send + Sync + 'static {
-    /// Encodes a value.
+    /// Encodes a value, never as no bytes at all (an empty entry is an invalidation's
+    /// tombstone).
     ///
     /// # Errors
     ///
@@ -119,11 +120,17 @@ impl Connections {
 ///
 /// Bumping the [`version`](Self::version) when the value's shape changes makes every instance
 /// of the new release read fresh keys while the old release keeps its own.
+///
+/// A load writes with `SET … NX` (only where nothing is stored), and an invalidation replaces
+/// the value with an empty tombstone that lives for [`tombstone`](Self::tombstone) (30 s by
+/// default): a load on any instance that began before the invalidation cannot put its old
+/// value back in that time, which should cover the longest load.
 #[derive(Clone)]
 pub struct RedisTier<C = Json> {
     connections: Connections,
     prefix: String,
     version: u32,
+    tombstone: Duration,
     codec: C,
 }
 
@@ -143,6 +150,7 @@ impl RedisTier {
             connections: Connections::new(pool),
             prefix: prefix.into(),
             version: 1,
+            tombstone: Duration::from_secs(30),
             codec: Json,
         }
     }
@@ -166,14 +174,30 @@ impl<C> RedisTier<C> {
         self
     }
 
+    /// How long an invalidated key keeps loads from writing it (default 30 s): longer than
+    /// any load takes.
+    #[must_use]
+    pub fn tombstone(mut self, lifetime: Duration) -> Self {
+        self.tombstone = lifetime;
+        self
+    }
+
     /// Another codec.
     pub fn codec<D>(self, codec: D) -> RedisTier<D> {
         RedisTier {
             connections: self.connections,
             prefix: self.prefix,
             version: self.version,
+            tombstone: self.tombstone,
             codec,
         }
+    }
+
+    fn set_command(&self, key: &impl Display, bytes: Vec<u8>, ttl: Duration) -> redis::Cmd {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut command = redis::cmd("SET");
+        command.arg(self.key(key)).arg(bytes).arg("PX").arg(millis);
+        command
     }
 
     fn key(&self, key: &impl Display) -> String {
@@ -193,28 +217,35 @@ where
             .connections
             .run(redis::cmd("GET").arg(self.key(key)))
             .await?;
-        bytes.map(|b| self.codec.decode(&b)).transpose()
+        // An empty value is a tombstone: no encoded value is empty.
+        bytes
+            .filter(|b| !b.is_empty())
+            .map(|b| self.codec.decode(&b))
+            .transpose()
     }
 
     async fn set(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError> {
-        let bytes = self.codec.encode(value)?;
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let command = self.set_command(key, self.codec.encode(value)?, ttl);
+        self.connections.run::<()>(&command).await
+    }
+
+    async fn fill(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError>
+    where
+        K: Sync,
+        V: Sync,
+    {
+        let mut command = self.set_command(key, self.codec.encode(value)?, ttl);
+        command.arg("NX");
+        // `nil` when something (a value, a tombstone) was there: nothing to do.
         self.connections
-            .run::<()>(
-                redis::cmd("SET")
-                    .arg(self.key(key))
-                    .arg(bytes)
-                    .arg("PX")
-                    .arg(millis),
-            )
+            .run::<Option<String>>(&command)
             .await
+            .map(drop)
     }
 
     async fn remove(&self, key: &K) -> Result<(), BoxError> {
-        self.connections
-            .run::<i64>(redis::cmd("DEL").arg(self.key(key)))
-            .await
-            .map(drop)
+        let command = self.set_command(key, Vec::new(), self.tombstone);
+        self.connections.run::<()>(&command).await
     }
 }
 

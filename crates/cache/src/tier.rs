@@ -10,13 +10,29 @@ use crate::cache::BoxError;
 
 /// A shared cache behind the in-process one (Redis, typically). Errors are reported, counted
 /// and then ignored: the cache goes on with its first tier and the loader.
+///
+/// A load that began before an invalidation (on any instance) must not put its old value back:
+/// loads write with [`fill`](Self::fill), which writes only where nothing is stored, and
+/// [`remove`](Self::remove) leaves a tombstone that a `fill` does not replace for as long as a
+/// load may take. [`set`](Self::set) (an explicit write of a new value) replaces anything.
 #[async_trait]
 pub trait SecondTier<K, V>: Send + Sync + 'static {
-    /// The value for `key`, if stored.
+    /// The value for `key`, if stored (a tombstone is no value).
     async fn get(&self, key: &K) -> Result<Option<V>, BoxError>;
-    /// Stores `value` for `ttl`.
+    /// Stores `value` for `ttl`, replacing whatever is there.
     async fn set(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError>;
-    /// Removes `key`.
+    /// Stores a loaded `value` for `ttl` only if nothing is stored under `key`, not even a
+    /// tombstone. The default is [`set`](Self::set), for a tier that cannot do better: a load
+    /// that raced an invalidation may then leave its value for its TTL.
+    async fn fill(&self, key: &K, value: &V, ttl: Duration) -> Result<(), BoxError>
+    where
+        K: Sync,
+        V: Sync,
+    {
+        self.set(key, value, ttl).await
+    }
+    /// Removes `key`, leaving a tombstone that keeps a [`fill`](Self::fill) from writing for a
+    /// while.
     async fn remove(&self, key: &K) -> Result<(), BoxError>;
 }
 

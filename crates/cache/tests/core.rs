@@ -329,3 +329,167 @@ async fn a_load_that_lands_during_a_lookup_is_not_repeated() {
     }
     assert_eq!(loads.load(Ordering::SeqCst), 300);
 }
+
+/// A loader that returns what `source` holds when it starts, and waits for `gate` to finish.
+fn reading(
+    source: &Arc<std::sync::Mutex<&'static str>>,
+    gate: tokio::sync::oneshot::Receiver<()>,
+) -> impl FnOnce() -> futures_util::future::BoxFuture<'static, Result<Option<String>, std::io::Error>>
++ Send
++ 'static {
+    let source = source.clone();
+    move || {
+        Box::pin(async move {
+            let read = (*source.lock().unwrap()).to_owned();
+            let _ = gate.await;
+            Ok(Some(read))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_began_before_an_invalidation_publishes_nothing() {
+    let cache = cache();
+    let database = Arc::new(std::sync::Mutex::new("old price"));
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let early = tokio::spawn({
+        let (cache, database) = (cache.clone(), database.clone());
+        async move { cache.get_or_load(&1, reading(&database, gate)).await }
+    });
+    sleep(Duration::from_millis(10)).await; // it has read the old price
+
+    // The price changes, and the cache is told.
+    *database.lock().unwrap() = "new price";
+    cache.invalidate(&1).await;
+    // A caller after the change does not join the old load: it reads the new price.
+    let (done, gate) = tokio::sync::oneshot::channel();
+    done.send(()).unwrap();
+    let later = tokio::spawn({
+        let (cache, database) = (cache.clone(), database.clone());
+        async move { cache.get_or_load(&1, reading(&database, gate)).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+
+    // The old load ends: its caller asked before the change and gets what it read, but the
+    // cache keeps the new price.
+    release.send(()).unwrap();
+    assert_eq!(early.await.unwrap().unwrap().as_deref(), Some("old price"));
+    assert_eq!(later.await.unwrap().unwrap().as_deref(), Some("new price"));
+    assert_eq!(cache.get(&1).await.as_deref(), Some("new price"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_that_began_before_an_insert_does_not_overwrite_it() {
+    let cache = cache();
+    let database = Arc::new(std::sync::Mutex::new("old price"));
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let early = tokio::spawn({
+        let (cache, database) = (cache.clone(), database.clone());
+        async move { cache.get_or_load(&1, reading(&database, gate)).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+    cache.insert(1, "new price".to_owned()).await;
+    release.send(()).unwrap();
+    early.await.unwrap().unwrap();
+    assert_eq!(cache.get(&1).await.as_deref(), Some("new price"));
+}
+
+/// A second tier in memory with the contract of `SecondTier`: tombstones keep `fill` out. It
+/// can be told to fail its next removals.
+#[derive(Clone, Default)]
+struct MemoryTier {
+    entries: Arc<std::sync::Mutex<std::collections::HashMap<u32, Option<String>>>>,
+    failing_removals: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl mainstay_cache::SecondTier<u32, String> for MemoryTier {
+    async fn get(&self, key: &u32) -> Result<Option<String>, mainstay_cache::BoxError> {
+        Ok(self.entries.lock().unwrap().get(key).cloned().flatten())
+    }
+
+    async fn set(
+        &self,
+        key: &u32,
+        value: &String,
+        _: Duration,
+    ) -> Result<(), mainstay_cache::BoxError> {
+        self.entries
+            .lock()
+            .unwrap()
+            .insert(*key, Some(value.clone()));
+        Ok(())
+    }
+
+    async fn fill(
+        &self,
+        key: &u32,
+        value: &String,
+        _: Duration,
+    ) -> Result<(), mainstay_cache::BoxError> {
+        self.entries
+            .lock()
+            .unwrap()
+            .entry(*key)
+            .or_insert_with(|| Some(value.clone()));
+        Ok(())
+    }
+
+    async fn remove(&self, key: &u32) -> Result<(), mainstay_cache::BoxError> {
+        if self
+            .failing_removals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("redis is down".into());
+        }
+        self.entries.lock().unwrap().insert(*key, None);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_load_cannot_write_the_second_tier_after_an_invalidation() {
+    let tier = MemoryTier::default();
+    let cache: Cache<u32, String> = Cache::builder("test")
+        .ttl(Duration::from_secs(10))
+        .second_tier(tier.clone())
+        .build();
+    let database = Arc::new(std::sync::Mutex::new("old price"));
+    let (release, gate) = tokio::sync::oneshot::channel();
+    let early = tokio::spawn({
+        let (cache, database) = (cache.clone(), database.clone());
+        async move { cache.get_or_load(&1, reading(&database, gate)).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+    *database.lock().unwrap() = "new price";
+    cache.invalidate(&1).await;
+    release.send(()).unwrap();
+    early.await.unwrap().unwrap();
+    assert_eq!(
+        tier.entries.lock().unwrap().get(&1),
+        Some(&None),
+        "the tombstone stays"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_second_tier_invalidation_is_retried() {
+    let tier = MemoryTier::default();
+    let cache: Cache<u32, String> = Cache::builder("test").second_tier(tier.clone()).build();
+    cache.insert(1, "old price".to_owned()).await;
+    tier.failing_removals.store(3, Ordering::SeqCst);
+    cache.invalidate(&1).await;
+    assert_eq!(
+        tier.entries.lock().unwrap().get(&1),
+        Some(&Some("old price".to_owned())),
+        "the first removal failed"
+    );
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tier.entries.lock().unwrap().get(&1),
+        Some(&None),
+        "removed on a retry"
+    );
+    assert!(cache.stats().l2_errors >= 3);
+}

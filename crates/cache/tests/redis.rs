@@ -242,3 +242,38 @@ async fn redis_stopped_mid_test_fails_no_read() {
     assert_eq!(loads.load(Ordering::SeqCst), 11);
     assert!(cache.stats().l2_errors >= 10, "{:?}", cache.stats());
 }
+
+#[tokio::test]
+async fn an_invalidation_leaves_a_tombstone_that_loads_do_not_fill() {
+    use mainstay_cache::SecondTier;
+    let url = redis_url();
+    if !redis_or_skip(&url).await {
+        return;
+    }
+    let tier = RedisTier::from_url(&url, unique("tombstone"))
+        .unwrap()
+        .tombstone(Duration::from_secs(5));
+    let ttl = Duration::from_secs(60);
+    // A load fills an empty key, but not one that holds a value.
+    tier.fill(&1u64, &"loaded".to_owned(), ttl).await.unwrap();
+    tier.fill(&1u64, &"second load".to_owned(), ttl)
+        .await
+        .unwrap();
+    let read: Option<String> = tier.get(&1u64).await.unwrap();
+    assert_eq!(read.as_deref(), Some("loaded"));
+    // After an invalidation, the key reads as empty, and a load that began before it (and
+    // ends now) cannot put its old value back; an explicit write can.
+    SecondTier::<u64, String>::remove(&tier, &1u64)
+        .await
+        .unwrap();
+    let read: Option<String> = tier.get(&1u64).await.unwrap();
+    assert_eq!(read, None);
+    tier.fill(&1u64, &"stale load".to_owned(), ttl)
+        .await
+        .unwrap();
+    let read: Option<String> = tier.get(&1u64).await.unwrap();
+    assert_eq!(read, None);
+    tier.set(&1u64, &"new price".to_owned(), ttl).await.unwrap();
+    let read: Option<String> = tier.get(&1u64).await.unwrap();
+    assert_eq!(read.as_deref(), Some("new price"));
+}
