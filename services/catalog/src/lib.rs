@@ -102,10 +102,12 @@ impl Catalog {
         if let Some(url) = &config.redis_url {
             products = products
                 .second_tier(
-                    RedisTier::from_url(url, "catalog:products").map_err(StartError::Redis)?,
+                    RedisTier::from_url(url, format!("{}:products", config.redis_prefix))
+                        .map_err(StartError::Redis)?,
                 )
                 .invalidation_bus(
-                    RedisBus::from_url(url, "catalog:invalidate").map_err(StartError::Redis)?,
+                    RedisBus::from_url(url, format!("{}:invalidate", config.redis_prefix))
+                        .map_err(StartError::Redis)?,
                 );
         }
         let pages = Cache::builder("product_pages")
