@@ -5,8 +5,9 @@
 //!   extensions and is sent to the next hop in the [`DEADLINE_HEADER`] header as the remaining
 //!   milliseconds; a server reads it back from the header.
 //! * [`HttpRetryPolicy`] (with `retry`) replays only idempotent methods (`GET`, `HEAD`,
-//!   `OPTIONS`, `TRACE`, `PUT`, `DELETE`) or requests carrying an `Idempotency-Key`, retries
-//!   `502`, `503`, `504` and `429`, and waits at least what `Retry-After` asks.
+//!   `OPTIONS`, `TRACE`, `PUT`, `DELETE`), or requests carrying an `Idempotency-Key` that the
+//!   caller knows the server honours ([`KeyHonoured`]), retries `502`, `503`, `504` and `429`,
+//!   and waits at least what `Retry-After` asks.
 //! * [`StatusClassifier`] (with `circuit-breaker`) counts `5xx` as failures; `4xx` are the
 //!   client's mistakes and say nothing about the endpoint.
 //! * [`ProblemLayer`] answers what the layers below refused or timed out with an
@@ -117,10 +118,30 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// Whether an HTTP request may be sent twice: an idempotent method, or an `Idempotency-Key`.
+/// A request extension: the server this request goes to honours its `Idempotency-Key` (it
+/// answers a repeated key with the first answer instead of running the request again), so the
+/// request may be sent twice. A key alone proves nothing: a server that ignores it would run a
+/// retried `POST` twice.
+///
+/// ```
+/// use http::Request;
+/// use mainstay_resilience::http::{IDEMPOTENCY_KEY, KeyHonoured, is_replay_safe};
+///
+/// let mut order = Request::post("/orders").header(IDEMPOTENCY_KEY, "order-42").body(()).unwrap();
+/// assert!(!is_replay_safe(&order));
+/// order.extensions_mut().insert(KeyHonoured);
+/// assert!(is_replay_safe(&order));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyHonoured;
+
+/// Whether an HTTP request may be sent twice: an idempotent method, or an `Idempotency-Key`
+/// that the server honours ([`KeyHonoured`]).
 #[must_use]
 pub fn is_replay_safe<B>(request: &Request<B>) -> bool {
-    request.method().is_idempotent() || request.headers().contains_key(&IDEMPOTENCY_KEY)
+    request.method().is_idempotent()
+        || (request.headers().contains_key(&IDEMPOTENCY_KEY)
+            && request.extensions().get::<KeyHonoured>().is_some())
 }
 
 #[cfg(feature = "retry")]
@@ -134,8 +155,9 @@ mod retry_policy {
     use crate::deadline::{CarriesDeadline, Deadline};
     use crate::retry::{Decision, Policy};
 
-    /// Retries idempotent HTTP requests (or ones with an `Idempotency-Key`) on transport errors
-    /// and on `502`, `503`, `504` and `429`, waiting at least what `Retry-After` asks.
+    /// Retries idempotent HTTP requests (or ones with an `Idempotency-Key` the server honours,
+    /// see [`KeyHonoured`](super::KeyHonoured)) on transport errors and on `502`, `503`, `504`
+    /// and `429`, waiting at least what `Retry-After` asks.
     ///
     /// The request body must be `Clone` (for example `Full<Bytes>` or `String`); a request that
     /// is not safe to replay is sent once.

@@ -19,7 +19,7 @@ use mainstay_resilience::ServiceBuilderExt;
 use mainstay_resilience::bulkhead::error::Full;
 use mainstay_resilience::circuit_breaker::{Breaker, State, error::Open};
 use mainstay_resilience::http::{
-    DEADLINE_HEADER, HttpRetryPolicy, IDEMPOTENCY_KEY, StatusClassifier,
+    DEADLINE_HEADER, HttpRetryPolicy, IDEMPOTENCY_KEY, KeyHonoured, StatusClassifier,
 };
 use mainstay_resilience::rate_limit::RateLimitLayer;
 use mainstay_resilience::retry::{ExponentialBackoff, Jitter, RetryBudget, RetryLayer};
@@ -202,7 +202,7 @@ impl mainstay_resilience::retry::Policy<(oneshot::Receiver<()>, ()), (), BoxErro
 }
 
 #[tokio::test(start_paused = true)]
-async fn unsafe_requests_are_sent_once_unless_they_carry_an_idempotency_key() {
+async fn unsafe_requests_are_sent_once_unless_the_server_honours_their_idempotency_key() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut client = ServiceBuilder::new()
         .retries(RetryLayer::new().policy(HttpRetryPolicy).max_attempts(3))
@@ -211,14 +211,43 @@ async fn unsafe_requests_are_sent_once_unless_they_carry_an_idempotency_key() {
     client.ready().await.unwrap().call(post).await.unwrap_err();
     assert_eq!(calls.load(Ordering::SeqCst), 1, "POST is not replayed");
 
-    let keyed = Request::builder()
-        .method(Method::POST)
-        .uri("/0")
-        .header(IDEMPOTENCY_KEY, "order-42")
-        .body(String::new())
-        .unwrap();
-    client.ready().await.unwrap().call(keyed).await.unwrap_err();
-    assert_eq!(calls.load(Ordering::SeqCst), 1 + 3, "with a key it is");
+    let keyed = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/0")
+            .header(IDEMPOTENCY_KEY, "order-42")
+            .body(String::new())
+            .unwrap()
+    };
+    // A key alone proves nothing: a server that ignores it would run the request twice.
+    client
+        .ready()
+        .await
+        .unwrap()
+        .call(keyed())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "a key alone is not replayed"
+    );
+
+    // The caller knows this server honours keys: now it is.
+    let mut honoured = keyed();
+    honoured.extensions_mut().insert(KeyHonoured);
+    client
+        .ready()
+        .await
+        .unwrap()
+        .call(honoured)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2 + 3,
+        "with an honoured key it is"
+    );
 }
 
 #[tokio::test(start_paused = true)]

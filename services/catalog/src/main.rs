@@ -19,7 +19,11 @@ async fn main() -> std::io::Result<()> {
     let database = Database::connect(&config.service.database_url)
         .await
         .map_err(std::io::Error::other)?;
-    let kit = Kit::new(config.service.clone());
+    // Every keyed POST and PATCH is answered once (the gateway retries them).
+    let kit = Kit::new(config.service.clone())
+        .with_idempotency(&database)
+        .await
+        .map_err(std::io::Error::other)?;
     let catalog = Catalog::start(&config, &database, validator, Arc::new(InProcessBus::new()))
         .await
         .map_err(std::io::Error::other)?;

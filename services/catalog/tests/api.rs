@@ -42,7 +42,10 @@ impl Shop {
         let catalog = Catalog::start(&config, database, validator, Arc::new(bus.clone()))
             .await
             .unwrap();
-        let kit = Kit::new(config.service.clone());
+        let kit = Kit::new(config.service.clone())
+            .with_idempotency(database)
+            .await
+            .unwrap();
         let token = |role: &str| {
             issuer
                 .issue(&AccessClaims::new(format!("{role}-1")).role(role))
@@ -340,16 +343,23 @@ async fn writes_need_the_admin_role_and_validate_their_fields(database: &Databas
         StatusCode::NOT_FOUND
     );
 
-    let created = shop
-        .call(
+    // Sent twice with one Idempotency-Key (a retry after a lost answer): created once, and
+    // the retry gets the same 201 rather than a 409 for its own first attempt.
+    let keyed = || {
+        shop.call(
             Method::POST,
             "/products",
             Some(&shop.admin),
             Some(teapot()),
-            None,
+            Some(("idempotency-key", "new-teapot")),
         )
-        .await;
+    };
+    let created = keyed().await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let retried = keyed().await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert_eq!(retried.headers["idempotent-replayed"], "true");
+    assert_eq!(retried.body, created.body);
     assert_eq!(
         created.headers[header::LOCATION],
         "/products/kitchen-teapot-x"

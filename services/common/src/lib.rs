@@ -11,7 +11,9 @@
 //! * [`Problem`] and [`Json`]: RFC 9457 errors, and JSON bodies whose rejections are problems
 //!   (400, 413, 415, 422).
 //! * [`store`]: the store pattern (trait, PostgreSQL and SQLite implementations, per-dialect
-//!   migrations) on one small table.
+//!   migrations), and the kit's own migrations.
+//! * [`idempotency`]: `Idempotency-Key` on `POST` and `PATCH`, answered once and given again
+//!   ([`Kit::with_idempotency`]).
 //! * [`bus`]: the event bus trait and its in-process implementation.
 //! * `testing` (feature `testing`): a fresh PostgreSQL database per test.
 //!
@@ -40,6 +42,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod idempotency;
 mod problem;
 pub mod registry;
 mod serve;

@@ -9,6 +9,8 @@ use mainstay_telemetry::{Health, Metrics, ServerLayer, routes};
 use tower::ServiceBuilder;
 
 use crate::config::ServiceConfig;
+use crate::idempotency::{IdempotencyLayer, SqlIdempotency};
+use crate::store::{Database, StoreError};
 
 /// What a service shares between its stack, its handlers and its shutdown: configuration,
 /// metrics and health checks.
@@ -20,6 +22,8 @@ pub struct Kit {
     pub metrics: Metrics,
     /// The readiness checks `/health/ready` runs; add the service's dependencies to it.
     pub health: Health,
+    /// `Idempotency-Key` on the service's `POST`s and `PATCH`es, once it has a database.
+    idempotency: Option<IdempotencyLayer>,
 }
 
 impl Kit {
@@ -30,7 +34,26 @@ impl Kit {
             config,
             metrics: Metrics::new(),
             health: Health::new(),
+            idempotency: None,
         }
+    }
+
+    /// Honours `Idempotency-Key` on the service's `POST`s and `PATCH`es, keeping answers in
+    /// `database` (its kit migrations are run here); see [`crate::idempotency`]. Every service
+    /// with a database calls this: the gateway retries a keyed `POST` only to services that do.
+    ///
+    /// # Errors
+    ///
+    /// The kit's migrations fail.
+    pub async fn with_idempotency(mut self, database: &Database) -> Result<Self, StoreError> {
+        database.migrate_kit().await?;
+        self.idempotency = Some(IdempotencyLayer::new(
+            std::sync::Arc::new(SqlIdempotency::new(database.clone())),
+            self.config.body_limit,
+            // A request runs at most the request timeout; past twice that, it died.
+            self.config.request_timeout.saturating_mul(2),
+        ));
+        Ok(self)
     }
 
     /// Wraps the service's routes in the standard server stack. The request meets, in order:
@@ -44,8 +67,13 @@ impl Kit {
     /// 5. the deadline: the caller's `x-request-deadline` (raised to `DEADLINE_FLOOR_MS`) or
     ///    `REQUEST_TIMEOUT_MS`, whichever comes first, enforced by a timeout;
     /// 6. adaptive concurrency (AIMD), shedding load with 503 when latency rises;
-    /// 7. the routes (and the service's own auth layer, which it adds to them).
+    /// 7. `Idempotency-Key` on `POST` and `PATCH`, with [`with_idempotency`](Self::with_idempotency);
+    /// 8. the routes (and the service's own auth layer, which it adds to them).
     pub fn stack(&self, api: Router) -> Router {
+        let api = match &self.idempotency {
+            Some(idempotency) => api.layer(idempotency.clone()),
+            None => api,
+        };
         let timeout = self.config.request_timeout;
         // One `layer` call per group: axum boxes every route again on each call and clones
         // every box on every request.

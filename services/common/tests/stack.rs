@@ -241,3 +241,140 @@ async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
     server.await.unwrap().unwrap();
     assert!(!kit.health.readiness().await.is_ready());
 }
+
+/// A kit that keeps idempotent answers in an in-memory SQLite database, over routes that count
+/// their calls: `/orders` answers 201 with the call's number, `/flaky` 503 on its first call,
+/// `/held` waits for `release`.
+async fn keyed_app(release: Arc<Notify>) -> (Router, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let database = shop_common::store::Database::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let kit = kit().with_idempotency(&database).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (orders, flaky, held) = (calls.clone(), calls.clone(), calls.clone());
+    let app = kit.stack(
+        Router::new()
+            .route(
+                "/orders",
+                post(move |body: String| async move {
+                    let n = orders.fetch_add(1, Ordering::SeqCst) + 1;
+                    (
+                        StatusCode::CREATED,
+                        [("location", format!("/orders/{n}"))],
+                        format!("order {n} for {body}"),
+                    )
+                }),
+            )
+            .route(
+                "/flaky",
+                post(move || async move {
+                    if flaky.fetch_add(1, Ordering::SeqCst) == 0 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::CREATED
+                    }
+                }),
+            )
+            .route(
+                "/held",
+                post(move || async move {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    release.notified().await;
+                    StatusCode::CREATED
+                }),
+            ),
+    );
+    (app, calls)
+}
+
+fn keyed(path: &str, key: &str, body: &str, authorization: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(path).header("idempotency-key", key);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn a_keyed_post_runs_once_and_its_answer_is_given_again() {
+    use std::sync::atomic::Ordering;
+    let (app, calls) = keyed_app(Arc::new(Notify::new())).await;
+    let first = app
+        .clone()
+        .oneshot(keyed("/orders", "order-1", "a kettle", None))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let again = app
+        .clone()
+        .oneshot(keyed("/orders", "order-1", "a kettle", None))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], "/orders/1");
+    let body = again.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "order 1 for a kettle");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The same key with another body is the client's mistake.
+    let (status, content_type, _) = send(&app, keyed("/orders", "order-1", "a teapot", None)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(content_type.as_deref(), Some(PROBLEM_JSON));
+    // Another caller's key is another key, even if it is spelled the same.
+    let (status, _, body) = send(
+        &app,
+        keyed("/orders", "order-1", "a kettle", Some("Bearer other")),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, "order 2 for a kettle")
+    );
+    // No key: every request runs; a bad key is refused before anything runs.
+    for _ in 0..2 {
+        let request = Request::post("/orders").body(Body::from("a cup")).unwrap();
+        assert_eq!(send(&app, request).await.0, StatusCode::CREATED);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let (status, _, _) = send(&app, keyed("/orders", &"k".repeat(256), "a cup", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_final_is_not_kept() {
+    let (app, _) = keyed_app(Arc::new(Notify::new())).await;
+    let (status, _, _) = send(&app, keyed("/flaky", "try-1", "", None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, _) = send(&app, keyed("/flaky", "try-1", "", None)).await;
+    assert_eq!(status, StatusCode::CREATED, "the retry ran");
+}
+
+#[tokio::test]
+async fn the_same_key_while_its_request_runs_is_a_conflict() {
+    use std::sync::atomic::Ordering;
+    let release = Arc::new(Notify::new());
+    let (app, calls) = keyed_app(release.clone()).await;
+    let running = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, keyed("/held", "held-1", "", None)).await }
+    });
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let response = app
+        .clone()
+        .oneshot(keyed("/held", "held-1", "", None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(response.headers()["retry-after"], "1");
+    release.notify_one();
+    assert_eq!(running.await.unwrap().0, StatusCode::CREATED);
+    let (status, _, _) = send(&app, keyed("/held", "held-1", "", None)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

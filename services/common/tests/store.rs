@@ -1,71 +1,91 @@
-//! The example store behaves the same on SQLite and on PostgreSQL.
+//! The kit's store behaves the same on SQLite and on PostgreSQL, and its migrations live beside
+//! a service's own without meeting them.
 
-use serde_json::json;
-use shop_common::store::{
-    Database, IdempotencyStore, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, idempotency_store,
-};
-use shop_common::testing::PgTestDb;
+use shop_common::idempotency::{Claim, IdempotencyStore, SqlIdempotency};
+use shop_common::store::Database;
 
-async fn remembers_the_first_response_per_key(store: &dyn IdempotencyStore) {
-    assert_eq!(store.lookup("k1").await.unwrap(), None);
-    let first = store
-        .remember("k1", "sha256:aaa", &json!({"order_id": 1}))
-        .await
-        .unwrap();
-    assert!(first.first);
-    assert_eq!(first.fingerprint, "sha256:aaa");
-    let response: serde_json::Value = serde_json::from_str(&first.response).unwrap();
-    assert_eq!(response, json!({"order_id": 1}));
+shop_common::on_both_stores!(
+    keys_are_claimed_once_and_answers_kept,
+    the_kits_migrations_never_meet_the_services,
+);
 
-    let again = store
-        .remember("k1", "sha256:bbb", &json!({"order_id": 2}))
-        .await
-        .unwrap();
-    assert!(!again.first, "the key was used before");
-    assert_eq!(again.fingerprint, "sha256:aaa", "the first request is kept");
-    let response: serde_json::Value = serde_json::from_str(&again.response).unwrap();
-    assert_eq!(response, json!({"order_id": 1}));
-
-    let looked_up = store.lookup("k1").await.unwrap().unwrap();
-    assert_eq!(looked_up.fingerprint, "sha256:aaa");
-    assert!(
-        store
-            .remember("k2", "sha256:ccc", &json!(null))
-            .await
-            .unwrap()
-            .first
-    );
-}
-
-async fn migrated(url: &str) -> Database {
-    let database = Database::connect(url).await.unwrap();
-    database
-        .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
-        .await
-        .unwrap();
+async fn keys_are_claimed_once_and_answers_kept(database: &Database, _: &str) {
+    database.migrate_kit().await.unwrap();
     database.ping().await.unwrap();
-    database
+    let store = SqlIdempotency::new(database.clone());
+    let claim = |id: &'static str, fingerprint: &'static str, now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .claim(id, fingerprint, now, now - 60_000)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(claim("k1", "fp-a", 1_000_000).await, Claim::Claimed);
+    // While it runs: the same request waits, another one with the key is refused.
+    assert_eq!(claim("k1", "fp-a", 1_000_500).await, Claim::InProgress);
+    assert_eq!(claim("k1", "fp-b", 1_000_500).await, Claim::Mismatch);
+    store.complete("k1", b"sealed answer").await.unwrap();
+    assert_eq!(
+        claim("k1", "fp-a", 1_001_000).await,
+        Claim::Done(b"sealed answer".to_vec())
+    );
+    // A kept answer is not released.
+    store.release("k1").await.unwrap();
+    assert_eq!(
+        claim("k1", "fp-a", 1_001_000).await,
+        Claim::Done(b"sealed answer".to_vec())
+    );
+
+    // A released claim (a 5xx) can be made again.
+    assert_eq!(claim("k2", "fp-a", 1_000_000).await, Claim::Claimed);
+    store.release("k2").await.unwrap();
+    assert_eq!(claim("k2", "fp-a", 1_000_100).await, Claim::Claimed);
+
+    // A claim whose request died (older than the cut-off, no answer) is taken over once.
+    assert_eq!(claim("k3", "fp-a", 1_000_000).await, Claim::Claimed);
+    assert_eq!(claim("k3", "fp-a", 1_070_000).await, Claim::Claimed);
+    assert_eq!(claim("k3", "fp-a", 1_070_001).await, Claim::InProgress);
+
+    // Old keys are forgotten.
+    assert_eq!(store.prune(1_050_000).await.unwrap(), 2);
+    assert_eq!(claim("k1", "fp-b", 1_100_000).await, Claim::Claimed);
 }
 
-#[tokio::test]
-async fn sqlite() {
-    let database = migrated("sqlite::memory:").await;
-    assert!(matches!(database, Database::Sqlite(_)));
-    remembers_the_first_response_per_key(&*idempotency_store(&database)).await;
+/// A service's migrations, version 1 like the kit's first.
+async fn service_migrator() -> (sqlx::migrate::Migrator, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("kit-migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("0001_things.sql"),
+        "CREATE TABLE things (id TEXT PRIMARY KEY NOT NULL);",
+    )
+    .unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    (migrator, dir)
 }
 
-#[tokio::test]
-async fn postgres() {
-    let test_db = PgTestDb::create("shop_common")
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (set TEST_POSTGRES_URL to use another server)");
-    let database = migrated(&test_db.url).await;
-    assert!(matches!(database, Database::Postgres(_)));
-    remembers_the_first_response_per_key(&*idempotency_store(&database)).await;
-    if let Database::Postgres(pool) = database {
-        pool.close().await;
+async fn the_kits_migrations_never_meet_the_services(database: &Database, _: &str) {
+    let (service, dir) = service_migrator().await;
+    // Either order, and again on a restart: both sets apply, neither sees the other's.
+    for _ in 0..2 {
+        database.migrate(&service, &service).await.unwrap();
+        database.migrate_kit().await.unwrap();
     }
-    test_db.drop_database().await.unwrap();
+    for query in [
+        "SELECT COUNT(*) FROM things",
+        "SELECT COUNT(*) FROM kit_idempotency",
+    ] {
+        let count: i64 = match database {
+            Database::Sqlite(pool) => sqlx::query_scalar(query).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(query).fetch_one(pool).await,
+        }
+        .unwrap();
+        assert_eq!(count, 0, "{query}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ use mainstay_cache::http::{ResponseCacheLayer, UriKey};
 use mainstay_discovery::Snapshot;
 use mainstay_discovery::balance::NoEndpoints;
 use mainstay_resilience::deadline::Deadline;
-use mainstay_resilience::http::{problem_response, set_rate_limit_headers};
+use mainstay_resilience::http::{KeyHonoured, problem_response, set_rate_limit_headers};
 use mainstay_resilience::rate_limit::{KeyedRateLimitLayer, Status};
 use shop_common::{Kit, Problem};
 use tokio::sync::watch;
@@ -85,6 +85,11 @@ pub struct Route {
     /// Who may call it.
     pub access: Access,
 }
+
+/// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
+/// kit's idempotency layer): only to these is a keyed `POST` retried. A service joins the list
+/// when it lands with `Kit::with_idempotency`.
+pub const HONOUR_IDEMPOTENCY_KEYS: &[&str] = &["users", "catalog"];
 
 const fn route(
     prefix: &'static str,
@@ -426,10 +431,11 @@ fn upstream_problem(service: &str, error: &BoxError) -> Response {
 /// The upstream request for `request` (`None` when the mapped target is not a valid URI):
 /// path mapped, hop-by-hop headers removed,
 /// `X-Forwarded-*` set (the connection's peer appended to `X-Forwarded-For`), the deadline
-/// carried.
+/// carried, and marked [`KeyHonoured`] when `service` honours `Idempotency-Key` (so that a keyed
+/// `POST` to it may be retried).
 fn upstream_request(
     request: &http::request::Parts,
-    path: &str,
+    (service, path): (&str, &str),
     body: Bytes,
     peer: IpAddr,
 ) -> Option<UpstreamRequest> {
@@ -468,6 +474,10 @@ fn upstream_request(
     if let Some(deadline) = request.extensions.get::<Deadline>() {
         upstream.extensions_mut().insert(*deadline);
     }
+    if HONOUR_IDEMPOTENCY_KEYS.contains(&service) {
+        // A keyed POST to this service may be retried: it answers a repeated key once.
+        upstream.extensions_mut().insert(KeyHonoured);
+    }
     Some(upstream)
 }
 
@@ -502,7 +512,7 @@ async fn forward(
             ))
             .into_response();
     };
-    let Some(upstream_request) = upstream_request(&parts, path, body, peer) else {
+    let Some(upstream_request) = upstream_request(&parts, (route.service, path), body, peer) else {
         return Problem::bad_request("the request target cannot be forwarded").into_response();
     };
     let service = gateway.upstream(route.service, &parts.method);

@@ -570,6 +570,57 @@ async fn upstream_failures_are_problems_never_hangs() {
     assert_eq!(statuses[3], StatusCode::SERVICE_UNAVAILABLE, "{statuses:?}");
 }
 
+/// An upstream whose first answer is 503 and every later one 200, counting its calls.
+async fn flaky(calls: Arc<AtomicUsize>) -> SocketAddr {
+    serve(Router::new().fallback(move || {
+        let calls = calls.clone();
+        async move {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
+    let (users_calls, carts_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let users = flaky(users_calls.clone()).await;
+    let carts = flaky(carts_calls.clone()).await;
+    let shop = shop(&[("USERS_URLS", url(users)), ("CARTS_URLS", url(carts))]).await;
+    let token = shop.token("alice");
+    let key = Some(("idempotency-key", "k-1"));
+
+    // Users runs the kit's idempotency layer: the 503 is retried, and the retry answers.
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/auth/login",
+        None,
+        Some(json!({})),
+        key,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(users_calls.load(Ordering::SeqCst), 2);
+
+    // Carts has not declared it: the same keyed POST is sent once, and its 503 passed on.
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/cart/items",
+        Some(&token),
+        Some(json!({})),
+        key,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(carts_calls.load(Ordering::SeqCst), 1);
+}
+
 /// An upstream that takes `delay` behind the server stack every service runs, so that it
 /// believes the deadline it is sent and answers 504 when it runs out.
 async fn slow_service(delay: Duration) -> SocketAddr {

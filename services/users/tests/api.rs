@@ -16,6 +16,7 @@ async fn sqlite() -> Database {
 }
 
 shop_common::on_both_stores!(
+    a_retried_refresh_is_answered_again_not_taken_for_reuse,
     register_login_and_profile,
     bad_input_is_rejected_precisely,
     sql_metacharacters_are_stored_verbatim,
@@ -237,6 +238,37 @@ async fn sql_metacharacters_are_stored_verbatim(database: &Database, url: &str) 
         )
         .await;
     assert_eq!(injected_login.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The gateway retries a keyed POST whose answer it did not get: the service gives the first
+/// answer again instead of seeing the refresh token used twice and revoking the login.
+async fn a_retried_refresh_is_answered_again_not_taken_for_reuse(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (_, first) = client.login(ALICE.0, ALICE.1).await;
+    let refresh = || {
+        shop_common::testing::call(
+            &client.app,
+            Method::POST,
+            "/token/refresh",
+            None,
+            Some(json!({"refresh_token": first})),
+            Some(("idempotency-key", "refresh-7f3a")),
+        )
+    };
+    let sent = refresh().await;
+    let retried = refresh().await;
+    assert_eq!(sent.status, StatusCode::OK, "{}", sent.body);
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    assert_eq!(retried.headers["idempotent-replayed"], "true");
+    assert_eq!(retried.body, sent.body);
+    // The login lives on: its new refresh token works.
+    let next = client
+        .post(
+            "/token/refresh",
+            json!({"refresh_token": sent.body["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
 }
 
 async fn refresh_rotates_and_reuse_revokes_the_family(database: &Database, url: &str) {

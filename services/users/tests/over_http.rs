@@ -27,7 +27,10 @@ async fn another_service_validates_what_users_issues() {
     // The users service, on the embedded default, over TCP.
     let database = Database::connect("sqlite::memory:").await.unwrap();
     let config = config("sqlite::memory:", &[]);
-    let kit = Kit::new(config.service.clone());
+    let kit = Kit::new(config.service.clone())
+        .with_idempotency(&database)
+        .await
+        .unwrap();
     let users = Users::start(config, &database).await.unwrap();
     let (listener, users_url) = listen().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -6,7 +6,7 @@
 //!   a closure ([`MakeBackoff`]).
 //! * **Only safe requests.** The [`Policy`] decides which requests may be replayed: with the
 //!   `http` feature, [`HttpRetryPolicy`](crate::http::HttpRetryPolicy) replays idempotent methods
-//!   and requests carrying an `Idempotency-Key`, and honours `Retry-After`.
+//!   and requests carrying an `Idempotency-Key` their server honours, and honours `Retry-After`.
 //! * **A budget.** A [`RetryBudget`] caps retries at a share of requests plus a floor per second,
 //!   so retries cannot multiply the load on a struggling dependency.
 //! * **Local rejections are final.** An open circuit, a full bulkhead or a rate limit below this

@@ -34,7 +34,10 @@ pub struct Client {
 
 impl Client {
     pub async fn start(database: &Database, config: UsersConfig) -> Self {
-        let kit = Kit::new(config.service.clone());
+        let kit = Kit::new(config.service.clone())
+            .with_idempotency(database)
+            .await
+            .unwrap();
         let users = Users::start(config, database).await.unwrap();
         Self {
             app: kit.stack(router(users.clone())),
