@@ -13,8 +13,17 @@
 //! * **Outlier ejection.** An endpoint whose calls fail `consecutive_failures` times in a row,
 //!   or that answers with a local rejection (its own circuit breaker is open), is removed from
 //!   the balancer for a back-off period (`base_ejection`, doubled on each repeated ejection up to
-//!   `max_ejection`) and then readmitted with a fresh service. At most `max_ejected_percent` of
-//!   the endpoints are out at once, but always at least one, as in Envoy.
+//!   `max_ejection`) and then readmitted with a fresh service.
+//! * **Never the last capacity.** At most `max_ejected_percent` of the endpoints (rounded down)
+//!   are out at once: a service with one endpoint never loses it, and at least half of a
+//!   service's endpoints (by default) always take traffic, whatever their failures say (Envoy's
+//!   panic threshold serves the same end). An endpoint whose breaker is open but that may not
+//!   be ejected answers with its breaker's refusal, a local rejection: the caller gets a `503`
+//!   with `Retry-After` at once, and a retry layer does not ask again.
+//! * **Overload is not failure.** A busy endpoint's request to back off (`503` with
+//!   `Retry-After`, `429`) and a caller's own deadline running out are ignored by
+//!   [`HttpStatus`] and [`ErrorsFail`]: callers slow down (an adaptive limit, the retry budget)
+//!   rather than eject a healthy endpoint under a flash crowd.
 //! * **Ejection is retryable.** The call that finds an endpoint unavailable fails with
 //!   [`Ejected`], which is not a local rejection, so a retry layer above the balancer sends it
 //!   again, and the balancer picks another endpoint.
@@ -84,14 +93,20 @@ impl<Res, E: 'static> Classify<Res, E> for ErrorsFail {
 
 /// As [`ErrorsFail`], and `5xx` responses are failures too (Envoy's `consecutive_5xx`), but for
 /// a `504` that says the caller's own deadline ran out
-/// ([`DEADLINE_RAN_OUT`](mainstay_resilience::http::DEADLINE_RAN_OUT)), which is ignored.
+/// ([`DEADLINE_RAN_OUT`](mainstay_resilience::http::DEADLINE_RAN_OUT)) and an overloaded
+/// endpoint's request to back off (`503` with `Retry-After`, see
+/// [`overloaded`](mainstay_resilience::http::overloaded)), which are ignored: a busy endpoint is
+/// slowed down by its callers, not ejected.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpStatus;
 
 impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatus {
     fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
         match result {
-            Ok(response) if mainstay_resilience::http::deadline_ran_out(response.headers()) => {
+            Ok(response)
+                if mainstay_resilience::http::deadline_ran_out(response.headers())
+                    || mainstay_resilience::http::overloaded(response) =>
+            {
                 Outcome::Ignore
             }
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
@@ -121,8 +136,8 @@ pub struct OutlierOptions {
     /// ... up to this (default 5 minutes). An endpoint that then serves this long without
     /// being ejected starts again from `base_ejection`.
     pub max_ejection: Duration,
-    /// The most endpoints out at once, in percent of those discovered (default 50); at least
-    /// one may always be ejected.
+    /// The most endpoints out at once, in percent of those discovered, rounded down (default
+    /// 50): a service with a single endpoint never loses it.
     pub max_ejected_percent: u8,
 }
 
@@ -196,6 +211,35 @@ enum Event {
     Readmit { id: String },
 }
 
+/// How many of a service's endpoints are out, shared by its endpoints (which decide to eject
+/// themselves) and the discover stream (which readmits them and follows the source).
+#[derive(Debug)]
+struct Budget {
+    known: AtomicUsize,
+    out: AtomicUsize,
+    max_percent: usize,
+}
+
+impl Budget {
+    /// Takes one ejection from the budget; `false` when that would take out more than allowed.
+    fn take(&self) -> bool {
+        let allowed = self.known.load(Ordering::Acquire) * self.max_percent / 100;
+        self.out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |out| {
+                (out < allowed).then_some(out + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |out| {
+                out.checked_sub(1)
+            });
+    }
+}
+
 /// The shared health of one endpoint service, from insertion to removal.
 struct Health {
     service: Arc<str>,
@@ -204,20 +248,33 @@ struct Health {
     threshold: u32,
     consecutive: AtomicU32,
     ejected: AtomicBool,
+    budget: Arc<Budget>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Health {
-    fn eject(&self) {
-        if !self.ejected.swap(true, Ordering::AcqRel) {
-            let _ = self.events.send(Event::Eject {
-                id: self.id.clone(),
-                generation: self.generation,
-            });
+    /// Ejects the endpoint if the budget allows; `true` when it is out (now or already).
+    fn eject(&self) -> bool {
+        if self.ejected.load(Ordering::Acquire) {
+            return true;
         }
+        if !self.budget.take() {
+            tracing::debug!(service = %self.service, endpoint = %self.id, "outlier kept: no more endpoints may be out");
+            return false;
+        }
+        if self.ejected.swap(true, Ordering::AcqRel) {
+            self.budget.give_back(); // another call ejected it first
+            return true;
+        }
+        let _ = self.events.send(Event::Eject {
+            id: self.id.clone(),
+            generation: self.generation,
+        });
+        true
     }
 
-    fn record(&self, outcome: Outcome) {
+    /// Records a call's outcome; `false` when it asked for an ejection that was refused.
+    fn record(&self, outcome: Outcome) -> bool {
         match outcome {
             // A read, not a write, on the common path: no cache line bounced between cores.
             Outcome::Success => {
@@ -227,12 +284,13 @@ impl Health {
             }
             Outcome::Failure => {
                 if self.consecutive.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
-                    self.eject();
+                    return self.eject();
                 }
             }
-            Outcome::Unavailable => self.eject(),
+            Outcome::Unavailable => return self.eject(),
             Outcome::Ignore => {}
         }
+        true
     }
 }
 
@@ -307,10 +365,11 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let outcome = this.classify.classify(result.as_ref());
-        this.health.record(outcome);
+        let ejected = this.health.record(outcome);
         Poll::Ready(match result {
             Ok(response) => Ok(response),
-            Err(error) if outcome == Outcome::Unavailable => {
+            // Out of the balancer now: another attempt goes elsewhere.
+            Err(error) if outcome == Outcome::Unavailable && ejected => {
                 let error: BoxError = error.into();
                 Err(Box::new(Ejected {
                     service: Arc::clone(&this.health.service),
@@ -358,6 +417,7 @@ pub struct EndpointDiscover<M, S, C> {
     ejections: HashMap<String, Ejection>,
     pending: VecDeque<Change<String, Outlier<S, C>>>,
     live: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     generation: u64,
     _source: AbortOnDrop,
 }
@@ -415,6 +475,11 @@ where
             ejections: HashMap::new(),
             pending: VecDeque::new(),
             live: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Budget {
+                known: AtomicUsize::new(0),
+                out: AtomicUsize::new(0),
+                max_percent: usize::from(options.max_ejected_percent.min(100)),
+            }),
             generation: 0,
             _source: AbortOnDrop(task),
         };
@@ -434,6 +499,7 @@ where
             threshold: self.options.consecutive_failures.max(1),
             consecutive: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
+            budget: Arc::clone(&self.budget),
             events: self.sender.clone(),
         });
         let service = Outlier {
@@ -467,8 +533,11 @@ where
                     .collect();
                 for id in &gone {
                     self.remove(id);
-                    self.ejections.remove(id);
+                    if self.ejections.remove(id).is_some_and(|e| e.out) {
+                        self.budget.give_back();
+                    }
                 }
+                self.budget.known.store(next.len(), Ordering::Release);
                 let previous = std::mem::replace(&mut self.known, next);
                 let mut ids: Vec<String> = self.known.keys().cloned().collect();
                 ids.sort();
@@ -482,13 +551,8 @@ where
             }
             Event::Eject { id, generation } => {
                 if self.active.get(&id) != Some(&generation) {
-                    return; // an older service of a readmitted or replaced endpoint
-                }
-                let out = self.ejections.values().filter(|e| e.out).count();
-                let allowed =
-                    (self.known.len() * usize::from(self.options.max_ejected_percent) / 100).max(1);
-                if out >= allowed {
-                    tracing::warn!(service = %self.service, endpoint = %id, out, "outlier not ejected: too many endpoints are out already");
+                    // An older service of a readmitted or replaced endpoint: nothing is out.
+                    self.budget.give_back();
                     return;
                 }
                 let options = self.options;
@@ -523,6 +587,7 @@ where
                         return;
                     }
                     ejection.out = false;
+                    self.budget.give_back();
                     ejection.readmitted = Some(Instant::now());
                     tracing::info!(service = %self.service, endpoint = %id, "endpoint readmitted");
                     self.insert(&id);

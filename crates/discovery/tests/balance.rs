@@ -190,7 +190,7 @@ async fn failures_that_are_not_in_a_row_eject_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn no_more_than_the_cap_is_ejected_but_always_one() {
+async fn no_more_than_the_cap_is_ejected_and_never_the_last_endpoint() {
     let down = Down::default();
     let (_source, receiver) = watch::channel(snapshot(&[1, 2]));
     let mut service = Balanced::new("catalog", receiver, make(&down), ErrorsFail, options(2));
@@ -200,12 +200,43 @@ async fn no_more_than_the_cap_is_ejected_but_always_one() {
     spread(&mut service, 50).await;
     assert_eq!(service.endpoints(), 1, "50 % of two endpoints is one");
 
-    // A single endpoint can be ejected: then the service has none, and says so.
+    // A single endpoint is never ejected, however it fails: its callers see its own errors,
+    // and it answers again as soon as it can.
     let (_source, receiver) = watch::channel(snapshot(&[1]));
     let mut single = Balanced::new("catalog", receiver, make(&down), ErrorsFail, options(2));
-    spread(&mut single, 2).await;
+    let counts = spread(&mut single, 20).await;
+    assert_eq!(counts.get("error"), Some(&20));
+    assert_eq!(single.endpoints(), 1);
     let error = call(&mut single).await.unwrap_err();
-    assert!(error.is::<NoEndpoints>(), "{error}");
+    assert!(!error.is::<NoEndpoints>(), "{error}");
+    down.lock().unwrap().clear();
+    assert_eq!(call(&mut single).await.unwrap(), "10.0.0.1:1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_endpoints_open_breaker_refuses_locally_and_is_not_ejected() {
+    let (_source, receiver) = watch::channel(snapshot(&[1]));
+    let breaker = Breaker::builder().build().unwrap();
+    let handle = breaker.clone();
+    let make =
+        move |_: &Endpoint| {
+            BoxService::new(CircuitBreakerLayer::new(breaker.clone()).layer(service_fn(
+                |()| async { Ok::<_, BoxError>("served".to_owned()) },
+            )))
+        };
+    let mut service = Balanced::new("catalog", receiver, make, ErrorsFail, options(5));
+    handle.force_open();
+    // The refusal stays a local rejection (a 503 with Retry-After for an HTTP caller, and no
+    // retry), not an ejection that would leave the service with nothing.
+    let error = call(&mut service).await.unwrap_err();
+    assert_eq!(
+        local_rejection(&*error).map(|r| r.kind),
+        Some(RejectionKind::CircuitOpen),
+        "{error}"
+    );
+    assert_eq!(service.endpoints(), 1);
+    handle.reset();
+    assert_eq!(call(&mut service).await.unwrap(), "served");
 }
 
 #[tokio::test(start_paused = true)]

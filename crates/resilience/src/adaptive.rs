@@ -10,6 +10,10 @@
 //! Local rejections from layers below (an open circuit, a full bulkhead) are not samples: they
 //! say nothing about the latency of the service, so they neither lower nor raise the limit.
 //!
+//! What counts as a drop is the [`Sampler`]'s to say: by default an error; for an HTTP client,
+//! [`HttpSampler`] (feature `http`) also counts the overload answers `503`, `504` and `429`, so
+//! that a caller backs off when its upstream sheds load instead of sending it more.
+//!
 //! # Example
 //!
 //! ```
@@ -66,7 +70,9 @@ pub mod error {
         pub(crate) fn rejection(self) -> crate::rejection::LocalRejection {
             crate::rejection::LocalRejection {
                 kind: crate::rejection::RejectionKind::Shed,
-                retry_after: None,
+                // A second is long enough for the limit to move: a client that comes back
+                // sooner would only be shed again.
+                retry_after: Some(std::time::Duration::from_secs(1)),
             }
         }
     }
@@ -281,26 +287,94 @@ impl Algorithm for Gradient2 {
     }
 }
 
+/// Says what a completed call tells the limit.
+///
+/// Implemented for closures `Fn(Result<&T, &E>) -> Option<bool>`.
+pub trait Sampler<T, E> {
+    /// `Some(true)`: the call was dropped (a sign of overload); `Some(false)`: it went through;
+    /// `None`: it is not a sample at all.
+    fn dropped(&self, result: Result<&T, &E>) -> Option<bool>;
+}
+
+impl<F, T, E> Sampler<T, E> for F
+where
+    F: Fn(Result<&T, &E>) -> Option<bool>,
+{
+    fn dropped(&self, result: Result<&T, &E>) -> Option<bool> {
+        self(result)
+    }
+}
+
+/// Errors are drops, except local rejections from layers below and a caller's deadline running
+/// out, which are not samples (the first never reached the service; the second says how much
+/// time the caller gave, not how the service is doing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsDrop;
+
+impl<T, E: 'static> Sampler<T, E> for ErrorsDrop {
+    fn dropped(&self, result: Result<&T, &E>) -> Option<bool> {
+        match result {
+            Ok(_) => Some(false),
+            Err(e)
+                if local_rejection_of(e).is_some()
+                    || crate::deadline::deadline_exceeded_of(e).is_some() =>
+            {
+                None
+            }
+            Err(_) => Some(true),
+        }
+    }
+}
+
+/// As [`ErrorsDrop`], and the answers of an overloaded server are drops too: `503 Service
+/// Unavailable`, `504 Gateway Timeout` (but for one that says the caller's deadline ran out,
+/// see [`crate::http::DEADLINE_RAN_OUT`]) and `429 Too Many Requests`.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpSampler;
+
+#[cfg(feature = "http")]
+impl<B, E: 'static> Sampler<http::Response<B>, E> for HttpSampler {
+    fn dropped(&self, result: Result<&http::Response<B>, &E>) -> Option<bool> {
+        use http::StatusCode;
+        match result {
+            // The caller's own deadline ran out at the server: not a sample either.
+            Ok(response) if crate::http::deadline_ran_out(response.headers()) => None,
+            Ok(response) => Some(matches!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            )),
+            Err(e) => Sampler::<http::Response<B>, E>::dropped(&ErrorsDrop, Err(e)),
+        }
+    }
+}
+
 struct Shared<A> {
     limit: AtomicUsize,
     in_flight: AtomicUsize,
     algorithm: Mutex<A>,
 }
 
-/// Limits concurrency adaptively with algorithm `A`; all services from one layer share the limit.
-pub struct AdaptiveLimitLayer<A> {
+/// Limits concurrency adaptively with algorithm `A`, judging calls with sampler `C`; all
+/// services from one layer share the limit.
+pub struct AdaptiveLimitLayer<A, C = ErrorsDrop> {
     shared: Arc<Shared<A>>,
+    sampler: C,
 }
 
-impl<A> Clone for AdaptiveLimitLayer<A> {
+impl<A, C: Clone> Clone for AdaptiveLimitLayer<A, C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            sampler: self.sampler.clone(),
         }
     }
 }
 
-impl<A> std::fmt::Debug for AdaptiveLimitLayer<A> {
+impl<A, C> std::fmt::Debug for AdaptiveLimitLayer<A, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptiveLimitLayer")
             .field("limit", &self.limit())
@@ -310,7 +384,7 @@ impl<A> std::fmt::Debug for AdaptiveLimitLayer<A> {
 }
 
 impl<A: Algorithm> AdaptiveLimitLayer<A> {
-    /// A limiter driven by `algorithm`.
+    /// A limiter driven by `algorithm`, counting errors as drops ([`ErrorsDrop`]).
     pub fn new(algorithm: A) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -318,11 +392,20 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
                 in_flight: AtomicUsize::new(0),
                 algorithm: Mutex::new(algorithm),
             }),
+            sampler: ErrorsDrop,
         }
     }
 }
 
-impl<A> AdaptiveLimitLayer<A> {
+impl<A, C> AdaptiveLimitLayer<A, C> {
+    /// Judges calls with `sampler` instead (for an HTTP client, [`HttpSampler`]).
+    pub fn sampler<C2>(self, sampler: C2) -> AdaptiveLimitLayer<A, C2> {
+        AdaptiveLimitLayer {
+            shared: self.shared,
+            sampler,
+        }
+    }
+
     /// The current limit.
     #[must_use]
     pub fn limit(&self) -> usize {
@@ -336,37 +419,40 @@ impl<A> AdaptiveLimitLayer<A> {
     }
 }
 
-impl<S, A> Layer<S> for AdaptiveLimitLayer<A> {
-    type Service = AdaptiveLimit<S, A>;
+impl<S, A, C: Clone> Layer<S> for AdaptiveLimitLayer<A, C> {
+    type Service = AdaptiveLimit<S, A, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         AdaptiveLimit {
             inner,
             shared: self.shared.clone(),
+            sampler: self.sampler.clone(),
             slot: None,
         }
     }
 }
 
 /// Middleware made by [`AdaptiveLimitLayer`].
-pub struct AdaptiveLimit<S, A> {
+pub struct AdaptiveLimit<S, A, C = ErrorsDrop> {
     inner: S,
     shared: Arc<Shared<A>>,
+    sampler: C,
     /// Taken in `poll_ready`, consumed in `call`.
     slot: Option<Result<Slot<A>, Shed>>,
 }
 
-impl<S: Clone, A> Clone for AdaptiveLimit<S, A> {
+impl<S: Clone, A, C: Clone> Clone for AdaptiveLimit<S, A, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            sampler: self.sampler.clone(),
             slot: None,
         }
     }
 }
 
-impl<S: std::fmt::Debug, A> std::fmt::Debug for AdaptiveLimit<S, A> {
+impl<S: std::fmt::Debug, A, C> std::fmt::Debug for AdaptiveLimit<S, A, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptiveLimit")
             .field("inner", &self.inner)
@@ -432,15 +518,16 @@ impl<A: Algorithm> Slot<A> {
     }
 }
 
-impl<S, A, Req> Service<Req> for AdaptiveLimit<S, A>
+impl<S, A, C, Req> Service<Req> for AdaptiveLimit<S, A, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError> + 'static,
     A: Algorithm,
+    C: Sampler<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, A>;
+    type Future = ResponseFuture<S::Future, A, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.slot.is_none() {
@@ -467,12 +554,14 @@ where
             Ok(slot) => ResponseFuture {
                 inner: Some(self.inner.call(request)),
                 slot: Some(slot),
+                sampler: self.sampler.clone(),
                 started: Instant::now(),
                 shed: None,
             },
             Err(shed) => ResponseFuture {
                 inner: None,
                 slot: None,
+                sampler: self.sampler.clone(),
                 started: Instant::now(),
                 shed: Some(shed),
             },
@@ -482,16 +571,17 @@ where
 
 pin_project! {
     /// Response future of [`AdaptiveLimit`].
-    pub struct ResponseFuture<F, A> {
+    pub struct ResponseFuture<F, A, C = ErrorsDrop> {
         #[pin]
         inner: Option<F>,
         slot: Option<Slot<A>>,
+        sampler: C,
         started: Instant,
         shed: Option<Shed>,
     }
 }
 
-impl<F, A> std::fmt::Debug for ResponseFuture<F, A> {
+impl<F, A, C> std::fmt::Debug for ResponseFuture<F, A, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("shed", &self.shed)
@@ -499,11 +589,12 @@ impl<F, A> std::fmt::Debug for ResponseFuture<F, A> {
     }
 }
 
-impl<F, A, T, E> Future for ResponseFuture<F, A>
+impl<F, A, C, T, E> Future for ResponseFuture<F, A, C>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError> + 'static,
     A: Algorithm,
+    C: Sampler<T, E>,
 {
     type Output = Result<T, BoxError>;
 
@@ -516,16 +607,10 @@ where
             )));
         };
         let result = ready!(inner.poll(cx));
-        if let Some(slot) = this.slot.take() {
-            let sampled = match &result {
-                Ok(_) => Some(false),
-                // Refused below without being sent: not a latency sample.
-                Err(e) if local_rejection_of(e).is_some() => None,
-                Err(_) => Some(true),
-            };
-            if let Some(dropped) = sampled {
-                slot.sample(this.started.elapsed(), dropped);
-            }
+        if let Some(slot) = this.slot.take()
+            && let Some(dropped) = this.sampler.dropped(result.as_ref())
+        {
+            slot.sample(this.started.elapsed(), dropped);
         }
         Poll::Ready(result.map_err(Into::into))
     }

@@ -99,10 +99,10 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed {
 
     /// A configured [`AdaptiveLimitLayer`](crate::adaptive::AdaptiveLimitLayer).
     #[cfg(feature = "adaptive")]
-    fn adaptive_limit<A>(
+    fn adaptive_limit<A, C>(
         self,
-        layer: crate::adaptive::AdaptiveLimitLayer<A>,
-    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A>, L>>;
+        layer: crate::adaptive::AdaptiveLimitLayer<A, C>,
+    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A, C>, L>>;
 }
 
 mod sealed {
@@ -182,10 +182,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "adaptive")]
-    fn adaptive_limit<A>(
+    fn adaptive_limit<A, C>(
         self,
-        layer: crate::adaptive::AdaptiveLimitLayer<A>,
-    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A>, L>> {
+        layer: crate::adaptive::AdaptiveLimitLayer<A, C>,
+    ) -> ServiceBuilder<Stack<crate::adaptive::AdaptiveLimitLayer<A, C>, L>> {
         self.layer(layer)
     }
 }

@@ -77,6 +77,21 @@ pub fn deadline_ran_out(headers: &HeaderMap) -> bool {
     headers.get(&DEADLINE_HEADER) == Some(&DEADLINE_RAN_OUT)
 }
 
+/// Whether a response is an overloaded server asking its callers to back off: `429`, or `503`
+/// with `Retry-After` (RFC 9110 §15.6.4: the service is temporarily unable to answer, and says
+/// when to come back). Such an answer is a reason to slow down (an adaptive limit, the retry
+/// budget, the wait it names), not evidence of a broken endpoint: [`StatusClassifier`] and
+/// mainstay-discovery's outlier detection do not count it, so that a flash crowd never takes
+/// a healthy but busy service out of rotation. A `503` without `Retry-After` is a failure.
+#[must_use]
+pub fn overloaded<B>(response: &Response<B>) -> bool {
+    match response.status() {
+        StatusCode::TOO_MANY_REQUESTS => true,
+        StatusCode::SERVICE_UNAVAILABLE => response.headers().contains_key(RETRY_AFTER),
+        _ => false,
+    }
+}
+
 /// The header that makes a non-idempotent request safe to retry.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -200,16 +215,21 @@ mod classifier {
     use crate::circuit_breaker::{Classify, DefaultClassifier, Outcome};
 
     /// Counts `5xx` responses and errors as failures, ignores local rejections from layers below
-    /// and deadlines that ran out (as [`DefaultClassifier`] does) and `504`s that say the
-    /// caller's deadline ran out ([`super::DEADLINE_RAN_OUT`]), and counts everything else as a
-    /// success.
+    /// and deadlines that ran out (as [`DefaultClassifier`] does), `504`s that say the caller's
+    /// deadline ran out ([`super::DEADLINE_RAN_OUT`]) and an overloaded server's requests to
+    /// back off ([`super::overloaded`]), and counts everything else as a success.
     #[derive(Debug, Clone, Copy, Default)]
     pub struct StatusClassifier;
 
     impl<B, E: 'static> Classify<Response<B>, E> for StatusClassifier {
         fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
             match result {
-                Ok(response) if super::deadline_ran_out(response.headers()) => Outcome::Ignore,
+                Ok(response)
+                    if super::deadline_ran_out(response.headers())
+                        || super::overloaded(response) =>
+                {
+                    Outcome::Ignore
+                }
                 Ok(response) if response.status().is_server_error() => Outcome::Failure,
                 Ok(_) => Outcome::Success,
                 Err(e) => Classify::<Response<B>, E>::classify(&DefaultClassifier, Err(e)),

@@ -77,6 +77,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
     }
 
     /// Changes the bound (entries above it go as new keys arrive).
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
     pub(crate) fn set_max_keys(&self, max_keys: usize) {
         self.max_keys.store(max_keys.max(1), Ordering::Relaxed);
     }

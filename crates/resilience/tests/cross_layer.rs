@@ -476,3 +476,65 @@ async fn a_server_says_whose_deadline_ran_out_and_the_caller_believes_it() {
         Outcome::Failure
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_upstream_slows_its_callers_down_and_is_never_counted_as_broken() {
+    use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd, HttpSampler};
+    use mainstay_resilience::circuit_breaker::{Classify, Outcome};
+    use mainstay_resilience::http::overloaded;
+
+    // The upstream sheds every call: 503 with Retry-After.
+    let shedding = service_fn(|_: Req| async {
+        let mut response = Response::new(String::new());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert("retry-after", "1".parse().unwrap());
+        Ok::<_, BoxError>(response)
+    });
+    let breaker = Breaker::builder()
+        .count_window(4)
+        .minimum_calls(4)
+        .build()
+        .unwrap();
+    let limit = AdaptiveLimitLayer::new(Aimd::default().initial(20).min(2)).sampler(HttpSampler);
+    let mut client = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(CircuitBreakerLayer::new(breaker.clone()).classifier(StatusClassifier))
+        .service(shedding);
+    for _ in 0..20 {
+        let response = client.ready().await.unwrap().call(get("/")).await.unwrap();
+        assert!(overloaded(&response));
+    }
+    // The caller backs off (AIMD: × 0.9 per shed answer) ...
+    assert!(limit.limit() < 5, "limit {}", limit.limit());
+    // ... and the upstream is not broken: its breaker stays closed.
+    assert_eq!(breaker.state(), State::Closed);
+
+    // A 503 without Retry-After is a failure; a 429 is the caller's to slow down for.
+    let mut plain = Response::new(String::new());
+    *plain.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    assert_eq!(
+        StatusClassifier.classify(Ok::<_, &BoxError>(&plain)),
+        Outcome::Failure
+    );
+    *plain.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    assert!(overloaded(&plain));
+
+    // A caller's own deadline running out at the server is no sample for the limit.
+    let before = limit.limit();
+    let mut client = ServiceBuilder::new()
+        .layer(limit.clone())
+        .service(service_fn(|_: Req| async {
+            let mut response = Response::new(String::new());
+            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            response
+                .headers_mut()
+                .insert(DEADLINE_HEADER, "0".parse().unwrap());
+            Ok::<_, BoxError>(response)
+        }));
+    for _ in 0..5 {
+        client.ready().await.unwrap().call(get("/")).await.unwrap();
+    }
+    assert_eq!(limit.limit(), before);
+}

@@ -4,6 +4,10 @@
 //! ```text
 //! trace/inject + RED metrics   ClientLayer (mainstay-telemetry)
 //! overall deadline             the server request's deadline, or REQUEST_TIMEOUT_MS
+//! adaptive limit               AIMD on the calls in flight to the service: its 503s, 504s,
+//!                              429s and timeouts shrink it, and what exceeds it is shed at
+//!                              once with a 503 and Retry-After (a flash crowd is served at the
+//!                              service's capacity, and the rest answered fast)
 //! retry                        idempotent requests only, budgeted; never a local rejection
 //!                              (an open breaker above, no endpoint at all)
 //! bulkhead                     UPSTREAM_MAX_CONCURRENT calls at once, no queue
@@ -30,6 +34,7 @@ use hyper_util::rt::TokioExecutor;
 use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
+use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd, HttpSampler};
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
 use mainstay_resilience::http::{HttpRetryPolicy, StatusClassifier};
 use mainstay_resilience::retry::{RetryBudget, RetryLayer};
@@ -148,9 +153,20 @@ pub fn upstream(
             })
     };
     let balanced = Balanced::new(service, source, make, HttpStatus, BalanceOptions::default());
+    // Starts where most services are comfortable and finds the service's capacity from its
+    // answers; never below a floor that keeps a slow service reachable.
+    let limit = AdaptiveLimitLayer::new(
+        Aimd::default()
+            .initial(64)
+            .min(4)
+            .max(settings.max_concurrent)
+            .timeout(settings.attempt_timeout),
+    )
+    .sampler(HttpSampler);
     let client = ServiceBuilder::new()
         .layer(ClientLayer::new(service, metrics))
         .deadline(settings.deadline)
+        .adaptive_limit(limit)
         .retries(
             RetryLayer::new()
                 .policy(HttpRetryPolicy)
