@@ -116,6 +116,24 @@ impl<B, E: 'static> Classify<http::Response<B>, E> for HttpStatus {
     }
 }
 
+/// As [`HttpStatus`], and a timeout is no failure either: only what says an endpoint is
+/// **broken** (transport errors, `5xx` other than an overloaded endpoint's request to back off)
+/// counts towards its ejection. Slowness is the balancer's to weigh (PeakEWMA sends less to a
+/// slow endpoint, and nearly nothing to a hung one) and an adaptive limit's to back off from:
+/// under a flash crowd every endpoint is slow, and ejecting some would only load the rest more.
+/// Pairs with mainstay-resilience's `http::BrokenOnly` for the endpoint's breaker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrokenOnly;
+
+impl<B, E: 'static> Classify<http::Response<B>, E> for BrokenOnly {
+    fn classify(&self, result: Result<&http::Response<B>, &E>) -> Outcome {
+        match result {
+            Err(error) if mainstay_resilience::timeout::error::timed_out(error) => Outcome::Ignore,
+            other => HttpStatus.classify(other),
+        }
+    }
+}
+
 fn classify_error<E: 'static>(error: &E) -> Outcome {
     if mainstay_resilience::rejection::local_rejection_of(error).is_some() {
         Outcome::Unavailable

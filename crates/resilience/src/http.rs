@@ -206,7 +206,7 @@ mod retry_policy {
 }
 
 #[cfg(feature = "circuit-breaker")]
-pub use self::classifier::StatusClassifier;
+pub use self::classifier::{BrokenOnly, StatusClassifier};
 
 #[cfg(feature = "circuit-breaker")]
 mod classifier {
@@ -233,6 +233,29 @@ mod classifier {
                 Ok(response) if response.status().is_server_error() => Outcome::Failure,
                 Ok(_) => Outcome::Success,
                 Err(e) => Classify::<Response<B>, E>::classify(&DefaultClassifier, Err(e)),
+            }
+        }
+    }
+
+    /// Counts only what says an endpoint is **broken**: transport errors (refused, reset) and
+    /// `5xx` answers, but not an overloaded server's request to back off
+    /// ([`super::overloaded`]), a caller's deadline running out, a timeout, or a local
+    /// rejection from below.
+    ///
+    /// For a breaker per endpoint under a balancer that weighs latency (p2c on PeakEWMA) and an
+    /// adaptive limit that backs off on slowness: a slow endpoint is then avoided and sent less,
+    /// and a busy one under a flash crowd is never cut off for being busy. A hung endpoint
+    /// still loses its traffic to the balancer's latency estimate. With `timeout` off, as
+    /// [`StatusClassifier`] but for the overload answers.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct BrokenOnly;
+
+    impl<B, E: 'static> Classify<Response<B>, E> for BrokenOnly {
+        fn classify(&self, result: Result<&Response<B>, &E>) -> Outcome {
+            match result {
+                #[cfg(feature = "timeout")]
+                Err(e) if crate::timeout::error::timed_out(e) => Outcome::Ignore,
+                other => StatusClassifier.classify(other),
             }
         }
     }

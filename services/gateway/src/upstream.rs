@@ -14,6 +14,11 @@
 //! shared → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery), one
 //!                              balancer for every caller, behind a lock rather than a task
 //!   per endpoint: circuit breaker → per-attempt timeout → pooled HTTP/1 connection
+//!
+//! Only what says an endpoint is broken (refused or reset connections, `5xx` other than a
+//! `503` with `Retry-After`) opens its breaker or ejects it, and never the last endpoint:
+//! slowness and shedding are for the adaptive limit to back off from and for PeakEWMA to weigh,
+//! so a flash crowd is served at the service's capacity instead of cutting it off.
 //! ```
 
 use std::future::{Ready, ready};
@@ -31,12 +36,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
-use mainstay_discovery::balance::{BalanceOptions, Balanced, HttpStatus, Shared};
+use mainstay_discovery::balance::{BalanceOptions, Balanced, BrokenOnly, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
 use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd, HttpSampler};
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
-use mainstay_resilience::http::{HttpRetryPolicy, StatusClassifier};
+use mainstay_resilience::http::{self as resilience_http, HttpRetryPolicy};
 use mainstay_resilience::retry::{RetryBudget, RetryLayer};
 use mainstay_telemetry::{ClientLayer, Metrics};
 use tokio::sync::watch;
@@ -145,14 +150,16 @@ pub fn upstream(
             .build()
             .expect("a valid breaker configuration");
         ServiceBuilder::new()
-            .layer(CircuitBreakerLayer::new(breaker).classifier(StatusClassifier))
+            // Only what says the endpoint is broken opens it: its slowness and its requests to
+            // back off are for the balancer's latency estimate and the adaptive limit above.
+            .layer(CircuitBreakerLayer::new(breaker).classifier(resilience_http::BrokenOnly))
             .attempt_timeout(settings.attempt_timeout)
             .service(Dial {
                 client: http.clone(),
                 authority: endpoint.authority().into(),
             })
     };
-    let balanced = Balanced::new(service, source, make, HttpStatus, BalanceOptions::default());
+    let balanced = Balanced::new(service, source, make, BrokenOnly, BalanceOptions::default());
     // Starts where most services are comfortable and finds the service's capacity from its
     // answers; never below a floor that keeps a slow service reachable.
     let limit = AdaptiveLimitLayer::new(
@@ -160,7 +167,8 @@ pub fn upstream(
             .initial(64)
             .min(4)
             .max(settings.max_concurrent)
-            .timeout(settings.attempt_timeout),
+            // Backs off at half the attempt timeout: before calls start timing out.
+            .timeout(settings.attempt_timeout / 2),
     )
     .sampler(HttpSampler);
     let client = ServiceBuilder::new()

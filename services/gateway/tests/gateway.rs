@@ -551,7 +551,8 @@ async fn upstream_failures_are_problems_never_hangs() {
     assert_problem(&reply, StatusCode::GATEWAY_TIMEOUT);
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    // Nothing listening: 502 while the endpoint is tried, 503 once it is ejected.
+    // Nothing listening: 502 while the endpoint is tried, 503 once its breaker opens (a single
+    // endpoint is never ejected: its open breaker answers for it).
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let reply = call(
@@ -985,4 +986,153 @@ fn routes_match_whole_segments_and_map_prefixes() {
     assert_eq!(path, "/users");
     assert!(shop_gateway::resolve("/api/v1/authx").is_none());
     assert!(shop_gateway::resolve("/api/v2/products").is_none());
+}
+
+/// The gateway binary, running until dropped.
+struct GatewayProcess {
+    child: std::process::Child,
+    address: SocketAddr,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn gateway_process(vars: &[(&str, String)]) -> GatewayProcess {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shop-gateway"))
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "error")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = GatewayProcess {
+        child,
+        address: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(process.address)
+            .await
+            .is_ok()
+        {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway did not start listening on {}", process.address);
+}
+
+/// A flash crowd through the real gateway process, in front of a service that can serve
+/// `PERMITS` searches at a time, each taking `WORK`: more than the service can take, from one
+/// address (its limit raised, so that the crowd stands for many users).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_crowd_is_served_at_capacity_and_leaves_no_outage_behind() {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    const PERMITS: usize = 4;
+    const WORK: Duration = Duration::from_millis(20);
+    const CROWD: usize = 96;
+    const LASTS: Duration = Duration::from_secs(3);
+    const WINDOW: Duration = Duration::from_millis(500);
+    // PERMITS / WORK = 200 searches a second, 100 per window.
+    let capacity_per_window = PERMITS as f64 * (WINDOW.as_secs_f64() / WORK.as_secs_f64());
+
+    // The service behind its real server stack (which sheds with 503 and Retry-After).
+    let permits = Arc::new(tokio::sync::Semaphore::new(PERMITS));
+    let config =
+        shop_common::config::ServiceConfig::from_vars("catalog", 0, &Vars(|_: &str| None)).unwrap();
+    let catalog = serve(Kit::new(config).stack(Router::new().fallback(move || {
+        let permits = permits.clone();
+        async move {
+            let _permit = permits.acquire().await.unwrap();
+            tokio::time::sleep(WORK).await;
+            axum::Json(json!({"items": [], "total": 0}))
+        }
+    })))
+    .await;
+    let gateway = gateway_process(&[
+        ("CATALOG_URLS", url(catalog)),
+        ("USERS_URLS", url(dead().await)),
+        ("RATE_LIMIT_PER_IP", "1000000/1".to_owned()),
+        // Saturated, the service answers later than this: the crowd makes attempts time out.
+        ("UPSTREAM_ATTEMPT_TIMEOUT_MS", "200".to_owned()),
+    ])
+    .await;
+
+    let client: Client<_, http_body_util::Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let started = tokio::time::Instant::now();
+    let crowd = (0..CROWD).map(|person| {
+        let client = client.clone();
+        let base = format!("http://{}", gateway.address);
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0u64;
+            while started.elapsed() < LASTS {
+                n += 1;
+                let uri = format!("{base}/api/v1/products/search?q=crowd-{person}-{n}");
+                let status = match client.get(uri.parse().unwrap()).await {
+                    Ok(response) => response.status(),
+                    Err(_) => StatusCode::BAD_GATEWAY,
+                };
+                answers.push((started.elapsed(), status));
+            }
+            answers
+        })
+    });
+    let mut answers = Vec::new();
+    for person in futures_util::future::join_all(crowd).await {
+        answers.extend(person.unwrap());
+    }
+
+    // Served at the service's capacity throughout (a generous share of it: the two cores
+    // also run the crowd and the gateway), and what exceeded it answered fast with 503.
+    let windows = (LASTS.as_millis() / WINDOW.as_millis()) as usize;
+    for window in 1..windows {
+        let (from, to) = (WINDOW * window as u32, WINDOW * (window as u32 + 1));
+        let served = answers
+            .iter()
+            .filter(|(at, status)| *at >= from && *at < to && *status == StatusCode::OK)
+            .count();
+        assert!(
+            served as f64 >= capacity_per_window * 0.25,
+            "{served} served in {from:?}..{to:?}, capacity {capacity_per_window}"
+        );
+    }
+    let failed: Vec<StatusCode> = answers
+        .iter()
+        .map(|(_, status)| *status)
+        .filter(|status| !matches!(*status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE))
+        .collect();
+    assert!(
+        failed.len() * 100 <= answers.len(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+
+    // The crowd has gone: ordinary requests are served at once, none refused.
+    for n in 0..30 {
+        let uri = format!(
+            "http://{}/api/v1/products/search?q=after-{n}",
+            gateway.address
+        );
+        let response = client.get(uri.parse().unwrap()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "request {n} after the crowd"
+        );
+    }
 }

@@ -25,4 +25,16 @@ pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether a service's error value, whatever its type, is a timeout ([`Elapsed`]) or a passed
+/// deadline ([`DeadlineExceeded`]): a [`BoxError`](crate::BoxError) is searched through its
+/// `source()` chain.
+#[must_use]
+pub fn timed_out<E: 'static>(error: &E) -> bool {
+    let any: &dyn std::any::Any = error;
+    if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
+        return is_timeout(&**boxed);
+    }
+    any.is::<Elapsed>() || any.is::<DeadlineExceeded>()
+}
+
 pub use crate::deadline::DeadlineExceeded;
