@@ -98,11 +98,7 @@ async fn list(
     if params.max_price.is_some_and(|p| p < 0) {
         errors.add("max_price", "must not be negative");
     }
-    if let (Some(min), Some(max)) = (params.min_price, params.max_price)
-        && min > max
-    {
-        errors.add("max_price", "must not be below min_price");
-    }
+    // A minimum above the maximum is a valid question with no answer: an empty page.
     if params.category.as_deref().is_some_and(|c| !slug_ok(c)) {
         errors.add("category", "must be a category id such as kitchen");
     }
@@ -141,8 +137,8 @@ async fn search(
     let limit = params.limit.unwrap_or(20);
     let mut errors = FieldErrors::new();
     let words = q.trim();
-    if words.is_empty() || words.chars().count() > 100 {
-        errors.add("q", "must be 1 to 100 characters");
+    if words.is_empty() || q.chars().count() > 100 {
+        errors.add("q", "must be 1 to 100 characters, not all white space");
     }
     if !(1..=50).contains(&limit) {
         errors.add("limit", "must be from 1 to 50");
@@ -227,12 +223,15 @@ async fn product(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProductInput {
+    #[serde(default, deserialize_with = "shop_common::fields::present")]
     id: Option<String>,
     name: String,
     description: String,
     category_id: String,
+    #[serde(deserialize_with = "shop_common::fields::whole_number")]
     price_minor: i64,
     currency: String,
+    #[serde(deserialize_with = "shop_common::fields::whole_number")]
     stock: i64,
 }
 
@@ -245,8 +244,11 @@ fn validated(
 ) -> Result<Product, Problem> {
     let mut errors = FieldErrors::new();
     let name = input.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 200 {
-        errors.add("name", "must be 1 to 200 characters");
+    if input.name.chars().count() > 200 || !shop_common::fields::visible_text_ok(&input.name) {
+        errors.add(
+            "name",
+            "must be 1 to 200 characters, not all white space, no control characters",
+        );
     }
     if input.description.chars().count() > 5_000 {
         errors.add("description", "must be at most 5,000 characters");
@@ -291,16 +293,18 @@ fn validated(
     })
 }
 
+/// A well-formed category id that names no category: the request is valid, and conflicts
+/// with the catalog as it is (409, with the field named).
 fn unknown_category() -> Problem {
     let mut errors = FieldErrors::new();
     errors.add("category_id", "no such category");
     errors
         .check(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the product has invalid fields",
+            StatusCode::CONFLICT,
+            "the product names no existing category",
         )
         .err()
-        .unwrap_or_else(|| Problem::unprocessable("the product has invalid fields"))
+        .unwrap_or_else(|| Problem::conflict("the product names no existing category"))
 }
 
 async fn create(
@@ -341,9 +345,7 @@ async fn update(
     Json(input): Json<ProductInput>,
 ) -> Result<Response, Problem> {
     if input.id.as_ref().is_some_and(|body_id| *body_id != id) {
-        return Err(Problem::unprocessable(
-            "the body's id differs from the path's",
-        ));
+        return Err(Problem::conflict("the body's id differs from the path's"));
     }
     let before = catalog.0.store.get(&id).await.map_err(|e| internal(&e))?;
     let Some(before) = before else {

@@ -42,6 +42,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod fields;
 pub mod idempotency;
 mod problem;
 pub mod registry;

@@ -481,12 +481,37 @@ fn upstream_request(
     Some(upstream)
 }
 
+/// `405 Method Not Allowed`, with the methods that are (`Allow`).
+fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
+    let allow = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = Problem::new(StatusCode::METHOD_NOT_ALLOWED)
+        .detail(format!(
+            "{method} is not allowed on this path; allowed: {allow}"
+        ))
+        .into_response();
+    if let Ok(value) = HeaderValue::try_from(allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
 /// Every `/api/v1` request but the gateway's own.
 async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
     let Some((route, path)) = resolve(request.uri().path()) else {
         return Problem::not_found(format!("no route for {}", request.uri().path()))
             .into_response();
     };
+    // The OpenAPI document is the contract: a method it does not list on a path it describes
+    // never reaches a service (TRACE, say, or a write the service would only refuse later).
+    if let Some(allowed) = openapi::allowed_methods(request.uri().path())
+        && !allowed.contains(request.method())
+    {
+        return method_not_allowed(request.method(), allowed);
+    }
     let (parts, body) = request.into_parts();
     let admitted = match gateway.admit(&parts, route.access).await {
         Ok(admitted) => admitted,

@@ -13,6 +13,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::home::Home;
 
+/// The media type of every error answer (RFC 9457).
+const PROBLEM_JSON: &str = "application/problem+json";
+
 /// An RFC 9457 problem: every error of the API.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Problem {
@@ -27,13 +30,87 @@ pub(crate) struct Problem {
     detail: Option<String>,
 }
 
+/// A new account.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Registration {
+    /// The account's email address.
+    #[schema(max_length = 254)]
+    email: String,
+    /// The password: 12 to 128 characters.
+    #[schema(min_length = 12, max_length = 128)]
+    password: String,
+    /// The name shown on the account: 1 to 100 characters, not all white space.
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+}
+
+/// What every registration is answered, whether or not the email was free.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Registered {
+    /// Always `accepted`.
+    status: String,
+    /// What to do next.
+    detail: String,
+}
+
 /// Credentials.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
     /// The account's email address.
+    #[schema(max_length = 254)]
     email: String,
-    /// The password (at least 12 characters at registration).
+    /// The password.
+    #[schema(max_length = 128)]
     password: String,
+}
+
+/// A refresh token, exchanged once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefreshRequest {
+    /// The refresh token of the last login or refresh.
+    refresh_token: String,
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct User {
+    /// Its id.
+    id: String,
+    /// Its email address.
+    email: String,
+    /// Its name.
+    name: String,
+    /// `customer` or `admin`.
+    role: String,
+    /// Unix seconds.
+    created_at: i64,
+}
+
+/// A change to the caller's profile: at least one field.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
+pub(crate) struct ProfileChange {
+    /// A new name: 1 to 100 characters, not all white space.
+    #[schema(nullable = false, min_length = 1, max_length = 100)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// A new email address.
+    #[schema(nullable = false, max_length = 254)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct UserPage {
+    /// The accounts of this page.
+    items: Vec<User>,
+    /// Accounts in all.
+    total: i64,
 }
 
 /// Tokens issued at login and refresh.
@@ -74,6 +151,49 @@ pub(crate) struct Product {
     updated_at: i64,
 }
 
+/// A product to create or replace (admin).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductInput {
+    /// Its id (a slug of 1 to 64 lower-case letters, digits and hyphens); on creation, one is
+    /// made when it is missing.
+    #[schema(nullable = false, pattern = "^[a-z0-9-]{1,64}$")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// Its name: 1 to 200 characters, not all white space.
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+    /// At most 5,000 characters.
+    #[schema(max_length = 5000)]
+    description: String,
+    /// An existing category's id.
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
+    category_id: String,
+    /// Its price in minor units, from 0 to 10^12.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    price_minor: i64,
+    /// ISO 4217 code.
+    #[schema(pattern = "^[A-Z]{3}$")]
+    currency: String,
+    /// Units in stock, from 0 to 10^9.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    stock: i64,
+}
+
+/// The orders of a product listing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Sort {
+    /// By name, A to Z.
+    Name,
+    /// Cheapest first.
+    PriceAsc,
+    /// Dearest first.
+    PriceDesc,
+    /// Newest first.
+    Newest,
+}
+
 /// A page of products.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ProductPage {
@@ -87,25 +207,26 @@ pub(crate) struct ProductPage {
     per_page: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials,
-    responses((status = 202, description = "Accepted: the same answer whether or not the email had an account"),
-              (status = 422, description = "Invalid fields", body = Problem),
-              (status = 429, description = "Too many registrations from this address", body = Problem),
-              (status = 503, description = "Too many registrations at once", body = Problem)))]
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Registration,
+    responses((status = 202, description = "Accepted: the same answer whether or not the email had an account", body = Registered),
+              (status = 422, description = "Invalid fields"),
+              (status = 429, description = "Too many registrations from this address"),
+              (status = 503, description = "Too many registrations at once")))]
 fn register() {}
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Credentials,
     responses((status = 200, description = "Signed in", body = Tokens),
-              (status = 401, description = "Wrong email or password", body = Problem),
-              (status = 429, description = "Too many attempts", body = Problem)))]
+              (status = 401, description = "Wrong email or password"),
+              (status = 422, description = "Invalid fields"),
+              (status = 429, description = "Too many attempts")))]
 fn login() {}
 
-#[utoipa::path(post, path = "/api/v1/auth/token/refresh", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/token/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, description = "New tokens", body = Tokens),
-              (status = 401, description = "Unknown, expired or reused refresh token", body = Problem)))]
+              (status = 401, description = "Unknown, expired or reused refresh token")))]
 fn refresh() {}
 
-#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 204, description = "Signed out")))]
 fn logout() {}
 
@@ -114,33 +235,82 @@ fn logout() {}
 fn jwks() {}
 
 #[utoipa::path(get, path = "/api/v1/me", tag = "users", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's profile"),
-              (status = 401, description = "No valid token", body = Problem)))]
+    responses((status = 200, description = "The caller's profile", body = User),
+              (status = 401, description = "No valid token")))]
 fn me() {}
 
+#[utoipa::path(patch, path = "/api/v1/me", tag = "users", security(("bearer" = [])), request_body = ProfileChange,
+    responses((status = 200, description = "The changed profile", body = User),
+              (status = 401, description = "No valid token"),
+              (status = 409, description = "The email is another account's"),
+              (status = 422, description = "Invalid fields, or nothing to change")))]
+fn update_me() {}
+
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "users", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 50)"),
+           ("offset" = Option<i64>, Query, minimum = 0, description = "Accounts to skip")),
+    responses((status = 200, description = "A page of accounts", body = UserPage),
+              (status = 400, description = "A bad parameter"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin")))]
+fn list_users() {}
+
+#[utoipa::path(post, path = "/api/v1/admin/keys/rotate", tag = "users", security(("bearer" = [])),
+    responses((status = 200, description = "The new signing key's id; the old key is served until its tokens expire"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin")))]
+fn rotate_keys() {}
+
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog",
-    params(("page" = Option<i64>, Query, description = "Page number, from 1"),
-           ("per_page" = Option<i64>, Query, description = "1 to 100 (default 20)"),
-           ("category" = Option<String>, Query, description = "Only this category"),
-           ("min_price" = Option<i64>, Query, description = "Lowest price, minor units"),
-           ("max_price" = Option<i64>, Query, description = "Highest price, minor units"),
-           ("sort" = Option<String>, Query, description = "`name`, `price`, `-price`, `newest`")),
+    params(("page" = Option<i64>, Query, minimum = 1, description = "Page number, from 1"),
+           ("per_page" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 20)"),
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9-]{1,64}$", description = "Only this category"),
+           ("min_price" = Option<i64>, Query, minimum = 0, description = "Lowest price, minor units"),
+           ("max_price" = Option<i64>, Query, minimum = 0, description = "Highest price, minor units"),
+           ("sort" = Option<Sort>, Query, description = "The order (default `name`)")),
     responses((status = 200, description = "A page of products", body = ProductPage),
-              (status = 400, description = "A bad parameter", body = Problem)))]
+              (status = 400, description = "A bad parameter")))]
 fn products() {}
 
+#[utoipa::path(post, path = "/api/v1/products", tag = "catalog", security(("bearer" = [])), request_body = ProductInput,
+    responses((status = 201, description = "Created", body = Product),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 409, description = "A product with this id exists, or there is no such category"),
+              (status = 422, description = "Invalid fields")))]
+fn create_product() {}
+
 #[utoipa::path(get, path = "/api/v1/products/search", tag = "catalog",
-    params(("q" = String, Query, description = "Words to search for")),
+    params(("q" = String, Query, min_length = 1, max_length = 100, pattern = "\\S", description = "Words to search for (1 to 100 characters, not all white space)"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 50, description = "1 to 50 (default 20)")),
     responses((status = 200, description = "Matching products"),
-              (status = 400, description = "No usable search text", body = Problem)))]
+              (status = 400, description = "No usable search text, or a bad limit")))]
 fn search() {}
 
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
     params(("id" = String, Path, description = "The product's id")),
     responses((status = 200, description = "The product", body = Product),
               (status = 304, description = "Unchanged since the `If-None-Match` ETag"),
-              (status = 404, description = "No such product", body = Problem)))]
+              (status = 404, description = "No such product")))]
 fn product() {}
+
+#[utoipa::path(put, path = "/api/v1/products/{id}", tag = "catalog", security(("bearer" = [])), request_body = ProductInput,
+    params(("id" = String, Path, description = "The product's id")),
+    responses((status = 200, description = "Replaced", body = Product),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 404, description = "No such product"),
+              (status = 409, description = "The body's id is not the path's, or there is no such category"),
+              (status = 422, description = "Invalid fields")))]
+fn replace_product() {}
+
+#[utoipa::path(delete, path = "/api/v1/products/{id}", tag = "catalog", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The product's id")),
+    responses((status = 204, description = "Deleted"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 404, description = "No such product")))]
+fn delete_product() {}
 
 #[utoipa::path(get, path = "/api/v1/categories", tag = "catalog",
     responses((status = 200, description = "Every category, with its product count")))]
@@ -148,26 +318,124 @@ fn categories() {}
 
 #[utoipa::path(get, path = "/api/v1/cart", tag = "carts", security(("bearer" = [])),
     responses((status = 200, description = "The caller's cart"),
-              (status = 401, description = "No valid token", body = Problem),
-              (status = 503, description = "The carts service has no endpoint", body = Problem)))]
+              (status = 401, description = "No valid token")))]
 fn cart() {}
 
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
     responses((status = 200, description = "The caller's orders"),
-              (status = 401, description = "No valid token", body = Problem)))]
+              (status = 401, description = "No valid token")))]
 fn orders() {}
 
 #[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header, description = "One order per key")),
     responses((status = 202, description = "Checkout started"),
-              (status = 401, description = "No valid token", body = Problem)))]
+              (status = 401, description = "No valid token")))]
 fn checkout() {}
 
 #[utoipa::path(get, path = "/api/v1/home", tag = "gateway",
     responses((status = 200, description = "Products, cart and recommendations; `degraded` names the parts that fell back", body = Home),
-              (status = 401, description = "A token was sent and is not valid", body = Problem),
-              (status = 429, description = "Rate limited", body = Problem)))]
+              (status = 401, description = "A token was sent and is not valid")))]
 fn home() {}
+
+/// The patterns of fields that the services check with `shop_common::fields`: stated from the
+/// same constants, so the document and the checks cannot drift apart.
+struct FieldPatterns;
+
+impl Modify for FieldPatterns {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use shop_common::fields::{EMAIL_PATTERN, VISIBLE_TEXT_PATTERN};
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (schema, field, pattern) in [
+            ("Registration", "email", EMAIL_PATTERN),
+            ("Registration", "name", VISIBLE_TEXT_PATTERN),
+            ("Credentials", "email", EMAIL_PATTERN),
+            ("ProfileChange", "email", EMAIL_PATTERN),
+            ("ProfileChange", "name", VISIBLE_TEXT_PATTERN),
+            ("ProductInput", "name", VISIBLE_TEXT_PATTERN),
+        ] {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+                && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+            {
+                property.pattern = Some(pattern.to_owned());
+            }
+        }
+    }
+}
+
+/// Every error answer is a problem (`application/problem+json`, [`Problem`]), and every
+/// operation lists the errors any request can meet on its way: the gateway's (`413` body too
+/// large, `429` rate limited, `502`/`503`/`504` upstream failures) and, for an operation with a
+/// request body, the body's (`400` malformed, `415` not JSON, `422` invalid).
+struct ProblemResponses;
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        PROBLEM_JSON,
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("Problem")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let common = [
+            ("413", "The request body is larger than the limit"),
+            (
+                "429",
+                "Rate limited (`Retry-After`, `RateLimit`, `RateLimit-Policy`)",
+            ),
+            ("502", "The service behind failed to answer"),
+            (
+                "503",
+                "The service behind has no healthy endpoint, or is shedding load (`Retry-After`)",
+            ),
+            ("504", "The service behind answered too late"),
+        ];
+        let with_body = [
+            ("400", "The body is not well-formed JSON"),
+            ("415", "The body is not `application/json`"),
+            ("422", "The body does not match the schema"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let responses = &mut operation.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    let error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(response)) = (error, response) {
+                        *response = match problem(&response.description) {
+                            RefOr::T(problem) => problem,
+                            RefOr::Ref(_) => continue,
+                        };
+                    }
+                }
+                let extra = common.iter().chain(with_body.iter().filter(|_| has_body));
+                for (status, description) in extra {
+                    responses
+                        .entry((*status).to_owned())
+                        .or_insert_with(|| problem(description));
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -185,11 +453,74 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
-    paths(register, login, refresh, logout, jwks, me, products, search, product, categories, cart, orders, checkout, home),
-    components(schemas(Problem, Credentials, Tokens, Product, ProductPage, Home)),
-    modifiers(&BearerAuth),
+    paths(register, login, refresh, logout, jwks, me, update_me, list_users, rotate_keys,
+          products, create_product, search, product, replace_product, delete_product, categories,
+          cart, orders, checkout, home),
+    components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, Tokens,
+                       User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home)),
+    modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns),
 )]
 pub(crate) struct ApiDoc;
+
+/// One path of the document: its segments (`None` for a `{parameter}`) and its methods.
+struct Template {
+    segments: Vec<Option<String>>,
+    methods: Vec<http::Method>,
+}
+
+/// The document's paths, read once.
+static TEMPLATES: std::sync::LazyLock<Vec<Template>> = std::sync::LazyLock::new(|| {
+    let document = ApiDoc::openapi();
+    document
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let segments = path
+                .split('/')
+                .map(|segment| {
+                    (!(segment.starts_with('{') && segment.ends_with('}')))
+                        .then(|| segment.to_owned())
+                })
+                .collect();
+            let operations = [
+                (http::Method::GET, item.get.is_some()),
+                (
+                    http::Method::HEAD,
+                    item.get.is_some() || item.head.is_some(),
+                ),
+                (http::Method::POST, item.post.is_some()),
+                (http::Method::PUT, item.put.is_some()),
+                (http::Method::PATCH, item.patch.is_some()),
+                (http::Method::DELETE, item.delete.is_some()),
+            ];
+            let methods = operations
+                .into_iter()
+                .filter_map(|(method, documented)| documented.then_some(method))
+                .collect();
+            Template { segments, methods }
+        })
+        .collect()
+});
+
+/// The methods the document allows on `path`, when it describes the path at all: a literal
+/// segment is preferred to a parameter (`/products/search` over `/products/{id}`).
+pub(crate) fn allowed_methods(path: &str) -> Option<&'static [http::Method]> {
+    let segments: Vec<&str> = path.split('/').collect();
+    TEMPLATES
+        .iter()
+        .filter(|template| {
+            template.segments.len() == segments.len()
+                && template.segments.iter().zip(&segments).all(
+                    |(expected, actual)| match expected {
+                        Some(literal) => literal == actual,
+                        None => !actual.is_empty(),
+                    },
+                )
+        })
+        .max_by_key(|template| template.segments.iter().filter(|s| s.is_some()).count())
+        .map(|template| template.methods.as_slice())
+}
 
 /// `/api/v1/openapi.json` and Swagger UI at `/docs`.
 pub(crate) fn routes() -> Router {

@@ -908,14 +908,50 @@ async fn in_production_mode_services_are_found_through_consul() {
     // Users was never registered: its routes say so.
     let reply = call(
         &shop.app,
-        Method::GET,
+        Method::POST,
         "/api/v1/auth/login",
+        None,
+        Some(json!({"email": "a@b.co", "password": "x"})),
+        None,
+    )
+    .await;
+    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_method_the_document_does_not_list_is_405_with_allow() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let shop = shop(&[("CATALOG_URLS", url(catalog))]).await;
+    for (method, path, allow) in [
+        (
+            Method::TRACE,
+            "/api/v1/products/kettle",
+            "GET, HEAD, PUT, DELETE",
+        ),
+        (Method::DELETE, "/api/v1/products", "GET, HEAD, POST"),
+        (Method::POST, "/api/v1/products/search", "GET, HEAD"),
+    ] {
+        let reply = call(&shop.app, method.clone(), path, None, None, None).await;
+        assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(reply.headers["allow"], allow, "{method} {path}");
+    }
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        0,
+        "none reached the service"
+    );
+    // A literal segment wins over a parameter: /products/search is not /products/{id}.
+    let reply = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/products/search?q=tea",
         None,
         None,
         None,
     )
     .await;
-    assert_problem(&reply, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.status, StatusCode::OK);
 }
 
 #[test]

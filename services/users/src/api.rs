@@ -429,7 +429,9 @@ async fn me(State(users): State<Users>, principal: Principal) -> Reply {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
+    #[serde(default, deserialize_with = "shop_common::fields::present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "shop_common::fields::present")]
     email: Option<String>,
 }
 
