@@ -11,6 +11,10 @@
 //! A `Vary`ing response is stored with the request header values it varied on and served only
 //! to requests with the same values (the last variant stored wins).
 //!
+//! **Writes invalidate.** An unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`) passes through,
+//! and once it succeeds the entries of its target and of the `Location` it answers with are
+//! dropped (RFC 9111 §4.4): send a service's writes through the same layer as its reads.
+//!
 //! **No stampede.** Concurrent `GET` misses for one key make one origin request: the first is
 //! sent, the others wait for its response and are answered from it once stored. If it cannot be
 //! stored (or varies on a header they sent otherwise), each then asks the origin itself; if the
@@ -499,11 +503,19 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let cacheable_method = request.method() == Method::GET || request.method() == Method::HEAD;
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !cacheable_method && !request.method().is_safe() {
+            return invalidating(
+                self.layer.shared.clone(),
+                self.layer.make_key.clone(),
+                inner,
+                request,
+            );
+        }
         let key = cacheable_method
             .then(|| self.layer.make_key.make_key(&request))
             .flatten();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(key) = key else {
             return Box::pin(async move { Ok(inner.call(request).await?.map(Either::Left)) });
         };
@@ -580,6 +592,57 @@ where
             }
         })
     }
+}
+
+/// An unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`, …) passed on; once it succeeds
+/// (`2xx`, `3xx`), what is stored for its target and for the `Location` it names is dropped
+/// (RFC 9111 §4.4), so that a `DELETE` through the cache is followed by a `404`, not a stored
+/// `200`. Caches of other processes keep theirs until they expire.
+fn invalidating<S, M, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    make_key: Arc<M>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> BoxFuture<Result<Response<CachedBody<ResBody>>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    M: MakeCacheKey<ReqBody>,
+    ReqBody: Default + Send + 'static,
+    ResBody: Send + 'static,
+{
+    // The key a GET of `uri` has.
+    fn key_of<M: MakeCacheKey<B>, B: Default>(
+        make_key: &M,
+        uri: http::Uri,
+        headers: &HeaderMap,
+    ) -> Option<String> {
+        let mut probe = Request::new(B::default());
+        *probe.uri_mut() = uri;
+        *probe.headers_mut() = headers.clone();
+        make_key.make_key(&probe)
+    }
+    let target = key_of::<M, ReqBody>(&make_key, request.uri().clone(), request.headers());
+    let headers = request.headers().clone();
+    let future = inner.call(request);
+    Box::pin(async move {
+        let response = future.await?;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            // Only a path of this origin: a cache never drops another origin's entries.
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<http::Uri>().ok())
+                .filter(|uri| uri.authority().is_none())
+                .and_then(|uri| key_of::<M, ReqBody>(&make_key, uri, &headers));
+            for key in [target, location].into_iter().flatten() {
+                shared.cache.invalidate(&key).await;
+            }
+        }
+        Ok(response.map(Either::Left))
+    })
 }
 
 /// Whether `stored` may answer a request with `headers` (its `Vary` values match).

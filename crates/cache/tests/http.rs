@@ -303,3 +303,25 @@ async fn a_head_miss_stores_nothing_a_get_would_receive() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "product v2 (en)"));
     assert_eq!(origin.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_successful_write_through_the_cache_drops_what_it_stored() {
+    let origin = Origin::default();
+    let app = app(&origin);
+    assert_eq!(
+        send(&app, get_req("/products/1")).await.2,
+        "product v1 (en)"
+    );
+    assert_eq!(
+        send(&app, get_req("/products/1")).await.2,
+        "product v1 (en)"
+    );
+    // A write of the same target (RFC 9111 §4.4): the next read goes to the origin.
+    let write = Request::post("/products/1").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, write).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, get_req("/products/1")).await.2,
+        "product v3 (en)"
+    );
+    assert_eq!(origin.calls(), 3);
+}

@@ -137,8 +137,11 @@ async fn search(
     let limit = params.limit.unwrap_or(20);
     let mut errors = FieldErrors::new();
     let words = q.trim();
-    if words.is_empty() || q.chars().count() > 100 {
-        errors.add("q", "must be 1 to 100 characters, not all white space");
+    if q.chars().count() > 100 || !shop_common::fields::visible_text_ok(&q) {
+        errors.add(
+            "q",
+            "must be 1 to 100 characters, not all white space, no control characters",
+        );
     }
     if !(1..=50).contains(&limit) {
         errors.add("limit", "must be from 1 to 50");

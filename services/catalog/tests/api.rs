@@ -240,7 +240,7 @@ async fn invalid_listing_parameters_are_400_problems(database: &Database, url: &
         (empty.status, empty.body["total"].clone()),
         (StatusCode::OK, json!(0))
     );
-    for query in ["", "q=", "q=%20%20", "q=kettle&limit=0"] {
+    for query in ["", "q=", "q=%20%20", "q=tea%00", "q=kettle&limit=0"] {
         assert_eq!(
             shop.get(&format!("/products/search?{query}")).await.status,
             StatusCode::BAD_REQUEST,

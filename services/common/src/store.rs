@@ -11,7 +11,9 @@ use std::sync::LazyLock;
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// The table the kit's migrations are recorded in.
 pub const KIT_MIGRATIONS_TABLE: &str = "_kit_migrations";
@@ -53,9 +55,9 @@ pub enum Database {
 }
 
 impl Database {
-    /// Connects by the URL's scheme. SQLite files are created when missing; an in-memory SQLite
-    /// database (`sqlite::memory:`) gets one connection, since each connection would otherwise
-    /// have its own empty database.
+    /// Connects by the URL's scheme. SQLite files are created when missing and opened on one
+    /// connection in WAL mode (see the code for why one); an in-memory SQLite database
+    /// (`sqlite::memory:`) could not have more anyway, each connection having its own.
     ///
     /// # Errors
     ///
@@ -69,12 +71,22 @@ impl Database {
             return Ok(Self::Postgres(pool));
         }
         if url.starts_with("sqlite:") {
+            // One connection: SQLite has one writer at a time, and a statement that read under
+            // one connection's snapshot and then writes after another connection committed
+            // fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT; SQLite gives up
+            // rather than deadlock, whatever the busy timeout). Concurrent admin writes under
+            // load met it. On one connection statements take turns and none fails; the
+            // embedded default serves one machine, and production runs on PostgreSQL. WAL keeps
+            // another process (a backup, sqlite3) from blocking it, and the busy timeout covers
+            // that process's writes.
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
-                .foreign_keys(true);
-            let max = if url.contains(":memory:") { 1 } else { 4 };
+                .foreign_keys(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(std::time::Duration::from_secs(5));
             let pool = SqlitePoolOptions::new()
-                .max_connections(max)
+                .max_connections(1)
                 .connect_with(options)
                 .await?;
             return Ok(Self::Sqlite(pool));

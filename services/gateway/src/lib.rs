@@ -301,10 +301,10 @@ impl Gateway {
         })))
     }
 
-    /// The client for a `method` request to `service`: catalog `GET`s go through the shared
-    /// response cache.
-    fn upstream(&self, service: &str, method: &Method) -> Upstream {
-        if service == "catalog" && method == Method::GET {
+    /// The client for a request to `service`: every catalog request goes through the shared
+    /// response cache, reads to be answered from it and writes to drop what they change.
+    fn upstream(&self, service: &str, _method: &Method) -> Upstream {
+        if service == "catalog" {
             self.0.catalog_cached.clone()
         } else {
             self.0.upstreams[service].clone()

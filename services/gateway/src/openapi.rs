@@ -281,7 +281,7 @@ fn products() {}
 fn create_product() {}
 
 #[utoipa::path(get, path = "/api/v1/products/search", tag = "catalog",
-    params(("q" = String, Query, min_length = 1, max_length = 100, pattern = "\\S", description = "Words to search for (1 to 100 characters, not all white space)"),
+    params(("q" = String, Query, min_length = 1, max_length = 100, description = "Words to search for (1 to 100 characters, not all white space, no control characters)"),
            ("limit" = Option<i64>, Query, minimum = 1, maximum = 50, description = "1 to 50 (default 20)")),
     responses((status = 200, description = "Matching products"),
               (status = 400, description = "No usable search text, or a bad limit")))]
@@ -361,6 +361,20 @@ impl Modify for FieldPatterns {
                 && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
             {
                 property.pattern = Some(pattern.to_owned());
+            }
+        }
+        let search = openapi
+            .paths
+            .paths
+            .get_mut("/api/v1/products/search")
+            .and_then(|item| item.get.as_mut())
+            .and_then(|operation| operation.parameters.as_mut());
+        for parameter in search.into_iter().flatten() {
+            if let RefOr::T(parameter) = parameter
+                && parameter.name == "q"
+                && let Some(RefOr::T(Schema::Object(schema))) = parameter.schema.as_mut()
+            {
+                schema.pattern = Some(VISIBLE_TEXT_PATTERN.to_owned());
             }
         }
     }
