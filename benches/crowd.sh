@@ -70,3 +70,13 @@ for i in $(seq 1 40); do
   sleep 0.05
 done
 echo "after the crowd: $ok of 40 served, $refused refused; first served after ${first_ok:-never} ms"
+
+# The catalog's own capacity for these searches, for reference: the same crowd, called directly.
+sed -i 's|/api/v1/products/search|/products/search|' "$WORK/crowd.lua"
+echo "== the same crowd straight at the catalog"
+wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$WORK/crowd.lua" "http://127.0.0.1:$CATALOG" \
+  | tee "$WORK/direct.txt"
+total=$(awk '/requests in/ {print $1}' "$WORK/direct.txt")
+failed=$(awk '/Non-2xx or 3xx responses/ {print $5}' "$WORK/direct.txt")
+failed=${failed:-0}
+echo "served by the catalog alone: $((total - failed)) of $total"
