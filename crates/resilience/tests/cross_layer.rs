@@ -538,3 +538,50 @@ async fn an_overloaded_upstream_slows_its_callers_down_and_is_never_counted_as_b
     }
     assert_eq!(limit.limit(), before);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_response_a_limit_admits_says_what_is_left() {
+    use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+
+    // One limit for all, and one per client: both tell each admitted response.
+    let mut global = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(3, Duration::from_secs(6))
+                .unwrap()
+                .headers(),
+        )
+        .service(upstream(Arc::default()));
+    for left in [2, 1, 0] {
+        let response = global
+            .ready()
+            .await
+            .unwrap()
+            .call(get("/200"))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            r#""default";q=3;w=6"#
+        );
+        let state = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(
+            state.starts_with(&format!(r#""default";r={left};t="#)),
+            "{state}"
+        );
+    }
+
+    let per_client = KeyedRateLimitLayer::new(2, Duration::from_secs(60), |req: &Req| {
+        req.headers()["x-client"].to_str().unwrap().to_owned()
+    })
+    .unwrap()
+    .headers();
+    let mut keyed = ServiceBuilder::new()
+        .layer(per_client)
+        .service(upstream(Arc::default()));
+    let mut request = get("/200");
+    request
+        .headers_mut()
+        .insert("x-client", "alice".parse().unwrap());
+    let response = keyed.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.headers()["ratelimit"], r#""default";r=1;t=30"#);
+}

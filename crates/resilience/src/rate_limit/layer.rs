@@ -13,9 +13,9 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::Status;
 use super::error::{InvalidQuota, RateLimited};
 use super::future::ResponseFuture;
+use super::{NoReport, Report, Status};
 use crate::BoxError;
 use crate::keyed::{MakeKey, Registry};
 
@@ -96,13 +96,14 @@ impl Limits {
 /// One limit for every request through every service this layer makes; see the
 /// [module docs](super).
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimitLayer<H = NoReport> {
     limiter: Arc<Direct>,
     clock: TokioClock,
     limits: Limits,
+    report: H,
 }
 
-impl fmt::Debug for RateLimitLayer {
+impl<H> fmt::Debug for RateLimitLayer<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("burst", &self.limits.burst)
@@ -130,6 +131,7 @@ impl RateLimitLayer {
             ),
             clock,
             limits,
+            report: NoReport,
         })
     }
 
@@ -143,8 +145,24 @@ impl RateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+impl<H> RateLimitLayer<H> {
+    /// Gives every response this layer admits the draft's `RateLimit` and `RateLimit-Policy`
+    /// headers (see [`crate::http::set_rate_limit_headers`]).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    #[must_use]
+    pub fn headers(self) -> RateLimitLayer<super::Headers> {
+        RateLimitLayer {
+            limiter: self.limiter,
+            clock: self.clock,
+            limits: self.limits,
+            report: super::Headers,
+        }
+    }
+}
+
+impl<S, H: Clone> Layer<S> for RateLimitLayer<H> {
+    type Service = RateLimit<S, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit {
@@ -156,12 +174,12 @@ impl<S> Layer<S> for RateLimitLayer {
 
 /// Global rate-limit middleware made by [`RateLimitLayer`].
 #[derive(Clone)]
-pub struct RateLimit<S> {
+pub struct RateLimit<S, H = NoReport> {
     inner: S,
-    layer: RateLimitLayer,
+    layer: RateLimitLayer<H>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+impl<S: fmt::Debug, H> fmt::Debug for RateLimit<S, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
@@ -170,7 +188,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     }
 }
 
-impl<S> RateLimit<S> {
+impl<S, H> RateLimit<S, H> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -182,14 +200,15 @@ impl<S> RateLimit<S> {
     }
 }
 
-impl<S, Req> Service<Req> for RateLimit<S>
+impl<S, H, Req> Service<Req> for RateLimit<S, H>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    H: Report<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -198,7 +217,11 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
         match layer.limiter.check() {
-            Ok(_) => ResponseFuture::called(self.inner.call(request)),
+            Ok(snapshot) => ResponseFuture::called(
+                self.inner.call(request),
+                layer.report.clone(),
+                layer.limits.admitted(&snapshot),
+            ),
             Err(not_until) => {
                 ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock))
             }
@@ -214,23 +237,25 @@ struct KeyedShared<K: std::hash::Hash + Eq + Clone> {
 }
 
 /// One limit per key (see [`MakeKey`]), shared by every service this layer makes.
-pub struct KeyedRateLimitLayer<M, K: std::hash::Hash + Eq + Clone> {
+pub struct KeyedRateLimitLayer<M, K: std::hash::Hash + Eq + Clone, H = NoReport> {
     make_key: M,
     max_keys: usize,
     shared: Arc<KeyedShared<K>>,
+    report: H,
 }
 
-impl<M: Clone, K: std::hash::Hash + Eq + Clone> Clone for KeyedRateLimitLayer<M, K> {
+impl<M: Clone, K: std::hash::Hash + Eq + Clone, H: Clone> Clone for KeyedRateLimitLayer<M, K, H> {
     fn clone(&self) -> Self {
         Self {
             make_key: self.make_key.clone(),
             max_keys: self.max_keys,
             shared: self.shared.clone(),
+            report: self.report.clone(),
         }
     }
 }
 
-impl<M, K: std::hash::Hash + Eq + Clone> fmt::Debug for KeyedRateLimitLayer<M, K> {
+impl<M, K: std::hash::Hash + Eq + Clone, H> fmt::Debug for KeyedRateLimitLayer<M, K, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimitLayer")
             .field("burst", &self.shared.limits.burst)
@@ -266,7 +291,27 @@ where
                 clock,
                 limits,
             }),
+            report: NoReport,
         })
+    }
+}
+
+impl<M, K, H> KeyedRateLimitLayer<M, K, H>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Gives every response this layer admits the draft's `RateLimit` and `RateLimit-Policy`
+    /// headers for its key's limit (see [`crate::http::set_rate_limit_headers`]).
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    #[must_use]
+    pub fn headers(self) -> KeyedRateLimitLayer<M, K, super::Headers> {
+        KeyedRateLimitLayer {
+            make_key: self.make_key,
+            max_keys: self.max_keys,
+            shared: self.shared,
+            report: super::Headers,
+        }
     }
 
     /// Track at most `max_keys` keys (at least one; the bound is shared by every clone of
@@ -303,8 +348,10 @@ where
     }
 }
 
-impl<S, M: Clone, K: std::hash::Hash + Eq + Clone> Layer<S> for KeyedRateLimitLayer<M, K> {
-    type Service = KeyedRateLimit<S, M, K>;
+impl<S, M: Clone, K: std::hash::Hash + Eq + Clone, H: Clone> Layer<S>
+    for KeyedRateLimitLayer<M, K, H>
+{
+    type Service = KeyedRateLimit<S, M, K, H>;
 
     fn layer(&self, inner: S) -> Self::Service {
         KeyedRateLimit {
@@ -315,12 +362,14 @@ impl<S, M: Clone, K: std::hash::Hash + Eq + Clone> Layer<S> for KeyedRateLimitLa
 }
 
 /// Per-key rate-limit middleware made by [`KeyedRateLimitLayer`].
-pub struct KeyedRateLimit<S, M, K: std::hash::Hash + Eq + Clone> {
+pub struct KeyedRateLimit<S, M, K: std::hash::Hash + Eq + Clone, H = NoReport> {
     inner: S,
-    layer: KeyedRateLimitLayer<M, K>,
+    layer: KeyedRateLimitLayer<M, K, H>,
 }
 
-impl<S: Clone, M: Clone, K: std::hash::Hash + Eq + Clone> Clone for KeyedRateLimit<S, M, K> {
+impl<S: Clone, M: Clone, K: std::hash::Hash + Eq + Clone, H: Clone> Clone
+    for KeyedRateLimit<S, M, K, H>
+{
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -329,7 +378,9 @@ impl<S: Clone, M: Clone, K: std::hash::Hash + Eq + Clone> Clone for KeyedRateLim
     }
 }
 
-impl<S: fmt::Debug, M, K: std::hash::Hash + Eq + Clone> fmt::Debug for KeyedRateLimit<S, M, K> {
+impl<S: fmt::Debug, M, K: std::hash::Hash + Eq + Clone, H> fmt::Debug
+    for KeyedRateLimit<S, M, K, H>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyedRateLimit")
             .field("inner", &self.inner)
@@ -338,15 +389,16 @@ impl<S: fmt::Debug, M, K: std::hash::Hash + Eq + Clone> fmt::Debug for KeyedRate
     }
 }
 
-impl<S, M, Req> Service<Req> for KeyedRateLimit<S, M, M::Key>
+impl<S, M, H, Req> Service<Req> for KeyedRateLimit<S, M, M::Key, H>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     M: MakeKey<Req>,
+    H: Report<S::Response> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, H>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -355,7 +407,9 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.layer.make_key.make_key(&request);
         match self.layer.check(&key) {
-            Ok(_) => ResponseFuture::called(self.inner.call(request)),
+            Ok(status) => {
+                ResponseFuture::called(self.inner.call(request), self.layer.report.clone(), status)
+            }
             Err(limited) => ResponseFuture::limited(limited),
         }
     }

@@ -9,8 +9,9 @@
 //! A refused call fails at once with [`error::RateLimited`], a local rejection that says when to
 //! come back; with the `http` feature [`crate::http::ProblemLayer`] turns it into `429 Too Many
 //! Requests` with `Retry-After` and the `RateLimit` and `RateLimit-Policy` headers of the IETF
-//! draft. A handler that checks a limit itself ([`KeyedRateLimitLayer::check`]) gets the
-//! limit's [`Status`] to send the same headers on the responses it admits.
+//! draft. With `headers()` on either layer (feature `http`), every response it admits carries
+//! them too; a handler that checks a limit itself ([`KeyedRateLimitLayer::check`]) gets the
+//! limit's [`Status`] to send the same headers.
 //!
 //! # Example
 //!
@@ -43,6 +44,36 @@ pub mod future;
 use std::time::Duration;
 
 pub use self::layer::{KeyedRateLimit, KeyedRateLimitLayer, RateLimit, RateLimitLayer};
+
+/// Tells a response what the limit that admitted it has left: the layers' `headers()` give
+/// HTTP responses the draft's `RateLimit` and `RateLimit-Policy` headers ([`Headers`], feature
+/// `http`); by default nothing is added ([`NoReport`]).
+pub trait Report<Res> {
+    /// Adds what `status` says to `response`.
+    fn report(&self, response: &mut Res, status: &Status);
+}
+
+/// Reports nothing: the layers' default, for any response type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReport;
+
+impl<Res> Report<Res> for NoReport {
+    fn report(&self, _: &mut Res, _: &Status) {}
+}
+
+/// Gives every admitted HTTP response the draft's `RateLimit` and `RateLimit-Policy` headers
+/// (refused calls get them on their `429` from [`crate::http::ProblemLayer`]).
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers;
+
+#[cfg(feature = "http")]
+impl<B> Report<http::Response<B>> for Headers {
+    fn report(&self, response: &mut http::Response<B>, status: &Status) {
+        crate::http::set_rate_limit_headers(status, response.headers_mut());
+    }
+}
 
 /// A limit's state after a decision: what a client is told in the `RateLimit` and
 /// `RateLimit-Policy` headers (see `http::set_rate_limit_headers`, feature `http`).
