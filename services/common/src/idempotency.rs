@@ -8,12 +8,17 @@
 //!   can never read another's answer by guessing its key;
 //! * the same key with another request body is `422`; while the first request runs, the same
 //!   key is `409` with `Retry-After: 1`;
-//! * answers that say nothing final (`5xx`, `408`, `409`, `425`, `429`) are not kept: the
-//!   client may try again;
+//! * answers that say nothing final (`5xx`, `401`, `403`, `408`, `409`, `425`, `429`) are not
+//!   kept: the client may try again;
+//! * once claimed, the request runs to its end even if the caller goes away (a gateway's
+//!   attempt timeout, a closed connection), so that a retry finds its answer rather than a key
+//!   left claimed by a request stopped halfway;
 //! * answers are kept for 24 hours, **sealed**: encrypted (AES-256-GCM) under a key derived from
 //!   the idempotency key and the request body, neither of which is stored, so the table never
 //!   holds a readable response (a refresh's new tokens, say);
-//! * a key is 1 to 255 visible ASCII characters (`400` otherwise), and a body larger than the
+//! * a key is 1 to 255 visible ASCII characters (`400` otherwise); it should be unguessable
+//!   (a UUID v4, as the draft recommends), since callers without `Authorization` share one
+//!   scope; a body larger than the
 //!   service's body limit is `413` before anything is stored;
 //! * if the database cannot be asked, the request is refused with `503` rather than run
 //!   without the guarantee.
@@ -34,6 +39,7 @@ use http::header::{AUTHORIZATION, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body::Body as _;
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument as _;
 
 use crate::Problem;
 use crate::store::{Database, StoreError};
@@ -317,9 +323,10 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-async fn keyed_call<S>(mut inner: S, layer: &IdempotencyLayer, request: Request<Body>) -> Response
+async fn keyed_call<S>(inner: S, layer: &IdempotencyLayer, request: Request<Body>) -> Response
 where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
 {
     let (parts, body) = request.into_parts();
     let Some(key) = parts.headers.get(&IDEMPOTENCY_KEY).and_then(valid_key) else {
@@ -346,7 +353,16 @@ where
         .get(AUTHORIZATION)
         .map_or(&b""[..], HeaderValue::as_bytes);
     let id = hex(&sha256(&[b"id", method, target, credentials, &key]));
-    let fingerprint = hex(&sha256(&[b"fingerprint", method, target, &bytes]));
+    // Keyed by the idempotency key and the caller too: the table never holds a plain digest
+    // of a body (a sign-in's password) that a dictionary could be run against.
+    let fingerprint = hex(&sha256(&[
+        b"fingerprint",
+        &key,
+        credentials,
+        method,
+        target,
+        &bytes,
+    ]));
     let seal = sealing_key(&key, method, target, &bytes);
 
     let now = crate::unix_millis();
@@ -405,7 +421,45 @@ where
         }
     }
 
+    // The handler runs to its end in a task of its own, even if the caller goes away (a
+    // gateway's attempt timeout, a closed connection): its answer is kept for the retry, and
+    // the key is never left claimed by a request that stopped halfway.
     let request = Request::from_parts(parts, Body::from(bytes));
+    let store = layer.store.clone();
+    let bound = layer.in_progress_for;
+    let task = tokio::spawn(
+        async move {
+            match tokio::time::timeout(bound, run(inner, &*store, &id, &seal, request)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    // The claim is stale now: a retry takes it over.
+                    tracing::error!(?bound, "a keyed request outran its claim");
+                    Problem::new(StatusCode::GATEWAY_TIMEOUT)
+                        .detail("the request took too long")
+                        .into_response()
+                }
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
+    task.await.unwrap_or_else(|error| {
+        // A panic in the handler: the claim is left to go stale, as its effect is unknown.
+        tracing::error!(%error, "a keyed request failed");
+        Problem::internal(&std::io::Error::other("the request failed")).into_response()
+    })
+}
+
+/// Runs the claimed request and keeps its answer if it is final.
+async fn run<S>(
+    mut inner: S,
+    store: &dyn IdempotencyStore,
+    id: &str,
+    seal: &[u8; 32],
+    request: Request<Body>,
+) -> Response
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
     let Ok(service) = inner.ready().await;
     let Ok(response) = service.call(request).await;
     let status = response.status();
@@ -415,14 +469,14 @@ where
         .exact()
         .is_some_and(|n| usize::try_from(n).is_ok_and(|n| n <= MAX_ANSWER));
     if !final_answer(status) || !fits {
-        if let Err(error) = layer.store.release(&id).await {
+        if let Err(error) = store.release(id).await {
             tracing::warn!(%error, "cannot release an Idempotency-Key");
         }
         return response;
     }
     let (parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_ANSWER).await else {
-        if let Err(error) = layer.store.release(&id).await {
+        if let Err(error) = store.release(id).await {
             tracing::warn!(%error, "cannot release an Idempotency-Key");
         }
         return Problem::new(StatusCode::BAD_GATEWAY)
@@ -430,8 +484,8 @@ where
             .into_response();
     };
     let response = Response::from_parts(parts, Body::from(body.clone()));
-    if let Some(sealed) = seal_answer(&seal, &response, &body)
-        && let Err(error) = layer.store.complete(&id, &sealed).await
+    if let Some(sealed) = seal_answer(seal, &response, &body)
+        && let Err(error) = store.complete(id, &sealed).await
     {
         // The effect happened: the answer goes out; a retry waits for the claim to go stale.
         tracing::error!(%error, "cannot keep an idempotent answer");
@@ -439,12 +493,15 @@ where
     response
 }
 
-/// Whether an answer is final: kept, and given again to a retry.
+/// Whether an answer is final: kept, and given again to a retry. A refusal of the caller
+/// (`401`, `403`) is not: it says who asked, not what the request did.
 fn final_answer(status: StatusCode) -> bool {
     !status.is_server_error()
         && !matches!(
             status,
-            StatusCode::REQUEST_TIMEOUT
+            StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::REQUEST_TIMEOUT
                 | StatusCode::CONFLICT
                 | StatusCode::TOO_EARLY
                 | StatusCode::TOO_MANY_REQUESTS

@@ -244,7 +244,7 @@ async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
 
 /// A kit that keeps idempotent answers in an in-memory SQLite database, over routes that count
 /// their calls: `/orders` answers 201 with the call's number, `/flaky` 503 on its first call,
-/// `/held` waits for `release`.
+/// `/held` waits for `release`, `/guarded` 401 on its first call.
 async fn keyed_app(release: Arc<Notify>) -> (Router, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let database = shop_common::store::Database::connect("sqlite::memory:")
@@ -252,7 +252,8 @@ async fn keyed_app(release: Arc<Notify>) -> (Router, Arc<std::sync::atomic::Atom
         .unwrap();
     let kit = kit().with_idempotency(&database).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
-    let (orders, flaky, held) = (calls.clone(), calls.clone(), calls.clone());
+    let (orders, flaky, held, guarded) =
+        (calls.clone(), calls.clone(), calls.clone(), calls.clone());
     let app = kit.stack(
         Router::new()
             .route(
@@ -282,6 +283,16 @@ async fn keyed_app(release: Arc<Notify>) -> (Router, Arc<std::sync::atomic::Atom
                     held.fetch_add(1, Ordering::SeqCst);
                     release.notified().await;
                     StatusCode::CREATED
+                }),
+            )
+            .route(
+                "/guarded",
+                post(move || async move {
+                    if guarded.fetch_add(1, Ordering::SeqCst) == 0 {
+                        StatusCode::UNAUTHORIZED
+                    } else {
+                        StatusCode::CREATED
+                    }
                 }),
             ),
     );
@@ -377,4 +388,54 @@ async fn the_same_key_while_its_request_runs_is_a_conflict() {
     let (status, _, _) = send(&app, keyed("/held", "held-1", "", None)).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_keyed_request_dropped_midway_still_finishes_and_keeps_its_answer() {
+    use std::sync::atomic::Ordering;
+    let release = Arc::new(Notify::new());
+    let (app, calls) = keyed_app(release.clone()).await;
+    // The caller gives up (a gateway's attempt timeout, a closed connection) while the
+    // handler runs: the request future is dropped.
+    let abandoned = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, keyed("/held", "held-2", "", None)).await }
+    });
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    release.notify_one();
+    // The retry waits while the first request finishes, then gets its answer: the handler
+    // ran once, and the key was never given up to run it twice.
+    let replayed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let response = app
+                .clone()
+                .oneshot(keyed("/held", "held-2", "", None))
+                .await
+                .unwrap();
+            if response.status() != StatusCode::CONFLICT {
+                break response;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the abandoned request never finished: its key stays in progress");
+    assert_eq!(replayed.status(), StatusCode::CREATED);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn refusals_of_the_caller_are_not_kept_under_its_key() {
+    let (app, _) = keyed_app(Arc::new(Notify::new())).await;
+    // A 401 or 403 says who the caller was, not what the request did: once signed in, the
+    // same key runs the request.
+    let (status, _, _) = send(&app, keyed("/guarded", "g-1", "", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send(&app, keyed("/guarded", "g-1", "", None)).await;
+    assert_eq!(status, StatusCode::CREATED, "the refusal was kept");
 }
