@@ -13,7 +13,9 @@
 //!
 //! **Writes invalidate.** An unsafe request (`POST`, `PUT`, `PATCH`, `DELETE`) passes through,
 //! and once it succeeds the entries of its target and of the `Location` it answers with are
-//! dropped (RFC 9111 §4.4): send a service's writes through the same layer as its reads.
+//! dropped (RFC 9111 §4.4): send a service's writes through the same layer as its reads. A read
+//! that was at the origin while the write succeeded is answered but not kept, and no later read
+//! joins it: it may have seen the state before the write.
 //!
 //! **No stampede.** Concurrent `GET` misses for one key make one origin request: the first is
 //! sent, the others wait for its response and are answered from it once stored. If it cannot be
@@ -196,7 +198,15 @@ struct Shared {
     /// that a finished request removes its own entry, not a successor's).
     loading: Mutex<HashMap<String, (u64, Loading)>>,
     loads: std::sync::atomic::AtomicU64,
+    /// Write generations, one per stripe of keys: a write bumps its keys' stripes, and a
+    /// load that began under an older generation is not kept (it may have read the state
+    /// before the write). Striped so that memory is fixed, whatever the keys.
+    generations: Box<[std::sync::atomic::AtomicU64]>,
+    hasher: std::hash::RandomState,
 }
+
+/// How many generation stripes: a write costs other keys of its stripe one store each.
+const GENERATION_STRIPES: usize = 256;
 
 /// What waiters for an origin request in flight learn: `Some` the stored response, `None` that
 /// nothing was stored. A closed channel means the request was dropped.
@@ -238,6 +248,31 @@ enum Miss {
 }
 
 impl Shared {
+    fn stripe(&self, key: &str) -> &std::sync::atomic::AtomicU64 {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(key);
+        // The modulo keeps the index below the stripe count, so it fits a usize.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.generations[(hash % GENERATION_STRIPES as u64) as usize]
+    }
+
+    /// The write generation of `key`, read before its origin request starts.
+    fn generation(&self, key: &str) -> u64 {
+        self.stripe(key).load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After a successful write of `key`: loads that began before it are neither kept nor
+    /// joined, and what is stored is dropped.
+    async fn written(&self, key: &String) {
+        self.stripe(key)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        self.cache.invalidate(key).await;
+    }
+
     fn miss(self: &Arc<Self>, key: &str) -> Miss {
         let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, waiting)) = loading.get(key) {
@@ -310,6 +345,10 @@ impl ResponseCacheLayer {
                 refreshing: Mutex::new(HashSet::new()),
                 loading: Mutex::new(HashMap::new()),
                 loads: std::sync::atomic::AtomicU64::new(0),
+                generations: (0..GENERATION_STRIPES)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
+                hasher: std::hash::RandomState::new(),
             }),
             make_key: Arc::new(UriKey),
         }
@@ -385,10 +424,12 @@ pub type CachedBody<B> = Either<B, Full<Bytes>>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Reads a response's body into a stored entry, if it is small enough to store.
+/// Reads a response's body into a stored entry, if it is small enough to store; it is kept
+/// only if no write of `key` succeeded since `generation` was read.
 async fn store_response<B>(
     shared: &Shared,
     key: String,
+    generation: u64,
     vary: Vec<(HeaderName, Option<HeaderValue>)>,
     (ttl, grace): (Duration, Duration),
     response: Response<B>,
@@ -441,8 +482,13 @@ where
         fresh_until: now + ttl,
         stale_until: now + ttl + grace,
     });
-    if stored.status == StatusCode::OK {
-        shared.cache.insert(key, stored.clone()).await;
+    if stored.status == StatusCode::OK && shared.generation(&key) == generation {
+        shared.cache.insert(key.clone(), stored.clone()).await;
+        // A write that succeeded between the check and the insert: its invalidation may have
+        // come first, so this one drops what the insert kept.
+        if shared.generation(&key) != generation {
+            shared.cache.invalidate(&key).await;
+        }
     }
     Ok(stored)
 }
@@ -564,6 +610,7 @@ where
             }
             let had_auth = request.headers().contains_key(AUTHORIZATION);
             let vary_request = RequestHeaders::of(&request);
+            let generation = shared.generation(&key);
             let response = inner.call(request).await?;
             let Some(lifetime) = (!asked.no_store && !head)
                 .then(|| storable(had_auth, &response))
@@ -575,7 +622,7 @@ where
                 return Ok(response.map(Either::Left));
             };
             let vary = vary_request.values(&vary_names(response.headers()));
-            match store_response(&shared, key, vary, lifetime, response).await {
+            match store_response(&shared, key, generation, vary, lifetime, response).await {
                 Ok(stored) => {
                     if let Some(guard) = guard {
                         let shareable = stored.status == StatusCode::OK;
@@ -638,7 +685,7 @@ where
                 .filter(|uri| uri.authority().is_none())
                 .and_then(|uri| key_of::<M, ReqBody>(&make_key, uri, &headers));
             for key in [target, location].into_iter().flatten() {
-                shared.cache.invalidate(&key).await;
+                shared.written(&key).await;
             }
         }
         Ok(response.map(Either::Left))
@@ -699,6 +746,7 @@ fn refresh<S, ReqBody, ResBody>(
     copy.headers_mut().remove(IF_NONE_MATCH);
     let had_auth = copy.headers().contains_key(AUTHORIZATION);
     let vary_request = RequestHeaders::of(&copy);
+    let generation = shared.generation(&key);
     tokio::spawn(async move {
         let ready = std::future::poll_fn(|cx| service.poll_ready(cx))
             .await
@@ -708,7 +756,8 @@ fn refresh<S, ReqBody, ResBody>(
             && let Some(lifetime) = storable(had_auth, &response)
         {
             let vary = vary_request.values(&vary_names(response.headers()));
-            let _ = store_response(&shared, key.clone(), vary, lifetime, response).await;
+            let _ =
+                store_response(&shared, key.clone(), generation, vary, lifetime, response).await;
         }
         shared
             .refreshing

@@ -221,7 +221,8 @@ async fn a_varying_response_is_served_only_to_matching_requests() {
     assert_eq!(origin.calls(), 2);
 }
 
-/// An origin that takes 50 ms per answer: `/slow` is cacheable, `/slow-cart` is not.
+/// An origin that takes 50 ms per answer: `/slow` is cacheable (and a `POST` to it answers at
+/// once), `/slow-cart` is not.
 fn slow_app(origin: &Origin) -> Router {
     async fn answer(
         origin: Origin,
@@ -237,7 +238,12 @@ fn slow_app(origin: &Origin) -> Router {
     Router::new()
         .route(
             "/slow",
-            get(|State(o): State<Origin>| answer(o, "public, max-age=60")),
+            get(|State(o): State<Origin>| answer(o, "public, max-age=60")).post(
+                |State(o): State<Origin>| async move {
+                    o.0.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::NO_CONTENT
+                },
+            ),
         )
         .route(
             "/slow-cart",
@@ -323,5 +329,26 @@ async fn a_successful_write_through_the_cache_drops_what_it_stored() {
         send(&app, get_req("/products/1")).await.2,
         "product v3 (en)"
     );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_that_raced_a_write_is_neither_kept_nor_joined() {
+    let origin = Origin::default();
+    let app = slow_app(&origin);
+    let before = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, get_req("/slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // A write lands while the read is at the origin: the read may have seen the old state.
+    let write = Request::post("/slow").body(Body::empty()).unwrap();
+    assert_eq!(send(&app, write).await.0, StatusCode::NO_CONTENT);
+    // A read after the write does not join the load that began before it.
+    let after = send(&app, get_req("/slow")).await;
+    assert_eq!(after.2, "answer 3");
+    // The read that began before the write gets its answer, which is not kept.
+    assert_eq!(before.await.unwrap().2, "answer 1");
+    assert_eq!(send(&app, get_req("/slow")).await.2, "answer 3");
     assert_eq!(origin.calls(), 3);
 }
