@@ -401,9 +401,17 @@ struct Admitted {
 
 impl Admitted {
     /// The response, with the caller's rate limit reported in the draft's `RateLimit` and
-    /// `RateLimit-Policy` headers, as on every response a limit decided.
+    /// `RateLimit-Policy` headers, as on every response a limit decided, unless the upstream
+    /// reported its own.
     fn finish(&self, mut response: Response) -> Response {
-        set_rate_limit_headers(&self.limit, response.headers_mut());
+        // An upstream's own limit (users' per-account sign-in limit, say) decided this answer
+        // when it reports one: the client is told that one, not the gateway's.
+        if !response
+            .headers()
+            .contains_key(mainstay_resilience::http::RATELIMIT)
+        {
+            set_rate_limit_headers(&self.limit, response.headers_mut());
+        }
         response
     }
 }
@@ -628,7 +636,17 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
         ])
-        .expose_headers([HeaderName::from_static("x-request-id"), header::RETRY_AFTER])
+        // What a browser script needs to act on an answer; the CORS-safelisted ones aside.
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+            mainstay_resilience::http::RATELIMIT,
+            mainstay_resilience::http::RATELIMIT_POLICY,
+            shop_common::idempotency::IDEMPOTENT_REPLAYED,
+            header::ALLOW,
+            header::LOCATION,
+            header::ETAG,
+        ])
         .max_age(Duration::from_secs(600))
 }
 

@@ -480,6 +480,62 @@ async fn large_bodies_are_refused_and_cors_follows_the_allow_list() {
     assert!(methods.contains("POST"), "{methods}");
     let refused = send(&shop.app, preflight("https://evil.example")).await;
     assert!(!refused.headers.contains_key("access-control-allow-origin"));
+
+    // A browser script may read what the API tells it to act on.
+    let reply = get_from(
+        &shop.app,
+        "/api/v1/me",
+        "10.0.0.1:5000",
+        &[("origin", "https://shop.example")],
+    )
+    .await;
+    let exposed = reply.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "x-request-id",
+        "retry-after",
+        "ratelimit",
+        "ratelimit-policy",
+        "idempotent-replayed",
+        "allow",
+        "location",
+    ] {
+        assert!(
+            exposed.split(',').any(|n| n.trim() == name),
+            "{name} not in {exposed}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_upstreams_own_rate_limit_answer_reaches_the_client_unchanged() {
+    // Users limits sign-ins per account, more tightly than the gateway limits the address.
+    let users = serve(Router::new().route(
+        "/login",
+        axum::routing::post(|| async {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    ("retry-after", "300"),
+                    ("ratelimit-policy", r#""default";q=5;w=900"#),
+                    ("ratelimit", r#""default";r=0;t=300"#),
+                ],
+            )
+        }),
+    ))
+    .await;
+    let shop = shop(&[("USERS_URLS", url(users))]).await;
+    let request = from(Request::post("/api/v1/auth/login"), "10.0.0.1:5000")
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let reply = send(&shop.app, request).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.headers["retry-after"], "300");
+    assert_eq!(reply.headers["ratelimit"], r#""default";r=0;t=300"#);
+    assert_eq!(reply.headers["ratelimit-policy"], r#""default";q=5;w=900"#);
 }
 
 #[tokio::test]
