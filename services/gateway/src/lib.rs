@@ -7,7 +7,9 @@
 //! 1. CORS (an explicit allow-list) and the security headers, on every response;
 //! 2. the server stack of every service (`shop_common::Kit::stack`): request id, trace, RED
 //!    metrics, health and metrics endpoints, body limit, deadline, adaptive concurrency;
-//! 3. the route table ([`ROUTES`]): an unknown path is a 404 problem;
+//! 3. the route table ([`ROUTES`]) and the API document (`openapi.json`): a path the
+//!    document does not describe is a 404 problem, a method it does not list on one it does a
+//!    405 with `Allow`;
 //! 4. authentication: a bearer token is validated against the users service's JWKS
 //!    (mainstay-auth) when present, and required on protected routes; the sign-in routes
 //!    never look at it ([`Access::Public`]);
@@ -513,11 +515,15 @@ async fn proxy(State(gateway): State<Gateway>, request: Request) -> Response {
         return Problem::not_found(format!("no route for {}", request.uri().path()))
             .into_response();
     };
-    // The OpenAPI document is the contract: a method it does not list on a path it describes
-    // never reaches a service (TRACE, say, or a write the service would only refuse later).
-    if let Some(allowed) = openapi::allowed_methods(request.uri().path())
-        && !allowed.contains(request.method())
-    {
+    // The OpenAPI document is the contract: a path it does not describe is not the API (a
+    // trailing slash, a deeper path: whatever else a service routes stays private), and a
+    // method it does not list on a path it describes never reaches a service (TRACE, say, or a
+    // write the service would only refuse later).
+    let Some(allowed) = openapi::allowed_methods(request.uri().path()) else {
+        return Problem::not_found(format!("no route for {}", request.uri().path()))
+            .into_response();
+    };
+    if !allowed.contains(request.method()) {
         return method_not_allowed(request.method(), allowed);
     }
     let (parts, body) = request.into_parts();

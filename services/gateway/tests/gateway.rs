@@ -644,10 +644,11 @@ async fn flaky(calls: Arc<AtomicUsize>) -> SocketAddr {
 
 #[tokio::test]
 async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
-    let (users_calls, carts_calls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (users_calls, orders_calls) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let users = flaky(users_calls.clone()).await;
-    let carts = flaky(carts_calls.clone()).await;
-    let shop = shop(&[("USERS_URLS", url(users)), ("CARTS_URLS", url(carts))]).await;
+    let orders = flaky(orders_calls.clone()).await;
+    let shop = shop(&[("USERS_URLS", url(users)), ("ORDERS_URLS", url(orders))]).await;
     let token = shop.token("alice");
     let key = Some(("idempotency-key", "k-1"));
 
@@ -664,18 +665,18 @@ async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(users_calls.load(Ordering::SeqCst), 2);
 
-    // Carts has not declared it: the same keyed POST is sent once, and its 503 passed on.
+    // Orders has not declared it: the same keyed POST is sent once, and its 503 passed on.
     let reply = call(
         &shop.app,
         Method::POST,
-        "/api/v1/cart/items",
+        "/api/v1/checkout",
         Some(&token),
         Some(json!({})),
         key,
     )
     .await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(carts_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(orders_calls.load(Ordering::SeqCst), 1);
 }
 
 /// An upstream that takes `delay` behind the server stack every service runs, so that it
@@ -975,7 +976,7 @@ async fn in_production_mode_services_are_found_through_consul() {
 }
 
 #[tokio::test]
-async fn a_method_the_document_does_not_list_is_405_with_allow() {
+async fn the_document_bounds_the_api_405_with_allow_and_404_beyond() {
     let upstream = Upstream::default();
     let catalog = catalog(upstream.clone()).await;
     let shop = shop(&[("CATALOG_URLS", url(catalog))]).await;
@@ -991,6 +992,17 @@ async fn a_method_the_document_does_not_list_is_405_with_allow() {
         let reply = call(&shop.app, method.clone(), path, None, None, None).await;
         assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(reply.headers["allow"], allow, "{method} {path}");
+    }
+    // A path the document does not describe is not the API, whatever the method: a trailing
+    // slash or a deeper path never reaches a service's other routes.
+    for (method, path) in [
+        (Method::TRACE, "/api/v1/products/kettle/"),
+        (Method::GET, "/api/v1/products/kettle/variants"),
+        (Method::DELETE, "/api/v1/products/"),
+        (Method::GET, "/api/v1/categories/all"),
+    ] {
+        let reply = call(&shop.app, method.clone(), path, None, None, None).await;
+        assert_problem(&reply, StatusCode::NOT_FOUND);
     }
     assert_eq!(
         upstream.hits.load(Ordering::SeqCst),
