@@ -225,8 +225,16 @@ pub struct Ejected {
 /// What the discover stream learns from its source, its endpoints and its timers.
 enum Event {
     Snapshot(Arc<Vec<Endpoint>>),
-    Eject { id: String, generation: u64 },
-    Readmit { id: String },
+    Eject {
+        id: String,
+        generation: u64,
+    },
+    /// The end of the ejection of `id`'s service of `generation`: a timer of an earlier
+    /// ejection (the endpoint left and came back meanwhile) ends nothing.
+    Readmit {
+        id: String,
+        generation: u64,
+    },
 }
 
 /// How many of a service's endpoints are out, shared by its endpoints (which decide to eject
@@ -408,6 +416,8 @@ struct Ejection {
     out: bool,
     /// When it was last readmitted.
     readmitted: Option<Instant>,
+    /// The generation of the service the current ejection took out.
+    generation: u64,
 }
 
 /// Aborts the source-forwarding task when the discover stream is dropped.
@@ -578,6 +588,7 @@ where
                     times: 0,
                     out: false,
                     readmitted: None,
+                    generation,
                 });
                 if ejection
                     .readmitted
@@ -591,17 +602,18 @@ where
                     .min(options.max_ejection);
                 ejection.times += 1;
                 ejection.out = true;
+                ejection.generation = generation;
                 tracing::warn!(service = %self.service, endpoint = %id, ?period, "endpoint ejected");
                 self.remove(&id);
                 let events = self.sender.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(period).await;
-                    let _ = events.send(Event::Readmit { id });
+                    let _ = events.send(Event::Readmit { id, generation });
                 });
             }
-            Event::Readmit { id } => {
+            Event::Readmit { id, generation } => {
                 if let Some(ejection) = self.ejections.get_mut(&id) {
-                    if !ejection.out {
+                    if !ejection.out || ejection.generation != generation {
                         return;
                     }
                     ejection.out = false;

@@ -175,6 +175,42 @@ async fn an_endpoint_failing_in_a_row_is_ejected_then_readmitted_with_growing_ba
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_ejection_ends_on_its_own_timer_not_on_an_earlier_ones() {
+    let down = Down::default();
+    let (source, receiver) = watch::channel(snapshot(&[1, 2, 3]));
+    let mut service = Balanced::new("catalog", receiver, make(&down), ErrorsFail, options(3));
+    down.lock().unwrap().insert("10.0.0.1:2".to_owned());
+    spread(&mut service, 20).await;
+    assert_eq!(service.endpoints(), 2, "ejected at 0 s, for 10 s");
+
+    // It leaves the registry and comes back, still failing: a new ejection, at 6 s, for 10 s.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    source.send(snapshot(&[1, 3])).unwrap();
+    tokio::task::yield_now().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    source.send(snapshot(&[1, 2, 3])).unwrap();
+    tokio::task::yield_now().await;
+    let counts = spread(&mut service, 50).await;
+    assert_eq!(counts.get("error"), Some(&3), "{counts:?}");
+    assert_eq!(service.endpoints(), 2);
+
+    // The first ejection's timer (10 s) ends nothing: the second runs to 16 s.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    tokio::task::yield_now().await;
+    let counts = spread(&mut service, 50).await;
+    assert!(
+        !counts.contains_key("error"),
+        "readmitted early: {counts:?}"
+    );
+    assert_eq!(service.endpoints(), 2);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    tokio::task::yield_now().await;
+    down.lock().unwrap().clear();
+    spread(&mut service, 50).await;
+    assert_eq!(service.endpoints(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn failures_that_are_not_in_a_row_eject_nothing() {
     let down = Down::default();
     let (_source, receiver) = watch::channel(snapshot(&[1]));
