@@ -125,6 +125,12 @@ pub const ROUTES: &[Route] = &[
     ),
     route("/api/v1/auth/logout", "users", "/logout", Access::Public),
     route(
+        "/api/v1/auth/email/confirm",
+        "users",
+        "/email/confirm",
+        Access::Public,
+    ),
+    route(
         "/api/v1/auth/.well-known/jwks.json",
         "users",
         "/.well-known/jwks.json",

@@ -87,6 +87,19 @@ pub(crate) struct User {
     role: String,
     /// Unix seconds.
     created_at: i64,
+    /// A new email waiting for its confirmation by the address's owner (`PATCH /me` only).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_email: Option<String>,
+}
+
+/// The token mailed to a new address, confirming an email change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmailConfirmation {
+    /// The token, as mailed.
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
+    token: String,
 }
 
 /// A change to the caller's profile: at least one field.
@@ -98,7 +111,8 @@ pub(crate) struct ProfileChange {
     #[schema(nullable = false, min_length = 1, max_length = 100)]
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    /// A new email address.
+    /// A new email address: it applies once the address's owner confirms it
+    /// (`/api/v1/auth/email/confirm`, with the token mailed there).
     #[schema(nullable = false, max_length = 254)]
     #[serde(skip_serializing_if = "Option::is_none")]
     email: Option<String>,
@@ -240,11 +254,17 @@ fn jwks() {}
 fn me() {}
 
 #[utoipa::path(patch, path = "/api/v1/me", tag = "users", security(("bearer" = [])), request_body = ProfileChange,
-    responses((status = 200, description = "The changed profile", body = User),
+    responses((status = 200, description = "The changed profile; a new email is `pending_email` until confirmed, whether or not the address has an account", body = User),
               (status = 401, description = "No valid token"),
-              (status = 409, description = "The email is another account's"),
               (status = 422, description = "Invalid fields, or nothing to change")))]
 fn update_me() {}
+
+#[utoipa::path(post, path = "/api/v1/auth/email/confirm", tag = "auth", request_body = EmailConfirmation,
+    responses((status = 200, description = "The profile, with its new email", body = User),
+              (status = 400, description = "Not the shape of a token"),
+              (status = 404, description = "No email change waits for this token: used, replaced or expired"),
+              (status = 409, description = "Another account took the address meanwhile")))]
+fn confirm_email() {}
 
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "users", security(("bearer" = [])),
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 50)"),
@@ -467,10 +487,10 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
-    paths(register, login, refresh, logout, jwks, me, update_me, list_users, rotate_keys,
+    paths(register, login, refresh, logout, confirm_email, jwks, me, update_me, list_users, rotate_keys,
           products, create_product, search, product, replace_product, delete_product, categories,
           cart, orders, checkout, home),
-    components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, Tokens,
+    components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, EmailConfirmation, Tokens,
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns),
 )]

@@ -19,8 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shop_common::{FieldErrors, Json, Problem};
 
+use crate::events::{
+    AddressClaimAttempted, ClaimedBy, EmailChangeRequested, EmailChanged, UserRegistered,
+};
 use crate::input;
-use crate::store::{User, Write};
+use crate::store::{EmailChange, User, Write};
 use crate::{Users, stored};
 
 type Reply = Result<Response, Refusal>;
@@ -65,6 +68,7 @@ pub fn router(users: Users) -> Router {
         .route("/login", post(login))
         .route("/token/refresh", post(refresh_tokens))
         .route("/logout", post(logout))
+        .route("/email/confirm", post(confirm_email))
         .route("/.well-known/jwks.json", get(jwks))
         .merge(signed_in)
         .with_state(users)
@@ -78,6 +82,9 @@ struct UserView {
     name: String,
     role: String,
     created_at: i64,
+    /// An email change waiting for its confirmation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_email: Option<String>,
 }
 
 impl From<User> for UserView {
@@ -88,6 +95,7 @@ impl From<User> for UserView {
             name: user.name,
             role: user.role,
             created_at: user.created_at,
+            pending_email: None,
         }
     }
 }
@@ -148,21 +156,8 @@ async fn register(
             Refusal::from(problem_response::<axum::body::Body>(&limited))
         })?;
 
-    // A taken email costs a lookup, not a hash, and is answered in the time a hash takes.
-    if let Some(existing) = users
-        .0
-        .store
-        .by_email(&email)
-        .await
-        .map_err(|e| internal(&e))?
-    {
-        tokio::time::sleep(users.0.passwords.typical_hash_time()).await;
-        // The owner is the one to tell (a mail, once notifications exist): never the caller.
-        tracing::info!(user = %existing.id, "registration attempted for an existing account");
-        return Ok(registered(&limit));
-    }
-
     // Registrations hash apart from logins: a flood of them queues here, not before a login.
+    // A taken email queues the same, so that a flood tells nothing either.
     let Ok(Ok(_slot)) =
         tokio::time::timeout(REGISTRATION_QUEUE, users.0.registrations.acquire()).await
     else {
@@ -173,6 +168,31 @@ async fn register(
             .insert(RETRY_AFTER, HeaderValue::from_static("2"));
         return Err(busy.into());
     };
+
+    // A taken email costs a lookup, not a hash, and is answered in the time a hash takes; its
+    // owner is told (a mail), never the caller.
+    if let Some(existing) = users
+        .0
+        .store
+        .by_email(&email)
+        .await
+        .map_err(|e| internal(&e))?
+    {
+        tokio::time::sleep(users.0.passwords.typical_hash_time()).await;
+        tracing::info!(user = %existing.id, "registration attempted for an existing account");
+        users
+            .publish(
+                "AddressClaimAttempted",
+                &AddressClaimAttempted {
+                    user_id: existing.id,
+                    email,
+                    by: ClaimedBy::Registration,
+                },
+            )
+            .await;
+        return Ok(registered(&limit));
+    }
+
     let hash = users
         .0
         .passwords
@@ -196,7 +216,19 @@ async fn register(
         .await
         .map_err(|e| internal(&e))?
     {
-        Write::Done(user) => tracing::info!(user = %user.id, "registered"),
+        Write::Done(user) => {
+            tracing::info!(user = %user.id, "registered");
+            users
+                .publish(
+                    "UserRegistered",
+                    &UserRegistered {
+                        user_id: user.id,
+                        email: user.email,
+                        name: user.name,
+                    },
+                )
+                .await;
+        }
         // Taken between the lookup and the insert: the same answer.
         Write::EmailTaken => {
             tracing::info!("registration attempted for an existing account");
@@ -435,6 +467,12 @@ struct UpdateBody {
     email: Option<String>,
 }
 
+/// How long an email change waits for the new address's owner to confirm it.
+const EMAIL_CHANGE_TTL: i64 = 24 * 3600;
+
+/// `PATCH /me`: a new name applies at once; a new email waits for its confirmation by the
+/// address's owner (`POST /email/confirm`), and the answer is the same whether or not the
+/// address has an account, so that no caller learns who has one.
 async fn update_me(
     State(users): State<Users>,
     principal: Principal,
@@ -450,19 +488,120 @@ async fn update_me(
         StatusCode::UNPROCESSABLE_ENTITY,
         "the request has invalid fields",
     )?;
-    let user = current_user(&users, &principal).await?;
-    let name = name.unwrap_or(user.name);
-    let email = email.unwrap_or(user.email);
-    match users
+    let mut user = current_user(&users, &principal).await?;
+    let now = shop_common::unix_seconds();
+    if let Some(name) = name {
+        user = users
+            .0
+            .store
+            .rename(&user.id, &name, now)
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| Refusal::from(Problem::not_found("the account no longer exists")))?;
+    }
+    let pending = email.filter(|email| *email != user.email);
+    if let Some(email) = &pending {
+        request_email_change(&users, &user, email, now).await?;
+    }
+    let mut view = UserView::from(user);
+    view.pending_email = pending;
+    Ok(Json(view).into_response())
+}
+
+/// Starts a change of `user`'s email to `email`: a token mailed to a free address, or a word to
+/// the owner of a taken one.
+async fn request_email_change(
+    users: &Users,
+    user: &User,
+    email: &str,
+    now: i64,
+) -> Result<(), Refusal> {
+    let owner = users
         .0
         .store
-        .update(&user.id, &name, &email, shop_common::unix_seconds())
+        .by_email(email)
         .await
-        .map_err(|e| internal(&e))?
-    {
-        Write::Done(Some(user)) => Ok(Json(UserView::from(user)).into_response()),
-        Write::Done(None) => Err(Problem::not_found("the account no longer exists").into()),
-        Write::EmailTaken => Err(Problem::conflict("an account with this email exists").into()),
+        .map_err(|e| internal(&e))?;
+    if let Some(owner) = owner {
+        tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
+        users
+            .publish(
+                "AddressClaimAttempted",
+                &AddressClaimAttempted {
+                    user_id: owner.id,
+                    email: email.to_owned(),
+                    by: ClaimedBy::EmailChange,
+                },
+            )
+            .await;
+        return Ok(());
+    }
+    // The same opaque 256-bit token as a refresh token, stored by its digest only.
+    let token = RefreshToken::generate();
+    let expires_at = now + EMAIL_CHANGE_TTL;
+    users
+        .0
+        .store
+        .request_email_change(&token.digest(), &user.id, email, expires_at, now)
+        .await
+        .map_err(|e| internal(&e))?;
+    tracing::info!(user = %user.id, "email change requested");
+    users
+        .publish(
+            "EmailChangeRequested",
+            &EmailChangeRequested {
+                user_id: user.id.clone(),
+                email: email.to_owned(),
+                token: token.as_str().to_owned(),
+                expires_at,
+            },
+        )
+        .await;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    token: String,
+}
+
+/// `POST /email/confirm`: the new address's owner confirms an email change with the token
+/// mailed there. No bearer token: the mail may be opened anywhere.
+async fn confirm_email(State(users): State<Users>, Json(body): Json<ConfirmBody>) -> Reply {
+    let token = RefreshToken::parse(&body.token).ok_or_else(|| {
+        Refusal::from(Problem::bad_request(
+            "a confirmation token is 43 characters of base64url",
+        ))
+    })?;
+    let change = users
+        .0
+        .store
+        .confirm_email_change(&token.digest(), shop_common::unix_seconds())
+        .await
+        .map_err(|e| internal(&e))?;
+    match change {
+        EmailChange::Changed(user) => {
+            tracing::info!(user = %user.id, "email changed");
+            users
+                .publish(
+                    "EmailChanged",
+                    &EmailChanged {
+                        user_id: user.id.clone(),
+                        email: user.email.clone(),
+                    },
+                )
+                .await;
+            Ok(Json(UserView::from(user)).into_response())
+        }
+        EmailChange::Unknown => Err(Problem::not_found(
+            "no email change waits for this token: it was used, replaced or has expired",
+        )
+        .into()),
+        // Only the address's owner holds the token: telling them is no leak.
+        EmailChange::Taken => {
+            Err(Problem::conflict("another account took this address meanwhile").into())
+        }
     }
 }
 

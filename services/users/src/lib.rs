@@ -7,26 +7,31 @@
 //! | `POST /login` | — | `{email, password}` → 200 tokens; limited per account and per IP |
 //! | `POST /token/refresh` | — | `{refresh_token}` → 200 new tokens (the old refresh token is spent) |
 //! | `POST /logout` | — | `{refresh_token}` → 204; signs out every token of that login |
-//! | `GET /me`, `PATCH /me` | bearer | the caller's profile; `{name?, email?}` |
+//! | `GET /me`, `PATCH /me` | bearer | the caller's profile; `{name?, email?}`: a new email waits for its confirmation (`pending_email`) |
+//! | `POST /email/confirm` | — | `{token}` (mailed to the new address) → 200 the profile with its new email |
 //! | `GET /.well-known/jwks.json` | — | the public keys |
 //! | `GET /users?limit&offset` | role `admin` | a page of users |
 //! | `POST /admin/keys/rotate` | role `admin` | new signing key; the old one is served until its tokens expire |
 //!
 //! Errors are `application/problem+json`: 401 for bad credentials or tokens, 403 for a missing
-//! role, 409 for a taken email on `PATCH /me`, 413/415/400/422 for bodies (422 lists every
+//! role, 404 for an unknown confirmation token, 409 when the address was taken before its
+//! confirmation, 413/415/400/422 for bodies (422 lists every
 //! invalid field), 429 with `Retry-After` for too many logins or registrations, and 503 when
 //! registrations are queued too long (they hash apart from logins, so that a flood of them
 //! never slows a login).
 //!
-//! Registration does not tell who has an account (OWASP's authentication cheat sheet): a taken
-//! email gets the same `202` after the same time (a wait as long as a hash, instead of one), and
-//! no account is touched. The first admin, `admin@example.com`, is created on first start with
+//! Neither registration nor an email change tells who has an account (OWASP's authentication
+//! cheat sheet): a taken email gets the same `202` after the same time (a wait as long as a
+//! hash, in the same queue, instead of one) and no account is touched; `PATCH /me` with a new
+//! email answers `pending_email` either way, and only the new address's owner can confirm it.
+//! The owner of a taken address is told instead, by mail ([`events::AddressClaimAttempted`]). The first admin, `admin@example.com`, is created on first start with
 //! `ADMIN_PASSWORD`, or with a generated password printed once.
 
 #![forbid(unsafe_code)]
 
 mod api;
 pub mod config;
+pub mod events;
 mod input;
 pub mod password;
 pub mod store;
@@ -39,6 +44,7 @@ use async_trait::async_trait;
 use mainstay_auth::jsonwebtoken::Algorithm;
 use mainstay_auth::{FetchError, FetchJwks, Fetched, Jwks, SigningKey, TokenIssuer, Validator};
 use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+use shop_common::bus::{Envelope, EventBus};
 use shop_common::store::{Database, StoreError};
 
 pub use self::api::router;
@@ -89,6 +95,8 @@ struct Inner {
     /// Registrations hashing at once: fewer than the hashing threads, so that logins always
     /// have one.
     registrations: Arc<tokio::sync::Semaphore>,
+    /// Where [`events`] go.
+    bus: Arc<dyn EventBus>,
 }
 
 impl std::fmt::Debug for Users {
@@ -153,13 +161,30 @@ fn stored(key: &SigningKey) -> StoredKey {
 }
 
 impl Users {
+    /// Publishes `event` as `kind` on [`events::SUBJECT`]; a failure is logged, not returned:
+    /// the change it reports is already written.
+    async fn publish(&self, kind: &str, event: &impl serde::Serialize) {
+        if let Err(error) = self
+            .0
+            .bus
+            .publish(events::SUBJECT, Envelope::new(kind, event))
+            .await
+        {
+            tracing::error!(%error, kind, "cannot publish a users event");
+        }
+    }
+
     /// Opens the store (migrating it), loads or creates the signing key, and seeds the demo
-    /// accounts when configured to.
+    /// accounts when configured to. [`events`] are published on `bus`.
     ///
     /// # Errors
     ///
     /// The database fails, or a stored key cannot be read.
-    pub async fn start(config: UsersConfig, database: &Database) -> Result<Self, StartError> {
+    pub async fn start(
+        config: UsersConfig,
+        database: &Database,
+        bus: Arc<dyn EventBus>,
+    ) -> Result<Self, StartError> {
         let store = store::open(database).await?;
         let now = shop_common::unix_seconds();
         let keys = store.signing_keys(now).await?;
@@ -212,6 +237,7 @@ impl Users {
             per_ip,
             register_per_ip,
             registrations: Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1))),
+            bus,
             config,
         });
         let _ = this.set(Arc::downgrade(&inner));

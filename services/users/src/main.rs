@@ -1,6 +1,9 @@
 //! `shop-users`: the users service, on the environment's configuration.
 
+use std::sync::Arc;
+
 use shop_common::Kit;
+use shop_common::bus::InProcessBus;
 use shop_common::config::{EX_CONFIG, or_exit};
 use shop_common::store::Database;
 use shop_users::{Users, UsersConfig, router};
@@ -20,7 +23,8 @@ async fn main() -> std::io::Result<()> {
         .with_idempotency(&database)
         .await
         .map_err(std::io::Error::other)?;
-    let users = Users::start(config, &database)
+    // Events stay in the process until the event backbone lands (NATS in production).
+    let users = Users::start(config, &database, Arc::new(InProcessBus::new()))
         .await
         .map_err(std::io::Error::other)?;
     let db = database.clone();

@@ -59,6 +59,17 @@ pub enum Write<T> {
     EmailTaken,
 }
 
+/// What confirming an email change did.
+#[derive(Debug)]
+pub enum EmailChange {
+    /// The account has its new email.
+    Changed(User),
+    /// No pending change has this token (never made, spent, expired or replaced).
+    Unknown,
+    /// Another account took the address meanwhile; the token is spent.
+    Taken,
+}
+
 /// Accounts, refresh tokens and signing keys.
 #[async_trait]
 pub trait UserStore: RefreshStore<Error = StoreError> + Send + Sync + 'static {
@@ -68,14 +79,23 @@ pub trait UserStore: RefreshStore<Error = StoreError> + Send + Sync + 'static {
     async fn by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     /// The user with this id.
     async fn by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
-    /// Changes name and email; `None` when the user does not exist.
-    async fn update(
+    /// Changes the name; `None` when the user does not exist. (An email changes only by
+    /// [`confirm_email_change`](Self::confirm_email_change).)
+    async fn rename(&self, id: &str, name: &str, now: i64) -> Result<Option<User>, StoreError>;
+    /// Records `user_id`'s pending change to `email`, confirmed by the token whose digest is
+    /// `digest` until `expires_at`; it replaces the user's earlier pending change, and expired
+    /// ones are forgotten.
+    async fn request_email_change(
         &self,
-        id: &str,
-        name: &str,
+        digest: &str,
+        user_id: &str,
         email: &str,
+        expires_at: i64,
         now: i64,
-    ) -> Result<Write<Option<User>>, StoreError>;
+    ) -> Result<(), StoreError>;
+    /// Spends the token whose digest is `digest` and applies its change, if it has not expired.
+    async fn confirm_email_change(&self, digest: &str, now: i64)
+    -> Result<EmailChange, StoreError>;
     /// A page of users by creation time, and the total.
     async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<User>, i64), StoreError>;
     /// Every key not yet retired at `now`.
@@ -192,26 +212,79 @@ macro_rules! user_store {
                     .await?)
             }
 
-            async fn update(
+            async fn rename(
                 &self,
                 id: &str,
                 name: &str,
-                email: &str,
                 now: i64,
-            ) -> Result<Write<Option<User>>, StoreError> {
-                let result = sqlx::query_as(
-                    "UPDATE users SET name = $2, email = $3, updated_at = $4 WHERE id = $1 \
-                     RETURNING *",
+            ) -> Result<Option<User>, StoreError> {
+                Ok(sqlx::query_as(
+                    "UPDATE users SET name = $2, updated_at = $3 WHERE id = $1 RETURNING *",
                 )
                 .bind(id)
                 .bind(name)
+                .bind(now)
+                .fetch_optional(&self.0)
+                .await?)
+            }
+
+            async fn request_email_change(
+                &self,
+                digest: &str,
+                user_id: &str,
+                email: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.0.begin().await?;
+                sqlx::query("DELETE FROM email_changes WHERE user_id = $1 OR expires_at <= $2")
+                    .bind(user_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO email_changes (digest, user_id, email, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(digest)
+                .bind(user_id)
                 .bind(email)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn confirm_email_change(
+                &self,
+                digest: &str,
+                now: i64,
+            ) -> Result<EmailChange, StoreError> {
+                // One statement spends the token: of two confirmations, one applies it.
+                let pending: Option<(String, String)> = sqlx::query_as(
+                    "DELETE FROM email_changes WHERE digest = $1 AND expires_at > $2 \
+                     RETURNING user_id, email",
+                )
+                .bind(digest)
+                .bind(now)
+                .fetch_optional(&self.0)
+                .await?;
+                let Some((user_id, email)) = pending else {
+                    return Ok(EmailChange::Unknown);
+                };
+                let updated = sqlx::query_as(
+                    "UPDATE users SET email = $2, updated_at = $3 WHERE id = $1 RETURNING *",
+                )
+                .bind(&user_id)
+                .bind(&email)
                 .bind(now)
                 .fetch_optional(&self.0)
                 .await;
-                match result {
-                    Ok(user) => Ok(Write::Done(user)),
-                    Err(e) if unique_violation(&e) => Ok(Write::EmailTaken),
+                match updated {
+                    Ok(Some(user)) => Ok(EmailChange::Changed(user)),
+                    Ok(None) => Ok(EmailChange::Unknown),
+                    Err(e) if unique_violation(&e) => Ok(EmailChange::Taken),
                     Err(e) => Err(e.into()),
                 }
             }

@@ -4,6 +4,7 @@ mod common;
 
 use http::{Method, Request, StatusCode, header};
 use serde_json::json;
+use shop_common::bus::EventBus as _;
 use shop_common::store::Database;
 
 use common::*;
@@ -105,16 +106,76 @@ async fn register_login_and_profile(database: &Database, url: &str) {
     assert_eq!(patched.body["name"], "Robert");
     assert_eq!(client.get("/me", token).await.body["name"], "Robert");
 
-    // Taking alice's email is a conflict, not a 500.
-    let taken = client
-        .call(
+    // A new email waits for its owner's confirmation, and the answer is the same whether the
+    // address is alice's or free: nobody learns who has an account.
+    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    let change = |email: &'static str| {
+        client.call(
             Method::PATCH,
             "/me",
             Some(token),
-            Some(json!({"email": ALICE.0})),
+            Some(json!({"email": email})),
         )
+    };
+    let taken = change(ALICE.0).await;
+    let free = change("robert@example.com").await;
+    assert_eq!(taken.status, StatusCode::OK);
+    assert_eq!(free.status, StatusCode::OK);
+    for (reply, asked) in [(&taken, ALICE.0), (&free, "robert@example.com")] {
+        assert_eq!(reply.body["email"], "bob@example.com", "{}", reply.body);
+        assert_eq!(reply.body["pending_email"], asked);
+    }
+    let (alice_token, _) = client.login(ALICE.0, ALICE.1).await;
+    let alice_id = client.get("/me", &alice_token).await.body["id"].clone();
+    // Alice is told; the free address gets the token that confirms the change.
+    let (kind, owner_word) = next_event(&mut events);
+    assert_eq!(kind, "AddressClaimAttempted");
+    assert_eq!(
+        owner_word,
+        json!({"user_id": alice_id, "email": ALICE.0, "by": "email_change"})
+    );
+    let (kind, requested) = next_event(&mut events);
+    assert_eq!(kind, "EmailChangeRequested");
+    assert_eq!(requested["email"], "robert@example.com");
+    let confirmation = requested["token"].as_str().unwrap().to_owned();
+    assert!(events.try_recv().is_err(), "one event each");
+    assert_eq!(
+        client.get("/me", token).await.body["email"],
+        "bob@example.com"
+    );
+
+    let confirm = |token: String| client.post("/email/confirm", json!({ "token": token }));
+    let confirmed = confirm(confirmation.clone()).await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
+    assert_eq!(confirmed.body["email"], "robert@example.com");
+    assert_eq!(next_event(&mut events).0, "EmailChanged");
+    // A token confirms once; a made-up one, never.
+    for (token, status) in [
+        (confirmation, StatusCode::NOT_FOUND),
+        ("x".repeat(43), StatusCode::NOT_FOUND),
+        ("short".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let reply = confirm(token).await;
+        assert_eq!(reply.status, status, "{}", reply.body);
+    }
+    client
+        .login("robert@example.com", "a long enough password")
         .await;
-    assert_eq!(taken.status, StatusCode::CONFLICT);
+
+    // An address taken between the request and the confirmation: the token's holder is told.
+    change("carol@example.com").await;
+    let (_, requested) = next_event(&mut events);
+    let carol = json!({"email": "carol@example.com", "password": "a long enough password", "name": "Carol"});
+    assert_eq!(
+        client.post("/register", carol).await.status,
+        StatusCode::ACCEPTED
+    );
+    let late = confirm(requested["token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(late.status, StatusCode::CONFLICT, "{}", late.body);
+    assert_eq!(
+        client.get("/me", token).await.body["email"],
+        "robert@example.com"
+    );
 
     // Wrong password and unknown account: the same 401, word for word.
     let wrong = client
@@ -566,8 +627,17 @@ async fn registration_is_limited_per_address_and_tells_nobody_who_has_an_account
         shop_common::testing::send(&app, request)
     };
     // A taken email and a free one: the same status, body and headers a client can read.
+    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
     let taken = register(ALICE.0).await;
     let free = register("new@example.com").await;
+    // Alice is told by mail; the new account is announced.
+    let (kind, payload) = next_event(&mut events);
+    assert_eq!(kind, "AddressClaimAttempted");
+    assert_eq!(payload["by"], "registration");
+    assert_eq!(payload["email"], ALICE.0);
+    let (kind, payload) = next_event(&mut events);
+    assert_eq!(kind, "UserRegistered");
+    assert_eq!(payload["email"], "new@example.com");
     assert_eq!(taken.status, StatusCode::ACCEPTED);
     assert_eq!((taken.status, &taken.body), (free.status, &free.body));
     let names = |reply: &Reply| {
@@ -637,10 +707,7 @@ async fn logins_are_limited_per_address() {
             [203, 0, 113, 9],
             4000,
         ))));
-    let client = Client {
-        app,
-        users: client.users,
-    };
+    let client = Client { app, ..client };
     for email in ["a@example.com", "b@example.com"] {
         let reply = client
             .post(

@@ -6,6 +6,7 @@ use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use serde_json::Value;
 use shop_common::Kit;
+use shop_common::bus::InProcessBus;
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
 pub use shop_common::testing::Reply;
@@ -30,6 +31,8 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
 pub struct Client {
     pub app: Router,
     pub users: Users,
+    /// The bus the service publishes its events on.
+    pub bus: InProcessBus,
 }
 
 impl Client {
@@ -38,10 +41,14 @@ impl Client {
             .with_idempotency(database)
             .await
             .unwrap();
-        let users = Users::start(config, database).await.unwrap();
+        let bus = InProcessBus::new();
+        let users = Users::start(config, database, std::sync::Arc::new(bus.clone()))
+            .await
+            .unwrap();
         Self {
             app: kit.stack(router(users.clone())),
             users,
+            bus,
         }
     }
 
@@ -81,4 +88,12 @@ impl Client {
             reply.body["refresh_token"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// The next users event, which must come at once: its kind and payload.
+pub fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<shop_common::bus::Envelope>,
+) -> (String, Value) {
+    let event = events.try_recv().expect("an event was published");
+    (event.kind, event.payload)
 }
