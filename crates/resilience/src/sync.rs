@@ -1,10 +1,11 @@
-//! Atomics used by the lock-free state machines, swapped for loom's under `--cfg mainstay_loom`
-//! so the breaker core's loom tests can explore every interleaving.
+//! Atomics used by the lock-free state machines, swapped for loom's in the crate's own tests
+//! under `--cfg mainstay_loom`, so that the loom tests can explore every interleaving. loom is
+//! a dev-dependency: it never reaches a user's `Cargo.lock`.
 
-#[cfg(not(mainstay_loom))]
+#[cfg(not(all(test, mainstay_loom)))]
 pub(crate) use std::sync::atomic;
 
-#[cfg(mainstay_loom)]
+#[cfg(all(test, mainstay_loom))]
 pub(crate) use loom::sync::atomic;
 
 /// Keeps a value on cache lines of its own (128 bytes: x86 prefetches lines in pairs), so that a

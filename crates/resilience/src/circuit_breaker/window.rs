@@ -36,7 +36,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    #[cfg(any(test, mainstay_loom))]
+    #[cfg(test)]
     fn add(&mut self, outcome: u8) {
         self.calls += u64::from(outcome & RECORDED);
         self.failures += u64::from((outcome & FAILED) >> 1);
@@ -188,7 +188,7 @@ impl CountWindow {
     }
 
     /// Sum of the ring, for tests that compare it with the aggregates.
-    #[cfg(any(test, mainstay_loom))]
+    #[cfg(test)]
     pub(crate) fn recount(&self) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for slot in &*self.slots {
