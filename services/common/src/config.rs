@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// The exit status for bad configuration (`EX_CONFIG` in BSD's `sysexits.h`).
-pub const EX_CONFIG: i32 = 64;
+pub const EX_CONFIG: i32 = 78;
 
 /// A variable that is set to something unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

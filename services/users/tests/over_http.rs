@@ -166,3 +166,16 @@ async fn another_service_validates_what_users_issues() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[test]
+fn bad_configuration_ends_the_process_with_ex_config_naming_the_variable() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shop-users"))
+        .env("PORT", "eighty")
+        .env("DATABASE_URL", "sqlite::memory:")
+        .output()
+        .unwrap();
+    // sysexits.h: EX_CONFIG is 78 (64 is EX_USAGE, a bad command line).
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PORT"), "{stderr}");
+}
