@@ -90,7 +90,8 @@ async fn a_second_instance_reads_the_second_tier_and_sees_invalidations() {
     let prefix = unique("l2");
     let a = two_tier(&url, &prefix);
     let b = two_tier(&url, &prefix);
-    tokio::time::sleep(Duration::from_millis(100)).await; // both subscribed
+    let channel = format!("{prefix}:invalidate");
+    mainstay_test_support::redis::wait_for_subscribers(&url, &channel, 2).await;
     let loads = Arc::new(AtomicUsize::new(0));
 
     assert_eq!(

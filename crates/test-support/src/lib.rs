@@ -3,9 +3,12 @@
 //! * [`CountingAllocator`]: a global allocator that counts allocations per thread, so a test or a
 //!   benchmark can assert how many heap allocations a call makes.
 //! * `consul` (feature `consul`): a Consul agent for tests.
+//! * `redis` (feature `redis`): waiting for pub/sub subscribers.
 
 #[cfg(feature = "consul")]
 pub mod consul;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -115,7 +115,8 @@ async fn with_redis_a_change_on_one_replica_reaches_the_others(database: &Databa
     ];
     let a = Shop::start_with(database, url, &extra).await;
     let b = Shop::start_with(database, url, &extra).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await; // both subscribed
+    let channel = format!("{prefix}:invalidate");
+    mainstay_test_support::redis::wait_for_subscribers(&redis, &channel, 2).await;
 
     let first = a.get("/products/books-003").await.body;
     // B finds it in Redis: its loader never runs.
