@@ -146,6 +146,11 @@ pub struct ServiceConfig {
     /// `SHUTDOWN_GRACE_MS`: how long in-flight requests may take to finish after SIGTERM
     /// (default 30 s).
     pub shutdown_grace: Duration,
+    /// `DRAIN_DELAY_MS`: after SIGTERM, how long readiness answers 503 while the listener still
+    /// accepts, so that a balancer polling readiness (Kubernetes, a load balancer's health
+    /// check) stops sending before connections are refused (default 0: set it to the
+    /// balancer's polling period; Consul registrations are withdrawn at once anyway).
+    pub drain_delay: Duration,
 }
 
 impl ServiceConfig {
@@ -209,6 +214,11 @@ impl ServiceConfig {
             )?),
             body_limit,
             shutdown_grace: vars.millis_or("SHUTDOWN_GRACE_MS", Duration::from_secs(30))?,
+            drain_delay: Duration::from_millis(vars.parse_or(
+                "DRAIN_DELAY_MS",
+                0,
+                "a whole number of milliseconds",
+            )?),
         })
     }
 }

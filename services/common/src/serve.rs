@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use crate::stack::Kit;
 
 /// Serves `app` on the configured address until SIGTERM or Ctrl-C, then drains: readiness turns
-/// 503, no new connections are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to
-/// finish. Flush telemetry after it returns (drop the `TelemetryGuard`).
+/// 503 (while new connections are still accepted for `DRAIN_DELAY_MS`), then no new connections
+/// are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to finish. Flush telemetry after it returns (drop the `TelemetryGuard`).
 ///
 /// In production mode (`CONSUL_HTTP_ADDR` set) the service registers with the local Consul
 /// agent once it listens, heartbeats while it runs, and deregisters as soon as shutdown begins,
@@ -50,10 +50,17 @@ pub async fn serve_until(
         "listening"
     );
     let health = kit.health.clone();
+    let drain_delay = kit.config.drain_delay;
     let (draining, mut drained) = tokio::sync::watch::channel(false);
     let graceful = async move {
         shutdown.await;
         health.set_draining();
+        if !drain_delay.is_zero() {
+            // Readiness says 503 while new connections are still served: a balancer polling
+            // it stops sending before any connection is refused.
+            tracing::info!(?drain_delay, "shutting down: readiness off, still accepting");
+            tokio::time::sleep(drain_delay).await;
+        }
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = draining.send(true);
     };

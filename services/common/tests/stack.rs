@@ -242,6 +242,47 @@ async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
     assert!(!kit.health.readiness().await.is_ready());
 }
 
+#[tokio::test]
+async fn readiness_turns_503_while_the_listener_still_accepts_for_the_drain_delay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kit = kit();
+    // Long enough that the requests below land inside it, whatever the machine's speed.
+    kit.config.drain_delay = Duration::from_secs(30);
+    let app = kit.stack(Router::new().route("/work", get(|| async { "done" })));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let kit = kit.clone();
+        async move {
+            serve_until(listener, app, &kit, async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    let get = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8(response).unwrap()
+    };
+    assert!(get("/health/ready").await.starts_with("HTTP/1.1 200"));
+    stop.send(()).unwrap();
+    while !kit.health.is_draining() {
+        tokio::task::yield_now().await;
+    }
+    // A balancer polling readiness learns to stop sending, and what it sends meanwhile, on
+    // new connections, is still served.
+    assert!(get("/health/ready").await.starts_with("HTTP/1.1 503"));
+    let served = get("/work").await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(!server.is_finished());
+    server.abort();
+}
+
 /// A kit that keeps idempotent answers in an in-memory SQLite database, over routes that count
 /// their calls: `/orders` answers 201 with the call's number, `/flaky` 503 on its first call,
 /// `/held` waits for `release`, `/guarded` 401 on its first call.
