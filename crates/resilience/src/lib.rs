@@ -1,4 +1,6 @@
-#![doc = include_str!("../README.md")]
+// The README is the front page; its examples run as doctests through `ReadmeDoctests` below,
+// where they need the features they use.
+#![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -61,3 +63,14 @@ pub mod adaptive;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(all(
+    doctest,
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "retry",
+    feature = "timeout"
+))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,4 +1,6 @@
-#![doc = include_str!("../README.md")]
+// The README is the front page; its examples run as doctests through `ReadmeDoctests` below,
+// where they need the features they use.
+#![cfg_attr(not(doctest), doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -23,3 +25,8 @@ pub use self::trace::{
     ClientFuture, ClientLayer, ClientTelemetry, SENSITIVE_HEADERS, ServerFuture, ServerLayer,
     ServerTelemetry,
 };
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(all(doctest, feature = "axum"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
