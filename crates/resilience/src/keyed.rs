@@ -82,6 +82,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Registry<K, V> {
         self.max_keys.store(max_keys.max(1), Ordering::Relaxed);
     }
 
+    #[cfg_attr(
+        not(any(feature = "circuit-breaker", feature = "rate-limit")),
+        allow(dead_code)
+    )]
     pub(crate) fn len(&self) -> usize {
         self.read().map.len()
     }

@@ -12,7 +12,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 mod clock;
 #[cfg(feature = "hedge")]
 mod histogram;
-#[cfg(feature = "circuit-breaker")]
+#[cfg(any(feature = "circuit-breaker", feature = "retry"))]
 mod sync;
 
 mod builder;

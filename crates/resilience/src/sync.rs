@@ -12,6 +12,7 @@ pub(crate) use loom::sync::atomic;
 /// word written on every call does not evict a word read on every call from other cores.
 #[derive(Debug, Default)]
 #[repr(align(128))]
+#[cfg_attr(not(feature = "circuit-breaker"), allow(dead_code))]
 pub(crate) struct CachePadded<T>(pub(crate) T);
 
 impl<T> std::ops::Deref for CachePadded<T> {

@@ -58,7 +58,10 @@ pub async fn serve_until(
         if !drain_delay.is_zero() {
             // Readiness says 503 while new connections are still served: a balancer polling
             // it stops sending before any connection is refused.
-            tracing::info!(?drain_delay, "shutting down: readiness off, still accepting");
+            tracing::info!(
+                ?drain_delay,
+                "shutting down: readiness off, still accepting"
+            );
             tokio::time::sleep(drain_delay).await;
         }
         tracing::info!("shutting down: finishing in-flight requests");
