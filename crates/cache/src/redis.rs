@@ -18,14 +18,13 @@
 
 use std::fmt;
 use std::fmt::Display;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, Runtime};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,56 +62,40 @@ impl<V: Serialize + DeserializeOwned> Codec<V> for Json {
     }
 }
 
-fn pool(url: &str) -> Result<Pool, BoxError> {
-    Ok(Config::from_url(url).create_pool(Some(Runtime::Tokio1))?)
-}
-
-/// Connections for one tier or bus. A multiplexed connection serves concurrent commands by
-/// itself, so one is kept and cloned per command; the pool only makes (and health-checks) a
-/// replacement after a failure. Taking from the pool per command would add a `PING` round
-/// trip to each (deadpool-redis checks every connection it hands out again).
+/// The connection of one tier or bus: redis's own [`ConnectionManager`], one multiplexed
+/// connection that serves concurrent commands, made on first use and made again after a
+/// failure (the failing command returns its error at once). Made inside the first command, so
+/// that a tier can be built outside a runtime, and a Redis that is down does not stop the
+/// service from starting.
 #[derive(Clone)]
 struct Connections {
-    pool: Pool,
-    current: Arc<Mutex<Option<MultiplexedConnection>>>,
+    client: redis::Client,
+    manager: Arc<tokio::sync::OnceCell<ConnectionManager>>,
 }
 
 impl Connections {
-    fn new(pool: Pool) -> Self {
+    fn new(client: redis::Client) -> Self {
         Self {
-            pool,
-            current: Arc::new(Mutex::new(None)),
+            client,
+            manager: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
-    async fn get(&self) -> Result<MultiplexedConnection, BoxError> {
-        if let Some(connection) = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
-            return Ok(connection);
-        }
-        let pooled = self.pool.get().await?;
-        let connection: MultiplexedConnection = (*pooled).clone();
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Runs `command`; a failure drops the kept connection so that the next command starts over.
     async fn run<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, BoxError> {
-        let mut connection = self.get().await?;
-        match command.query_async(&mut connection).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                self.current
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                Err(error.into())
-            }
-        }
+        let manager = self
+            .manager
+            .get_or_try_init(|| async {
+                // One attempt per reconnection: a command that meets a refused connection
+                // fails at once (the cache serves without Redis) and the next command tries
+                // again, rather than every command waiting out a back-off while Redis is down.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(0);
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await?;
+        let mut connection = manager.clone();
+        Ok(command.query_async(&mut connection).await?)
     }
 }
 
@@ -144,10 +127,11 @@ impl<C> fmt::Debug for RedisTier<C> {
 }
 
 impl RedisTier {
-    /// A tier on an existing pool.
-    pub fn new(pool: Pool, prefix: impl Into<String>) -> Self {
+    /// A tier on `client`'s server. The connection is made on first use, so a Redis that is
+    /// down does not stop the service from starting.
+    pub fn new(client: redis::Client, prefix: impl Into<String>) -> Self {
         Self {
-            connections: Connections::new(pool),
+            connections: Connections::new(client),
             prefix: prefix.into(),
             version: 1,
             tombstone: Duration::from_secs(30),
@@ -155,14 +139,13 @@ impl RedisTier {
         }
     }
 
-    /// A tier with its own pool on `url` (`redis://host:port/db`). Connections are made on
-    /// first use, so a Redis that is down does not stop the service from starting.
+    /// A tier on the Redis at `url` (`redis://host:port/db`); see [`new`](Self::new).
     ///
     /// # Errors
     ///
     /// The URL is not a Redis URL.
     pub fn from_url(url: &str, prefix: impl Into<String>) -> Result<Self, BoxError> {
-        Ok(Self::new(pool(url)?, prefix))
+        Ok(Self::new(redis::Client::open(url)?, prefix))
     }
 }
 
@@ -268,17 +251,23 @@ impl fmt::Debug for RedisBus {
 }
 
 impl RedisBus {
-    /// The bus on `channel` of the Redis at `url`.
+    /// The bus on `channel` of `client`'s server: a connection for publishing (made on first
+    /// use) and one subscription per [`subscribe`](InvalidationBus::subscribe).
+    pub fn new(client: redis::Client, channel: impl Into<String>) -> Self {
+        Self {
+            connections: Connections::new(client.clone()),
+            client,
+            channel: channel.into(),
+        }
+    }
+
+    /// The bus on `channel` of the Redis at `url`; see [`new`](Self::new).
     ///
     /// # Errors
     ///
     /// The URL is not a Redis URL.
     pub fn from_url(url: &str, channel: impl Into<String>) -> Result<Self, BoxError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            connections: Connections::new(pool(url)?),
-            channel: channel.into(),
-        })
+        Ok(Self::new(redis::Client::open(url)?, channel))
     }
 }
 

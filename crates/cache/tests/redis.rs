@@ -155,6 +155,16 @@ impl PrivateRedis {
             .local_addr()
             .ok()?
             .port();
+        Self::start_on(port).await
+    }
+
+    /// A new server on the port of this one, which must be stopped.
+    async fn restart(&self) -> Self {
+        let port = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        Self::start_on(port).await.unwrap()
+    }
+
+    async fn start_on(port: u16) -> Option<Self> {
         let child = tokio::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -242,6 +252,20 @@ async fn redis_stopped_mid_test_fails_no_read() {
     cache.invalidate(&1).await;
     assert_eq!(loads.load(Ordering::SeqCst), 11);
     assert!(cache.stats().l2_errors >= 10, "{:?}", cache.stats());
+
+    // Redis back (empty): the tier reconnects by itself, and a value written now is read by
+    // another instance from Redis.
+    let _back = redis.restart().await;
+    let other = two_tier(&redis.url, "down");
+    let stored = eventually(async || {
+        cache.insert(30, "thirty".to_owned()).await;
+        other
+            .get_or_load(&30, counting(&loads, "from the loader"))
+            .await
+            .is_ok_and(|v| v.as_deref() == Some("thirty"))
+    })
+    .await;
+    assert!(stored, "the tier never reconnected: {:?}", cache.stats());
 }
 
 #[tokio::test]
