@@ -5,6 +5,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod health;
+#[cfg(feature = "init")]
 mod init;
 pub mod metrics;
 pub mod propagation;
@@ -14,6 +15,7 @@ mod routes;
 mod trace;
 
 pub use self::health::{CheckOutcome, CheckResult, Health, Readiness};
+#[cfg(feature = "init")]
 pub use self::init::{
     Config, InitError, LogFormat, OTLP_ENDPOINT_ENV, OTLP_TRACES_ENDPOINT_ENV, TelemetryGuard,
     init, json_logs,
@@ -27,6 +29,6 @@ pub use self::trace::{
 };
 
 /// The README's examples, compiled as doctests so that they stay true.
-#[cfg(all(doctest, feature = "axum"))]
+#[cfg(all(doctest, feature = "axum", feature = "init"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
