@@ -143,8 +143,9 @@ pub struct ServiceConfig {
     pub deadline_floor: Duration,
     /// `BODY_LIMIT_BYTES`: the largest request body (default 1 MiB).
     pub body_limit: usize,
-    /// `SHUTDOWN_GRACE_MS`: how long in-flight requests may take to finish after SIGTERM
-    /// (default 30 s).
+    /// `SHUTDOWN_GRACE_MS`: how long in-flight requests may take to finish once the listener
+    /// stops accepting, which is `DRAIN_DELAY_MS` after SIGTERM (default 30 s). Keep the sum
+    /// under the orchestrator's termination grace (Kubernetes: 30 s by default).
     pub shutdown_grace: Duration,
     /// `DRAIN_DELAY_MS`: after SIGTERM, how long readiness answers 503 while the listener still
     /// accepts, so that a balancer polling readiness (Kubernetes, a load balancer's health

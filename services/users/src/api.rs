@@ -522,6 +522,17 @@ async fn request_email_change(
         .by_email(email)
         .await
         .map_err(|e| internal(&e))?;
+    // Both paths replace the user's pending change with a new one, at the same cost: a taken
+    // address gets a token nobody is sent, so neither the old token's fate nor the time taken
+    // tells the caller whether the address has an account.
+    let token = RefreshToken::generate();
+    let expires_at = now + EMAIL_CHANGE_TTL;
+    users
+        .0
+        .store
+        .request_email_change(&token.digest(), &user.id, email, expires_at, now)
+        .await
+        .map_err(|e| internal(&e))?;
     if let Some(owner) = owner {
         tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
         users
@@ -536,15 +547,6 @@ async fn request_email_change(
             .await;
         return Ok(());
     }
-    // The same opaque 256-bit token as a refresh token, stored by its digest only.
-    let token = RefreshToken::generate();
-    let expires_at = now + EMAIL_CHANGE_TTL;
-    users
-        .0
-        .store
-        .request_email_change(&token.digest(), &user.id, email, expires_at, now)
-        .await
-        .map_err(|e| internal(&e))?;
     tracing::info!(user = %user.id, "email change requested");
     users
         .publish(

@@ -237,14 +237,17 @@ macro_rules! user_store {
                 now: i64,
             ) -> Result<(), StoreError> {
                 let mut tx = self.0.begin().await?;
-                sqlx::query("DELETE FROM email_changes WHERE user_id = $1 OR expires_at <= $2")
-                    .bind(user_id)
+                sqlx::query("DELETE FROM email_changes WHERE expires_at <= $1")
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                // An upsert, so that two requests at once by one user leave one pending change
+                // (the later), where a delete-then-insert would meet the unique user id.
                 sqlx::query(
                     "INSERT INTO email_changes (digest, user_id, email, expires_at) \
-                     VALUES ($1, $2, $3, $4)",
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_id) DO UPDATE SET digest = excluded.digest, \
+                     email = excluded.email, expires_at = excluded.expires_at",
                 )
                 .bind(digest)
                 .bind(user_id)
@@ -261,14 +264,16 @@ macro_rules! user_store {
                 digest: &str,
                 now: i64,
             ) -> Result<EmailChange, StoreError> {
-                // One statement spends the token: of two confirmations, one applies it.
+                // One transaction spends the token and applies it: of two confirmations, one
+                // applies it, and a failure on the way leaves the token unspent.
+                let mut tx = self.0.begin().await?;
                 let pending: Option<(String, String)> = sqlx::query_as(
                     "DELETE FROM email_changes WHERE digest = $1 AND expires_at > $2 \
                      RETURNING user_id, email",
                 )
                 .bind(digest)
                 .bind(now)
-                .fetch_optional(&self.0)
+                .fetch_optional(&mut *tx)
                 .await?;
                 let Some((user_id, email)) = pending else {
                     return Ok(EmailChange::Unknown);
@@ -279,12 +284,23 @@ macro_rules! user_store {
                 .bind(&user_id)
                 .bind(&email)
                 .bind(now)
-                .fetch_optional(&self.0)
+                .fetch_optional(&mut *tx)
                 .await;
                 match updated {
-                    Ok(Some(user)) => Ok(EmailChange::Changed(user)),
+                    Ok(Some(user)) => {
+                        tx.commit().await?;
+                        Ok(EmailChange::Changed(user))
+                    }
                     Ok(None) => Ok(EmailChange::Unknown),
-                    Err(e) if unique_violation(&e) => Ok(EmailChange::Taken),
+                    Err(e) if unique_violation(&e) => {
+                        // Taken meanwhile: the change can never apply, so the token is spent.
+                        tx.rollback().await?;
+                        sqlx::query("DELETE FROM email_changes WHERE digest = $1")
+                            .bind(digest)
+                            .execute(&self.0)
+                            .await?;
+                        Ok(EmailChange::Taken)
+                    }
                     Err(e) => Err(e.into()),
                 }
             }

@@ -27,7 +27,99 @@ shop_common::on_both_stores!(
     keys_rotate_without_signing_anyone_out,
     logins_are_limited_per_account,
     a_rotation_on_one_replica_reaches_the_others,
+    a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_free,
+    concurrent_email_changes_leave_one_pending,
 );
+
+/// A pending change is replaced by the next request, to a free address or a taken one alike:
+/// otherwise the old token's fate (still confirmable or not) tells whether an address has an
+/// account.
+async fn a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_free(
+    database: &Database,
+    url: &str,
+) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (token, _) = client.login(ALICE.0, ALICE.1).await;
+    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    for next in [ADMIN.0, "somebody-new@example.com"] {
+        let first = client
+            .call(
+                Method::PATCH,
+                "/me",
+                Some(&token),
+                Some(json!({"email": "mine@example.com"})),
+            )
+            .await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+        let (kind, requested) = next_event(&mut events);
+        assert_eq!(kind, "EmailChangeRequested");
+        let first_token = requested["token"].as_str().unwrap().to_owned();
+
+        let second = client
+            .call(
+                Method::PATCH,
+                "/me",
+                Some(&token),
+                Some(json!({"email": next})),
+            )
+            .await;
+        assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+        assert_eq!(second.body["pending_email"], next);
+        while events.try_recv().is_ok() {}
+
+        let confirm = client
+            .post("/email/confirm", json!({ "token": first_token }))
+            .await;
+        assert_eq!(
+            confirm.status,
+            StatusCode::NOT_FOUND,
+            "next {next}: {}",
+            confirm.body
+        );
+    }
+    assert_eq!(client.get("/me", &token).await.body["email"], ALICE.0);
+}
+
+/// Changes requested at once by one user: all answered, exactly one left to confirm.
+async fn concurrent_email_changes_leave_one_pending(database: &Database, url: &str) {
+    let client = Client::start(database, config(url, &[])).await;
+    let (token, _) = client.login(ALICE.0, ALICE.1).await;
+    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    let change = |email: &'static str| {
+        client.call(
+            Method::PATCH,
+            "/me",
+            Some(&token),
+            Some(json!({"email": email})),
+        )
+    };
+    let (a, b, c, d) = tokio::join!(
+        change("one@example.com"),
+        change("two@example.com"),
+        change("three@example.com"),
+        change("four@example.com"),
+    );
+    let replies = [a, b, c, d];
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let mut confirmed = 0;
+    while let Ok(event) = events.try_recv() {
+        if event.kind != "EmailChangeRequested" {
+            continue;
+        }
+        let token = event.payload["token"].as_str().unwrap().to_owned();
+        let reply = client
+            .post("/email/confirm", json!({ "token": token }))
+            .await;
+        match reply.status {
+            StatusCode::OK => confirmed += 1,
+            StatusCode::NOT_FOUND => {}
+            other => panic!("{other}: {}", reply.body),
+        }
+    }
+    assert_eq!(confirmed, 1);
+}
 
 async fn a_rotation_on_one_replica_reaches_the_others(database: &Database, url: &str) {
     let a = Client::start(database, config(url, &[])).await;
