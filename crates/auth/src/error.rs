@@ -1,7 +1,7 @@
 //! Why a request was refused, and the response that says so.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{HeaderValue, Response, StatusCode};
 use jsonwebtoken::errors::ErrorKind;
 
@@ -99,22 +99,12 @@ impl AuthError {
     /// The rejection as an RFC 9457 `application/problem+json` response with its challenge.
     #[must_use]
     pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
-        let status = self.status();
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = Response::new(B::from(Bytes::from(body.to_string())));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut response = mainstay_problem::Problem::new(self.status())
+            .detail(self.to_string())
+            .to_response::<String>()
+            .map(|body| B::from(Bytes::from(body)));
         if let Some(challenge) = self.challenge() {
-            headers.insert(WWW_AUTHENTICATE, challenge);
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -204,7 +194,10 @@ mod tests {
         let response: Response<String> = AuthError::Expired
             .to_response::<Bytes>()
             .map(|b| String::from_utf8(b.to_vec()).unwrap());
-        assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            response.headers()[http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         assert!(response.body().contains("\"status\":401"));
     }
 }

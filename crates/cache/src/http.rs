@@ -45,8 +45,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
-    SET_COOKIE, VARY,
+    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, ETAG, IF_NONE_MATCH, SET_COOKIE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
@@ -453,18 +452,15 @@ where
             // The origin's body broke off: the client gets a 502, and nothing is stored.
             let error: BoxError = error.into();
             tracing::warn!(%error, "response body failed while being cached");
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/problem+json"),
-            );
+            let (parts, body) = mainstay_problem::Problem::new(StatusCode::BAD_GATEWAY)
+                .detail("the upstream's response broke off")
+                .to_response::<String>()
+                .into_parts();
             let now = Instant::now();
             return Ok(Arc::new(Stored {
-                status: StatusCode::BAD_GATEWAY,
-                headers,
-                body: Bytes::from_static(
-                    br#"{"type":"about:blank","title":"Bad Gateway","status":502}"#,
-                ),
+                status: parts.status,
+                headers: parts.headers,
+                body: Bytes::from(body),
                 vary: Vec::new(),
                 stored_at: now,
                 fresh_until: now,

@@ -51,7 +51,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -545,17 +545,7 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// An RFC 9457 problem response with `type: about:blank`, the status's title and `detail`.
 fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
-    let title = status.canonical_reason().unwrap_or("Error");
-    let body = format!(
-        r#"{{"type":"about:blank","title":"{title}","status":{},"detail":"{}"}}"#,
-        status.as_u16(),
-        detail.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
+    mainstay_problem::Problem::new(status)
+        .detail(detail)
+        .to_response()
 }

@@ -3,126 +3,12 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The media type of problem details.
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// An RFC 9457 problem: the body of every error response.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Problem {
-    /// A URI naming the problem type; `about:blank` when the status says it all.
-    #[serde(rename = "type")]
-    pub type_uri: String,
-    /// The status's reason phrase, or a short summary of the type.
-    pub title: String,
-    /// The HTTP status.
-    #[serde(serialize_with = "serialize_status")]
-    pub status: StatusCode,
-    /// What went wrong with this request, for a person to read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// Extension members (`"errors"`, `"reason"`, …).
-    #[serde(flatten)]
-    pub extensions: Map<String, Value>,
-}
-
-fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u16(status.as_u16())
-}
-
-impl Problem {
-    /// A problem of type `about:blank` with the status's reason phrase as title.
-    #[must_use]
-    pub fn new(status: StatusCode) -> Self {
-        Self {
-            type_uri: "about:blank".to_owned(),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status,
-            detail: None,
-            extensions: Map::new(),
-        }
-    }
-
-    /// Status 400, with `detail`.
-    #[must_use]
-    pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST).detail(detail)
-    }
-
-    /// Status 404, with `detail`.
-    #[must_use]
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND).detail(detail)
-    }
-
-    /// Status 409, with `detail`.
-    #[must_use]
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT).detail(detail)
-    }
-
-    /// Status 422, with `detail`.
-    #[must_use]
-    pub fn unprocessable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY).detail(detail)
-    }
-
-    /// An internal error (500). The cause is logged with the request's span (and so its request
-    /// id and trace id), never sent to the client.
-    #[must_use]
-    pub fn internal(cause: &dyn std::error::Error) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    /// Sets the detail.
-    #[must_use]
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-
-    /// Sets the type URI and title of a problem type of this API.
-    #[must_use]
-    pub fn typed(mut self, type_uri: impl Into<String>, title: impl Into<String>) -> Self {
-        self.type_uri = type_uri.into();
-        self.title = title.into();
-        self
-    }
-
-    /// Adds an extension member.
-    #[must_use]
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extensions.insert(name.into(), value.into());
-        self
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = self.status;
-        // A `Problem` holds only strings, numbers and JSON values: it always serializes.
-        let body = serde_json::to_string(&self).unwrap_or_default();
-        (status, [(CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.title)?;
-        if let Some(detail) = &self.detail {
-            write!(f, ": {detail}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problem {}
+pub use mainstay_problem::{PROBLEM_JSON, Problem};
 
 /// Field errors collected while validating a request, reported together in one problem of
 /// type `/problems/validation` with an `errors` member of `{field, message}` objects.

@@ -13,11 +13,12 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::home::Home;
 
-/// The media type of every error answer (RFC 9457).
-const PROBLEM_JSON: &str = "application/problem+json";
+use shop_common::PROBLEM_JSON;
 
-/// An RFC 9457 problem: every error of the API.
+/// An RFC 9457 problem: every error of the API. The schema of `mainstay_problem::Problem`,
+/// which writes every error of the system (a test below holds the two together).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct Problem {
     /// A URI naming the kind of problem (`about:blank` when the status says it all).
     #[serde(rename = "type")]
@@ -28,6 +29,8 @@ pub(crate) struct Problem {
     status: u16,
     /// What went wrong with this request.
     detail: Option<String>,
+    /// A URI naming this occurrence.
+    instance: Option<String>,
 }
 
 /// A new account.
@@ -561,4 +564,21 @@ pub(crate) fn routes() -> Router {
     SwaggerUi::new("/docs")
         .url("/api/v1/openapi.json", ApiDoc::openapi())
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    /// The documented schema reads every member the errors are written with.
+    #[test]
+    fn the_problem_schema_is_the_problem_type() {
+        let written = shop_common::Problem::new(StatusCode::NOT_FOUND)
+            .detail("no such route")
+            .instance("/api/v1/nowhere")
+            .to_json();
+        let read: super::Problem = serde_json::from_str(&written).unwrap();
+        assert_eq!(read.status, 404);
+        assert_eq!(read.instance.as_deref(), Some("/api/v1/nowhere"));
+    }
 }
