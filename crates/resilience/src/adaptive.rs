@@ -35,7 +35,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -355,6 +355,8 @@ impl<B, E: 'static> Sampler<http::Response<B>, E> for HttpSampler {
 struct Shared<A> {
     limit: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Calls shed since the layer was built.
+    shed: AtomicU64,
     algorithm: Mutex<A>,
 }
 
@@ -390,6 +392,7 @@ impl<A: Algorithm> AdaptiveLimitLayer<A> {
             shared: Arc::new(Shared {
                 limit: AtomicUsize::new(algorithm.initial_limit().max(1)),
                 in_flight: AtomicUsize::new(0),
+                shed: AtomicU64::new(0),
                 algorithm: Mutex::new(algorithm),
             }),
             sampler: ErrorsDrop,
@@ -416,6 +419,12 @@ impl<A, C> AdaptiveLimitLayer<A, C> {
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls shed since the layer was built.
+    #[must_use]
+    pub fn shed(&self) -> u64 {
+        self.shared.shed.load(Ordering::Relaxed)
     }
 }
 
@@ -479,6 +488,7 @@ impl<A> Slot<A> {
         let mut current = shared.in_flight.load(Ordering::Relaxed);
         loop {
             if current >= limit {
+                shared.shed.fetch_add(1, Ordering::Relaxed);
                 return Err(Shed { limit });
             }
             match shared.in_flight.compare_exchange_weak(

@@ -64,6 +64,10 @@ pub mod adaptive;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+
 /// The README's examples, compiled as doctests so that they stay true.
 #[cfg(all(
     doctest,

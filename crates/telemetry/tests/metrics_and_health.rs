@@ -1,8 +1,6 @@
 //! The `/metrics` and `/health/*` endpoints, read back the way Prometheus and probes read them.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use axum::Router;
@@ -61,41 +59,6 @@ fn app(metrics: &Metrics, health: &Health) -> Router {
         .layer(ServerLayer::new(metrics))
 }
 
-/// Runs `promtool check metrics` on `text` when promtool is installed; `.ci/run` installs it and
-/// sets `MAINSTAY_REQUIRE_PROMTOOL=1`, so in CI its absence is a failure.
-fn promtool_check(text: &str) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            assert!(
-                std::env::var_os("MAINSTAY_REQUIRE_PROMTOOL").is_none(),
-                "promtool is required here: {e}"
-            );
-            eprintln!("promtool not installed: skipping its check (apt-get install prometheus)");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- input ---\n{text}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-}
-
 #[tokio::test]
 async fn metrics_are_served_in_both_formats_and_pass_promtool() {
     let metrics = Metrics::new();
@@ -139,6 +102,36 @@ async fn metrics_are_served_in_both_formats_and_pass_promtool() {
         pool.clone(),
     );
     pool.set(4);
+    // The resilience layers' state, in every family, through the same registry.
+    let resilience = mainstay_resilience::metrics::ResilienceCollector::new();
+    metrics.register_collector(Box::new(resilience.clone()));
+    let breaker = mainstay_resilience::circuit_breaker::Breaker::builder()
+        .build()
+        .unwrap();
+    breaker.trip();
+    resilience.breaker("catalog", "10.0.0.7:8080", &breaker);
+    resilience.bulkhead(
+        "catalog",
+        &mainstay_resilience::bulkhead::BulkheadLayer::new(8),
+    );
+    let budget = mainstay_resilience::retry::RetryBudget::new(Duration::from_secs(1), 0, 0.0);
+    assert!(!budget.withdraw());
+    resilience.retry_budget("catalog", &budget);
+    resilience.adaptive_limit(
+        "catalog",
+        &mainstay_resilience::adaptive::AdaptiveLimitLayer::new(
+            mainstay_resilience::adaptive::Aimd::default(),
+        ),
+    );
+    let per_client = mainstay_resilience::rate_limit::KeyedRateLimitLayer::<(), String>::new(
+        1,
+        Duration::from_secs(60),
+        (),
+    )
+    .unwrap();
+    let _ = per_client.check(&"a".to_owned());
+    assert!(per_client.check(&"a".to_owned()).is_err());
+    resilience.keyed_rate_limit("per_client", &per_client);
 
     let (status, content_type, open) = get_text(
         &app,
@@ -186,6 +179,20 @@ async fn metrics_are_served_in_both_formats_and_pass_promtool() {
         1.0
     );
     assert_eq!(value("db_pool_connections"), 4.0);
+    assert_eq!(
+        value(
+            r#"resilience_circuit_breaker_state{service="catalog",endpoint="10.0.0.7:8080",state="open"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(r#"resilience_retry_budget_exhausted_total{service="catalog"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"resilience_rate_limit_refused_calls_total{limiter="per_client"}"#),
+        1.0
+    );
     assert!(
         values.keys().all(|k| !k.contains("route=\"/products/1\"")),
         "raw paths never become labels"
@@ -206,7 +213,7 @@ async fn metrics_are_served_in_both_formats_and_pass_promtool() {
         "the same samples in both formats"
     );
     assert!(text.contains("# TYPE http_server_requests_total counter"));
-    promtool_check(&text);
+    mainstay_test_support::promtool::check_metrics(&text);
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,9 +4,11 @@
 //!   benchmark can assert how many heap allocations a call makes.
 //! * `consul` (feature `consul`): a Consul agent for tests.
 //! * `redis` (feature `redis`): waiting for pub/sub subscribers.
+//! * [`promtool`]: `promtool check metrics` on an exposition.
 
 #[cfg(feature = "consul")]
 pub mod consul;
+pub mod promtool;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -4,6 +4,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd};
 use mainstay_resilience::http::ProblemLayer;
+use mainstay_resilience::metrics::ResilienceCollector;
 use mainstay_resilience::timeout::{DeadlineLayer, TimeoutLayer};
 use mainstay_telemetry::{Health, Metrics, ServerLayer, routes};
 use tower::ServiceBuilder;
@@ -20,6 +21,10 @@ pub struct Kit {
     pub config: ServiceConfig,
     /// The registry `/metrics` serves; add the service's own metrics to it.
     pub metrics: Metrics,
+    /// The resilience layers' state, exported in `metrics`: register the breakers, bulkheads,
+    /// budgets and limits of the service's clients here (the server's own adaptive limit is
+    /// registered by [`stack`](Self::stack), under the service's name).
+    pub resilience: ResilienceCollector,
     /// The readiness checks `/health/ready` runs; add the service's dependencies to it.
     pub health: Health,
     /// `Idempotency-Key` on the service's `POST`s and `PATCH`es, once it has a database.
@@ -30,9 +35,13 @@ impl Kit {
     /// A kit with empty metrics and no checks.
     #[must_use]
     pub fn new(config: ServiceConfig) -> Self {
+        let metrics = Metrics::new();
+        let resilience = ResilienceCollector::new();
+        metrics.register_collector(Box::new(resilience.clone()));
         Self {
             config,
-            metrics: Metrics::new(),
+            metrics,
+            resilience,
             health: Health::new(),
             idempotency: None,
         }
@@ -75,6 +84,8 @@ impl Kit {
             None => api,
         };
         let timeout = self.config.request_timeout;
+        let limit = AdaptiveLimitLayer::new(Aimd::default());
+        self.resilience.adaptive_limit(&self.config.name, &limit);
         // One `layer` call per group: axum boxes every route again on each call and clones
         // every box on every request.
         let protected = ServiceBuilder::new()
@@ -86,7 +97,7 @@ impl Kit {
             .layer(DeadlineLayer::new(timeout).floor(self.config.deadline_floor))
             .layer(TimeoutLayer::new(timeout).within_deadline())
             // 6: shed before the handler queues work behind a slow dependency.
-            .layer(AdaptiveLimitLayer::new(Aimd::default()));
+            .layer(limit);
         api.layer(protected)
             .merge(routes(&self.metrics, &self.health))
             .layer(ServerLayer::new(&self.metrics))

@@ -275,7 +275,14 @@ impl Gateway {
             let source = sources.get(name).ok_or(StartError::NoDiscovery(name))?;
             upstreams.insert(
                 name,
-                upstream::upstream(name, source.clone(), &http, settings, &kit.metrics),
+                upstream::upstream(
+                    name,
+                    source.clone(),
+                    &http,
+                    settings,
+                    &kit.metrics,
+                    &kit.resilience,
+                ),
             );
         }
         let cache = ResponseCacheLayer::new(config.catalog_cache_entries);
@@ -297,6 +304,9 @@ impl Gateway {
         let (burst, period) = config.per_ip;
         let per_ip = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Limit(e.to_string()))?;
+        kit.resilience
+            .keyed_rate_limit("gateway_per_principal", &per_principal);
+        kit.resilience.keyed_rate_limit("gateway_per_ip", &per_ip);
         Ok(Self(Arc::new(Inner {
             validator,
             upstreams,

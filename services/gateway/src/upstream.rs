@@ -40,8 +40,10 @@ use mainstay_discovery::balance::{BalanceOptions, Balanced, BrokenOnly, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
 use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd, HttpSampler};
+use mainstay_resilience::bulkhead::BulkheadLayer;
 use mainstay_resilience::circuit_breaker::{Breaker, CircuitBreakerLayer};
 use mainstay_resilience::http::{self as resilience_http, HttpRetryPolicy};
+use mainstay_resilience::metrics::ResilienceCollector;
 use mainstay_resilience::retry::{RetryBudget, RetryLayer};
 use mainstay_telemetry::{ClientLayer, Metrics};
 use tokio::sync::watch;
@@ -138,8 +140,10 @@ pub fn upstream(
     http: &HttpClient,
     settings: ClientSettings,
     metrics: &Metrics,
+    resilience: &ResilienceCollector,
 ) -> Upstream {
     let http = http.clone();
+    let breakers = resilience.clone();
     let make = move |endpoint: &Endpoint| {
         // Opens at half of the last 20 calls failing (at least 10), and probes again after 5 s.
         let breaker = Breaker::builder()
@@ -149,6 +153,9 @@ pub fn upstream(
             .open_for(Duration::from_secs(5))
             .build()
             .expect("a valid breaker configuration");
+        // Exported while the endpoint's stack lives: it leaves with the endpoint.
+        let authority = endpoint.authority();
+        breakers.breaker(service, &authority, &breaker);
         ServiceBuilder::new()
             // Only what says the endpoint is broken opens it: its slowness and its requests to
             // back off are for the balancer's latency estimate and the adaptive limit above.
@@ -156,7 +163,7 @@ pub fn upstream(
             .attempt_timeout(settings.attempt_timeout)
             .service(Dial {
                 client: http.clone(),
-                authority: endpoint.authority().into(),
+                authority: authority.into(),
             })
     };
     let balanced = Balanced::new(service, source, make, BrokenOnly, BalanceOptions::default());
@@ -171,6 +178,11 @@ pub fn upstream(
             .timeout(settings.attempt_timeout / 2),
     )
     .sampler(HttpSampler);
+    let budget = RetryBudget::new(Duration::from_secs(10), 10, 0.2);
+    let bulkhead = BulkheadLayer::new(settings.max_concurrent);
+    resilience.adaptive_limit(service, &limit);
+    resilience.retry_budget(service, &budget);
+    resilience.bulkhead(service, &bulkhead);
     let client = ServiceBuilder::new()
         .layer(ClientLayer::new(service, metrics))
         .deadline(settings.deadline)
@@ -179,9 +191,9 @@ pub fn upstream(
             RetryLayer::new()
                 .policy(HttpRetryPolicy)
                 .max_attempts(3)
-                .budget(RetryBudget::new(Duration::from_secs(10), 10, 0.2)),
+                .budget(budget),
         )
-        .bulkhead(settings.max_concurrent, Duration::ZERO)
+        .layer(bulkhead)
         .service(Shared::new(balanced))
         .map_err(Into::into);
     BoxCloneSyncService::new(client)

@@ -632,6 +632,28 @@ async fn upstream_failures_are_problems_never_hangs() {
     }
     assert_eq!(statuses[0], StatusCode::BAD_GATEWAY, "{statuses:?}");
     assert_eq!(statuses[3], StatusCode::SERVICE_UNAVAILABLE, "{statuses:?}");
+
+    // What an operator sees: the open breaker of that endpoint, and the clients' limits, in
+    // the gateway's own /metrics (the Prometheus text format, which promtool checks).
+    let metrics = get_from(&shop.app, "/metrics", "127.0.0.1:9", &[]).await;
+    let text = metrics.body.as_str().unwrap();
+    let endpoint = format!(r#"service="users",endpoint="{dead}""#);
+    for line in [
+        format!(r#"resilience_circuit_breaker_state{{{endpoint},state="open"}} 1"#),
+        format!(r#"resilience_circuit_breaker_state{{{endpoint},state="closed"}} 0"#),
+        r#"resilience_bulkhead_capacity_calls{service="users"} 512"#.to_owned(),
+        r#"resilience_adaptive_limit_calls{service="carts"} 64"#.to_owned(),
+        r#"resilience_rate_limit_tracked_keys{limiter="gateway_per_principal"} 1"#.to_owned(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "resilience_circuit_breaker_refused_calls_total{{{endpoint}}} "
+        ))),
+        "{text}"
+    );
+    mainstay_test_support::promtool::check_metrics(text);
 }
 
 /// An upstream whose first answer is 503 and every later one 200, counting its calls.

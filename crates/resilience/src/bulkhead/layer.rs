@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -11,6 +12,8 @@ use super::Bulkhead;
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
     semaphore: Arc<Semaphore>,
+    capacity: usize,
+    rejected: Arc<AtomicU64>,
     max_wait: Duration,
 }
 
@@ -18,10 +21,11 @@ impl BulkheadLayer {
     /// At most `max_concurrent` calls in flight (at least one).
     #[must_use]
     pub fn new(max_concurrent: usize) -> Self {
+        let capacity = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            semaphore: Arc::new(Semaphore::new(
-                max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            semaphore: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            rejected: Arc::default(),
             max_wait: Duration::ZERO,
         }
     }
@@ -38,12 +42,29 @@ impl BulkheadLayer {
     pub fn available(&self) -> usize {
         self.semaphore.available_permits()
     }
+
+    /// Slots in all: calls in flight are `capacity() - available()`.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Calls refused for want of a slot since the layer was built.
+    #[must_use]
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
 }
 
 impl<S> Layer<S> for BulkheadLayer {
     type Service = Bulkhead<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Bulkhead::new(inner, self.semaphore.clone(), self.max_wait)
+        Bulkhead::new(
+            inner,
+            self.semaphore.clone(),
+            self.rejected.clone(),
+            self.max_wait,
+        )
     }
 }

@@ -2,6 +2,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ use crate::BoxError;
 pub struct Bulkhead<S> {
     inner: S,
     semaphore: Arc<Semaphore>,
+    /// Calls refused, shared with the layer (read by [`super::BulkheadLayer::rejected`]).
+    rejected: Arc<AtomicU64>,
     max_wait: Duration,
     state: State,
 }
@@ -46,15 +49,26 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
 impl<S: Clone> Clone for Bulkhead<S> {
     fn clone(&self) -> Self {
         // A slot belongs to the `poll_ready` that took it, never to a clone.
-        Self::new(self.inner.clone(), self.semaphore.clone(), self.max_wait)
+        Self::new(
+            self.inner.clone(),
+            self.semaphore.clone(),
+            self.rejected.clone(),
+            self.max_wait,
+        )
     }
 }
 
 impl<S> Bulkhead<S> {
-    pub(crate) fn new(inner: S, semaphore: Arc<Semaphore>, max_wait: Duration) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        semaphore: Arc<Semaphore>,
+        rejected: Arc<AtomicU64>,
+        max_wait: Duration,
+    ) -> Self {
         Self {
             inner,
             semaphore,
+            rejected,
             max_wait,
             state: State::Idle,
         }
@@ -137,10 +151,18 @@ where
             // `call` without `poll_ready`: take a free slot if there is one, never wait.
             State::Idle => match self.semaphore.clone().try_acquire_owned() {
                 Ok(permit) => permit,
-                Err(_) => return ResponseFuture::full(Full::new()),
+                Err(_) => return self.reject(),
             },
-            State::Waiting { .. } | State::Full => return ResponseFuture::full(Full::new()),
+            State::Waiting { .. } | State::Full => return self.reject(),
         };
         ResponseFuture::called(self.inner.call(request), permit)
+    }
+}
+
+impl<S> Bulkhead<S> {
+    /// The answer to a call that found no slot, counted.
+    fn reject<F>(&self) -> ResponseFuture<F> {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        ResponseFuture::full(Full::new())
     }
 }

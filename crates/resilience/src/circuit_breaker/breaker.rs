@@ -52,7 +52,39 @@ struct Shared {
     clock: Clock,
 }
 
+/// A handle that does not keep its breaker alive: a metrics registry holds breakers this way,
+/// so that one dropped with its endpoint leaves the registry at the next scrape.
+#[cfg(feature = "metrics")]
+#[derive(Clone)]
+pub(crate) struct WeakBreaker(WeakHandle);
+
+#[cfg(feature = "metrics")]
+#[derive(Clone)]
+enum WeakHandle {
+    Counted(std::sync::Weak<Shared>),
+    Static(&'static Shared),
+}
+
+#[cfg(feature = "metrics")]
+impl WeakBreaker {
+    pub(crate) fn upgrade(&self) -> Option<Breaker> {
+        let shared = match &self.0 {
+            WeakHandle::Counted(weak) => Handle::Counted(weak.upgrade()?),
+            WeakHandle::Static(shared) => Handle::Static(shared),
+        };
+        Some(Breaker { shared })
+    }
+}
+
 impl Breaker {
+    #[cfg(feature = "metrics")]
+    pub(crate) fn downgrade(&self) -> WeakBreaker {
+        match &self.shared {
+            Handle::Counted(shared) => WeakBreaker(WeakHandle::Counted(Arc::downgrade(shared))),
+            Handle::Static(shared) => WeakBreaker(WeakHandle::Static(shared)),
+        }
+    }
+
     /// Whether a handle other than this one exists (a call in flight, or a caller holding a
     /// clone): a keyed registry must not replace it.
     pub(crate) fn is_shared(&self) -> bool {

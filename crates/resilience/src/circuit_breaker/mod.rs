@@ -64,6 +64,8 @@
 //! ```
 
 mod breaker;
+#[cfg(feature = "metrics")]
+pub(crate) use self::breaker::WeakBreaker;
 mod classify;
 pub(crate) mod core;
 mod keyed;

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,7 +35,13 @@ impl GovernorClock for TokioClock {
     }
 }
 
-type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+/// The one limiter of a [`RateLimitLayer`], and the calls it refused.
+struct Direct {
+    limiter: DirectLimiter,
+    refused: AtomicU64,
+}
 type Keyed<K> = RateLimiter<K, BoundedStore<K>, TokioClock, StateInformationMiddleware>;
 
 /// Keyed GCRA state in the bounded registry of [`crate::keyed`]: at most `max_keys` keys,
@@ -125,10 +132,11 @@ impl RateLimitLayer {
             base: Instant::now(),
         };
         Ok(Self {
-            limiter: Arc::new(
-                RateLimiter::direct_with_clock(limits.quota, clock)
+            limiter: Arc::new(Direct {
+                limiter: RateLimiter::direct_with_clock(limits.quota, clock)
                     .with_middleware::<StateInformationMiddleware>(),
-            ),
+                refused: AtomicU64::new(0),
+            }),
             clock,
             limits,
             report: NoReport,
@@ -146,6 +154,12 @@ impl RateLimitLayer {
 }
 
 impl<H> RateLimitLayer<H> {
+    /// Calls refused since the layer was built.
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.limiter.refused.load(Ordering::Relaxed)
+    }
+
     /// Gives every response this layer admits the draft's `RateLimit` and `RateLimit-Policy`
     /// headers (see [`crate::http::set_rate_limit_headers`]).
     #[cfg(feature = "http")]
@@ -216,13 +230,14 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
-        match layer.limiter.check() {
+        match layer.limiter.limiter.check() {
             Ok(snapshot) => ResponseFuture::called(
                 self.inner.call(request),
                 layer.report.clone(),
                 layer.limits.admitted(&snapshot),
             ),
             Err(not_until) => {
+                layer.limiter.refused.fetch_add(1, Ordering::Relaxed);
                 ResponseFuture::limited(layer.limits.refused(&not_until, &layer.clock))
             }
         }
@@ -231,6 +246,7 @@ where
 
 struct KeyedShared<K: std::hash::Hash + Eq + Clone> {
     limiter: Keyed<K>,
+    refused: AtomicU64,
     keys: Arc<Registry<K, Arc<InMemoryState>>>,
     clock: TokioClock,
     limits: Limits,
@@ -287,6 +303,7 @@ where
             max_keys,
             shared: Arc::new(KeyedShared {
                 limiter: Keyed::new(limits.quota, BoundedStore(Arc::clone(&keys)), clock),
+                refused: AtomicU64::new(0),
                 keys,
                 clock,
                 limits,
@@ -344,7 +361,16 @@ where
             .limiter
             .check_key(key)
             .map(|snapshot| shared.limits.admitted(&snapshot))
-            .map_err(|not_until| shared.limits.refused(&not_until, &shared.clock))
+            .map_err(|not_until| {
+                shared.refused.fetch_add(1, Ordering::Relaxed);
+                shared.limits.refused(&not_until, &shared.clock)
+            })
+    }
+
+    /// Calls refused since the layer was built, over all keys.
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 }
 

@@ -48,6 +48,8 @@ struct Shared {
     reserve: i64,
     /// `epoch << 40 | (balance + 2^39)` per bucket.
     buckets: [AtomicU64; BUCKETS],
+    /// Withdrawals refused: retries the budget did not allow.
+    exhausted: AtomicU64,
 }
 
 impl RetryBudget {
@@ -69,6 +71,7 @@ impl RetryBudget {
                 reserve: i64::from(min_per_second) * ttl.as_secs().cast_signed() * COST,
                 // An untouched bucket must read as zero, i.e. the bias.
                 buckets: std::array::from_fn(|_| AtomicU64::new(VALUE_BIAS as u64)),
+                exhausted: AtomicU64::new(0),
             }),
         }
     }
@@ -84,13 +87,23 @@ impl RetryBudget {
     /// Takes one retry from the budget; `false` when it is spent.
     #[must_use = "a `false` means the retry must not be made"]
     pub fn withdraw(&self) -> bool {
-        self.shared.take(COST)
+        let granted = self.shared.take(COST);
+        if !granted {
+            self.shared.exhausted.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
     }
 
     /// Retries the budget would allow right now.
     #[must_use]
     pub fn remaining(&self) -> u64 {
         u64::try_from(self.shared.balance() / COST).unwrap_or(0)
+    }
+
+    /// Retries refused since the budget was built, because it was spent.
+    #[must_use]
+    pub fn exhausted(&self) -> u64 {
+        self.shared.exhausted.load(Ordering::Relaxed)
     }
 }
 
