@@ -358,6 +358,13 @@ impl Users {
         &self.0.store
     }
 
+    /// Passwords hashed since start: registrations, free email or taken alike (for tests and
+    /// metrics).
+    #[must_use]
+    pub fn passwords_hashed(&self) -> u64 {
+        self.0.passwords.hashed()
+    }
+
     /// Accounts the per-account login limit tracks now (bounded; for tests and metrics).
     #[must_use]
     pub fn login_limit_keys(&self) -> usize {

@@ -720,8 +720,12 @@ async fn registration_is_limited_per_address_and_tells_nobody_who_has_an_account
     };
     // A taken email and a free one: the same status, body and headers a client can read.
     let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    let hashed = client.users.passwords_hashed();
     let taken = register(ALICE.0).await;
+    // The same work, on the same queue: a taken email is hashed too, so no timing tells.
+    assert_eq!(client.users.passwords_hashed(), hashed + 1);
     let free = register("new@example.com").await;
+    assert_eq!(client.users.passwords_hashed(), hashed + 2);
     // Alice is told by mail; the new account is announced.
     let (kind, payload) = next_event(&mut events);
     assert_eq!(kind, "AddressClaimAttempted");
