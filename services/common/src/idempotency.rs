@@ -76,11 +76,14 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         stale_before_ms: i64,
     ) -> Result<Claim, StoreError>;
 
-    /// Keeps the sealed answer of the request that claimed `id`.
-    async fn complete(&self, id: &str, sealed: &[u8]) -> Result<(), StoreError>;
+    /// Keeps the sealed answer of the request that claimed `id` at `claimed_at_ms`; nothing is
+    /// written when that claim was taken over since (its request outran it).
+    async fn complete(&self, id: &str, claimed_at_ms: i64, sealed: &[u8])
+    -> Result<(), StoreError>;
 
-    /// Gives up a claim whose answer is not kept, so that the key can be used again.
-    async fn release(&self, id: &str) -> Result<(), StoreError>;
+    /// Gives up the claim of `id` made at `claimed_at_ms`, whose answer is not kept, so that
+    /// the key can be used again; a claim taken over since is left to its new holder.
+    async fn release(&self, id: &str, claimed_at_ms: i64) -> Result<(), StoreError>;
 
     /// Forgets every key claimed before `before_ms`; returns how many.
     async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
@@ -173,23 +176,32 @@ impl IdempotencyStore for SqlIdempotency {
         Ok(Claim::InProgress)
     }
 
-    async fn complete(&self, id: &str, sealed: &[u8]) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        id: &str,
+        claimed_at_ms: i64,
+        sealed: &[u8],
+    ) -> Result<(), StoreError> {
         on_pool!(&self.database, pool => sqlx::query(
-            "UPDATE kit_idempotency SET response = $1 WHERE id = $2",
+            "UPDATE kit_idempotency SET response = $1 \
+             WHERE id = $2 AND created_at_ms = $3 AND response IS NULL",
         )
         .bind(sealed)
         .bind(id)
+        .bind(claimed_at_ms)
         .execute(pool)
         .await?
         .rows_affected());
         Ok(())
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
+    async fn release(&self, id: &str, claimed_at_ms: i64) -> Result<(), StoreError> {
         on_pool!(&self.database, pool => sqlx::query(
-            "DELETE FROM kit_idempotency WHERE id = $1 AND response IS NULL",
+            "DELETE FROM kit_idempotency \
+             WHERE id = $1 AND created_at_ms = $2 AND response IS NULL",
         )
         .bind(id)
+        .bind(claimed_at_ms)
         .execute(pool)
         .await?
         .rows_affected());
@@ -365,17 +377,24 @@ where
     ]));
     let seal = sealing_key(&key, method, target, &bytes);
 
+    // The claim's clock and the handler's bound start together: a retry may take the claim
+    // over only once this request can no longer be running.
     let now = crate::unix_millis();
+    let claimed_at = tokio::time::Instant::now();
     let stale_before = now - i64::try_from(layer.in_progress_for.as_millis()).unwrap_or(i64::MAX);
     if layer
         .claims
         .fetch_add(1, Ordering::Relaxed)
         .is_multiple_of(PRUNE_EVERY)
     {
+        // Beside the request, not in front of it.
+        let store = layer.store.clone();
         let before = now - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
-        if let Err(error) = layer.store.prune(before).await {
-            tracing::warn!(%error, "cannot prune old idempotency keys");
-        }
+        tokio::spawn(async move {
+            if let Err(error) = store.prune(before).await {
+                tracing::warn!(%error, "cannot prune old idempotency keys");
+            }
+        });
     }
     let claim = match layer
         .store
@@ -429,7 +448,9 @@ where
     let bound = layer.in_progress_for;
     let task = tokio::spawn(
         async move {
-            match tokio::time::timeout(bound, run(inner, &*store, &id, &seal, request)).await {
+            let claim = (id.as_str(), now);
+            let running = run(inner, &*store, claim, &seal, request);
+            match tokio::time::timeout_at(claimed_at + bound, running).await {
                 Ok(response) => response,
                 Err(_) => {
                     // The claim is stale now: a retry takes it over.
@@ -453,7 +474,7 @@ where
 async fn run<S>(
     mut inner: S,
     store: &dyn IdempotencyStore,
-    id: &str,
+    (id, claimed_at_ms): (&str, i64),
     seal: &[u8; 32],
     request: Request<Body>,
 ) -> Response
@@ -469,14 +490,14 @@ where
         .exact()
         .is_some_and(|n| usize::try_from(n).is_ok_and(|n| n <= MAX_ANSWER));
     if !final_answer(status) || !fits {
-        if let Err(error) = store.release(id).await {
+        if let Err(error) = store.release(id, claimed_at_ms).await {
             tracing::warn!(%error, "cannot release an Idempotency-Key");
         }
         return response;
     }
     let (parts, body) = response.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_ANSWER).await else {
-        if let Err(error) = store.release(id).await {
+        if let Err(error) = store.release(id, claimed_at_ms).await {
             tracing::warn!(%error, "cannot release an Idempotency-Key");
         }
         return Problem::new(StatusCode::BAD_GATEWAY)
@@ -485,7 +506,7 @@ where
     };
     let response = Response::from_parts(parts, Body::from(body.clone()));
     if let Some(sealed) = seal_answer(seal, &response, &body)
-        && let Err(error) = store.complete(id, &sealed).await
+        && let Err(error) = store.complete(id, claimed_at_ms, &sealed).await
     {
         // The effect happened: the answer goes out; a retry waits for the claim to go stale.
         tracing::error!(%error, "cannot keep an idempotent answer");

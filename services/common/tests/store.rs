@@ -27,13 +27,16 @@ async fn keys_are_claimed_once_and_answers_kept(database: &Database, _: &str) {
     // While it runs: the same request waits, another one with the key is refused.
     assert_eq!(claim("k1", "fp-a", 1_000_500).await, Claim::InProgress);
     assert_eq!(claim("k1", "fp-b", 1_000_500).await, Claim::Mismatch);
-    store.complete("k1", b"sealed answer").await.unwrap();
+    store
+        .complete("k1", 1_000_000, b"sealed answer")
+        .await
+        .unwrap();
     assert_eq!(
         claim("k1", "fp-a", 1_001_000).await,
         Claim::Done(b"sealed answer".to_vec())
     );
     // A kept answer is not released.
-    store.release("k1").await.unwrap();
+    store.release("k1", 1_000_000).await.unwrap();
     assert_eq!(
         claim("k1", "fp-a", 1_001_000).await,
         Claim::Done(b"sealed answer".to_vec())
@@ -41,13 +44,23 @@ async fn keys_are_claimed_once_and_answers_kept(database: &Database, _: &str) {
 
     // A released claim (a 5xx) can be made again.
     assert_eq!(claim("k2", "fp-a", 1_000_000).await, Claim::Claimed);
-    store.release("k2").await.unwrap();
+    store.release("k2", 1_000_000).await.unwrap();
     assert_eq!(claim("k2", "fp-a", 1_000_100).await, Claim::Claimed);
 
     // A claim whose request died (older than the cut-off, no answer) is taken over once.
     assert_eq!(claim("k3", "fp-a", 1_000_000).await, Claim::Claimed);
     assert_eq!(claim("k3", "fp-a", 1_070_000).await, Claim::Claimed);
     assert_eq!(claim("k3", "fp-a", 1_070_001).await, Claim::InProgress);
+    // The request that outran its claim neither releases nor answers for the new holder.
+    store.release("k3", 1_000_000).await.unwrap();
+    assert_eq!(claim("k3", "fp-a", 1_070_002).await, Claim::InProgress);
+    store.complete("k3", 1_000_000, b"late").await.unwrap();
+    assert_eq!(claim("k3", "fp-a", 1_070_003).await, Claim::InProgress);
+    store.complete("k3", 1_070_000, b"on time").await.unwrap();
+    assert_eq!(
+        claim("k3", "fp-a", 1_070_004).await,
+        Claim::Done(b"on time".to_vec())
+    );
 
     // Old keys are forgotten.
     assert_eq!(store.prune(1_050_000).await.unwrap(), 2);
