@@ -517,19 +517,79 @@ pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// ```
 #[cfg(feature = "rate-limit")]
 pub fn set_rate_limit_headers(status: &crate::rate_limit::Status, headers: &mut HeaderMap) {
+    headers.remove(RATELIMIT_POLICY);
+    headers.remove(RATELIMIT);
+    append_rate_limit_headers("default", status, headers);
+}
+
+/// Adds the policy named `policy` to the `RateLimit-Policy` and `RateLimit` lists already in
+/// `headers` (or starts them), so that a client sees every limit that applies, as the draft
+/// intends: a proxy reports its own limit beside the one its upstream reported. Nothing is
+/// added when the lists already name `policy`, or when `policy` is not a plain name
+/// (printable ASCII without `"` or `\`).
+///
+/// ```
+/// use std::time::Duration;
+/// use mainstay_resilience::http::{append_rate_limit_headers, set_rate_limit_headers};
+/// use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let upstream = KeyedRateLimitLayer::<(), u32>::new(5, Duration::from_secs(900), ()).unwrap();
+/// let proxy = KeyedRateLimitLayer::<(), u32>::new(60, Duration::from_secs(60), ()).unwrap();
+/// let mut headers = http::HeaderMap::new();
+/// set_rate_limit_headers(&upstream.check(&7).unwrap(), &mut headers);
+/// append_rate_limit_headers("gateway", &proxy.check(&7).unwrap(), &mut headers);
+/// assert_eq!(
+///     headers["ratelimit-policy"],
+///     r#""default";q=5;w=900, "gateway";q=60;w=60"#
+/// );
+/// assert_eq!(headers["ratelimit"], r#""default";r=4;t=180, "gateway";r=59;t=1"#);
+/// # }
+/// ```
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub fn append_rate_limit_headers(
+    policy: &str,
+    status: &crate::rate_limit::Status,
+    headers: &mut HeaderMap,
+) {
+    let plain = !policy.is_empty()
+        && policy
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
+    let quoted = format!("\"{policy}\";");
+    let named = |name: &HeaderName| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|m| m.trim_start().starts_with(&quoted)))
+        })
+    };
+    if !plain || named(&RATELIMIT_POLICY) || named(&RATELIMIT) {
+        return;
+    }
     let ceil_secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let policy = format!(
-        "\"default\";q={};w={}",
+    let policy_member = format!(
+        "{quoted}q={};w={}",
         status.limit,
         ceil_secs(status.period).max(1)
     );
-    let state = format!(
-        "\"default\";r={};t={}",
+    let state_member = format!(
+        "{quoted}r={};t={}",
         status.remaining,
         ceil_secs(status.reset)
     );
-    for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, state)] {
-        if let Ok(value) = HeaderValue::try_from(value) {
+    for (name, member) in [(RATELIMIT_POLICY, policy_member), (RATELIMIT, state_member)] {
+        // One field line per list: the members already there (from any number of lines),
+        // then this one.
+        let mut list: Vec<String> = headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .collect();
+        list.push(member);
+        if let Ok(value) = HeaderValue::try_from(list.join(", ")) {
             headers.insert(name, value);
         }
     }

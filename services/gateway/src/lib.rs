@@ -49,7 +49,8 @@ use mainstay_cache::http::{ResponseCacheLayer, UriKey};
 use mainstay_discovery::Snapshot;
 use mainstay_discovery::balance::NoEndpoints;
 use mainstay_resilience::deadline::Deadline;
-use mainstay_resilience::http::{KeyHonoured, problem_response, set_rate_limit_headers};
+use mainstay_resilience::http::{KeyHonoured, append_rate_limit_headers, problem_response};
+use mainstay_resilience::rate_limit::error::RateLimited;
 use mainstay_resilience::rate_limit::{KeyedRateLimitLayer, Status};
 use shop_common::{Kit, Problem};
 use tokio::sync::watch;
@@ -373,7 +374,7 @@ impl Gateway {
         let refusal = |error: AuthError| -> Box<Response> {
             // A bad token costs a verification: it counts against the address's limit.
             if let Err(limited) = self.0.per_ip.check(&shop_common::limit_key(client)) {
-                return Box::new(problem_response(&limited));
+                return limited_response(&limited);
             }
             Box::new(error.to_response::<Body>())
         };
@@ -402,10 +403,23 @@ impl Gateway {
         };
         checked.map_err(|limited| {
             tracing::info!(%client, signed_in = principal.is_some(), "rate limited");
-            Box::new(problem_response(&limited))
+            limited_response(&limited)
         })
     }
 }
+
+/// The gateway's 429: a problem with `Retry-After`, and its limit named as the gateway's.
+fn limited_response(limited: &RateLimited) -> Box<Response> {
+    let mut response: Response = problem_response(limited);
+    let headers = response.headers_mut();
+    headers.remove(mainstay_resilience::http::RATELIMIT);
+    headers.remove(mainstay_resilience::http::RATELIMIT_POLICY);
+    append_rate_limit_headers(GATEWAY_POLICY, &limited.status(), headers);
+    Box::new(response)
+}
+
+/// The name of the gateway's rate limit in the `RateLimit` lists.
+const GATEWAY_POLICY: &str = "gateway";
 
 /// A request the gateway admitted.
 struct Admitted {
@@ -418,18 +432,11 @@ struct Admitted {
 }
 
 impl Admitted {
-    /// The response, with the caller's rate limit reported in the draft's `RateLimit` and
-    /// `RateLimit-Policy` headers, as on every response a limit decided, unless the upstream
-    /// reported its own.
+    /// The response, with the caller's rate limit reported as the `"gateway"` policy of the
+    /// draft's `RateLimit` and `RateLimit-Policy` lists, beside any limit the upstream reported
+    /// (users' per-account sign-in limit, say): the client sees every limit that applies.
     fn finish(&self, mut response: Response) -> Response {
-        // An upstream's own limit (users' per-account sign-in limit, say) decided this answer
-        // when it reports one: the client is told that one, not the gateway's.
-        if !response
-            .headers()
-            .contains_key(mainstay_resilience::http::RATELIMIT)
-        {
-            set_rate_limit_headers(&self.limit, response.headers_mut());
-        }
+        append_rate_limit_headers(GATEWAY_POLICY, &self.limit, response.headers_mut());
         response
     }
 }

@@ -342,17 +342,17 @@ async fn anonymous_callers_are_limited_per_address_and_signed_in_ones_per_princi
     for left in (0..3).rev() {
         let reply = get_from(&shop.app, path, "10.0.0.1:5000", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(reply.headers["ratelimit-policy"], r#""default";q=3;w=60"#);
+        assert_eq!(reply.headers["ratelimit-policy"], r#""gateway";q=3;w=60"#);
         let state = reply.headers["ratelimit"].to_str().unwrap();
         assert!(
-            state.starts_with(&format!(r#""default";r={left};t="#)),
+            state.starts_with(&format!(r#""gateway";r={left};t="#)),
             "{state}"
         );
     }
     let limited = get_from(&shop.app, path, "10.0.0.1:5001", &[]).await;
     assert_problem(&limited, StatusCode::TOO_MANY_REQUESTS);
     assert!(limited.headers.contains_key("retry-after"));
-    assert_eq!(limited.headers["ratelimit"], r#""default";r=0;t=60"#);
+    assert_eq!(limited.headers["ratelimit"], r#""gateway";r=0;t=60"#);
     // Another address has its own budget.
     assert_eq!(
         get_from(&shop.app, path, "10.0.0.2:5000", &[]).await.status,
@@ -510,7 +510,7 @@ async fn large_bodies_are_refused_and_cors_follows_the_allow_list() {
 }
 
 #[tokio::test]
-async fn an_upstreams_own_rate_limit_answer_reaches_the_client_unchanged() {
+async fn an_upstreams_own_rate_limit_is_reported_beside_the_gateways() {
     // Users limits sign-ins per account, more tightly than the gateway limits the address.
     let users = serve(Router::new().route(
         "/login",
@@ -534,8 +534,15 @@ async fn an_upstreams_own_rate_limit_answer_reaches_the_client_unchanged() {
     let reply = send(&shop.app, request).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.headers["retry-after"], "300");
-    assert_eq!(reply.headers["ratelimit"], r#""default";r=0;t=300"#);
-    assert_eq!(reply.headers["ratelimit-policy"], r#""default";q=5;w=900"#);
+    // Both limits that apply, the upstream's first: a client backs off by the tighter one.
+    assert_eq!(
+        reply.headers["ratelimit"],
+        r#""default";r=0;t=300, "gateway";r=19;t=1"#
+    );
+    assert_eq!(
+        reply.headers["ratelimit-policy"],
+        r#""default";q=5;w=900, "gateway";q=20;w=1"#
+    );
 }
 
 #[tokio::test]
