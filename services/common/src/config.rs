@@ -152,6 +152,10 @@ pub struct ServiceConfig {
     /// check) stops sending before connections are refused (default 0: set it to the
     /// balancer's polling period; Consul registrations are withdrawn at once anyway).
     pub drain_delay: Duration,
+    /// `KEYED_MAX_RUNNING`: keyed requests (`Idempotency-Key`) running at once, including those
+    /// whose caller has gone and that finish on their own; more are answered 503 with
+    /// `Retry-After` before anything is claimed (default 256).
+    pub keyed_max_running: usize,
 }
 
 impl ServiceConfig {
@@ -220,6 +224,9 @@ impl ServiceConfig {
                 0,
                 "a whole number of milliseconds",
             )?),
+            keyed_max_running: vars
+                .parse_or("KEYED_MAX_RUNNING", 256, "a number of requests")?
+                .max(1),
         })
     }
 }

@@ -12,7 +12,9 @@
 //!   kept: the client may try again;
 //! * once claimed, the request runs to its end even if the caller goes away (a gateway's
 //!   attempt timeout, a closed connection), so that a retry finds its answer rather than a key
-//!   left claimed by a request stopped halfway;
+//!   left claimed by a request stopped halfway; such requests are bounded
+//!   ([`IdempotencyLayer::max_running`], `KEYED_MAX_RUNNING`: `503` beyond it) and graceful
+//!   shutdown waits for them ([`IdempotencyLayer::finished`]);
 //! * answers are kept for 24 hours, **sealed**: encrypted (AES-256-GCM) under a key derived from
 //!   the idempotency key and the request body, neither of which is stored, so the table never
 //!   holds a readable response (a refresh's new tokens, say);
@@ -38,6 +40,8 @@ use futures_util::future::{BoxFuture, Either};
 use http::header::{AUTHORIZATION, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body::Body as _;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument as _;
 
@@ -234,6 +238,10 @@ pub struct IdempotencyLayer {
     /// A claim older than this whose request never finished is taken over.
     in_progress_for: Duration,
     claims: Arc<AtomicU64>,
+    /// A permit per keyed request running, held to its end even when its caller has gone.
+    running: Arc<Semaphore>,
+    /// The keyed requests' tasks, which shutdown waits for.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for IdempotencyLayer {
@@ -259,7 +267,28 @@ impl IdempotencyLayer {
             body_limit,
             in_progress_for,
             claims: Arc::new(AtomicU64::new(0)),
+            running: Arc::new(Semaphore::new(256)),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// At most `max` keyed requests running at once (default 256), counting those whose
+    /// caller went away: the server's timeout and load shedding stop at the caller, so this
+    /// bounds the work that goes on without one. Beyond it, 503 with `Retry-After`, before
+    /// anything is claimed.
+    #[must_use]
+    pub fn max_running(mut self, max: usize) -> Self {
+        self.running = Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// Completes when every keyed request started so far has finished; new ones are still
+    /// admitted. Graceful shutdown waits on it after the server stops, so that a request
+    /// whose caller left is not cut off halfway with its key claimed.
+    pub async fn finished(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
     }
 }
 
@@ -377,6 +406,11 @@ where
     ]));
     let seal = sealing_key(&key, method, target, &bytes);
 
+    // Held by the request's task to its end, caller or not.
+    let Ok(running) = layer.running.clone().try_acquire_owned() else {
+        tracing::warn!("too many keyed requests running: refused");
+        return unavailable("too many requests with an Idempotency-Key are running");
+    };
     // The claim's clock and the handler's bound start together: a retry may take the claim
     // over only once this request can no longer be running.
     let now = crate::unix_millis();
@@ -446,8 +480,9 @@ where
     let request = Request::from_parts(parts, Body::from(bytes));
     let store = layer.store.clone();
     let bound = layer.in_progress_for;
-    let task = tokio::spawn(
+    let task = layer.tasks.spawn(
         async move {
+            let _running = running;
             let claim = (id.as_str(), now);
             let running = run(inner, &*store, claim, &seal, request);
             match tokio::time::timeout_at(claimed_at + bound, running).await {

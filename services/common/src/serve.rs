@@ -81,8 +81,15 @@ pub async fn serve_until(
             std::future::pending::<()>().await;
         }
     };
+    // After the connections: the keyed requests whose callers left, so that none is cut off
+    // halfway with its key claimed.
+    let work = async move {
+        let result = server.await;
+        kit.keyed_requests_finished().await;
+        result
+    };
     tokio::select! {
-        result = server => {
+        result = work => {
             tracing::info!("stopped");
             result
         }

@@ -56,13 +56,25 @@ impl Kit {
     /// The kit's migrations fail.
     pub async fn with_idempotency(mut self, database: &Database) -> Result<Self, StoreError> {
         database.migrate_kit().await?;
-        self.idempotency = Some(IdempotencyLayer::new(
-            std::sync::Arc::new(SqlIdempotency::new(database.clone())),
-            self.config.body_limit,
-            // A request runs at most the request timeout; past twice that, it died.
-            self.config.request_timeout.saturating_mul(2),
-        ));
+        self.idempotency = Some(
+            IdempotencyLayer::new(
+                std::sync::Arc::new(SqlIdempotency::new(database.clone())),
+                self.config.body_limit,
+                // A request runs at most the request timeout; past twice that, it died.
+                self.config.request_timeout.saturating_mul(2),
+            )
+            .max_running(self.config.keyed_max_running),
+        );
         Ok(self)
+    }
+
+    /// Completes when every keyed request started so far has finished, those whose caller
+    /// went away included (at once without [`with_idempotency`](Self::with_idempotency)).
+    /// [`serve`](crate::serve) waits on it after the server stops, within the grace period.
+    pub async fn keyed_requests_finished(&self) {
+        if let Some(idempotency) = &self.idempotency {
+            idempotency.finished().await;
+        }
     }
 
     /// Wraps the service's routes in the standard server stack. The request meets, in order:

@@ -480,3 +480,67 @@ async fn refusals_of_the_caller_are_not_kept_under_its_key() {
     let (status, _, _) = send(&app, keyed("/guarded", "g-1", "", None)).await;
     assert_eq!(status, StatusCode::CREATED, "the refusal was kept");
 }
+
+/// Keyed requests whose callers went away are bounded (`KEYED_MAX_RUNNING`), and shutdown
+/// waits for them: the server's timeout and shedding stop at the caller, this does not.
+#[tokio::test]
+async fn keyed_requests_without_a_caller_are_bounded_and_awaited() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let database = shop_common::store::Database::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let mut kit = kit();
+    kit.config.keyed_max_running = 1;
+    let kit = kit.with_idempotency(&database).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(Notify::new());
+    let app = kit.stack(Router::new().route(
+        "/held",
+        post({
+            let (calls, release) = (calls.clone(), release.clone());
+            move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                release.notified().await;
+                StatusCode::CREATED
+            }
+        }),
+    ));
+    let abandoned = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, keyed("/held", "first", "", None)).await }
+    });
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+
+    // The first request still runs, without its caller: a second is refused before anything
+    // is claimed or run.
+    let response = app
+        .clone()
+        .oneshot(keyed("/held", "second", "", None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Shutdown would wait for it.
+    let mut finished = std::pin::pin!(kit.keyed_requests_finished());
+    assert!(
+        futures_util::FutureExt::now_or_never(finished.as_mut()).is_none(),
+        "shutdown did not wait for the keyed request"
+    );
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(30), finished)
+        .await
+        .expect("the keyed request finished");
+
+    // Its slot is free again, and the refused key was never claimed (a stored permit lets
+    // the next handler through at once).
+    release.notify_one();
+    let (status, _, _) = send(&app, keyed("/held", "second", "", None)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
