@@ -229,7 +229,9 @@ fn slow_app(origin: &Origin) -> Router {
         cache_control: &'static str,
     ) -> impl axum::response::IntoResponse {
         let n = origin.0.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first answer is the slowest: a load that began first may end last.
+        let delay = if n == 1 { 200 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         (
             [(header::CACHE_CONTROL, cache_control)],
             format!("answer {n}"),
@@ -344,10 +346,12 @@ async fn a_read_that_raced_a_write_is_neither_kept_nor_joined() {
     // A write lands while the read is at the origin: the read may have seen the old state.
     let write = Request::post("/slow").body(Body::empty()).unwrap();
     assert_eq!(send(&app, write).await.0, StatusCode::NO_CONTENT);
-    // A read after the write does not join the load that began before it.
+    // A read after the write does not join the load that began before it, and ends first.
     let after = send(&app, get_req("/slow")).await;
     assert_eq!(after.2, "answer 3");
-    // The read that began before the write gets its answer, which is not kept.
+    assert!(!before.is_finished());
+    // The read that began before the write gets its answer last, which is not kept over the
+    // newer one.
     assert_eq!(before.await.unwrap().2, "answer 1");
     assert_eq!(send(&app, get_req("/slow")).await.2, "answer 3");
     assert_eq!(origin.calls(), 3);
