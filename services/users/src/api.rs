@@ -182,11 +182,12 @@ async fn register(
         let _discarded = users.0.passwords.hash(body.password).await;
         tracing::info!(user = %existing.id, "registration attempted for an existing account");
         users
-            .publish(
+            .publish_mail(
+                &email,
                 "AddressClaimAttempted",
                 &AddressClaimAttempted {
                     user_id: existing.id,
-                    email,
+                    email: email.clone(),
                     by: ClaimedBy::Registration,
                 },
             )
@@ -490,6 +491,14 @@ async fn update_me(
         "the request has invalid fields",
     )?;
     let mut user = current_user(&users, &principal).await?;
+    // Each request may mail an address: an account makes few of them, and the whole request
+    // is refused before anything changes.
+    let wants_email_change = email.as_ref().is_some_and(|email| *email != user.email);
+    if wants_email_change && let Err(limited) = users.0.email_changes.check(&user.id) {
+        return Err(Refusal::from(problem_response::<axum::body::Body>(
+            &limited,
+        )));
+    }
     let now = shop_common::unix_seconds();
     if let Some(name) = name {
         user = users
@@ -537,7 +546,8 @@ async fn request_email_change(
     if let Some(owner) = owner {
         tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
         users
-            .publish(
+            .publish_mail(
+                email,
                 "AddressClaimAttempted",
                 &AddressClaimAttempted {
                     user_id: owner.id,
@@ -550,7 +560,8 @@ async fn request_email_change(
     }
     tracing::info!(user = %user.id, "email change requested");
     users
-        .publish(
+        .publish_mail(
+            email,
             "EmailChangeRequested",
             &EmailChangeRequested {
                 user_id: user.id.clone(),

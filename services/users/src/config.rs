@@ -19,6 +19,8 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 /// | `LOGIN_PER_ACCOUNT` | `5/60` | login attempts per account: burst / seconds |
 /// | `LOGIN_PER_IP` | `30/60` | login attempts per client address (an IPv6 client by its /64) |
 /// | `REGISTER_PER_IP` | `10/3600` | registrations per client address |
+/// | `EMAIL_CHANGE_PER_ACCOUNT` | `5/86400` | email change requests per account |
+/// | `MAIL_PER_ADDRESS` | `3/3600` | mails to one address (confirmations, notices to its owner); beyond it, requests are answered alike and nothing is sent |
 /// | `TRUSTED_PROXIES` | `127.0.0.1,::1` | peers whose `X-Forwarded-For` names the client (the gateway) |
 #[derive(Debug, Clone)]
 pub struct UsersConfig {
@@ -44,6 +46,10 @@ pub struct UsersConfig {
     pub login_per_ip: (u32, Duration),
     /// Registrations per client address.
     pub register_per_ip: (u32, Duration),
+    /// Email change requests per account.
+    pub email_change_per_account: (u32, Duration),
+    /// Mails to one address.
+    pub mail_per_address: (u32, Duration),
     /// Peers whose `X-Forwarded-For` is believed: by default loopback, where the gateway runs
     /// beside the services (and only local processes can reach the default listener).
     pub trusted_proxies: Vec<std::net::IpAddr>,
@@ -127,6 +133,11 @@ impl UsersConfig {
             login_per_account: vars.rate_or("LOGIN_PER_ACCOUNT", (5, Duration::from_secs(60)))?,
             login_per_ip: vars.rate_or("LOGIN_PER_IP", (30, Duration::from_secs(60)))?,
             register_per_ip: vars.rate_or("REGISTER_PER_IP", (10, Duration::from_secs(3600)))?,
+            email_change_per_account: vars.rate_or(
+                "EMAIL_CHANGE_PER_ACCOUNT",
+                (5, Duration::from_secs(24 * 3600)),
+            )?,
+            mail_per_address: vars.rate_or("MAIL_PER_ADDRESS", (3, Duration::from_secs(3600)))?,
             trusted_proxies: vars.ip_list(
                 "TRUSTED_PROXIES",
                 &[

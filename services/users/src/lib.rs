@@ -90,6 +90,11 @@ struct Inner {
     validator: Validator,
     passwords: Passwords,
     per_account: KeyedRateLimitLayer<(), String>,
+    /// Email change requests, per account id.
+    email_changes: KeyedRateLimitLayer<(), String>,
+    /// Mails that requests cause, per (normalised) address: no caller makes the service mail
+    /// one address without end.
+    mail_per_address: KeyedRateLimitLayer<(), String>,
     per_ip: KeyedRateLimitLayer<(), IpAddr>,
     register_per_ip: KeyedRateLimitLayer<(), IpAddr>,
     /// Registrations hashing at once: fewer than the hashing threads, so that logins always
@@ -163,6 +168,17 @@ fn stored(key: &SigningKey) -> StoredKey {
 impl Users {
     /// Publishes `event` as `kind` on [`events::SUBJECT`]; a failure is logged, not returned:
     /// the change it reports is already written.
+    /// Publishes an event that mails `address` (a confirmation, a notice to its owner), unless
+    /// that address was mailed its allowance already: then nothing is sent, and the caller's
+    /// answer is the same.
+    async fn publish_mail(&self, address: &str, kind: &str, event: &impl serde::Serialize) {
+        if self.0.mail_per_address.check(&address.to_owned()).is_err() {
+            tracing::warn!(kind, "mails to one address over their limit: not sent");
+            return;
+        }
+        self.publish(kind, event).await;
+    }
+
     async fn publish(&self, kind: &str, event: &impl serde::Serialize) {
         if let Err(error) = self
             .0
@@ -216,6 +232,12 @@ impl Users {
         let (burst, period) = config.register_per_ip;
         let register_per_ip = KeyedRateLimitLayer::new(burst, period, ())
             .map_err(|e| StartError::Seed(e.to_string()))?;
+        let (burst, period) = config.email_change_per_account;
+        let email_changes = KeyedRateLimitLayer::new(burst, period, ())
+            .map_err(|e| StartError::Seed(e.to_string()))?;
+        let (burst, period) = config.mail_per_address;
+        let mail_per_address = KeyedRateLimitLayer::new(burst, period, ())
+            .map_err(|e| StartError::Seed(e.to_string()))?;
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         // The validator's JWKS reads this service's own state, which holds the validator: the
         // link back is set once the state exists.
@@ -236,6 +258,8 @@ impl Users {
             per_account,
             per_ip,
             register_per_ip,
+            email_changes,
+            mail_per_address,
             registrations: Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1))),
             bus,
             config,

@@ -868,3 +868,81 @@ async fn behind_the_gateway_logins_are_limited_per_forwarded_client() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// No caller makes the service mail without end: an account asks for few email changes, and an
+/// address is mailed a few times an hour at most, whatever asks (a change, a registration).
+#[tokio::test]
+async fn email_changes_are_limited_per_account_and_mails_per_address() {
+    let database = sqlite().await;
+    let client = Client::start(
+        &database,
+        config(
+            "sqlite::memory:",
+            &[
+                ("EMAIL_CHANGE_PER_ACCOUNT", "3/3600"),
+                ("MAIL_PER_ADDRESS", "1/3600"),
+            ],
+        ),
+    )
+    .await;
+    let (token, _) = client.login(ALICE.0, ALICE.1).await;
+    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    let change = |email: &'static str| {
+        client.call(
+            Method::PATCH,
+            "/me",
+            Some(&token),
+            Some(json!({"email": email})),
+        )
+    };
+    // The first request mails the address; the second is answered alike and mails nothing.
+    for _ in 0..2 {
+        let reply = change("target@example.com").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.body["pending_email"], "target@example.com");
+    }
+    assert_eq!(next_event(&mut events).0, "EmailChangeRequested");
+    assert!(events.try_recv().is_err(), "the address was mailed twice");
+    // A registration that would notify the same address's owner is throttled alike: the admin
+    // was told once, by the first.
+    let register = |email: &'static str| {
+        client.post(
+            "/register",
+            json!({"email": email, "password": "a long enough password", "name": "Mallory"}),
+        )
+    };
+    for _ in 0..2 {
+        assert_eq!(register(ADMIN.0).await.status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(next_event(&mut events).0, "AddressClaimAttempted");
+    assert!(events.try_recv().is_err());
+
+    // The account's third change is its last this hour; the fourth is refused, changing nothing.
+    assert_eq!(change("other@example.com").await.status, StatusCode::OK);
+    let refused = client
+        .call(
+            Method::PATCH,
+            "/me",
+            Some(&token),
+            Some(json!({"email": "third@example.com", "name": "Not applied"})),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(client.get("/me", &token).await.body["name"], "Alice");
+    // A name alone is not limited.
+    let renamed = client
+        .call(
+            Method::PATCH,
+            "/me",
+            Some(&token),
+            Some(json!({"name": "Alicia"})),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK);
+}
