@@ -223,21 +223,20 @@ impl Users {
             issuer = issuer.with_retiring(restore(retiring)?, retire_time(retiring));
         }
         let issuer = Arc::new(issuer);
-        let (burst, period) = config.login_per_account;
-        let per_account = KeyedRateLimitLayer::new(burst, period, ())
-            .map_err(|e| StartError::Seed(e.to_string()))?;
-        let (burst, period) = config.login_per_ip;
-        let per_ip = KeyedRateLimitLayer::new(burst, period, ())
-            .map_err(|e| StartError::Seed(e.to_string()))?;
-        let (burst, period) = config.register_per_ip;
-        let register_per_ip = KeyedRateLimitLayer::new(burst, period, ())
-            .map_err(|e| StartError::Seed(e.to_string()))?;
-        let (burst, period) = config.email_change_per_account;
-        let email_changes = KeyedRateLimitLayer::new(burst, period, ())
-            .map_err(|e| StartError::Seed(e.to_string()))?;
-        let (burst, period) = config.mail_per_address;
-        let mail_per_address = KeyedRateLimitLayer::new(burst, period, ())
-            .map_err(|e| StartError::Seed(e.to_string()))?;
+        // A rate the configuration parsed is never zero, so `new` accepts it.
+        fn limit<K>(
+            (burst, period): (u32, Duration),
+        ) -> Result<KeyedRateLimitLayer<(), K>, StartError>
+        where
+            K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        {
+            KeyedRateLimitLayer::new(burst, period, ()).map_err(|e| StartError::Seed(e.to_string()))
+        }
+        let per_account = limit(config.login_per_account)?;
+        let per_ip = limit(config.login_per_ip)?;
+        let register_per_ip = limit(config.register_per_ip)?;
+        let email_changes = limit(config.email_change_per_account)?;
+        let mail_per_address = limit(config.mail_per_address)?;
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         // The validator's JWKS reads this service's own state, which holds the validator: the
         // link back is set once the state exists.
