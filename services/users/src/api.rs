@@ -20,7 +20,8 @@ use serde_json::json;
 use shop_common::{FieldErrors, Json, Problem};
 
 use crate::events::{
-    AddressClaimAttempted, ClaimedBy, EmailChangeRequested, EmailChanged, UserRegistered,
+    AddressClaimAttempted, ClaimedBy, EmailChangeRequested, EmailChanged, SendEmailConfirmation,
+    UserRegistered,
 };
 use crate::input;
 use crate::store::{EmailChange, User, Write};
@@ -184,6 +185,7 @@ async fn register(
         users
             .publish_mail(
                 &email,
+                crate::events::SUBJECT,
                 "AddressClaimAttempted",
                 &AddressClaimAttempted {
                     user_id: existing.id,
@@ -543,11 +545,22 @@ async fn request_email_change(
         .request_email_change(&token.digest(), &user.id, email, expires_at, now)
         .await
         .map_err(|e| internal(&e))?;
+    // The fact, alike for a taken address and a free one.
+    users
+        .publish(
+            "EmailChangeRequested",
+            &EmailChangeRequested {
+                user_id: user.id.clone(),
+                expires_at,
+            },
+        )
+        .await;
     if let Some(owner) = owner {
         tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
         users
             .publish_mail(
                 email,
+                crate::events::SUBJECT,
                 "AddressClaimAttempted",
                 &AddressClaimAttempted {
                     user_id: owner.id,
@@ -559,11 +572,13 @@ async fn request_email_change(
         return Ok(());
     }
     tracing::info!(user = %user.id, "email change requested");
+    // The token only to the mailer, as a command.
     users
         .publish_mail(
             email,
-            "EmailChangeRequested",
-            &EmailChangeRequested {
+            crate::events::MAIL_SUBJECT,
+            "SendEmailConfirmation",
+            &SendEmailConfirmation {
                 user_id: user.id.clone(),
                 email: email.to_owned(),
                 token: token.as_str().to_owned(),

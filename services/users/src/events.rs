@@ -1,10 +1,14 @@
 //! The events the users service publishes on [`SUBJECT`] (ARCHITECTURE.md §4). Each is an
 //! [`Envelope`](shop_common::bus::Envelope) whose `kind` is the struct's name.
 //!
-//! Two of them are for the owner of an address, and only the owner: the API answers a
-//! registration or an email change the same whether or not the address has an account
+//! [`AddressClaimAttempted`] is for the owner of an address, and only the owner: the API answers
+//! a registration or an email change the same whether or not the address has an account
 //! (OWASP's authentication cheat sheet), and the notifications service mails the owner
-//! instead ([`AddressClaimAttempted`], [`EmailChangeRequested`]).
+//! instead.
+//!
+//! A secret never travels on an event stream, which every service may read and which is kept:
+//! the token that confirms an email change goes to the mailer alone, as the command
+//! [`SendEmailConfirmation`] on [`MAIL_SUBJECT`] (ARCHITECTURE.md §4: `<service>.commands`).
 //!
 //! They are published after the change is written, without an outbox (yet): a crash between
 //! the two loses the mail, not the change.
@@ -13,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// The subject every users event is published on.
 pub const SUBJECT: &str = "users.events";
+
+/// The notifications service's commands: the mails this service asks it to send.
+pub const MAIL_SUBJECT: &str = "notifications.commands";
 
 /// A new account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,10 +54,21 @@ pub struct AddressClaimAttempted {
     pub by: ClaimedBy,
 }
 
-/// An account asked to change its email to a free address: mail the new address the token
-/// that confirms it (`POST /email/confirm`). The token is a secret for that mailbox only.
+/// An account asked to change its email to a free address, pending confirmation. (Neither
+/// the address nor the token: the mailer gets those in [`SendEmailConfirmation`].)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailChangeRequested {
+    /// The account.
+    pub user_id: String,
+    /// Unix seconds after which the change can no longer be confirmed.
+    pub expires_at: i64,
+}
+
+/// A command on [`MAIL_SUBJECT`]: mail `email` the token that confirms the change
+/// (`POST /email/confirm`). The token is a secret of that mailbox: the mailer sends it and
+/// keeps it nowhere.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendEmailConfirmation {
     /// The account.
     pub user_id: String,
     /// The new address, to mail.
@@ -59,6 +77,17 @@ pub struct EmailChangeRequested {
     pub token: String,
     /// Unix seconds after which the token is refused.
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for SendEmailConfirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendEmailConfirmation")
+            .field("user_id", &self.user_id)
+            .field("email", &self.email)
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// An account's email changed (confirmed by the new address's owner).

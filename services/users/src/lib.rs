@@ -166,27 +166,37 @@ fn stored(key: &SigningKey) -> StoredKey {
 }
 
 impl Users {
-    /// Publishes `event` as `kind` on [`events::SUBJECT`]; a failure is logged, not returned:
-    /// the change it reports is already written.
-    /// Publishes an event that mails `address` (a confirmation, a notice to its owner), unless
-    /// that address was mailed its allowance already: then nothing is sent, and the caller's
-    /// answer is the same.
-    async fn publish_mail(&self, address: &str, kind: &str, event: &impl serde::Serialize) {
+    /// Publishes a message that mails `address` (a confirmation, a notice to its owner) on
+    /// `subject`, unless that address was mailed its allowance already: then nothing is sent,
+    /// and the caller's answer is the same.
+    async fn publish_mail(
+        &self,
+        address: &str,
+        subject: &str,
+        kind: &str,
+        message: &impl serde::Serialize,
+    ) {
         if self.0.mail_per_address.check(&address.to_owned()).is_err() {
             tracing::warn!(kind, "mails to one address over their limit: not sent");
             return;
         }
-        self.publish(kind, event).await;
+        self.publish_on(subject, kind, message).await;
     }
 
+    /// Publishes `event` as `kind` on [`events::SUBJECT`].
     async fn publish(&self, kind: &str, event: &impl serde::Serialize) {
+        self.publish_on(events::SUBJECT, kind, event).await;
+    }
+
+    /// A failure is logged, not returned: the change a message reports is already written.
+    async fn publish_on(&self, subject: &str, kind: &str, message: &impl serde::Serialize) {
         if let Err(error) = self
             .0
             .bus
-            .publish(events::SUBJECT, Envelope::new(kind, event))
+            .publish(subject, Envelope::new(kind, message))
             .await
         {
-            tracing::error!(%error, kind, "cannot publish a users event");
+            tracing::error!(%error, subject, kind, "cannot publish a users message");
         }
     }
 
