@@ -107,10 +107,32 @@ impl<S> Jwt<S> {
     }
 }
 
-/// The bearer token of a request: `Ok(None)` when there is none, an error when the
-/// `Authorization` header is repeated or unreadable.
 pub(crate) fn bearer<B>(request: &Request<B>) -> Result<Option<&str>, AuthError> {
-    let mut values = request.headers().get_all(AUTHORIZATION).iter();
+    bearer_token(request.headers())
+}
+
+/// The bearer token in `headers` (RFC 6750 §2.1), as [`JwtLayer`] reads it, for code that
+/// authenticates outside the layer (a proxy deciding per route): `Ok(None)` when there is no
+/// `Authorization` header or its scheme is not `Bearer` (in any case);
+/// [`AuthError::Malformed`] when the header is repeated, is not visible ASCII, or carries an
+/// empty token.
+///
+/// # Errors
+///
+/// [`AuthError::Malformed`], as above.
+///
+/// ```
+/// use http::HeaderMap;
+/// use mainstay_auth::bearer_token;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("authorization", "bEaReR abc.def.ghi".parse().unwrap());
+/// assert_eq!(bearer_token(&headers).unwrap(), Some("abc.def.ghi"));
+/// headers.append("authorization", "Bearer another".parse().unwrap());
+/// assert!(bearer_token(&headers).is_err());
+/// ```
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };

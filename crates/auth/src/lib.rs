@@ -79,7 +79,7 @@ pub use self::error::AuthError;
 pub use self::issue::{AccessClaims, AccessToken, IssueError, SigningKey, TokenIssuer};
 pub use self::jwks::{FetchError, FetchJwks, Fetched, Jwks, JwksBuilder};
 pub use self::keys::{KeyError, KeySet, VerifyingKey};
-pub use self::layer::{Jwt, JwtLayer, ResponseFuture};
+pub use self::layer::{Jwt, JwtLayer, ResponseFuture, bearer_token};
 pub use self::principal::Principal;
 pub use self::require::{Require, RequireFuture, RequireRoleLayer, RequireScopeLayer};
 pub use self::validator::{ConfigError, Validator, ValidatorBuilder};

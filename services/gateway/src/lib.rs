@@ -364,19 +364,19 @@ impl Gateway {
         access: Access,
         client: IpAddr,
     ) -> Result<Option<Principal>, Box<Response>> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
         let refusal = |error: AuthError| -> Box<Response> {
             // A bad token costs a verification: it counts against the address's limit.
             if let Err(limited) = self.0.per_ip.check(&shop_common::limit_key(client)) {
                 return limited_response(&limited);
             }
             Box::new(error.to_response::<Body>())
+        };
+        // mainstay-auth's parser, as its JwtLayer reads tokens: any case of the scheme; a
+        // repeated header or an empty token refused.
+        let token = match mainstay_auth::bearer_token(headers) {
+            Ok(token) => token,
+            Err(_) if access == Access::Public => None,
+            Err(error) => return Err(refusal(error)),
         };
         match (token, access) {
             (_, Access::Public) | (None, Access::Open) => Ok(None),

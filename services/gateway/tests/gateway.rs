@@ -298,6 +298,28 @@ async fn protected_routes_need_a_valid_token_and_forward_it() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["path"], "/me");
     assert_eq!(reply.body["authorization"], format!("Bearer {token}"));
+
+    // One bearer parser, mainstay-auth's: the scheme in any case; a repeated header or an
+    // empty token is refused, before any upstream call.
+    let hits = upstream.hits.load(Ordering::SeqCst);
+    let with = |values: &[String]| {
+        let mut request = from(Request::get("/api/v1/me"), "10.0.0.9:5000");
+        for value in values {
+            request = request.header("authorization", value.as_str());
+        }
+        send(&shop.app, request.body(Body::empty()).unwrap())
+    };
+    assert_eq!(
+        with(&[format!("BEARER {token}")]).await.status,
+        StatusCode::OK
+    );
+    let twice = with(&[format!("Bearer {token}"), format!("Bearer {token}")]).await;
+    assert_problem(&twice, StatusCode::UNAUTHORIZED);
+    assert_problem(
+        &with(&["Bearer  ".to_owned()]).await,
+        StatusCode::UNAUTHORIZED,
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), hits + 1);
     // An open route refuses a bad token too, instead of treating the caller as anonymous ...
     let reply = call(
         &shop.app,
