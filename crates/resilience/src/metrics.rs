@@ -241,8 +241,8 @@ where
     Ok(())
 }
 
-fn gauge(value: usize) -> ConstGauge {
-    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+fn gauge(value: impl TryInto<i64>) -> ConstGauge {
+    ConstGauge::new(value.try_into().unwrap_or(i64::MAX))
 }
 
 fn labels<'a, const N: usize>(
@@ -303,16 +303,13 @@ impl Collector for ResilienceCollector {
                     encoder,
                     "resilience_circuit_breaker_window_calls",
                     "Calls in the breaker's sliding window",
-                    live.iter()
-                        .map(|(l, m)| (*l, gauge(usize::try_from(m.calls).unwrap_or(usize::MAX)))),
+                    live.iter().map(|(l, m)| (*l, gauge(m.calls))),
                 )?;
                 family(
                     encoder,
                     "resilience_circuit_breaker_window_failed_calls",
                     "Failed calls in the breaker's sliding window",
-                    live.iter().map(|(l, m)| {
-                        (*l, gauge(usize::try_from(m.failures).unwrap_or(usize::MAX)))
-                    }),
+                    live.iter().map(|(l, m)| (*l, gauge(m.failures))),
                 )?;
             }
             #[cfg(feature = "bulkhead")]
@@ -354,12 +351,7 @@ impl Collector for ResilienceCollector {
                     encoder,
                     "resilience_retry_budget_remaining_retries",
                     "Retries the budget allows now",
-                    rows().map(|(l, b)| {
-                        (
-                            l,
-                            gauge(usize::try_from(b.remaining()).unwrap_or(usize::MAX)),
-                        )
-                    }),
+                    rows().map(|(l, b)| (l, gauge(b.remaining()))),
                 )?;
                 family(
                     encoder,

@@ -282,13 +282,13 @@ impl IdempotencyLayer {
         self
     }
 
-    /// Completes when every keyed request started so far has finished; new ones are still
-    /// admitted. Graceful shutdown waits on it after the server stops, so that a request
-    /// whose caller left is not cut off halfway with its key claimed.
+    /// Completes when no keyed request is running. Graceful shutdown waits on it after the
+    /// server stops, so that a request whose caller left is not cut off halfway with its key
+    /// claimed. (Closing the tracker only lets `wait` finish; requests are still admitted and
+    /// tracked, so calling this twice, or at once from two places, is safe.)
     pub async fn finished(&self) {
         self.tasks.close();
         self.tasks.wait().await;
-        self.tasks.reopen();
     }
 }
 
