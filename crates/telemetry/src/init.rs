@@ -6,8 +6,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::sampling::{Sampling, SamplingError};
 
 /// The environment variable that turns on OTLP export (as in the OpenTelemetry specification).
 pub const OTLP_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -39,6 +43,9 @@ pub enum InitError {
         "{OTLP_ENDPOINT_ENV} is set to {0:?} but mainstay-telemetry was built without the `otlp` feature"
     )]
     ExporterNotBuilt(String),
+    /// `OTEL_TRACES_SAMPLER` or `OTEL_TRACES_SAMPLER_ARG` is unusable.
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
     /// A global subscriber was already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInitialized(String),
@@ -63,12 +70,14 @@ pub struct Config {
     filter: Option<String>,
     format: LogFormat,
     otlp_endpoint: Option<String>,
+    sampling: Option<Sampling>,
 }
 
 impl Config {
     /// Settings for `service_name`: the filter from `RUST_LOG` (default `info`), the automatic
-    /// format, and OTLP export when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set and not empty.
+    /// format, OTLP export when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set and not empty, and the sampler from
+    /// `OTEL_TRACES_SAMPLER` (see [`Config::sampling`]).
     #[must_use]
     pub fn new(service_name: impl Into<String>) -> Self {
         let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -78,7 +87,18 @@ impl Config {
             format: LogFormat::Auto,
             otlp_endpoint: non_empty(OTLP_TRACES_ENDPOINT_ENV)
                 .or_else(|| non_empty(OTLP_ENDPOINT_ENV)),
+            sampling: None,
         }
+    }
+
+    /// Which traces the tracer provider samples; give the server layers the same setting
+    /// ([`ServerLayer::sampling`](crate::ServerLayer::sampling)). Without it, `init` reads
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, defaulting to OpenTelemetry's
+    /// `parentbased_always_on`.
+    #[must_use]
+    pub fn sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = Some(sampling);
+        self
     }
 
     /// Filter directives, as in `RUST_LOG` (`info,sqlx=warn`).
@@ -153,7 +173,13 @@ impl Config {
         let resource = Resource::builder()
             .with_service_name(self.service_name.clone())
             .build();
-        let builder = SdkTracerProvider::builder().with_resource(resource);
+        let sampling = match self.sampling {
+            Some(sampling) => sampling,
+            None => Sampling::from_env_or(Sampling::default())?,
+        };
+        let builder = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(sampling.sdk_sampler());
         let Some(endpoint) = &self.otlp_endpoint else {
             return Ok(builder.build());
         };
@@ -181,18 +207,61 @@ impl Config {
 
 /// The JSON log layer [`init`] installs, writing to `writer`: one object per line with the
 /// event's fields at the top level and the current span's fields (`request_id`, `trace_id`)
-/// under `"span"`. For subscribers assembled by hand, and for tests that read the lines.
+/// under `"span"`. A line written while serving a request the server layer did not sample
+/// (which has no span) carries that request's `request_id` and `trace_id` at the top level
+/// instead. For subscribers assembled by hand, and for tests that read the lines.
 pub fn json_logs<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt::layer()
+    let format = tracing_subscriber::fmt::format()
         .json()
         .flatten_event(true)
         .with_current_span(true)
-        .with_span_list(false)
+        .with_span_list(false);
+    tracing_subscriber::fmt::layer()
+        .json()
+        .event_format(UnsampledRequest(format))
         .with_writer(writer)
+}
+
+/// Puts the unsampled request's ids at the start of each JSON line written while serving it
+/// (only then: nothing is looked up or formatted for a line outside such a request).
+struct UnsampledRequest<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for UnsampledRequest<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        // The server layer's own end-of-request line names the request already.
+        let ids = crate::request_id::unsampled_ids()
+            .filter(|_| event.metadata().fields().field("request_id").is_none());
+        let Some((request_id, trace_id)) = ids else {
+            return self.0.format_event(context, writer, event);
+        };
+        let mut line = String::new();
+        self.0
+            .format_event(context, Writer::new(&mut line), event)?;
+        let Some(rest) = line.strip_prefix('{') else {
+            return writer.write_str(&line);
+        };
+        let request_id = serde_json::to_string(request_id.to_str().unwrap_or(""))
+            .map_err(|_| std::fmt::Error)?;
+        write!(
+            writer,
+            "{{\"request_id\":{request_id},\"trace_id\":\"{trace_id}\","
+        )?;
+        writer.write_str(rest)
+    }
 }
 
 /// Set up logs and traces for `service_name` from the environment; see [`Config::new`] and

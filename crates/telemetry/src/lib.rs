@@ -12,6 +12,7 @@ pub mod propagation;
 pub mod request_id;
 #[cfg(feature = "axum")]
 mod routes;
+pub mod sampling;
 mod trace;
 
 pub use self::health::{CheckOutcome, CheckResult, Health, Readiness};
@@ -24,8 +25,8 @@ pub use self::metrics::{Metrics, RouteTemplate};
 #[cfg(feature = "axum")]
 pub use self::routes::routes;
 pub use self::trace::{
-    ClientFuture, ClientLayer, ClientTelemetry, SENSITIVE_HEADERS, ServerFuture, ServerLayer,
-    ServerTelemetry,
+    ClientFuture, ClientLayer, ClientTelemetry, MAX_REQUEST_ID_BYTES, SENSITIVE_HEADERS,
+    ServerFuture, ServerLayer, ServerTelemetry,
 };
 
 /// The README's examples, compiled as doctests so that they stay true.

@@ -191,11 +191,15 @@ pub fn inject_headers(context: &Context, headers: &mut HeaderMap) {
 }
 
 /// Writes the context of `span` into a message's headers (any [`Injector`], such as a
-/// `HashMap<String, String>`). Nothing is written when `span` has no valid trace context
-/// (no OpenTelemetry layer is installed, or the span is disabled).
+/// `HashMap<String, String>`). When `span` has no valid trace context and the task is serving
+/// a request the server layer did not sample, that request's context is written (so the
+/// consumer does not sample either); otherwise nothing is (no OpenTelemetry layer is
+/// installed, or the span is disabled).
 pub fn inject_message(span: &tracing::Span, carrier: &mut dyn Injector) {
     let context = span.context();
     if context.span().span_context().is_valid() {
+        W3cPropagator.inject_context(&context, carrier);
+    } else if let Some(context) = crate::request_id::unsampled_context() {
         W3cPropagator.inject_context(&context, carrier);
     }
 }

@@ -7,12 +7,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION, SET_COOKIE};
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::TraceId;
 use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestId, SetRequestId};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -22,7 +23,8 @@ use crate::metrics::{
     ClientLabels, HttpMetrics, InFlightLabels, STATUS_ERROR, ServerLabels, method_label, route_of,
     status_class,
 };
-use crate::request_id::{self, X_REQUEST_ID};
+use crate::request_id::{self, RequestScope, X_REQUEST_ID};
+use crate::sampling::{self, Sampled, Sampling};
 use crate::{Metrics, propagation};
 
 /// Headers whose values never reach logs: they are marked sensitive, which `HeaderValue`'s
@@ -49,15 +51,28 @@ fn mark_sensitive(headers: &mut HeaderMap) {
 // Server
 // ---------------------------------------------------------------------------------------------
 
-/// The server side of telemetry, outermost first: request id (set when absent, echoed in the
-/// response) → span parented by the incoming `traceparent` → RED metrics.
+/// The server side of telemetry: request id (kept when the client's is usable, generated
+/// otherwise, echoed in the response) → sampling decision → span parented by the incoming
+/// `traceparent` → RED metrics.
 ///
-/// The span is named by the route template (`GET /products/{id}`) and carries `request_id` and
-/// `trace_id`, so every log line of the request can be joined with its trace. The request ends
-/// with an event holding the status and the duration: `WARN` for a 5xx, `ERROR` when there is
-/// no response, `DEBUG` otherwise (the metrics count every request; an access log line per
-/// request is a `DEBUG` filter away). Request headers are logged at `DEBUG` with
-/// [`SENSITIVE_HEADERS`] redacted.
+/// Whether the request is traced is decided first, from `traceparent` and the layer's
+/// [`Sampling`] (see [`crate::sampling`]): an unsampled request gets no span at all, so neither
+/// the OpenTelemetry layer nor a log formatter does any work for it; it still counts in the
+/// metrics, still has its request id, and passes its trace id on to the services it calls
+/// (through [`ClientLayer`]) marked "not sampled". The default samples every request that
+/// does not arrive unsampled, as OpenTelemetry's default sampler does.
+///
+/// A sampled request's span is named by the route template (`GET /products/{id}`) and carries
+/// `request_id` and `trace_id`, so every log line of the request can be joined with its trace.
+/// The request ends with an event holding the status and the duration (with `request_id` and
+/// `trace_id` when there is no span): `WARN` for a 5xx, `ERROR` when there is no response,
+/// `DEBUG` otherwise (the metrics count every request; an access log line per request is a
+/// `DEBUG` filter away). Request headers are logged at `DEBUG` with [`SENSITIVE_HEADERS`]
+/// redacted.
+///
+/// A client's `x-request-id` is kept when it is at most [`MAX_REQUEST_ID_BYTES`] of visible
+/// ASCII; otherwise the request gets a new id, so that no client can put arbitrary bytes into
+/// every log line and upstream call.
 ///
 /// With axum, add it with `Router::layer` after every route and `merge` (axum applies a layer
 /// only to what the router holds at that point), so that `MatchedPath` is known and the
@@ -65,7 +80,11 @@ fn mark_sensitive(headers: &mut HeaderMap) {
 #[derive(Debug, Clone)]
 pub struct ServerLayer {
     metrics: Option<HttpMetrics>,
+    sampling: Sampling,
 }
+
+/// The longest client-supplied `x-request-id` kept (longer ones are replaced).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 impl ServerLayer {
     /// Spans, request ids and metrics recorded into `metrics`.
@@ -73,33 +92,46 @@ impl ServerLayer {
     pub fn new(metrics: &Metrics) -> Self {
         Self {
             metrics: Some(metrics.http.clone()),
+            sampling: Sampling::default(),
         }
     }
 
     /// Spans and request ids only.
     #[must_use]
     pub fn without_metrics() -> Self {
-        Self { metrics: None }
+        Self {
+            metrics: None,
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Which requests are traced (default: OpenTelemetry's `parentbased_always_on`). Give the
+    /// tracer provider the same setting ([`Sampling::sdk_sampler`]).
+    #[must_use]
+    pub fn sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
     }
 }
 
 impl<S> Layer<S> for ServerLayer {
-    type Service = SetRequestId<PropagateRequestId<ServerTelemetry<S>>, MakeRequestUuid>;
+    type Service = ServerTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let service = ServerTelemetry {
+        ServerTelemetry {
             inner,
             metrics: self.metrics.clone(),
-        };
-        SetRequestId::x_request_id(PropagateRequestId::x_request_id(service), MakeRequestUuid)
+            sampling: self.sampling,
+        }
     }
 }
 
-/// The span and metrics part of [`ServerLayer`].
+/// The service of [`ServerLayer`].
 #[derive(Debug, Clone)]
 pub struct ServerTelemetry<S> {
     inner: S,
     metrics: Option<HttpMetrics>,
+    sampling: Sampling,
 }
 
 impl<S> ServerTelemetry<S> {
@@ -119,6 +151,21 @@ impl<S> ServerTelemetry<S> {
     }
 }
 
+/// The request's id: the client's when usable, a new one otherwise (then set on the request).
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    let mut given = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(id), None) = (given.next(), given.next())
+        && !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_BYTES
+        && id.as_bytes().iter().all(u8::is_ascii_graphic)
+    {
+        return id.clone();
+    }
+    let id = request_id::generate();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
 impl<S, B, ResB> Service<Request<B>> for ServerTelemetry<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
@@ -133,61 +180,96 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         mark_sensitive(request.headers_mut());
+        let request_id = request_id(request.headers_mut());
         let method = method_label(request.method());
         let route = route_of(&request);
-        let request_id = request.headers().get(X_REQUEST_ID).cloned();
-        // Every field is given when the span is created: with JSON logs, recording a field
-        // later re-serializes all of the span's fields.
         let parent = propagation::extract_headers(request.headers());
-        let parent_trace = parent.span().span_context().clone();
-        let parent_trace = parent_trace.is_valid().then(|| parent_trace.trace_id());
-        let span = tracing::info_span!(
-            target: "mainstay_telemetry::server",
-            "request",
-            otel.name = %SpanName(method, &route),
-            otel.kind = "server",
-            http.route = %route,
-            request_id = request_id.as_ref().and_then(|id| id.to_str().ok()),
-            trace_id = parent_trace.map(tracing::field::display),
-        );
-        if !span.is_disabled() {
-            // OpenTelemetry-only attributes go straight to its span, not through log formatting.
-            span.set_attribute("http.request.method", method);
-            span.set_attribute("url.path", request.uri().path().to_owned());
-            if parent_trace.is_some() {
-                let _ = span.set_parent(parent);
-            } else if let Some(trace_id) = propagation::trace_id(&span) {
-                // A new trace: its id exists only now.
-                span.record("trace_id", trace_id.as_str());
-            }
-            tracing::debug!(parent: &span, headers = ?request.headers(), "request received");
-        }
+        let parent_span = parent.span().span_context().clone();
+        let (trace_id, sampled) = self.sampling.decide(&parent_span);
+        let (span, unsampled) = if sampled {
+            (
+                sampled_span(&request, method, &route, &request_id, &parent),
+                None,
+            )
+        } else {
+            // No span: nothing is built for a trace that will not be exported. The trace id and
+            // the decision still travel on, so the callee drops its part of the trace too.
+            (
+                Span::none(),
+                Some(sampling::unsampled_context(&parent, trace_id)),
+            )
+        };
         let in_flight = self.metrics.as_ref().map(|metrics| {
             let labels = InFlightLabels {
                 method,
                 route: route.clone(),
             };
-            metrics.server_in_flight.get_or_create(&labels).inc();
+            let gauge = metrics.server_in_flight.get_or_create(&labels).clone();
+            gauge.inc();
             InFlight {
+                gauge,
                 metrics: metrics.clone(),
                 labels,
             }
         });
-        let inner = {
+        let inner = if span.is_none() {
+            self.inner.call(request)
+        } else {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let inner = request_id::scope(
-            request_id.unwrap_or_else(|| http::HeaderValue::from_static("")),
-            inner,
-        );
+        let scope = RequestScope {
+            id: request_id.clone(),
+            unsampled,
+        };
         ServerFuture {
-            inner,
+            inner: request_id::scoped(scope, inner),
             span,
+            request_id,
+            trace_id,
             in_flight,
             started: Instant::now(),
         }
     }
+}
+
+/// The span of a sampled request, child of `parent` (or the root of a new trace).
+fn sampled_span<B>(
+    request: &Request<B>,
+    method: &'static str,
+    route: &str,
+    request_id: &HeaderValue,
+    parent: &opentelemetry::Context,
+) -> Span {
+    let parent_trace = parent.span().span_context().clone();
+    let parent_trace = parent_trace.is_valid().then(|| parent_trace.trace_id());
+    // Every field is given when the span is created: with JSON logs, recording a field later
+    // re-serializes all of the span's fields.
+    let span = tracing::info_span!(
+        target: "mainstay_telemetry::server",
+        "request",
+        otel.name = %SpanName(method, route),
+        otel.kind = "server",
+        http.route = %route,
+        request_id = request_id.to_str().ok(),
+        trace_id = parent_trace.map(tracing::field::display),
+    );
+    if !span.is_disabled() {
+        // OpenTelemetry-only attributes go straight to its span, not through log formatting.
+        span.set_attribute("http.request.method", method);
+        span.set_attribute("url.path", request.uri().path().to_owned());
+        // Marked as decided, so the SDK's sampler (`Sampling::sdk_sampler`) does not apply its
+        // ratio a second time to a trace that starts here.
+        let _ = span.set_parent(parent.with_value(Sampled));
+        if parent_trace.is_none()
+            && let Some(trace_id) = propagation::trace_id(&span)
+        {
+            // A new trace: its id exists only now.
+            span.record("trace_id", trace_id.as_str());
+        }
+        tracing::debug!(parent: &span, headers = ?request.headers(), "request received");
+    }
+    span
 }
 
 /// `METHOD /route/template`, formatted only when the span is enabled.
@@ -202,16 +284,14 @@ impl fmt::Display for SpanName<'_> {
 /// Decrements the in-flight gauge when the request ends, however it ends.
 #[derive(Debug)]
 struct InFlight {
+    gauge: Gauge,
     metrics: HttpMetrics,
     labels: InFlightLabels,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.metrics
-            .server_in_flight
-            .get_or_create(&self.labels)
-            .dec();
+        self.gauge.dec();
     }
 }
 
@@ -219,8 +299,10 @@ pin_project! {
     /// Response future of [`ServerTelemetry`].
     pub struct ServerFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<http::HeaderValue, F>,
+        inner: TaskLocalFuture<RequestScope, F>,
         span: Span,
+        request_id: HeaderValue,
+        trace_id: TraceId,
         in_flight: Option<InFlight>,
         started: Instant,
     }
@@ -230,6 +312,7 @@ impl<F> fmt::Debug for ServerFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerFuture")
             .field("span", &self.span)
+            .field("request_id", &self.request_id)
             .finish_non_exhaustive()
     }
 }
@@ -243,41 +326,76 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let span: &Span = this.span;
-        let result = {
+        let mut result = if span.is_none() {
+            ready!(this.inner.poll(cx))
+        } else {
             let _entered = span.enter();
             ready!(this.inner.poll(cx))
         };
         let elapsed = this.started.elapsed();
-        let status = match &result {
+        let duration_ms = elapsed.as_secs_f64() * 1e3;
+        // Without a span, the end-of-request line names the request itself.
+        let ids = span
+            .is_none()
+            .then(|| (this.request_id.to_str().unwrap_or(""), *this.trace_id));
+        let status = match &mut result {
             Ok(response) => {
                 let status = response.status();
-                // Straight to the OpenTelemetry span: a `tracing` field would be formatted again.
-                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
-                if status.is_server_error() {
-                    span.set_status(opentelemetry::trace::Status::error(""));
-                    tracing::warn!(
-                        parent: span,
-                        status = status.as_u16(),
-                        duration_ms = elapsed.as_secs_f64() * 1e3,
+                response
+                    .headers_mut()
+                    .entry(X_REQUEST_ID)
+                    .or_insert_with(|| this.request_id.clone());
+                if !span.is_none() {
+                    // Straight to the OpenTelemetry span: a `tracing` field would be formatted
+                    // again.
+                    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+                }
+                let code = status.as_u16();
+                match (status.is_server_error(), ids) {
+                    (true, None) => {
+                        span.set_status(opentelemetry::trace::Status::error(""));
+                        tracing::warn!(parent: span, status = code, duration_ms, "request failed");
+                    }
+                    (true, Some((request_id, trace_id))) => tracing::warn!(
+                        status = code,
+                        duration_ms,
+                        request_id,
+                        %trace_id,
                         "request failed"
-                    );
-                } else {
-                    tracing::debug!(
+                    ),
+                    (false, None) => tracing::debug!(
                         parent: span,
-                        status = status.as_u16(),
-                        duration_ms = elapsed.as_secs_f64() * 1e3,
+                        status = code,
+                        duration_ms,
                         "request completed"
-                    );
+                    ),
+                    (false, Some((request_id, trace_id))) => tracing::debug!(
+                        status = code,
+                        duration_ms,
+                        request_id,
+                        %trace_id,
+                        "request completed"
+                    ),
                 }
                 status_class(status)
             }
             Err(_) => {
-                span.set_status(opentelemetry::trace::Status::error("no response"));
-                tracing::error!(
-                    parent: span,
-                    duration_ms = elapsed.as_secs_f64() * 1e3,
-                    "request failed without a response"
-                );
+                match ids {
+                    None => {
+                        span.set_status(opentelemetry::trace::Status::error("no response"));
+                        tracing::error!(
+                            parent: span,
+                            duration_ms,
+                            "request failed without a response"
+                        );
+                    }
+                    Some((request_id, trace_id)) => tracing::error!(
+                        duration_ms,
+                        request_id,
+                        %trace_id,
+                        "request failed without a response"
+                    ),
+                }
                 STATUS_ERROR
             }
         };
@@ -383,20 +501,27 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
         let route = route_of(&request);
-        let span = tracing::info_span!(
-            target: "mainstay_telemetry::client",
-            "outbound request",
-            otel.name = %SpanName(method, &route),
-            otel.kind = "client",
-            http.request.method = method,
-            server.address = %self.peer,
-            http.route = %route,
-        );
-        if !span.is_disabled() {
-            propagation::inject_headers(&span.context(), request.headers_mut());
-        }
+        let span = if let Some(context) = request_id::unsampled_context() {
+            // Serving an unsampled request: no span, and the callee told not to sample either.
+            propagation::inject_headers(&context, request.headers_mut());
+            Span::none()
+        } else {
+            let span = tracing::info_span!(
+                target: "mainstay_telemetry::client",
+                "outbound request",
+                otel.name = %SpanName(method, &route),
+                otel.kind = "client",
+                http.request.method = method,
+                server.address = %self.peer,
+                http.route = %route,
+            );
+            if !span.is_disabled() {
+                propagation::inject_headers(&span.context(), request.headers_mut());
+            }
+            span
+        };
         if !request.headers().contains_key(X_REQUEST_ID)
-            && let Some(id) = request_id::current().filter(|id| !id.is_empty())
+            && let Some(id) = request_id::current()
         {
             request.headers_mut().insert(X_REQUEST_ID, id);
         }
@@ -411,7 +536,9 @@ where
                 },
             )
         });
-        let inner = {
+        let inner = if span.is_none() {
+            self.inner.call(request)
+        } else {
             let _entered = span.enter();
             self.inner.call(request)
         };
@@ -452,21 +579,28 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let span: &Span = this.span;
-        let result = {
+        let result = if span.is_none() {
+            ready!(this.inner.poll(cx))
+        } else {
             let _entered = span.enter();
             ready!(this.inner.poll(cx))
         };
+        let traced = !span.is_none();
         let status = match &result {
             Ok(response) => {
                 let status = response.status();
-                span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
-                if status.is_server_error() {
-                    span.set_status(opentelemetry::trace::Status::error(""));
+                if traced {
+                    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+                    if status.is_server_error() {
+                        span.set_status(opentelemetry::trace::Status::error(""));
+                    }
                 }
                 status_class(status)
             }
             Err(_) => {
-                span.set_status(opentelemetry::trace::Status::error("no response"));
+                if traced {
+                    span.set_status(opentelemetry::trace::Status::error("no response"));
+                }
                 STATUS_ERROR
             }
         };

@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mainstay_telemetry::propagation::{extract_message, inject_message, trace_id};
+use mainstay_telemetry::sampling::Sampling;
 use mainstay_telemetry::{ClientLayer, Metrics, RouteTemplate, ServerLayer};
 use opentelemetry::trace::{SpanKind, TraceId};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
@@ -33,6 +34,10 @@ async fn serve(app: Router) -> SocketAddr {
 
 /// Service B: reports what it received.
 fn inventory(metrics: &Metrics) -> Router {
+    inventory_sampled(metrics, Sampling::default())
+}
+
+fn inventory_sampled(metrics: &Metrics, sampling: Sampling) -> Router {
     Router::new()
         .route(
             "/items/{id}",
@@ -47,7 +52,7 @@ fn inventory(metrics: &Metrics) -> Router {
                 format!("{}|{}", header("x-request-id"), header("traceparent"))
             }),
         )
-        .layer(ServerLayer::new(metrics))
+        .layer(ServerLayer::new(metrics).sampling(sampling))
 }
 
 #[derive(Clone)]
@@ -59,6 +64,10 @@ struct Orders {
 
 /// Service A: calls B through the client layer and returns B's answer.
 fn orders(state: Orders) -> Router {
+    orders_sampled(state, Sampling::default())
+}
+
+fn orders_sampled(state: Orders, sampling: Sampling) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route(
@@ -80,7 +89,118 @@ fn orders(state: Orders) -> Router {
             }),
         )
         .with_state(state)
-        .layer(ServerLayer::new(&metrics))
+        .layer(ServerLayer::new(&metrics).sampling(sampling))
+}
+
+/// Orders in front of inventory, both sampling as `sampling` says.
+async fn two_services(sampling: Sampling, metrics: &Metrics) -> (HttpClient, SocketAddr) {
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let inventory_addr = serve(inventory_sampled(metrics, sampling)).await;
+    let orders_addr = serve(orders_sampled(
+        Orders {
+            client: client.clone(),
+            inventory: inventory_addr,
+            metrics: metrics.clone(),
+        },
+        sampling,
+    ))
+    .await;
+    (client, orders_addr)
+}
+
+/// Calls orders with `traceparent` (if any); the `traceparent` inventory received.
+async fn call_orders(client: &HttpClient, orders: SocketAddr, traceparent: Option<&str>) -> String {
+    let mut request = Request::get(format!("http://{orders}/orders/42"));
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8(body.to_vec()).unwrap();
+    body.split_once('|').unwrap().1.to_owned()
+}
+
+#[tokio::test]
+async fn an_unsampled_request_exports_no_span_but_counts_and_passes_its_trace_on() {
+    let sampling = Sampling::parent_based_ratio(0.0);
+    let spans = common::Spans::install_sampling(sampling);
+    let metrics = Metrics::new();
+    let (client, orders) = two_services(sampling, &metrics).await;
+
+    // A new trace, not sampled at a ratio of 0: inventory is told so, with the trace's id.
+    let seen = call_orders(&client, orders, None).await;
+    let fields: Vec<&str> = seen.split('-').collect();
+    assert_eq!(fields.len(), 4, "{seen}");
+    assert!(
+        TraceId::from_hex(fields[1]).is_ok_and(|id| id != TraceId::INVALID),
+        "{seen}"
+    );
+    assert_eq!(
+        fields[3], "00",
+        "the callee is told the trace is not sampled: {seen}"
+    );
+    // A caller's unsampled trace is followed, and its id kept.
+    let seen = call_orders(
+        &client,
+        orders,
+        Some(&format!("00-{TRACE_ID}-{CALLER_SPAN}-00")),
+    )
+    .await;
+    assert!(
+        seen.starts_with(&format!("00-{TRACE_ID}-")) && seen.ends_with("-00"),
+        "{seen}"
+    );
+    // A caller's sampled trace is followed too: its three spans are exported, and nothing else
+    // ever was (the unsampled requests ended before this one started).
+    let seen = call_orders(
+        &client,
+        orders,
+        Some(&format!("00-{TRACE_ID}-{CALLER_SPAN}-01")),
+    )
+    .await;
+    assert!(seen.ends_with("-01"), "{seen}");
+    let exported = spans.wait_for(3).await;
+    assert_eq!(exported.len(), 3, "{exported:#?}");
+    assert!(
+        exported
+            .iter()
+            .all(|span| span.parent_span_id.to_string() != "0000000000000000"),
+        "no root span was exported for the unsampled requests: {exported:#?}"
+    );
+
+    // Every request counted, sampled or not.
+    let text = metrics.encode();
+    for line in [
+        r#"http_server_requests_total{method="GET",route="/orders/{id}",status="2xx"} 3"#,
+        r#"http_server_requests_total{method="GET",route="/items/{id}",status="2xx"} 3"#,
+        r#"http_client_requests_total{peer="inventory",method="GET",route="/items/{id}",status="2xx"} 3"#,
+        r#"http_server_requests_in_flight{method="GET",route="/orders/{id}"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_trace_the_layer_starts_is_sampled_once_not_twice() {
+    // The layer samples every new trace; the SDK's own ratio is 0. Without the layer's mark
+    // the SDK would drop the root, and the trace would have a client span with no parent.
+    let spans = common::Spans::install_sampling(Sampling::parent_based_ratio(0.0));
+    let metrics = Metrics::new();
+    let (client, orders) = two_services(Sampling::parent_based_ratio(1.0), &metrics).await;
+    let seen = call_orders(&client, orders, None).await;
+    assert!(seen.ends_with("-01"), "{seen}");
+    let exported = spans.wait_for(3).await;
+    let root = exported
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server && s.name == "GET /orders/{id}")
+        .unwrap_or_else(|| panic!("no root: {exported:#?}"));
+    let trace = root.span_context.trace_id();
+    assert!(seen.starts_with(&format!("00-{trace}-")), "{seen}");
+    assert!(exported.iter().all(|s| s.span_context.trace_id() == trace));
 }
 
 #[tokio::test]
@@ -331,4 +451,90 @@ async fn json_log_lines_carry_the_request_id_and_the_trace_id() {
     }
     assert_eq!(logged[1]["level"], "WARN");
     assert_eq!(logged[1]["status"], 502);
+}
+
+#[tokio::test]
+async fn a_request_id_a_client_sends_is_kept_only_when_short_and_printable() {
+    let _spans = common::Spans::install();
+    let app = inventory(&Metrics::new());
+    let echoed = |id: Vec<u8>| {
+        let app = app.clone();
+        async move {
+            let request = Request::get("/items/1")
+                .header("x-request-id", http::HeaderValue::from_bytes(&id).unwrap())
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.oneshot(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let seen = String::from_utf8(body.to_vec()).unwrap();
+            let (seen, _) = seen.split_once('|').unwrap();
+            (seen.len(), seen.as_bytes() == id.as_slice())
+        }
+    };
+    let longest = vec![b'a'; mainstay_telemetry::MAX_REQUEST_ID_BYTES];
+    assert_eq!(echoed(longest).await, (128, true), "at the bound: kept");
+    let too_long = vec![b'a'; mainstay_telemetry::MAX_REQUEST_ID_BYTES + 1];
+    assert_eq!(echoed(too_long).await, (36, false), "beyond it: replaced");
+    assert_eq!(echoed(b"two words".to_vec()).await, (36, false), "a space");
+    assert_eq!(
+        echoed(b"caf\xc3\xa9".to_vec()).await,
+        (36, false),
+        "not ASCII"
+    );
+}
+
+#[tokio::test]
+async fn an_unsampled_requests_log_lines_carry_its_ids_without_a_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(mainstay_telemetry::json_logs(move || writer.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|| async {
+                tracing::info!("reserving stock");
+                StatusCode::BAD_GATEWAY
+            }),
+        )
+        .layer(ServerLayer::without_metrics().sampling(Sampling::parent_based_ratio(0.0)));
+    let response = app
+        .oneshot(
+            Request::get("/orders/7")
+                .header("x-request-id", "req-10")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    tracing::info!("outside any request");
+
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let logged: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let messages: Vec<&str> = logged
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert_eq!(
+        messages,
+        ["reserving stock", "request failed", "outside any request"],
+        "{text}"
+    );
+    let trace_id = logged[0]["trace_id"].as_str().unwrap();
+    assert!(TraceId::from_hex(trace_id).is_ok_and(|id| id != TraceId::INVALID));
+    for line in &logged[..2] {
+        assert_eq!(line["request_id"], "req-10", "{line}");
+        assert_eq!(line["trace_id"], trace_id, "{line}");
+        assert!(line.get("span").is_none(), "no span was built: {line}");
+    }
+    assert!(logged[2].get("request_id").is_none(), "{}", logged[2]);
+    assert_eq!(logged[1]["level"], "WARN");
 }

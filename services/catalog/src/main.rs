@@ -5,16 +5,13 @@ use std::sync::Arc;
 use shop_catalog::{Catalog, CatalogConfig, router};
 use shop_common::Kit;
 use shop_common::bus::InProcessBus;
-use shop_common::config::{EX_CONFIG, or_exit};
+use shop_common::config::or_exit;
 use shop_common::store::Database;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = or_exit(CatalogConfig::from_env());
-    let telemetry = mainstay_telemetry::init(&config.service.name).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(EX_CONFIG)
-    });
+    let telemetry = config.service.init_telemetry();
     let validator = config.tokens.validator()?;
     let database = Database::connect(&config.service.database_url)
         .await

@@ -4,6 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
+use mainstay_telemetry::sampling::{SAMPLER_ARG_ENV, SAMPLER_ENV, Sampling};
+
 /// The exit status for bad configuration (`EX_CONFIG` in BSD's `sysexits.h`).
 pub const EX_CONFIG: i32 = 78;
 
@@ -156,7 +158,15 @@ pub struct ServiceConfig {
     /// whose caller has gone and that finish on their own; more are answered 503 with
     /// `Retry-After` before anything is claimed (default 256).
     pub keyed_max_running: usize,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which requests are traced
+    /// (default `parentbased_traceidratio` at 0.1: a tenth of the traces that start here, and
+    /// every trace a caller sampled). Unsampled requests build no span and still count in the
+    /// metrics.
+    pub sampling: Sampling,
 }
+
+/// The services' default sampling: a tenth of new traces, callers' decisions followed.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 0.1;
 
 impl ServiceConfig {
     /// Reads the configuration of `name`, listening on `default_port` unless `PORT` says
@@ -227,6 +237,16 @@ impl ServiceConfig {
             keyed_max_running: vars
                 .parse_or("KEYED_MAX_RUNNING", 256, "a number of requests")?
                 .max(1),
+            sampling: Sampling::from_vars(
+                vars.raw(SAMPLER_ENV).as_deref(),
+                vars.raw(SAMPLER_ARG_ENV).as_deref(),
+                Sampling::parent_based_ratio(DEFAULT_SAMPLING_RATIO),
+            )
+            .map_err(|e| ConfigError {
+                var: e.var.to_owned(),
+                value: e.value,
+                expected: e.expected.to_owned(),
+            })?,
         })
     }
 }
@@ -289,6 +309,28 @@ pub fn or_exit<T>(result: Result<T, ConfigError>) -> T {
     }
 }
 
+impl ServiceConfig {
+    /// Sets up logs and traces for this service ([`mainstay_telemetry::Config`]), sampling as
+    /// [`sampling`](Self::sampling) says (the server stack samples the same way), or prints
+    /// why not and ends the process with [`EX_CONFIG`]. Keep the guard until the end of `main`.
+    #[must_use = "dropping the guard stops span export"]
+    pub fn init_telemetry(&self) -> mainstay_telemetry::TelemetryGuard {
+        match mainstay_telemetry::Config::new(&self.name)
+            .sampling(self.sampling)
+            .init()
+        {
+            Ok(guard) => guard,
+            Err(error) => {
+                #[expect(clippy::print_stderr, reason = "logging is not set up")]
+                {
+                    eprintln!("telemetry: {error}");
+                }
+                std::process::exit(EX_CONFIG)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -310,6 +352,7 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://catalog.db?mode=rwc");
         assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.body_limit, 1 << 20);
+        assert_eq!(config.sampling, Sampling::parent_based_ratio(0.1));
     }
 
     #[test]
@@ -320,8 +363,11 @@ mod tests {
             ("DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
             ("REQUEST_TIMEOUT_MS", "2500"),
             ("BODY_LIMIT_BYTES", "1024"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
         ])
         .unwrap();
+        assert_eq!(config.sampling, Sampling::parent_based_ratio(0.5));
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.database_url, "postgres://postgres@127.0.0.1/test");
         assert_eq!(config.request_timeout, Duration::from_millis(2500));
@@ -354,6 +400,10 @@ mod tests {
             (
                 ("SHUTDOWN_GRACE_MS", "-1"),
                 r#"invalid SHUTDOWN_GRACE_MS="-1": a whole number of milliseconds greater than zero"#,
+            ),
+            (
+                ("OTEL_TRACES_SAMPLER", "sometimes"),
+                r#"invalid OTEL_TRACES_SAMPLER="sometimes": always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio"#,
             ),
         ];
         for ((var, value), message) in cases {

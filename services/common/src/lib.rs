@@ -26,10 +26,7 @@
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
 //!     let config = or_exit(ServiceConfig::from_env("catalog", 8082));
-//!     let telemetry = mainstay_telemetry::init(&config.name).unwrap_or_else(|e| {
-//!         eprintln!("{e}");
-//!         std::process::exit(shop_common::config::EX_CONFIG)
-//!     });
+//!     let telemetry = config.init_telemetry(); // logs, traces; exits on a bad setting
 //!     let kit = Kit::new(config);
 //!     let app = kit.stack(Router::new().route("/products", get(|| async { "[]" })));
 //!     shop_common::serve(app, &kit).await?;

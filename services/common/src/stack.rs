@@ -112,6 +112,6 @@ impl Kit {
             .layer(limit);
         api.layer(protected)
             .merge(routes(&self.metrics, &self.health))
-            .layer(ServerLayer::new(&self.metrics))
+            .layer(ServerLayer::new(&self.metrics).sampling(self.config.sampling))
     }
 }

@@ -1,16 +1,13 @@
 //! `shop-gateway`: the gateway, on the environment's configuration.
 
 use shop_common::Kit;
-use shop_common::config::{EX_CONFIG, or_exit};
+use shop_common::config::or_exit;
 use shop_gateway::{Gateway, GatewayConfig, app, discover};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = or_exit(GatewayConfig::from_env());
-    let telemetry = mainstay_telemetry::init(&config.service.name).unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(EX_CONFIG)
-    });
+    let telemetry = config.service.init_telemetry();
     let validator = config.tokens.validator()?;
     let sources = discover(&config).map_err(std::io::Error::other)?;
     let kit = Kit::new(config.service.clone());

@@ -1310,3 +1310,153 @@ async fn a_flash_crowd_is_served_at_capacity_and_leaves_no_outage_behind() {
         );
     }
 }
+
+/// The in-memory trace pipeline of a service sampling as the services do by default.
+struct Traces {
+    exporter: opentelemetry_sdk::trace::InMemorySpanExporter,
+    _provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Traces {
+    fn install(sampling: mainstay_telemetry::sampling::Sampling) -> Self {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_sampler(sampling.sdk_sampler())
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        Self {
+            exporter,
+            _provider: provider,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// The spans exported once at least `count` are (yielding to the runtime, never sleeping).
+    async fn wait_for(&self, count: usize) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        for _ in 0..10_000 {
+            let spans = self.exporter.get_finished_spans().unwrap();
+            if spans.len() >= count {
+                return spans;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("fewer than {count} spans");
+    }
+}
+
+#[tokio::test]
+async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exports_nothing() {
+    use opentelemetry::trace::{SpanKind, TraceId};
+
+    // Everything samples as the services do by default: a tenth of new traces, callers'
+    // decisions followed.
+    let defaults = GatewayConfig::from_vars(&Vars(|_: &str| None)).unwrap();
+    let sampling = defaults.service.sampling;
+    assert_eq!(sampling.sample_ratio(), 0.1);
+    let traces = Traces::install(sampling);
+    // The users service, with its own server layer: it reports the `traceparent` it received.
+    let users_metrics = mainstay_telemetry::Metrics::new();
+    let users = serve(
+        Router::new()
+            .route(
+                "/me",
+                get(|headers: http::HeaderMap| async move {
+                    headers
+                        .get("traceparent")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default()
+                }),
+            )
+            .layer(mainstay_telemetry::ServerLayer::new(&users_metrics).sampling(sampling)),
+    )
+    .await;
+    let vars: HashMap<&str, String> = HashMap::from([("USERS_URLS", url(users))]);
+    let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
+    let (issuer, validator) = shop_common::testing::users_tokens();
+    let kit = Kit::new(config.service.clone());
+    let gateway = Gateway::new(&config, &kit, validator, &discover(&config).unwrap()).unwrap();
+    let app = app(gateway, &kit, &[]);
+    let token = issuer.issue(&AccessClaims::new("ada")).unwrap().token;
+    let me = |traceparent: String| {
+        let request = Request::get("/api/v1/me")
+            .header("authorization", format!("Bearer {token}"))
+            .header("traceparent", traceparent)
+            .body(Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            use http_body_util::BodyExt;
+            use tower::ServiceExt;
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    let caller_span = "00f067aa0ba902b7";
+
+    // The caller did not sample: the upstream is told so, under the same trace id.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let seen = me(format!("00-{unsampled}-{caller_span}-00")).await;
+    assert!(
+        seen.starts_with(&format!("00-{unsampled}-")) && seen.ends_with("-00"),
+        "{seen}"
+    );
+
+    // The caller sampled: gateway server span → gateway client span → users server span.
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let seen = me(format!("00-{sampled}-{caller_span}-01")).await;
+    assert!(
+        seen.starts_with(&format!("00-{sampled}-")) && seen.ends_with("-01"),
+        "{seen}"
+    );
+    let spans = traces.wait_for(3).await;
+    let trace = TraceId::from_hex(sampled).unwrap();
+    assert!(
+        spans.iter().all(|s| s.span_context.trace_id() == trace),
+        "only the sampled request was exported: {spans:#?}"
+    );
+    let find = |kind: SpanKind, name: &str| {
+        spans
+            .iter()
+            .find(|s| s.span_kind == kind && s.name.contains(name))
+            .unwrap_or_else(|| panic!("no {kind:?} span {name}: {spans:#?}"))
+    };
+    let gateway_server = find(SpanKind::Server, "/api/v1/");
+    let gateway_client = find(SpanKind::Client, "GET");
+    let users_server = find(SpanKind::Server, "GET /me");
+    assert_eq!(gateway_server.parent_span_id.to_string(), caller_span);
+    assert_eq!(
+        gateway_client.parent_span_id,
+        gateway_server.span_context.span_id()
+    );
+    assert_eq!(
+        users_server.parent_span_id,
+        gateway_client.span_context.span_id()
+    );
+    assert!(seen.contains(&gateway_client.span_context.span_id().to_string()));
+
+    // Both requests counted, on both sides of the gateway and at the upstream.
+    let gateway_metrics = kit.metrics.encode();
+    for line in [
+        r#"method="GET",route="/api/v1/{*rest}",status="2xx"} 2"#,
+        r#"http_client_requests_total{peer="users",method="GET",route="unmatched",status="2xx"} 2"#,
+    ] {
+        assert!(
+            gateway_metrics.contains(line),
+            "missing {line} in\n{gateway_metrics}"
+        );
+    }
+    let users_metrics = users_metrics.encode();
+    assert!(
+        users_metrics
+            .contains(r#"http_server_requests_total{method="GET",route="/me",status="2xx"} 2"#),
+        "{users_metrics}"
+    );
+}

@@ -13,8 +13,14 @@ pub(crate) struct Spans {
 impl Spans {
     /// Installs the subscriber as this thread's default until the value is dropped.
     pub(crate) fn install() -> Self {
+        Self::install_sampling(mainstay_telemetry::sampling::Sampling::default())
+    }
+
+    /// [`install`](Self::install), with the tracer provider sampling as `sampling` says.
+    pub(crate) fn install_sampling(sampling: mainstay_telemetry::sampling::Sampling) -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
+            .with_sampler(sampling.sdk_sampler())
             .with_simple_exporter(exporter.clone())
             .build();
         let subscriber = tracing_subscriber::registry()
@@ -26,6 +32,12 @@ impl Spans {
             _provider: provider,
             _guard: guard,
         }
+    }
+
+    /// The spans exported so far.
+    #[allow(dead_code)] // not every test binary reads them without waiting
+    pub(crate) fn exported(&self) -> Vec<SpanData> {
+        self.exporter.get_finished_spans().expect("spans")
     }
 
     /// The spans exported so far, waiting (by yielding to the runtime, never by sleeping) until
