@@ -39,6 +39,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 const BAGGAGE: &str = "baggage";
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
+const BAGGAGE_HEADER: HeaderName = HeaderName::from_static(BAGGAGE);
 
 /// `tracestate` longer than this is dropped (W3C Trace Context asks for at least 512
 /// characters to be propagated; the cap keeps a client from making every hop parse kilobytes).
@@ -179,10 +182,11 @@ fn parse_baggage_entry(entry: &str) -> Option<KeyValueMetadata> {
     ))
 }
 
-/// Reads the context carried by request or response headers.
+/// Reads the context carried by request or response headers (a new context: nothing of the
+/// current one is carried over).
 #[must_use]
 pub fn extract_headers(headers: &HeaderMap) -> Context {
-    W3cPropagator.extract(&HeaderExtractor(headers))
+    W3cPropagator.extract_with_context(&Context::new(), &HeaderExtractor(headers))
 }
 
 /// Writes `context` into headers as `traceparent`, `tracestate` and `baggage`.
@@ -232,7 +236,14 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        // The propagator's own names are looked up without parsing them again.
+        let value = match key {
+            TRACEPARENT => self.0.get(TRACEPARENT_HEADER),
+            TRACESTATE => self.0.get(TRACESTATE_HEADER),
+            BAGGAGE => self.0.get(BAGGAGE_HEADER),
+            other => self.0.get(other),
+        };
+        value.and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
