@@ -2,16 +2,18 @@
 //! part with its own timeout and fallback, so that one slow or failing service degrades the
 //! page instead of failing it.
 
-use axum::extract::{Request, State};
+use axum::Extension;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use mainstay_auth::Principal;
 use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::{Access, Gateway};
+use crate::Gateway;
 
 /// The home page's data.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -47,11 +49,11 @@ async fn fetch(
             .insert(header::AUTHORIZATION, value.clone());
     }
     let call = async {
-        let response = gateway
-            .upstream(service, &Method::GET)
-            .oneshot(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Cached where the service's routes are: the products part is the catalog's listing.
+        let client = gateway
+            .upstream(service, true)
+            .ok_or_else(|| format!("no client for {service}"))?;
+        let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("{service} answered {}", response.status()));
         }
@@ -84,14 +86,15 @@ fn items(value: Value) -> Vec<Value> {
     }
 }
 
-pub(crate) async fn home(State(gateway): State<Gateway>, request: Request) -> Response {
-    let (parts, _) = request.into_parts();
-    let admitted = match gateway.admit(&parts, Access::Open).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return *refusal,
-    };
-    let principal = admitted.principal.as_ref();
-    let authorization = parts.headers.get(header::AUTHORIZATION);
+/// The page, behind the gateway's admission (an open route: the caller's principal, when signed
+/// in, is in the request).
+pub(crate) async fn home(
+    State(gateway): State<Gateway>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+) -> Response {
+    let principal = principal.as_ref().map(|Extension(principal)| principal);
+    let authorization = headers.get(header::AUTHORIZATION);
     let products = fetch(
         &gateway,
         "products",
@@ -134,5 +137,5 @@ pub(crate) async fn home(State(gateway): State<Gateway>, request: Request) -> Re
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
-    admitted.finish(response)
+    response
 }

@@ -499,66 +499,6 @@ impl Modify for BearerAuth {
 )]
 pub(crate) struct ApiDoc;
 
-/// One path of the document: its segments (`None` for a `{parameter}`) and its methods.
-struct Template {
-    segments: Vec<Option<String>>,
-    methods: Vec<http::Method>,
-}
-
-/// The document's paths, read once.
-static TEMPLATES: std::sync::LazyLock<Vec<Template>> = std::sync::LazyLock::new(|| {
-    let document = ApiDoc::openapi();
-    document
-        .paths
-        .paths
-        .iter()
-        .map(|(path, item)| {
-            let segments = path
-                .split('/')
-                .map(|segment| {
-                    (!(segment.starts_with('{') && segment.ends_with('}')))
-                        .then(|| segment.to_owned())
-                })
-                .collect();
-            let operations = [
-                (http::Method::GET, item.get.is_some()),
-                (
-                    http::Method::HEAD,
-                    item.get.is_some() || item.head.is_some(),
-                ),
-                (http::Method::POST, item.post.is_some()),
-                (http::Method::PUT, item.put.is_some()),
-                (http::Method::PATCH, item.patch.is_some()),
-                (http::Method::DELETE, item.delete.is_some()),
-            ];
-            let methods = operations
-                .into_iter()
-                .filter_map(|(method, documented)| documented.then_some(method))
-                .collect();
-            Template { segments, methods }
-        })
-        .collect()
-});
-
-/// The methods the document allows on `path`, when it describes the path at all: a literal
-/// segment is preferred to a parameter (`/products/search` over `/products/{id}`).
-pub(crate) fn allowed_methods(path: &str) -> Option<&'static [http::Method]> {
-    let segments: Vec<&str> = path.split('/').collect();
-    TEMPLATES
-        .iter()
-        .filter(|template| {
-            template.segments.len() == segments.len()
-                && template.segments.iter().zip(&segments).all(
-                    |(expected, actual)| match expected {
-                        Some(literal) => literal == actual,
-                        None => !actual.is_empty(),
-                    },
-                )
-        })
-        .max_by_key(|template| template.segments.iter().filter(|s| s.is_some()).count())
-        .map(|template| template.methods.as_slice())
-}
-
 /// `/api/v1/openapi.json` and Swagger UI at `/docs`.
 pub(crate) fn routes() -> Router {
     SwaggerUi::new("/docs")

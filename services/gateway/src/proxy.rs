@@ -1,0 +1,204 @@
+//! The proxy service at the bottom of the gateway's stack: the body buffered, the upstream
+//! request built once from the caller's, and the call through the service's client stack.
+//!
+//! The upstream request reuses the caller's method, headers and body: hop-by-hop headers
+//! (RFC 9110 §7.6.1, and those `Connection` names) and `Host` are removed in one pass, and
+//! `X-Forwarded-For` (the peer appended), `X-Forwarded-Host` and `X-Forwarded-Proto` are set.
+//! A trusted proxy's `X-Forwarded-Proto` is kept; anyone else's is replaced by the scheme of
+//! the gateway's own listener (plain HTTP). Its target is the one [`RouteLayer`] resolved; its
+//! extensions carry only the deadline, the route template (for the client's metrics) and
+//! [`KeyHonoured`] when the service answers a repeated `Idempotency-Key` once (so that a keyed
+//! `POST` to it may be retried).
+//!
+//! [`RouteLayer`]: crate::routes::RouteLayer
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Uri};
+use http_body_util::Full;
+use mainstay_resilience::deadline::Deadline;
+use mainstay_resilience::http::KeyHonoured;
+use mainstay_telemetry::RouteTemplate;
+use tower::{Service, ServiceExt};
+
+use crate::admission::Caller;
+use crate::problems;
+use crate::routes::{Resolved, Route};
+use crate::upstream::{Upstream, UpstreamRequest};
+
+/// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
+/// kit's idempotency layer): only to these is a keyed `POST` retried. A service joins the list
+/// when it lands with `Kit::with_idempotency`.
+pub const HONOUR_IDEMPOTENCY_KEYS: &[&str] = &["users", "catalog"];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the hop-by-hop headers, and those `Connection` names, in place.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The upstream request for the caller's `parts` and buffered `body`, to `resolved`'s target.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    resolved: Resolved,
+    body: Bytes,
+) -> UpstreamRequest {
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    let host = headers.remove(header::HOST);
+    let caller = parts.extensions.get::<Caller>().copied();
+    if let Some(caller) = caller {
+        let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
+            Some(Ok(previous)) => HeaderValue::try_from(format!("{previous}, {}", caller.peer)),
+            _ => HeaderValue::try_from(caller.peer.to_string()),
+        };
+        if let Ok(value) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+    }
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+    let trusted_proto = caller.is_some_and(|c| c.trusted_peer)
+        && headers
+            .get(X_FORWARDED_PROTO)
+            .is_some_and(|proto| proto == "https" || proto == "http");
+    if !trusted_proto {
+        // The gateway's own listener is plain HTTP (TLS ends in front of it, at a trusted proxy).
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = Uri::from(resolved.target);
+    *request.headers_mut() = headers;
+    let extensions = request.extensions_mut();
+    if let Some(deadline) = parts.extensions.remove::<Deadline>() {
+        extensions.insert(deadline);
+    }
+    if let Some(template) = parts.extensions.remove::<RouteTemplate>() {
+        extensions.insert(template);
+    }
+    if HONOUR_IDEMPOTENCY_KEYS.contains(&resolved.route.service) {
+        extensions.insert(KeyHonoured);
+    }
+    request
+}
+
+/// Each service's clients: every service's, and for the services with cached routes, one
+/// through the shared response cache.
+#[derive(Clone, Default)]
+pub(crate) struct Upstreams {
+    pub(crate) plain: HashMap<&'static str, Upstream>,
+    pub(crate) cached: HashMap<&'static str, Upstream>,
+}
+
+impl Upstreams {
+    /// The client for `route`.
+    pub(crate) fn client(&self, route: &Route) -> Option<Upstream> {
+        let clients = if route.cached {
+            &self.cached
+        } else {
+            &self.plain
+        };
+        clients.get(route.service).cloned()
+    }
+}
+
+/// The service under the gateway's layers: buffers the body (413 beyond the limit, so that the
+/// request can be retried), builds the upstream request and calls the route's service; its
+/// failures become problems (502, 503, 504), never a hang.
+#[derive(Clone)]
+pub(crate) struct Proxy {
+    upstreams: Arc<Upstreams>,
+    body_limit: usize,
+}
+
+impl Proxy {
+    pub(crate) fn new(upstreams: Arc<Upstreams>, body_limit: usize) -> Self {
+        Self {
+            upstreams,
+            body_limit,
+        }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<Request<Body>> for Proxy {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let resolved = parts.extensions.remove::<Resolved>();
+        let client = resolved
+            .as_ref()
+            .and_then(|resolved| Some((self.upstreams.client(resolved.route)?, resolved.route)));
+        let body_limit = self.body_limit;
+        Box::pin(async move {
+            let (Some(resolved), Some((client, route))) = (resolved, client) else {
+                // Only below a RouteLayer, and for the services the gateway knows.
+                return Ok(problems::unrouted(
+                    crate::routes::Unrouted::NotFound,
+                    &parts.method,
+                    parts.uri.path(),
+                ));
+            };
+            let Ok(body) = axum::body::to_bytes(body, body_limit).await else {
+                return Ok(problems::too_large(body_limit));
+            };
+            let request = upstream_request(parts, resolved, body);
+            Ok(match client.oneshot(request).await {
+                Ok(mut response) => {
+                    strip_hop_by_hop(response.headers_mut());
+                    response
+                }
+                Err(error) => problems::upstream(route.service, &error),
+            })
+        })
+    }
+}

@@ -1,0 +1,400 @@
+//! The public API's routes: which service answers a path, who may call it, and which methods
+//! the API document allows on it, resolved once per request by [`RouteLayer`].
+//!
+//! The route table ([`ROUTES`]) maps path prefixes to services; the API document
+//! (`openapi.json`) bounds what is forwarded: a path it does not describe is a 404 problem (a
+//! trailing slash, a deeper path: whatever else a service routes stays private), a method it
+//! does not list on a path it describes a 405 with `Allow`. Both are read once, at start-up,
+//! into one table of templates, each knowing its route: a request is one scan of it.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Uri};
+use mainstay_telemetry::RouteTemplate;
+use std::future::{Ready, ready};
+use tower::{Layer, Service};
+use utoipa::OpenApi;
+
+use crate::openapi::ApiDoc;
+use crate::problems;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, and a bearer token is not looked at: the sign-in routes, which a client calls
+    /// precisely when its access token has expired (and may still send it). Limited per
+    /// client address.
+    Public,
+    /// Anyone; a bearer token, if sent, must be valid (it keys the rate limit).
+    Open,
+    /// Only with a valid bearer token (401 otherwise). Roles are checked by the service.
+    SignedIn,
+}
+
+/// A route of the public API: requests under `prefix` go to `service`, with `prefix` replaced
+/// by `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The public path prefix (matched on segment boundaries).
+    pub prefix: &'static str,
+    /// The service behind it.
+    pub service: &'static str,
+    /// The service's own path prefix.
+    pub upstream: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Whether its `GET`s are answered from the gateway's shared response cache (and its
+    /// writes drop what they change from it).
+    pub cached: bool,
+}
+
+const fn route(
+    prefix: &'static str,
+    service: &'static str,
+    upstream: &'static str,
+    access: Access,
+) -> Route {
+    Route {
+        prefix,
+        service,
+        upstream,
+        access,
+        cached: false,
+    }
+}
+
+const fn cached(route: Route) -> Route {
+    Route {
+        cached: true,
+        ..route
+    }
+}
+
+/// The route table, most specific prefixes first.
+pub const ROUTES: &[Route] = &[
+    // The sign-in routes one by one: the rest of users stays behind its own prefixes.
+    route(
+        "/api/v1/auth/register",
+        "users",
+        "/register",
+        Access::Public,
+    ),
+    route("/api/v1/auth/login", "users", "/login", Access::Public),
+    route(
+        "/api/v1/auth/token/refresh",
+        "users",
+        "/token/refresh",
+        Access::Public,
+    ),
+    route("/api/v1/auth/logout", "users", "/logout", Access::Public),
+    route(
+        "/api/v1/auth/email/confirm",
+        "users",
+        "/email/confirm",
+        Access::Public,
+    ),
+    route(
+        "/api/v1/auth/.well-known/jwks.json",
+        "users",
+        "/.well-known/jwks.json",
+        Access::Public,
+    ),
+    route("/api/v1/me", "users", "/me", Access::SignedIn),
+    route("/api/v1/admin/users", "users", "/users", Access::SignedIn),
+    route(
+        "/api/v1/admin/keys",
+        "users",
+        "/admin/keys",
+        Access::SignedIn,
+    ),
+    cached(route(
+        "/api/v1/products",
+        "catalog",
+        "/products",
+        Access::Open,
+    )),
+    cached(route(
+        "/api/v1/categories",
+        "catalog",
+        "/categories",
+        Access::Open,
+    )),
+    route("/api/v1/cart", "carts", "/cart", Access::SignedIn),
+    route("/api/v1/orders", "orders", "/orders", Access::SignedIn),
+    route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
+];
+
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded: a proxy that forwards
+/// one lets a server that normalises paths reach what the route table did not allow.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        matches!(segment.len(), 1..=6)
+            && matches!(
+                segment.to_ascii_lowercase().replace("%2e", ".").as_str(),
+                "." | ".."
+            )
+    })
+}
+
+/// The route whose prefix `path` starts with (on a segment boundary), and the rest of the path.
+fn route_for(path: &str) -> Option<(&'static Route, &str)> {
+    ROUTES.iter().find_map(|route| {
+        let rest = path.strip_prefix(route.prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then_some((route, rest))
+    })
+}
+
+/// The route for `path`, and the upstream path (query not included). A path with a `.` or
+/// `..` segment has none. (The table alone: [`RouteLayer`] also holds the path to the API
+/// document.)
+#[must_use]
+pub fn resolve(path: &str) -> Option<(&'static Route, String)> {
+    if has_dot_segment(path) {
+        return None;
+    }
+    let (route, rest) = route_for(path)?;
+    let mut upstream = format!("{}{rest}", route.upstream);
+    if upstream.is_empty() {
+        upstream.push('/');
+    }
+    Some((route, upstream))
+}
+
+/// A request's route, as [`RouteLayer`] resolved it: in the request's extensions for the
+/// layers below.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The route.
+    pub route: &'static Route,
+    /// The upstream path and query.
+    pub target: PathAndQuery,
+}
+
+/// Why a request has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrouted {
+    /// The document does not describe the path, or no route serves it (404).
+    NotFound,
+    /// The document describes the path but not the method (405 with `Allow`).
+    MethodNotAllowed(&'static [Method]),
+    /// The upstream target would not be a valid request target (400).
+    BadTarget,
+}
+
+/// One path of the document: its text, its segments (`None` for a `{parameter}`), its
+/// methods and the route that serves it.
+struct Template {
+    path: String,
+    segments: Vec<Option<String>>,
+    literals: usize,
+    methods: Vec<Method>,
+    route: Option<&'static Route>,
+}
+
+/// The document's paths, read once.
+static TEMPLATES: LazyLock<Vec<Template>> = LazyLock::new(|| {
+    let document = ApiDoc::openapi();
+    document
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let segments: Vec<Option<String>> = path
+                .split('/')
+                .map(|segment| {
+                    (!(segment.starts_with('{') && segment.ends_with('}')))
+                        .then(|| segment.to_owned())
+                })
+                .collect();
+            let operations = [
+                (Method::GET, item.get.is_some()),
+                (Method::HEAD, item.get.is_some() || item.head.is_some()),
+                (Method::POST, item.post.is_some()),
+                (Method::PUT, item.put.is_some()),
+                (Method::PATCH, item.patch.is_some()),
+                (Method::DELETE, item.delete.is_some()),
+            ];
+            Template {
+                path: path.clone(),
+                literals: segments.iter().filter(|s| s.is_some()).count(),
+                segments,
+                methods: operations
+                    .into_iter()
+                    .filter_map(|(method, documented)| documented.then_some(method))
+                    .collect(),
+                route: route_for(path).map(|(route, _)| route),
+            }
+        })
+        .collect()
+});
+
+/// The document's template for `path`: a literal segment is preferred to a parameter
+/// (`/products/search` over `/products/{id}`).
+fn template_for(path: &str) -> Option<&'static Template> {
+    let count = path.split('/').count();
+    TEMPLATES
+        .iter()
+        .filter(|template| {
+            template.segments.len() == count
+                && template
+                    .segments
+                    .iter()
+                    .zip(path.split('/'))
+                    .all(|(expected, actual)| match expected {
+                        Some(literal) => literal == actual,
+                        None => !actual.is_empty(),
+                    })
+        })
+        .max_by_key(|template| template.literals)
+}
+
+/// Resolves a request: its route and upstream target, or why it has none; and the document's
+/// template for it (a bounded label for metrics), when the document describes it.
+pub fn resolve_request(
+    method: &Method,
+    uri: &Uri,
+) -> (Result<Resolved, Unrouted>, Option<&'static str>) {
+    let path = uri.path();
+    if has_dot_segment(path) {
+        return (Err(Unrouted::NotFound), None);
+    }
+    let Some(template) = template_for(path) else {
+        return (Err(Unrouted::NotFound), None);
+    };
+    let label = Some(template.path.as_str());
+    let Some(route) = template.route else {
+        return (Err(Unrouted::NotFound), label);
+    };
+    if !template.methods.contains(method) {
+        return (Err(Unrouted::MethodNotAllowed(&template.methods)), label);
+    }
+    let rest = &path[route.prefix.len()..];
+    let mut target = String::with_capacity(route.upstream.len() + rest.len() + 64);
+    target.push_str(route.upstream);
+    target.push_str(rest);
+    if target.is_empty() {
+        target.push('/');
+    }
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let resolved = PathAndQuery::from_maybe_shared(bytes::Bytes::from(target))
+        .map(|target| Resolved { route, target })
+        .map_err(|_| Unrouted::BadTarget);
+    (resolved, label)
+}
+
+/// Resolves each request once ([`resolve_request`]): a request without a route is answered
+/// here (404, 405 with `Allow`, 400), one with a route goes on with [`Resolved`] and, for the
+/// client metrics and spans, the document's template as its [`RouteTemplate`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteLayer;
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Routed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Routed { inner }
+    }
+}
+
+/// The service of [`RouteLayer`].
+#[derive(Debug, Clone)]
+pub struct Routed<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Routed<S>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let (resolved, template) = resolve_request(request.method(), request.uri());
+        match resolved {
+            Ok(resolved) => {
+                let extensions = request.extensions_mut();
+                extensions.insert(resolved);
+                if let Some(template) = template {
+                    extensions.insert(RouteTemplate(Cow::Borrowed(template)));
+                }
+                Either::Right(self.inner.call(request))
+            }
+            Err(unrouted) => Either::Left(ready(Ok(problems::unrouted(
+                unrouted,
+                request.method(),
+                request.uri().path(),
+            )
+            .into_response()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(method: &Method, uri: &str) -> Result<(&'static str, String), Unrouted> {
+        resolve_request(method, &uri.parse().unwrap())
+            .0
+            .map(|r| (r.route.service, r.target.to_string()))
+    }
+
+    #[test]
+    fn a_request_is_resolved_once_into_route_target_and_template() {
+        assert_eq!(
+            resolved(&Method::GET, "/api/v1/products/kettle?fields=name"),
+            Ok(("catalog", "/products/kettle?fields=name".to_owned()))
+        );
+        let (_, template) =
+            resolve_request(&Method::GET, &"/api/v1/products/kettle".parse().unwrap());
+        assert_eq!(template, Some("/api/v1/products/{id}"));
+        assert_eq!(
+            resolved(&Method::GET, "/api/v1/products/search?q=tea"),
+            Ok(("catalog", "/products/search?q=tea".to_owned()))
+        );
+        assert!(matches!(
+            resolved(&Method::TRACE, "/api/v1/me"),
+            Err(Unrouted::MethodNotAllowed(methods)) if methods.contains(&Method::GET)
+        ));
+        assert_eq!(
+            resolved(&Method::GET, "/api/v1/me/"),
+            Err(Unrouted::NotFound)
+        );
+        assert_eq!(
+            resolved(&Method::GET, "/api/v1/products/%2e%2e"),
+            Err(Unrouted::NotFound)
+        );
+        // Described by the document, but the gateway's own (not proxied).
+        assert_eq!(
+            resolved(&Method::GET, "/api/v1/home"),
+            Err(Unrouted::NotFound)
+        );
+    }
+
+    #[test]
+    fn every_documented_path_but_the_gateways_own_has_a_route() {
+        for template in TEMPLATES.iter() {
+            assert_eq!(
+                template.route.is_some(),
+                !["/api/v1/home", "/api/v1/openapi.json"].contains(&template.path.as_str()),
+                "{}",
+                template.path
+            );
+        }
+    }
+}
