@@ -46,6 +46,8 @@
 //! ```
 
 use std::convert::Infallible;
+#[cfg(feature = "rate-limit")]
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -558,41 +560,54 @@ pub fn append_rate_limit_headers(
         && policy
             .bytes()
             .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-    let quoted = format!("\"{policy}\";");
     let named = |name: &HeaderName| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|m| m.trim_start().starts_with(&quoted)))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| names_policy(v.as_bytes(), policy.as_bytes()))
     };
     if !plain || named(&RATELIMIT_POLICY) || named(&RATELIMIT) {
         return;
     }
     let ceil_secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let policy_member = format!(
-        "{quoted}q={};w={}",
-        status.limit,
-        ceil_secs(status.period).max(1)
-    );
-    let state_member = format!(
-        "{quoted}r={};t={}",
-        status.remaining,
-        ceil_secs(status.reset)
-    );
-    for (name, member) in [(RATELIMIT_POLICY, policy_member), (RATELIMIT, state_member)] {
+    let members = [
+        (
+            RATELIMIT_POLICY,
+            ("q", u64::from(status.limit)),
+            ("w", ceil_secs(status.period).max(1)),
+        ),
+        (
+            RATELIMIT,
+            ("r", u64::from(status.remaining)),
+            ("t", ceil_secs(status.reset)),
+        ),
+    ];
+    for (name, (first, a), (second, b)) in members {
         // One field line per list: the members already there (from any number of lines),
-        // then this one.
-        let mut list: Vec<String> = headers
-            .get_all(&name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .collect();
-        list.push(member);
-        if let Ok(value) = HeaderValue::try_from(list.join(", ")) {
+        // then this one. Written into one buffer: this runs on every response.
+        let mut list = String::with_capacity(policy.len() + 32);
+        for existing in headers.get_all(&name) {
+            if let Ok(existing) = existing.to_str() {
+                list.push_str(existing);
+                list.push_str(", ");
+            }
+        }
+        let _ = write!(list, "\"{policy}\";{first}={a};{second}={b}");
+        if let Ok(value) = HeaderValue::try_from(list) {
             headers.insert(name, value);
         }
     }
+}
+
+/// Whether a `RateLimit` or `RateLimit-Policy` list has a member named `policy`.
+#[cfg(feature = "rate-limit")]
+fn names_policy(list: &[u8], policy: &[u8]) -> bool {
+    list.split(|b| *b == b',').any(|member| {
+        let member = member.trim_ascii_start();
+        member.first() == Some(&b'"')
+            && member[1..].starts_with(policy)
+            && member[1 + policy.len()..].starts_with(b"\";")
+    })
 }
 
 #[allow(unused_variables)]

@@ -31,7 +31,9 @@
 //! ```
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use http::{Method, Request, StatusCode};
 use prometheus_client::collector::Collector;
@@ -78,15 +80,158 @@ impl RouteTemplate {
 
 /// The route template of `request`: axum's `MatchedPath`, then [`RouteTemplate`], then
 /// [`UNMATCHED_ROUTE`].
-pub(crate) fn route_of<B>(request: &Request<B>) -> Cow<'static, str> {
+pub(crate) fn route_of<B>(request: &Request<B>) -> &str {
     #[cfg(feature = "axum")]
     if let Some(path) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return Cow::Owned(path.as_str().to_owned());
+        return path.as_str();
     }
     request
         .extensions()
         .get::<RouteTemplate>()
-        .map_or(Cow::Borrowed(UNMATCHED_ROUTE), |route| route.0.clone())
+        .map_or(UNMATCHED_ROUTE, |route| &route.0)
+}
+
+/// The index of a `method` label in a [`Handles`] row.
+fn method_index(method: &'static str) -> usize {
+    match method {
+        "GET" => 0,
+        "POST" => 1,
+        "PUT" => 2,
+        "DELETE" => 3,
+        "PATCH" => 4,
+        "HEAD" => 5,
+        "OPTIONS" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        _ => 9,
+    }
+}
+
+/// The index of a `status` label in [`RouteMetrics::record`].
+fn status_index(status: &'static str) -> usize {
+    match status {
+        "1xx" => 0,
+        "2xx" => 1,
+        "3xx" => 2,
+        "4xx" => 3,
+        "5xx" => 4,
+        _ => 5,
+    }
+}
+
+/// The most routes whose handles are kept; beyond, handles are looked up per request (still
+/// correct, only slower: routes are templates, so a service never gets near it).
+const MAX_CACHED_ROUTES: usize = 1024;
+
+/// The metric handles of one method and route (server) or peer, method and route (client):
+/// the families are looked up (a lock, `SipHash` over every label) once per route and status,
+/// not once per request.
+pub(crate) struct RouteMetrics {
+    pub(crate) in_flight: Option<Gauge>,
+    method: &'static str,
+    route: Cow<'static, str>,
+    peer: Option<Cow<'static, str>>,
+    records: [std::sync::OnceLock<(Counter, Histogram)>; 6],
+}
+
+impl RouteMetrics {
+    /// Counts one request that ended with `status`, after `seconds`.
+    pub(crate) fn record(&self, metrics: &HttpMetrics, status: &'static str, seconds: f64) {
+        let (requests, duration) =
+            self.records[status_index(status)].get_or_init(|| match &self.peer {
+                None => {
+                    let labels = ServerLabels {
+                        method: self.method,
+                        route: self.route.clone(),
+                        status,
+                    };
+                    (
+                        metrics.server_requests.get_or_create(&labels).clone(),
+                        metrics.server_duration.get_or_create(&labels).clone(),
+                    )
+                }
+                Some(peer) => {
+                    let labels = ClientLabels {
+                        peer: peer.clone(),
+                        method: self.method,
+                        route: self.route.clone(),
+                        status,
+                    };
+                    (
+                        metrics.client_requests.get_or_create(&labels).clone(),
+                        metrics.client_duration.get_or_create(&labels).clone(),
+                    )
+                }
+            });
+        requests.inc();
+        duration.observe(seconds);
+    }
+}
+
+impl fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("method", &self.method)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+type Row = [Option<Arc<RouteMetrics>>; 10];
+
+/// [`RouteMetrics`] by route and method, for one side (server, or one client's peer).
+#[derive(Clone, Default)]
+pub(crate) struct Handles {
+    routes: Arc<RwLock<HashMap<Box<str>, Row, foldhash::fast::RandomState>>>,
+}
+
+impl fmt::Debug for Handles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Handles")
+    }
+}
+
+impl Handles {
+    /// The handles of `method` and `route`, created on first use (`peer` for a client's).
+    pub(crate) fn get(
+        &self,
+        metrics: &HttpMetrics,
+        peer: Option<&Cow<'static, str>>,
+        method: &'static str,
+        route: &str,
+    ) -> Arc<RouteMetrics> {
+        let index = method_index(method);
+        if let Some(found) = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+            .and_then(|row| row[index].clone())
+        {
+            return found;
+        }
+        let in_flight = peer.is_none().then(|| {
+            let labels = InFlightLabels {
+                method,
+                route: Cow::Owned(route.to_owned()),
+            };
+            metrics.server_in_flight.get_or_create(&labels).clone()
+        });
+        let made = Arc::new(RouteMetrics {
+            in_flight,
+            method,
+            route: Cow::Owned(route.to_owned()),
+            peer: peer.cloned(),
+            records: Default::default(),
+        });
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        if routes.len() < MAX_CACHED_ROUTES || routes.contains_key(route) {
+            let row = routes.entry(route.into()).or_default();
+            // Another request may have made them first: keep one.
+            return row[index].get_or_insert(made).clone();
+        }
+        made
+    }
 }
 
 /// The `method` label: a standard method's name, or `_OTHER`.
@@ -145,6 +290,8 @@ type Durations<L> = Family<L, Histogram, fn() -> Histogram>;
 /// The HTTP families, shared by every layer made from one [`Metrics`].
 #[derive(Debug, Clone)]
 pub(crate) struct HttpMetrics {
+    /// The server's handles, shared by every server layer of this registry.
+    pub(crate) server: Handles,
     pub(crate) server_requests: Family<ServerLabels, Counter>,
     pub(crate) server_duration: Durations<ServerLabels>,
     pub(crate) server_in_flight: Family<InFlightLabels, Gauge>,
@@ -155,6 +302,7 @@ pub(crate) struct HttpMetrics {
 impl HttpMetrics {
     fn new() -> Self {
         Self {
+            server: Handles::default(),
             server_requests: Family::default(),
             server_duration: Family::new_with_constructor(duration_histogram),
             server_in_flight: Family::default(),

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::trace::TraceId;
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::gauge::Gauge;
+use std::sync::Arc;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tower_layer::Layer;
@@ -20,8 +20,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{
-    ClientLabels, HttpMetrics, InFlightLabels, STATUS_ERROR, ServerLabels, method_label, route_of,
-    status_class,
+    Handles, HttpMetrics, RouteMetrics, STATUS_ERROR, method_label, route_of, status_class,
 };
 use crate::request_id::{self, RequestScope, X_REQUEST_ID};
 use crate::sampling::{self, Sampled, Sampling};
@@ -190,7 +189,7 @@ where
         let (trace_id, sampled) = self.sampling.decide(&parent_span);
         let (span, unsampled) = if sampled {
             (
-                sampled_span(&request, method, &route, &request_id, &parent),
+                sampled_span(&request, method, route, &request_id, &parent),
                 None,
             )
         } else {
@@ -202,16 +201,13 @@ where
             )
         };
         let in_flight = self.metrics.as_ref().map(|metrics| {
-            let labels = InFlightLabels {
-                method,
-                route: route.clone(),
-            };
-            let gauge = metrics.server_in_flight.get_or_create(&labels).clone();
-            gauge.inc();
+            let handles = metrics.server.get(metrics, None, method, route);
+            if let Some(gauge) = &handles.in_flight {
+                gauge.inc();
+            }
             InFlight {
-                gauge,
+                handles,
                 metrics: metrics.clone(),
-                labels,
             }
         });
         let inner = if span.is_none() {
@@ -286,14 +282,15 @@ impl fmt::Display for SpanName<'_> {
 /// Decrements the in-flight gauge when the request ends, however it ends.
 #[derive(Debug)]
 struct InFlight {
-    gauge: Gauge,
+    handles: Arc<RouteMetrics>,
     metrics: HttpMetrics,
-    labels: InFlightLabels,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.gauge.dec();
+        if let Some(gauge) = &self.handles.in_flight {
+            gauge.dec();
+        }
     }
 }
 
@@ -402,17 +399,9 @@ where
             }
         };
         if let Some(in_flight) = this.in_flight.take() {
-            let labels = ServerLabels {
-                method: in_flight.labels.method,
-                route: in_flight.labels.route.clone(),
-                status,
-            };
-            let metrics = &in_flight.metrics;
-            metrics.server_requests.get_or_create(&labels).inc();
-            metrics
-                .server_duration
-                .get_or_create(&labels)
-                .observe(elapsed.as_secs_f64());
+            in_flight
+                .handles
+                .record(&in_flight.metrics, status, elapsed.as_secs_f64());
         }
         Poll::Ready(result)
     }
@@ -429,6 +418,7 @@ where
 pub struct ClientLayer {
     peer: Cow<'static, str>,
     metrics: Option<HttpMetrics>,
+    handles: Handles,
 }
 
 impl ClientLayer {
@@ -438,6 +428,7 @@ impl ClientLayer {
         Self {
             peer: peer.into(),
             metrics: Some(metrics.http.clone()),
+            handles: Handles::default(),
         }
     }
 
@@ -447,6 +438,7 @@ impl ClientLayer {
         Self {
             peer: peer.into(),
             metrics: None,
+            handles: Handles::default(),
         }
     }
 }
@@ -459,6 +451,7 @@ impl<S> Layer<S> for ClientLayer {
             inner,
             peer: self.peer.clone(),
             metrics: self.metrics.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -469,6 +462,7 @@ pub struct ClientTelemetry<S> {
     inner: S,
     peer: Cow<'static, str>,
     metrics: Option<HttpMetrics>,
+    handles: Handles,
 }
 
 impl<S> ClientTelemetry<S> {
@@ -503,41 +497,35 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let method = method_label(request.method());
         let route = route_of(&request);
-        let span = if let Some(context) = request_id::unsampled_context() {
+        let handles = self.metrics.as_ref().map(|metrics| {
+            let handles = self.handles.get(metrics, Some(&self.peer), method, route);
+            (metrics.clone(), handles)
+        });
+        let unsampled = request_id::unsampled_context();
+        let span = if unsampled.is_some() {
             // Serving an unsampled request: no span, and the callee told not to sample either.
-            propagation::inject_headers(&context, request.headers_mut());
             Span::none()
         } else {
-            let span = tracing::info_span!(
+            tracing::info_span!(
                 target: "mainstay_telemetry::client",
                 "outbound request",
-                otel.name = %SpanName(method, &route),
+                otel.name = %SpanName(method, route),
                 otel.kind = "client",
                 http.request.method = method,
                 server.address = %self.peer,
                 http.route = %route,
-            );
-            if !span.is_disabled() {
-                propagation::inject_headers(&span.context(), request.headers_mut());
-            }
-            span
+            )
         };
+        if let Some(context) = unsampled {
+            propagation::inject_headers(&context, request.headers_mut());
+        } else if !span.is_disabled() {
+            propagation::inject_headers(&span.context(), request.headers_mut());
+        }
         if !request.headers().contains_key(X_REQUEST_ID)
             && let Some(id) = request_id::current()
         {
             request.headers_mut().insert(X_REQUEST_ID, id);
         }
-        let labels = self.metrics.as_ref().map(|metrics| {
-            (
-                metrics.clone(),
-                ClientLabels {
-                    peer: self.peer.clone(),
-                    method,
-                    route,
-                    status: STATUS_ERROR,
-                },
-            )
-        });
         let inner = if span.is_none() {
             self.inner.call(request)
         } else {
@@ -547,7 +535,7 @@ where
         ClientFuture {
             inner,
             span,
-            labels,
+            handles,
             started: Instant::now(),
         }
     }
@@ -559,7 +547,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Span,
-        labels: Option<(HttpMetrics, ClientLabels)>,
+        handles: Option<(HttpMetrics, Arc<RouteMetrics>)>,
         started: Instant,
     }
 }
@@ -606,13 +594,8 @@ where
                 STATUS_ERROR
             }
         };
-        if let Some((metrics, mut labels)) = this.labels.take() {
-            labels.status = status;
-            metrics.client_requests.get_or_create(&labels).inc();
-            metrics
-                .client_duration
-                .get_or_create(&labels)
-                .observe(this.started.elapsed().as_secs_f64());
+        if let Some((metrics, handles)) = this.handles.take() {
+            handles.record(&metrics, status, this.started.elapsed().as_secs_f64());
         }
         Poll::Ready(result)
     }

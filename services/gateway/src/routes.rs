@@ -133,6 +133,10 @@ pub const ROUTES: &[Route] = &[
 /// Whether `path` has a `.` or `..` segment, plain or percent-encoded: a proxy that forwards
 /// one lets a server that normalises paths reach what the route table did not allow.
 fn has_dot_segment(path: &str) -> bool {
+    // Most paths have neither a dot nor an escape: one scan, no allocation.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|segment| {
         matches!(segment.len(), 1..=6)
             && matches!(
@@ -237,7 +241,15 @@ static TEMPLATES: LazyLock<Vec<Template>> = LazyLock::new(|| {
 /// The document's template for `path`: a literal segment is preferred to a parameter
 /// (`/products/search` over `/products/{id}`).
 fn template_for(path: &str) -> Option<&'static Template> {
-    let count = path.split('/').count();
+    // The path's segments, split once (no template is deeper than this).
+    const DEEPEST: usize = 16;
+    let mut segments = [""; DEEPEST];
+    let mut count = 0;
+    for segment in path.split('/') {
+        *segments.get_mut(count)? = segment;
+        count += 1;
+    }
+    let segments = &segments[..count];
     TEMPLATES
         .iter()
         .filter(|template| {
@@ -245,7 +257,7 @@ fn template_for(path: &str) -> Option<&'static Template> {
                 && template
                     .segments
                     .iter()
-                    .zip(path.split('/'))
+                    .zip(segments)
                     .all(|(expected, actual)| match expected {
                         Some(literal) => literal == actual,
                         None => !actual.is_empty(),
