@@ -1460,3 +1460,69 @@ async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exp
         "{users_metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_token_whose_key_is_not_fetched_yet_waits_for_the_jwks_and_is_admitted() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let (issuer, _) = shop_common::testing::users_tokens();
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let jwks = serde_json::to_string(&issuer.jwks()).unwrap();
+    let counter = fetched.clone();
+    let keys = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let jwks = jwks.clone();
+            async move { ([("content-type", "application/json")], jwks) }
+        }),
+    ))
+    .await;
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("USERS_URLS", url(users)),
+        (
+            "USERS_JWKS_URL",
+            format!("{}/.well-known/jwks.json", url(keys)),
+        ),
+    ]);
+    let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
+    let kit = Kit::new(config.service.clone());
+    let validator = config.tokens.validator().unwrap();
+    let gateway = Gateway::new(&config, &kit, validator, &discover(&config).unwrap()).unwrap();
+    let app = app(gateway, &kit, &[]);
+    let token = issuer.issue(&AccessClaims::new("ada")).unwrap().token;
+
+    // The first request waits for the key set; the second finds it cached.
+    for _ in 0..2 {
+        let reply = get_from(
+            &app,
+            "/api/v1/me",
+            "10.0.0.7:5000",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.body["authorization"], format!("Bearer {token}"));
+        let limit = reply.headers["ratelimit"].to_str().unwrap();
+        assert!(limit.starts_with("\"gateway\";r="), "{limit}");
+    }
+    assert_eq!(
+        fetched.load(Ordering::SeqCst),
+        1,
+        "one fetch, then the cache"
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+
+    // A token signed by a key the set does not have is refused, and never forwarded.
+    let (stranger, _) = shop_common::testing::users_tokens();
+    let forged = stranger.issue(&AccessClaims::new("ada")).unwrap().token;
+    let reply = get_from(
+        &app,
+        "/api/v1/me",
+        "10.0.0.7:5000",
+        &[("authorization", &format!("Bearer {forged}"))],
+    )
+    .await;
+    assert_problem(&reply, StatusCode::UNAUTHORIZED);
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+}
