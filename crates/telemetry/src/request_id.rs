@@ -73,6 +73,10 @@ pub(crate) fn scoped<F: Future>(
     CURRENT.scope(scope, future)
 }
 
+pub(crate) fn sync_scoped<R>(scope: RequestScope, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(scope, f)
+}
+
 /// A new request id: a UUID v4.
 pub(crate) fn generate() -> HeaderValue {
     let uuid = uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes()).into_uuid();

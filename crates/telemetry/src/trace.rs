@@ -210,16 +210,20 @@ where
                 metrics: metrics.clone(),
             }
         });
-        let inner = if span.is_none() {
-            self.inner.call(request)
-        } else {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
         let scope = RequestScope {
             id: request_id.clone(),
             unsampled,
         };
+        // The inner service's `call` runs in the request's scope too (what it logs, and any
+        // client it calls synchronously, belong to this request).
+        let inner = request_id::sync_scoped(scope.clone(), || {
+            if span.is_none() {
+                self.inner.call(request)
+            } else {
+                let _entered = span.enter();
+                self.inner.call(request)
+            }
+        });
         ServerFuture {
             inner: request_id::scoped(scope, inner),
             span,

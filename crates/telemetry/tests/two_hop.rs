@@ -501,6 +501,13 @@ async fn an_unsampled_requests_log_lines_carry_its_ids_without_a_span() {
                 StatusCode::BAD_GATEWAY
             }),
         )
+        // Logs in `call`, before any future is polled (as a router or an admission layer does).
+        .layer(tower::util::MapRequestLayer::new(
+            |request: Request<axum::body::Body>| {
+                tracing::info!("admitting");
+                request
+            },
+        ))
         .layer(ServerLayer::without_metrics().sampling(Sampling::parent_based_ratio(0.0)));
     let response = app
         .oneshot(
@@ -525,16 +532,21 @@ async fn an_unsampled_requests_log_lines_carry_its_ids_without_a_span() {
         .collect();
     assert_eq!(
         messages,
-        ["reserving stock", "request failed", "outside any request"],
+        [
+            "admitting",
+            "reserving stock",
+            "request failed",
+            "outside any request"
+        ],
         "{text}"
     );
     let trace_id = logged[0]["trace_id"].as_str().unwrap();
     assert!(TraceId::from_hex(trace_id).is_ok_and(|id| id != TraceId::INVALID));
-    for line in &logged[..2] {
+    for line in &logged[..3] {
         assert_eq!(line["request_id"], "req-10", "{line}");
         assert_eq!(line["trace_id"], trace_id, "{line}");
         assert!(line.get("span").is_none(), "no span was built: {line}");
     }
-    assert!(logged[2].get("request_id").is_none(), "{}", logged[2]);
-    assert_eq!(logged[1]["level"], "WARN");
+    assert!(logged[3].get("request_id").is_none(), "{}", logged[3]);
+    assert_eq!(logged[2]["level"], "WARN");
 }

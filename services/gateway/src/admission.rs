@@ -96,10 +96,11 @@ impl AdmissionLayer {
     /// A refusal of the token: a 429 when the address is over its limit (the refusal costs
     /// it a request), the authentication error otherwise.
     fn refuse(&self, error: &AuthError, client: IpAddr) -> Response {
-        if let Err(limited) = self.0.per_ip.check(&shop_common::limit_key(client)) {
-            return problems::limited(&limited);
+        match self.0.per_ip.check(&shop_common::limit_key(client)) {
+            Err(limited) => problems::limited(&limited),
+            // The refusal cost a request: it says what is left, like every other answer.
+            Ok(status) => with_limit(error.to_response::<Body>(), &status),
         }
-        error.to_response::<Body>()
     }
 
     /// Takes one request from the caller's budget.

@@ -250,7 +250,8 @@ pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> Router {
     let api = Router::new()
         .route(
             "/api/v1/home",
-            axum::routing::get(home::home).layer(admission),
+            // `route_layer`: a method the page does not have is a plain 405, never admitted.
+            axum::routing::get(home::home).route_layer(admission),
         )
         .route_service("/api/v1/{*rest}", proxy)
         .with_state(gateway);

@@ -55,6 +55,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes the hop-by-hop headers, and those `Connection` names, in place.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -86,11 +87,17 @@ fn upstream_request(
     let host = headers.remove(header::HOST);
     let caller = parts.extensions.get::<Caller>().copied();
     if let Some(caller) = caller {
-        let forwarded_for = match headers.get(X_FORWARDED_FOR).map(HeaderValue::to_str) {
-            Some(Ok(previous)) => HeaderValue::try_from(format!("{previous}, {}", caller.peer)),
-            _ => HeaderValue::try_from(caller.peer.to_string()),
-        };
-        if let Ok(value) = forwarded_for {
+        // Every line of the list (a proxy may add its own line rather than append), then the
+        // peer: the one value forwarded.
+        let mut list = String::new();
+        for line in headers.get_all(X_FORWARDED_FOR) {
+            if let Ok(line) = line.to_str() {
+                list.push_str(line);
+                list.push_str(", ");
+            }
+        }
+        list.push_str(&caller.peer.to_string());
+        if let Ok(value) = HeaderValue::try_from(list) {
             headers.insert(X_FORWARDED_FOR, value);
         }
     }
@@ -98,14 +105,21 @@ fn upstream_request(
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    let trusted_proto = caller.is_some_and(|c| c.trusted_peer)
-        && headers
-            .get(X_FORWARDED_PROTO)
-            .is_some_and(|proto| proto == "https" || proto == "http");
-    if !trusted_proto {
-        // The gateway's own listener is plain HTTP (TLS ends in front of it, at a trusted proxy).
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    // A trusted proxy's word for the scheme is its own line, the last one; anyone else's, and
+    // anything but `http` or `https`, is replaced by the gateway's listener's (plain HTTP: TLS
+    // ends in front of it, at a trusted proxy).
+    let proto = caller
+        .filter(|caller| caller.trusted_peer)
+        .and_then(|_| {
+            headers
+                .get_all(X_FORWARDED_PROTO)
+                .iter()
+                .next_back()
+                .cloned()
+        })
+        .filter(|proto| proto == "https" || proto == "http")
+        .unwrap_or(HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, proto);
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method;
     *request.uri_mut() = Uri::from(resolved.target);
@@ -195,6 +209,9 @@ impl Service<Request<Body>> for Proxy {
             Ok(match client.oneshot(request).await {
                 Ok(mut response) => {
                     strip_hop_by_hop(response.headers_mut());
+                    // The caller gets its own request's id (the server layer sets it), never one
+                    // the upstream echoed, which a cached response would replay to others.
+                    response.headers_mut().remove(X_REQUEST_ID);
                     response
                 }
                 Err(error) => problems::upstream(route.service, &error),

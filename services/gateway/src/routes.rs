@@ -130,12 +130,20 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
 ];
 
-/// Whether `path` has a `.` or `..` segment, plain or percent-encoded: a proxy that forwards
-/// one lets a server that normalises paths reach what the route table did not allow.
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded, or an encoded `/`, `\\`
+/// or NUL: a proxy that forwards one lets a server that normalises or decodes paths reach what
+/// the route table did not allow.
 fn has_dot_segment(path: &str) -> bool {
     // Most paths have neither a dot nor an escape: one scan, no allocation.
     if !path.bytes().any(|b| b == b'.' || b == b'%') {
         return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%00"]
+        .iter()
+        .any(|escape| lower.contains(escape))
+    {
+        return true;
     }
     path.split('/').any(|segment| {
         matches!(segment.len(), 1..=6)
@@ -391,6 +399,19 @@ mod tests {
             resolved(&Method::GET, "/api/v1/products/%2e%2e"),
             Err(Unrouted::NotFound)
         );
+        // Encoded separators and NUL inside a parameter would be decoded upstream.
+        for path in [
+            "/api/v1/products/a%2F..%2F..%2Fadmin%2Fkeys",
+            "/api/v1/products/a%5cb",
+            "/api/v1/products/a%00",
+        ] {
+            assert_eq!(
+                resolved(&Method::GET, path),
+                Err(Unrouted::NotFound),
+                "{path}"
+            );
+        }
+        assert!(resolved(&Method::GET, "/api/v1/products/tea%20pot").is_ok());
         // Described by the document, but the gateway's own (not proxied).
         assert_eq!(
             resolved(&Method::GET, "/api/v1/home"),

@@ -57,6 +57,8 @@ async fn echo(
         "query": parts.uri.query(),
         "authorization": header("authorization"),
         "x_forwarded_for": header("x-forwarded-for"),
+        "x_forwarded_proto": header("x-forwarded-proto"),
+        "x_request_id": header("x-request-id"),
         "deadline": header("x-request-deadline"),
         "x_hop": header("x-hop"),
         "x_kept": header("x-kept"),
@@ -453,6 +455,56 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
         &get_from(&shop.app, path, "198.51.100.7:1", &via("203.0.113.51")).await,
         StatusCode::TOO_MANY_REQUESTS,
     );
+}
+
+#[tokio::test]
+async fn forwarded_headers_keep_every_line_and_only_a_trusted_proxys_scheme() {
+    let users = users(Upstream::default()).await;
+    let shop = shop(&[
+        ("USERS_URLS", url(users)),
+        ("TRUSTED_PROXIES", "10.9.9.9".to_owned()),
+    ])
+    .await;
+    let path = "/api/v1/auth/.well-known/jwks.json";
+    // A balancer that adds its own line after the one the client forged: both are forwarded,
+    // then the peer, as one list (not the first line alone).
+    let reply = get_from(
+        &shop.app,
+        path,
+        "10.9.9.9:1",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reply.body["x_forwarded_for"],
+        "6.6.6.6, 203.0.113.1, 10.9.9.9"
+    );
+    assert_eq!(reply.body["x_forwarded_proto"], "https");
+    // The trusted proxy's own line is the last: a forged first one does not win.
+    let reply = get_from(
+        &shop.app,
+        path,
+        "10.9.9.9:1",
+        &[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.body["x_forwarded_proto"], "http");
+    // Anyone else's scheme is the listener's.
+    let reply = get_from(
+        &shop.app,
+        path,
+        "198.51.100.7:1",
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(reply.body["x_forwarded_proto"], "http");
 }
 
 #[tokio::test]
