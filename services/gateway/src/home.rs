@@ -51,7 +51,9 @@ async fn fetch(
     let call = async {
         // Cached where the service's routes are: the products part is the catalog's listing.
         let client = gateway
-            .upstream(service, true)
+            .0
+            .upstreams
+            .client(service, true)
             .ok_or_else(|| format!("no client for {service}"))?;
         let response = client.oneshot(request).await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {

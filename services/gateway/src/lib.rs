@@ -170,16 +170,6 @@ impl Gateway {
             home_part_timeout: config.home_part_timeout,
         })))
     }
-
-    /// The client of `service`: through its response cache when `cached` and it has one.
-    fn upstream(&self, service: &str, cached: bool) -> Option<Upstream> {
-        let upstreams = &self.0.upstreams;
-        cached
-            .then(|| upstreams.cached.get(service))
-            .flatten()
-            .or_else(|| upstreams.plain.get(service))
-            .cloned()
-    }
 }
 
 /// The security headers every response carries, unless the upstream set its own.

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use tower::{Service, ServiceExt};
 
 use crate::admission::Caller;
 use crate::problems;
-use crate::routes::{Resolved, Route};
+use crate::routes::Resolved;
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
@@ -96,7 +97,7 @@ fn upstream_request(
                 list.push_str(", ");
             }
         }
-        list.push_str(&caller.peer.to_string());
+        let _ = write!(list, "{}", caller.peer);
         if let Ok(value) = HeaderValue::try_from(list) {
             headers.insert(X_FORWARDED_FOR, value);
         }
@@ -146,14 +147,13 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    /// The client for `route`.
-    pub(crate) fn client(&self, route: &Route) -> Option<Upstream> {
-        let clients = if route.cached {
-            &self.cached
-        } else {
-            &self.plain
-        };
-        clients.get(route.service).cloned()
+    /// The client of `service`: through its response cache when `cached` and it has one.
+    pub(crate) fn client(&self, service: &str, cached: bool) -> Option<Upstream> {
+        cached
+            .then(|| self.cached.get(service))
+            .flatten()
+            .or_else(|| self.plain.get(service))
+            .cloned()
     }
 }
 
@@ -189,9 +189,13 @@ impl Service<Request<Body>> for Proxy {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         let resolved = parts.extensions.remove::<Resolved>();
-        let client = resolved
-            .as_ref()
-            .and_then(|resolved| Some((self.upstreams.client(resolved.route)?, resolved.route)));
+        let client = resolved.as_ref().and_then(|resolved| {
+            Some((
+                self.upstreams
+                    .client(resolved.route.service, resolved.route.cached)?,
+                resolved.route,
+            ))
+        });
         let body_limit = self.body_limit;
         Box::pin(async move {
             let (Some(resolved), Some((client, route))) = (resolved, client) else {
