@@ -47,7 +47,6 @@
 
 use std::convert::Infallible;
 #[cfg(feature = "rate-limit")]
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -560,43 +559,73 @@ pub fn append_rate_limit_headers(
         && policy
             .bytes()
             .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');
-    let named = |name: &HeaderName| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| names_policy(v.as_bytes(), policy.as_bytes()))
-    };
-    if !plain || named(&RATELIMIT_POLICY) || named(&RATELIMIT) {
+    if !plain {
         return;
     }
     let ceil_secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let members = [
-        (
-            RATELIMIT_POLICY,
-            ("q", u64::from(status.limit)),
-            ("w", ceil_secs(status.period).max(1)),
-        ),
-        (
-            RATELIMIT,
-            ("r", u64::from(status.remaining)),
-            ("t", ceil_secs(status.reset)),
-        ),
-    ];
-    for (name, (first, a), (second, b)) in members {
-        // One field line per list: the members already there (from any number of lines),
-        // then this one. Written into one buffer: this runs on every response.
-        let mut list = String::with_capacity(policy.len() + 32);
-        for existing in headers.get_all(&name) {
+    // One field line per list: the members already there (from any number of lines), then
+    // this one, written into one buffer with no formatting machinery (this runs on every
+    // response); nothing is written when either list already names the policy.
+    let line = |name: &HeaderName, (first, a): (char, u64), (second, b): (char, u64)| {
+        let mut list = String::new();
+        for existing in headers.get_all(name) {
+            if names_policy(existing.as_bytes(), policy.as_bytes()) {
+                return None;
+            }
             if let Ok(existing) = existing.to_str() {
+                list.reserve(existing.len() + policy.len() + 32);
                 list.push_str(existing);
                 list.push_str(", ");
             }
         }
-        let _ = write!(list, "\"{policy}\";{first}={a};{second}={b}");
-        if let Ok(value) = HeaderValue::try_from(list) {
-            headers.insert(name, value);
+        list.reserve(policy.len() + 32);
+        list.push('"');
+        list.push_str(policy);
+        list.push_str("\";");
+        list.push(first);
+        list.push('=');
+        push_decimal(&mut list, a);
+        list.push(';');
+        list.push(second);
+        list.push('=');
+        push_decimal(&mut list, b);
+        HeaderValue::try_from(list).ok()
+    };
+    let policy_line = line(
+        &RATELIMIT_POLICY,
+        ('q', u64::from(status.limit)),
+        ('w', ceil_secs(status.period).max(1)),
+    );
+    let Some(limit_line) = line(
+        &RATELIMIT,
+        ('r', u64::from(status.remaining)),
+        ('t', ceil_secs(status.reset)),
+    ) else {
+        return;
+    };
+    if let Some(policy_line) = policy_line {
+        headers.insert(RATELIMIT_POLICY, policy_line);
+        headers.insert(RATELIMIT, limit_line);
+    }
+}
+
+/// Appends `n` in decimal.
+#[cfg(feature = "rate-limit")]
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // Lossless: a digit.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        digits[start] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    out.extend(digits[start..].iter().map(|&b| char::from(b)));
 }
 
 /// Whether a `RateLimit` or `RateLimit-Policy` list has a member named `policy`.
@@ -623,4 +652,51 @@ fn problem<B: From<String>>(status: StatusCode, detail: &str) -> Response<B> {
     mainstay_problem::Problem::new(status)
         .detail(detail)
         .to_response()
+}
+
+#[cfg(all(test, feature = "rate-limit"))]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Status;
+
+    fn status(limit: u32, remaining: u32, reset_ms: u64) -> Status {
+        Status {
+            limit,
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            period: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal_at_both_ends_of_their_range() {
+        for n in [0, 7, 10, 1_234_567, u64::MAX] {
+            let mut out = String::from("x");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}"));
+        }
+    }
+
+    #[test]
+    fn a_policy_is_added_once_to_every_line_and_never_twice() {
+        let mut headers = HeaderMap::new();
+        headers.append(RATELIMIT, HeaderValue::from_static(r#""a";r=1;t=1"#));
+        headers.append(RATELIMIT, HeaderValue::from_static(r#""b";r=2;t=2"#));
+        append_rate_limit_headers("gw", &status(60, 0, 1_500), &mut headers);
+        assert_eq!(
+            headers.get_all(RATELIMIT).iter().collect::<Vec<_>>(),
+            [r#""a";r=1;t=1, "b";r=2;t=2, "gw";r=0;t=2"#]
+        );
+        assert_eq!(headers[RATELIMIT_POLICY], r#""gw";q=60;w=60"#);
+
+        // Named already in either list: neither list changes.
+        let before = headers.clone();
+        append_rate_limit_headers("gw", &status(60, 59, 0), &mut headers);
+        assert_eq!(headers, before);
+        let mut named_in_policy = HeaderMap::new();
+        named_in_policy.insert(RATELIMIT_POLICY, HeaderValue::from_static(r#""gw";q=1"#));
+        append_rate_limit_headers("gw", &status(60, 59, 0), &mut named_in_policy);
+        assert!(named_in_policy.get(RATELIMIT).is_none());
+        assert_eq!(named_in_policy.len(), 1);
+    }
 }
