@@ -64,6 +64,26 @@ pub const MAX_BAGGAGE_ENTRIES: usize = 64;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct W3cPropagator;
 
+/// `00-{trace id}-{span id}-{flags}` in lowercase hex, written byte by byte (every outbound
+/// call writes one: no formatting machinery).
+fn traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+    fn push_hex(out: &mut String, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for byte in bytes {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &trace_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &span_id.to_bytes());
+    out.push('-');
+    push_hex(&mut out, &[flags.to_u8()]);
+    out
+}
+
 impl TextMapPropagator for W3cPropagator {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
         let span = cx.span();
@@ -71,11 +91,10 @@ impl TextMapPropagator for W3cPropagator {
         if span_context.is_valid() {
             injector.set(
                 TRACEPARENT,
-                format!(
-                    "00-{}-{}-{:02x}",
+                traceparent(
                     span_context.trace_id(),
                     span_context.span_id(),
-                    (span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()
+                    span_context.trace_flags() & TraceFlags::SAMPLED,
                 ),
             );
             let state = span_context.trace_state().header();
@@ -272,7 +291,9 @@ mod tests {
 
     use opentelemetry::baggage::BaggageExt;
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
     use opentelemetry::{Context, StringValue};
     use proptest::prelude::*;
 
@@ -408,6 +429,30 @@ mod tests {
             if !sdk_lenient {
                 prop_assert_eq!(ours, theirs, "{}", header);
             }
+        }
+
+        /// What ours writes is what the SDK's propagator writes, for any ids and flags.
+        #[test]
+        fn writes_what_the_opentelemetry_sdk_writes(
+            trace in 1..=u128::MAX,
+            span in 1..=u64::MAX,
+            flags in any::<u8>(),
+        ) {
+            let context = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::new(flags),
+                true,
+                TraceState::default(),
+            );
+            let cx = Context::new().with_remote_span_context(context);
+            let sdk = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+            let mut theirs: HashMap<String, String> = HashMap::new();
+            sdk.inject_context(&cx, &mut theirs);
+            let mut ours: HashMap<String, String> = HashMap::new();
+            W3cPropagator.inject_context(&cx, &mut ours);
+            prop_assert_eq!(&ours["traceparent"], &theirs["traceparent"]);
+            prop_assert_eq!(ours["traceparent"].len(), 55);
         }
     }
 }
