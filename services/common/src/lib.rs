@@ -51,7 +51,7 @@ pub mod testing;
 
 pub use self::problem::{FieldErrors, Json, PROBLEM_JSON, Problem};
 pub use self::serve::{serve, serve_until, shutdown_signal};
-pub use self::stack::Kit;
+pub use self::stack::{Kit, Limits};
 
 /// Seconds since the Unix epoch, the unit the stores keep times in (0 before 1970).
 #[must_use]

@@ -1,9 +1,13 @@
 //! Serving with graceful shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 
-use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
 use tokio::net::TcpListener;
+use tower::Service;
 
 use crate::stack::Kit;
 
@@ -19,7 +23,11 @@ use crate::stack::Kit;
 ///
 /// The address cannot be bound, the Consul agent refuses the registration, or the listener
 /// fails.
-pub async fn serve(app: Router, kit: &Kit) -> std::io::Result<()> {
+pub async fn serve<S>(app: S, kit: &Kit) -> std::io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let listener = TcpListener::bind(kit.config.listen).await?;
     let lease = crate::registry::register_from_env(&kit.config).await?;
     let shutdown = async move {
@@ -33,17 +41,22 @@ pub async fn serve(app: Router, kit: &Kit) -> std::io::Result<()> {
     serve_until(listener, app, kit, shutdown).await
 }
 
-/// [`serve`] on a bound listener, until `shutdown` completes.
+/// [`serve`] on a bound listener, until `shutdown` completes. `app` is usually an axum
+/// `Router` (through [`Kit::stack`]); any service of axum's requests will do.
 ///
 /// # Errors
 ///
 /// The listener fails.
-pub async fn serve_until(
+pub async fn serve_until<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     kit: &Kit,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
     tracing::info!(
         service = %kit.config.name,
         address = %listener.local_addr()?,
@@ -70,7 +83,7 @@ pub async fn serve_until(
     // Handlers may read the peer address (`ConnectInfo<SocketAddr>`), e.g. to limit logins per IP.
     let server = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app),
     )
     .with_graceful_shutdown(graceful);
     let grace = kit.config.shutdown_grace;

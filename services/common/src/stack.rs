@@ -5,9 +5,10 @@ use axum::extract::DefaultBodyLimit;
 use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd};
 use mainstay_resilience::http::ProblemLayer;
 use mainstay_resilience::metrics::ResilienceCollector;
-use mainstay_resilience::timeout::{DeadlineLayer, TimeoutLayer};
+use mainstay_resilience::timeout::{DeadlineLayer, FromRequest, TimeoutLayer};
 use mainstay_telemetry::{Health, Metrics, ServerLayer, routes};
 use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
 
 use crate::config::ServiceConfig;
 use crate::idempotency::{IdempotencyLayer, SqlIdempotency};
@@ -29,7 +30,18 @@ pub struct Kit {
     pub health: Health,
     /// `Idempotency-Key` on the service's `POST`s and `PATCH`es, once it has a database.
     idempotency: Option<IdempotencyLayer>,
+    /// The server's adaptive concurrency limit: one per service, whatever serves its routes.
+    limit: AdaptiveLimitLayer<Aimd>,
 }
+
+/// Steps 4 to 6 of [`Kit::stack`] as one layer (problems for their errors, the deadline and
+/// its timeout, adaptive concurrency): [`Kit::limits`].
+pub type Limits = ServiceBuilder<
+    Stack<
+        AdaptiveLimitLayer<Aimd>,
+        Stack<TimeoutLayer<FromRequest>, Stack<DeadlineLayer, Stack<ProblemLayer, Identity>>>,
+    >,
+>;
 
 impl Kit {
     /// A kit with empty metrics and no checks.
@@ -38,12 +50,15 @@ impl Kit {
         let metrics = Metrics::new();
         let resilience = ResilienceCollector::new();
         metrics.register_collector(Box::new(resilience.clone()));
+        let limit = AdaptiveLimitLayer::new(Aimd::default());
+        resilience.adaptive_limit(&config.name, &limit);
         Self {
             config,
             metrics,
             resilience,
             health: Health::new(),
             idempotency: None,
+            limit,
         }
     }
 
@@ -95,23 +110,37 @@ impl Kit {
             Some(idempotency) => api.layer(idempotency.clone()),
             None => api,
         };
-        let timeout = self.config.request_timeout;
-        let limit = AdaptiveLimitLayer::new(Aimd::default());
-        self.resilience.adaptive_limit(&self.config.name, &limit);
         // One `layer` call per group: axum boxes every route again on each call and clones
         // every box on every request.
+        // 3: the body limit, read by the `Json`/`Bytes` extractors; then 4 to 6.
         let protected = ServiceBuilder::new()
-            // 3: the body limit, read by the `Json`/`Bytes` extractors.
             .layer(DefaultBodyLimit::max(self.config.body_limit))
+            .layer(self.limits());
+        api.layer(protected)
+            .merge(routes(&self.metrics, &self.health))
+            .layer(self.server_layer())
+    }
+
+    /// Step 1 of [`stack`](Self::stack): request ids, sampling, spans and RED metrics into
+    /// [`metrics`](Self::metrics), for a service that assembles its own stack.
+    #[must_use]
+    pub fn server_layer(&self) -> ServerLayer {
+        ServerLayer::new(&self.metrics).sampling(self.config.sampling)
+    }
+
+    /// Steps 4 to 6 of [`stack`](Self::stack), for a service that assembles its own stack
+    /// (it bounds bodies itself: the body limit of step 3 is an axum extractor's). Every call
+    /// shares the one adaptive limit, exported under the service's name.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        let timeout = self.config.request_timeout;
+        ServiceBuilder::new()
             // 4: timeouts and shedding are errors below; axum needs responses.
             .layer(ProblemLayer::new())
             // 5: one deadline for the whole request, carried to outbound calls.
             .layer(DeadlineLayer::new(timeout).floor(self.config.deadline_floor))
             .layer(TimeoutLayer::new(timeout).within_deadline())
             // 6: shed before the handler queues work behind a slow dependency.
-            .layer(limit);
-        api.layer(protected)
-            .merge(routes(&self.metrics, &self.health))
-            .layer(ServerLayer::new(&self.metrics).sampling(self.config.sampling))
+            .layer(self.limit.clone())
     }
 }

@@ -172,19 +172,35 @@ pub struct Reply {
     pub body: serde_json::Value,
 }
 
+/// What [`send`] and [`call`] drive: an axum `Router`, or any service of axum's requests built
+/// like one (the gateway's).
+pub trait App:
+    tower::Service<
+        http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    > + Clone
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+{
+}
+
 /// Sends `request` through `app` in process.
 ///
 /// # Panics
 ///
 /// When the router fails or the body cannot be read (a test failure).
-pub async fn send(app: &axum::Router, request: http::Request<axum::body::Body>) -> Reply {
+pub async fn send<S: App>(app: &S, request: http::Request<axum::body::Body>) -> Reply {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let response = app
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("the router answers");
+    let Ok(response) = app.clone().oneshot(request).await;
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response
@@ -212,8 +228,8 @@ pub async fn send(app: &axum::Router, request: http::Request<axum::body::Body>) 
 /// # Panics
 ///
 /// When the request cannot be built or answered (a test failure).
-pub async fn call(
-    app: &axum::Router,
+pub async fn call<S: App>(
+    app: &S,
     method: http::Method,
     path: &str,
     token: Option<&str>,

@@ -37,7 +37,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::problems::{self, GATEWAY_POLICY};
-use crate::routes::{Access, Resolved};
+use crate::routes::{Access, Resolved, Unrouted};
 
 /// The client of a request, as admission saw it: in the request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +170,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        if request.extensions().get::<Unrouted>().is_some() {
+            // Answered below with a 404, 405 or 400: nothing is forwarded, nobody admitted.
+            return AdmissionFuture::unrouted(self.inner.call(request));
+        }
         let access = request
             .extensions()
             .get::<Resolved>()
@@ -262,6 +266,12 @@ impl<F> AdmissionFuture<F> {
                 inner,
                 limit: Some(limit),
             },
+        }
+    }
+
+    fn unrouted(inner: F) -> Self {
+        Self {
+            state: State::Admitted { inner, limit: None },
         }
     }
 

@@ -2,15 +2,17 @@
 //!
 //! The public API lives under `/api/v1`. Each route names the service behind it, and the
 //! gateway calls that service through a client balanced over its discovered endpoints. A
-//! proxied request goes down one stack of named layers over one service, top to bottom:
+//! proxied request goes down one stack of named layers over one service, top to bottom
+//! ([`app`] assembles it; no router is on the way):
 //!
 //! | layer | module | what it does |
 //! | --- | --- | --- |
 //! | CORS, security headers | here ([`app`]) | an explicit origin allow-list; `Strict-Transport-Security`, `X-Content-Type-Options`, `Content-Security-Policy`, `Referrer-Policy` on every response |
-//! | server stack | `shop_common::Kit::stack` | request id, sampling, span, RED metrics; `/metrics` and `/health/*`; body limit; deadline; adaptive concurrency |
-//! | [`RouteLayer`] | [`routes`] | the route and upstream target, resolved once against the route table and the API document: 404 beyond it, 405 with `Allow` within it |
+//! | [`RouteLayer`] | [`routes`] | the route and upstream target, resolved once against the route table and the API document, with the document's template as the route label; what the gateway answers itself (its page, the document, probes, metrics) goes to its own router instead |
+//! | server layer | `shop_common::Kit::server_layer` | request id, sampling, span, RED metrics |
+//! | limits | `shop_common::Kit::limits` | deadline, timeout, adaptive concurrency, their failures as problems |
 //! | [`AdmissionLayer`] | [`admission`] | the client address, the bearer token as the route's [`Access`] says, one request from the caller's rate limit, `RateLimit` headers |
-//! | proxy | `proxy` | the body buffered (413 beyond the limit), the upstream request built once, hop-by-hop headers dropped both ways |
+//! | proxy | `proxy` | 404 beyond the document, 405 with `Allow` within it; the body buffered (413 beyond the limit), the upstream request built once, hop-by-hop headers dropped both ways |
 //! | client stack | [`upstream`] | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, pooled HTTP/1 |
 //!
 //! A route marked [`Route::cached`] is answered from a shared response cache on `GET`
@@ -18,7 +20,9 @@
 //!
 //! `GET /api/v1/home` aggregates products, the caller's cart and recommendations, each with
 //! its own timeout and fallback, behind the same admission. `GET /api/v1/openapi.json`
-//! describes the public API, and `/docs` serves Swagger UI over it.
+//! describes the public API, and `/docs` serves Swagger UI over it. These, `/metrics` and
+//! `/health/*` are an axum router in the kit's server stack (`shop_common::Kit::stack`),
+//! sharing the proxy's metrics and adaptive limit.
 
 pub mod admission;
 pub mod config;
@@ -31,31 +35,34 @@ pub mod routes;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
-use http::Method;
 use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request};
 use mainstay_auth::Validator;
 use mainstay_cache::CacheCollector;
 use mainstay_cache::http::{ResponseCacheLayer, UriKey};
 use mainstay_discovery::Snapshot;
 use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
-use shop_common::Kit;
+use mainstay_telemetry::ServerTelemetry;
+use shop_common::{Kit, Limits};
 use tokio::sync::watch;
-use tower::util::{BoxCloneSyncService, MapResponseLayer};
-use tower::{Layer, ServiceBuilder, ServiceExt};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower::util::{BoxCloneSyncService, Either, MapResponse, MapResponseLayer};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
-pub use self::admission::{AdmissionLayer, Caller};
+pub use self::admission::{Admission, AdmissionLayer, Caller};
 pub use self::config::{Discovery, GatewayConfig};
 pub use self::discovery::discover;
-pub use self::proxy::HONOUR_IDEMPOTENCY_KEYS;
-use self::proxy::{Proxy, Upstreams};
-pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, resolve};
+use self::proxy::Upstreams;
+pub use self::proxy::{HONOUR_IDEMPOTENCY_KEYS, Proxy};
+pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, Routed, Unrouted, resolve};
 use self::upstream::{ClientSettings, Upstream};
 
 struct Inner {
@@ -192,13 +199,17 @@ fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// CORS for the allow-listed origins (none: no CORS headers, same origin only).
-fn cors(origins: &[String]) -> CorsLayer {
+/// CORS for the allow-listed origins; none without any (same origin only: no CORS headers,
+/// and no work per request).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
     let origins: Vec<HeaderValue> = origins
         .iter()
         .filter_map(|o| HeaderValue::try_from(o.as_str()).ok())
         .collect();
-    CorsLayer::new()
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([
             Method::GET,
@@ -223,34 +234,70 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::LOCATION,
             header::ETAG,
         ])
-        .max_age(Duration::from_secs(600))
+        .max_age(Duration::from_secs(600));
+    Some(layer)
+}
+
+/// The proxied API's stack, below the [`RouteLayer`].
+type Proxied = ServerTelemetry<<Limits as Layer<Admission<Proxy>>>::Service>;
+
+/// The whole stack, as [`app`] assembles it.
+type Front = Either<
+    Cors<MapResponse<Routed<Proxied, Router>, fn(Response) -> Response>>,
+    MapResponse<Routed<Proxied, Router>, fn(Response) -> Response>,
+>;
+
+/// The whole gateway, as [`app`] assembles it: a service of axum's requests, served by
+/// `shop_common::serve`. Cheap to clone.
+#[derive(Clone)]
+pub struct App(Front);
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("App")
+    }
+}
+
+impl Service<Request<Body>> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Front as Service<Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.0.call(request)
+    }
 }
 
 /// The whole gateway: the public API in `kit`'s server stack, with CORS and the security
 /// headers outermost (see the [crate docs](crate) for the layers in order).
-pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> Router {
+pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> App {
     let admission = gateway.0.admission.clone();
-    let proxy = ServiceBuilder::new()
-        .layer(RouteLayer)
+    let proxied = ServiceBuilder::new()
+        .layer(kit.server_layer())
+        .layer(kit.limits())
         .layer(admission.clone())
         .service(Proxy::new(
             gateway.0.upstreams.clone(),
             gateway.0.body_limit,
         ));
-    let api = Router::new()
+    let home = Router::new()
         .route(
             "/api/v1/home",
             // `route_layer`: a method the page does not have is a plain 405, never admitted.
             axum::routing::get(home::home).route_layer(admission),
         )
-        .route_service("/api/v1/{*rest}", proxy)
         .with_state(gateway);
-    // One `layer` call: axum boxes every route again on each, and clones every box on every
-    // request.
-    let outer = ServiceBuilder::new()
-        .layer(cors(cors_origins))
+    let local = kit.stack(home).merge(openapi::routes());
+    let front = ServiceBuilder::new()
+        .option_layer(cors(cors_origins))
         .layer(MapResponseLayer::new(
             security_headers as fn(Response) -> Response,
-        ));
-    kit.stack(api).merge(openapi::routes()).layer(outer)
+        ))
+        .layer(RouteLayer::new(local))
+        .service(proxied);
+    App(front)
 }

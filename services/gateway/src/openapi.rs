@@ -499,10 +499,13 @@ impl Modify for BearerAuth {
 )]
 pub(crate) struct ApiDoc;
 
-/// `/api/v1/openapi.json` and Swagger UI at `/docs`.
+/// Where the document is served (it does not describe itself).
+pub(crate) const DOCUMENT: &str = "/api/v1/openapi.json";
+
+/// The document at [`DOCUMENT`], and Swagger UI at `/docs`.
 pub(crate) fn routes() -> Router {
     SwaggerUi::new("/docs")
-        .url("/api/v1/openapi.json", ApiDoc::openapi())
+        .url(DOCUMENT, ApiDoc::openapi())
         .into()
 }
 

@@ -18,7 +18,10 @@ pub(crate) const GATEWAY_POLICY: &str = "gateway";
 /// A request without a route: 404, 405 with `Allow`, or 400.
 pub(crate) fn unrouted(unrouted: Unrouted, method: &Method, path: &str) -> Response {
     match unrouted {
-        Unrouted::NotFound => Problem::not_found(format!("no route for {path}")).into_response(),
+        // The gateway's own paths never reach the proxy: as good as unknown to it.
+        Unrouted::NotFound | Unrouted::Gateway => {
+            Problem::not_found(format!("no route for {path}")).into_response()
+        }
         Unrouted::MethodNotAllowed(allowed) => method_not_allowed(method, allowed),
         Unrouted::BadTarget => {
             Problem::bad_request("the request target cannot be forwarded").into_response()

@@ -33,7 +33,7 @@ use tower::{Service, ServiceExt};
 
 use crate::admission::Caller;
 use crate::problems;
-use crate::routes::Resolved;
+use crate::routes::{Resolved, Unrouted};
 use crate::upstream::{Upstream, UpstreamRequest};
 
 /// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
@@ -41,8 +41,9 @@ use crate::upstream::{Upstream, UpstreamRequest};
 /// when it lands with `Kit::with_idempotency`.
 pub const HONOUR_IDEMPOTENCY_KEYS: &[&str] = &["users", "catalog"];
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded. A static, not a constant: its
+/// custom name would be built and dropped on each use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -60,6 +61,10 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes the hop-by-hop headers, and those `Connection` names, in place.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass comparing names, rather than a hashed removal of each.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -161,9 +166,17 @@ impl Upstreams {
 /// request can be retried), builds the upstream request and calls the route's service; its
 /// failures become problems (502, 503, 504), never a hang.
 #[derive(Clone)]
-pub(crate) struct Proxy {
+pub struct Proxy {
     upstreams: Arc<Upstreams>,
     body_limit: usize,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proxy {
@@ -196,22 +209,27 @@ impl Service<Request<Body>> for Proxy {
                 resolved.route,
             ))
         });
+        let (Some(resolved), Some((client, route))) = (resolved, client) else {
+            // Why the route layer found no route; none at all without a route layer above.
+            let unrouted = parts
+                .extensions
+                .get::<Unrouted>()
+                .copied()
+                .unwrap_or(Unrouted::NotFound);
+            let problem = problems::unrouted(unrouted, &parts.method, parts.uri.path());
+            return Box::pin(std::future::ready(Ok(problem)));
+        };
         let body_limit = self.body_limit;
         Box::pin(async move {
-            let (Some(resolved), Some((client, route))) = (resolved, client) else {
-                // Only below a RouteLayer, and for the services the gateway knows.
-                return Ok(problems::unrouted(
-                    crate::routes::Unrouted::NotFound,
-                    &parts.method,
-                    parts.uri.path(),
-                ));
-            };
             let Ok(body) = axum::body::to_bytes(body, body_limit).await else {
                 return Ok(problems::too_large(body_limit));
             };
             let request = upstream_request(parts, resolved, body);
             Ok(match client.oneshot(request).await {
                 Ok(mut response) => {
+                    // Room for what the layers above add (request id, rate limit, security
+                    // headers) at once, rather than growing the map as they do.
+                    response.headers_mut().reserve(8);
                     strip_hop_by_hop(response.headers_mut());
                     // The caller gets its own request's id (the server layer sets it), never one
                     // the upstream echoed, which a cached response would replay to others.

@@ -8,21 +8,21 @@
 //! into one table of templates, each knowing its route: a request is one scan of it.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::future::Either;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri};
 use mainstay_telemetry::RouteTemplate;
-use std::future::{Ready, ready};
-use tower::{Layer, Service};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
 use utoipa::OpenApi;
 
 use crate::openapi::ApiDoc;
-use crate::problems;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,9 @@ pub enum Unrouted {
     MethodNotAllowed(&'static [Method]),
     /// The upstream target would not be a valid request target (400).
     BadTarget,
+    /// The document describes the path, and the gateway answers it itself (`/api/v1/home`,
+    /// the document): not proxied.
+    Gateway,
 }
 
 /// One path of the document: its text, its segments (`None` for a `{parameter}`), its
@@ -289,7 +292,7 @@ pub fn resolve_request(
     };
     let label = Some(template.path.as_str());
     let Some(route) = template.route else {
-        return (Err(Unrouted::NotFound), label);
+        return (Err(Unrouted::Gateway), label);
     };
     if !template.methods.contains(method) {
         return (Err(Unrouted::MethodNotAllowed(&template.methods)), label);
@@ -311,56 +314,81 @@ pub fn resolve_request(
     (resolved, label)
 }
 
-/// Resolves each request once ([`resolve_request`]): a request without a route is answered
-/// here (404, 405 with `Allow`, 400), one with a route goes on with [`Resolved`] and, for the
-/// client metrics and spans, the document's template as its [`RouteTemplate`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RouteLayer;
+/// The prefix of the proxied API: what is not under it goes to the gateway's own routes.
+const API_PREFIX: &str = "/api/v1/";
 
-impl<S> Layer<S> for RouteLayer {
-    type Service = Routed<S>;
+/// Resolves each request once, first of all ([`resolve_request`]), and sends it one of two
+/// ways: a request under `/api/v1/` that the gateway does not answer itself goes down the proxy
+/// stack with its [`Resolved`] route (or, without one, with why: [`Unrouted`], answered with a
+/// problem at the bottom of that stack, inside its metrics and spans) and the document's
+/// template as its [`RouteTemplate`] (so that the server's and the client's metrics and spans
+/// are labelled by the document); anything else (the gateway's own pages, the document, probes
+/// and metrics) goes to `local`, a router with its own server stack.
+#[derive(Debug, Clone)]
+pub struct RouteLayer<L> {
+    local: L,
+}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Routed { inner }
+impl<L> RouteLayer<L> {
+    /// Proxied requests to the layered service, the rest to `local`.
+    pub fn new(local: L) -> Self {
+        Self { local }
+    }
+}
+
+impl<S, L: Clone> Layer<S> for RouteLayer<L> {
+    type Service = Routed<S, L>;
+
+    fn layer(&self, proxied: S) -> Self::Service {
+        Routed {
+            proxied,
+            local: self.local.clone(),
+        }
     }
 }
 
 /// The service of [`RouteLayer`].
 #[derive(Debug, Clone)]
-pub struct Routed<S> {
-    inner: S,
+pub struct Routed<S, L> {
+    proxied: S,
+    local: L,
 }
 
-impl<S> Service<Request<Body>> for Routed<S>
+impl<S, L> Service<Request<Body>> for Routed<S, L>
 where
-    S: Service<Request<Body>, Response = Response>,
+    S: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+    L: Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
 {
     type Response = Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+    type Error = Infallible;
+    type Future = Either<Oneshot<S, Request<Body>>, Oneshot<L, Request<Body>>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each request is sent one way only, and made ready there (a stack below may reserve
+        // capacity when polled ready: only the way taken may).
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        if !path.starts_with(API_PREFIX) || path == crate::openapi::DOCUMENT {
+            return Either::Right(self.local.clone().oneshot(request));
+        }
         let (resolved, template) = resolve_request(request.method(), request.uri());
+        let extensions = request.extensions_mut();
         match resolved {
             Ok(resolved) => {
-                let extensions = request.extensions_mut();
                 extensions.insert(resolved);
-                if let Some(template) = template {
-                    extensions.insert(RouteTemplate(Cow::Borrowed(template)));
-                }
-                Either::Right(self.inner.call(request))
             }
-            Err(unrouted) => Either::Left(ready(Ok(problems::unrouted(
-                unrouted,
-                request.method(),
-                request.uri().path(),
-            )
-            .into_response()))),
+            Err(Unrouted::Gateway) => return Either::Right(self.local.clone().oneshot(request)),
+            Err(unrouted) => {
+                extensions.insert(unrouted);
+            }
         }
+        if let Some(template) = template {
+            extensions.insert(RouteTemplate(Cow::Borrowed(template)));
+        }
+        Either::Left(self.proxied.clone().oneshot(request))
     }
 }
 
@@ -415,7 +443,7 @@ mod tests {
         // Described by the document, but the gateway's own (not proxied).
         assert_eq!(
             resolved(&Method::GET, "/api/v1/home"),
-            Err(Unrouted::NotFound)
+            Err(Unrouted::Gateway)
         );
     }
 
