@@ -13,7 +13,7 @@
 //! | limits | `shop_common::Kit::limits` | deadline, timeout, adaptive concurrency, their failures as problems |
 //! | [`AdmissionLayer`] | [`admission`] | the client address, the bearer token as the route's [`Access`] says, one request from the caller's rate limit, `RateLimit` headers |
 //! | proxy | `proxy` | 404 beyond the document, 405 with `Allow` within it; the body buffered (413 beyond the limit), the upstream request built once, hop-by-hop headers dropped both ways |
-//! | client stack | [`upstream`] | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, pooled HTTP/1 |
+//! | client stack | [`upstream`] | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, the endpoint's own pool of kept-alive HTTP/1 connections (`pool`) |
 //!
 //! A route marked [`Route::cached`] is answered from a shared response cache on `GET`
 //! (mainstay-cache). Upstream failures become 502, 503 or 504 problems, never a hang.
@@ -29,6 +29,7 @@ pub mod config;
 mod discovery;
 mod home;
 mod openapi;
+mod pool;
 mod problems;
 mod proxy;
 pub mod routes;
@@ -118,7 +119,6 @@ impl Gateway {
         validator: Validator,
         sources: &HashMap<&'static str, watch::Receiver<Snapshot>>,
     ) -> Result<Self, StartError> {
-        let http = upstream::http_client();
         let settings = ClientSettings {
             deadline: config.service.request_timeout,
             attempt_timeout: config.attempt_timeout,
@@ -130,7 +130,6 @@ impl Gateway {
             let client = upstream::upstream(
                 name,
                 source.clone(),
-                &http,
                 settings,
                 &kit.metrics,
                 &kit.resilience,

@@ -13,7 +13,8 @@
 //! bulkhead                     UPSTREAM_MAX_CONCURRENT calls at once, no queue
 //! shared → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery), one
 //!                              balancer for every caller, behind a lock rather than a task
-//!   per endpoint: circuit breaker → per-attempt timeout → pooled HTTP/1 connection
+//!   per endpoint: circuit breaker → per-attempt timeout → the endpoint's own pool of
+//!                              kept-alive HTTP/1 connections (crate::pool)
 //!
 //! Only what says an endpoint is broken (refused or reset connections, `5xx` other than a
 //! `503` with `Retry-After`) opens its breaker or ejects it, and never the last endpoint:
@@ -21,22 +22,17 @@
 //! so a flash crowd is served at the service's capacity instead of cutting it off.
 //! ```
 
-use std::future::{Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::TryFutureExt;
-use futures_util::future::{Either, MapErr, MapOk};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::uri::Authority;
+use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::TokioExecutor;
 use mainstay_discovery::balance::{BalanceOptions, Balanced, BrokenOnly, Shared};
 use mainstay_discovery::{Endpoint, Snapshot};
 use mainstay_resilience::ServiceBuilderExt;
@@ -50,6 +46,8 @@ use mainstay_telemetry::{ClientLayer, Metrics};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+use crate::pool::{Pool, PoolSettings};
 
 /// A request to an upstream: the body is buffered, so that it can be retried.
 pub type UpstreamRequest = Request<Full<Bytes>>;
@@ -68,69 +66,29 @@ pub struct ClientSettings {
     pub max_concurrent: usize,
 }
 
-/// The pooled HTTP/1 client every upstream shares.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// A new pooled client (no request timeout of its own: the stack times attempts).
-#[must_use]
-pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
-
-/// Sends a request to one endpoint: its authority (parsed once) replaces the request's.
+/// Sends a request to one endpoint, over its own pool of kept-alive connections.
 #[derive(Clone)]
 struct Dial {
-    client: HttpClient,
-    authority: Result<Authority, Arc<str>>,
+    pool: Result<Pool, Arc<str>>,
 }
-
-/// The future of a [`Dial`] call: hyper's, with the error boxed and the body made axum's. No
-/// allocation of its own.
-type DialFuture = Either<
-    Ready<Result<Response<Body>, BoxError>>,
-    MapOk<
-        MapErr<ResponseFuture, fn(hyper_util::client::legacy::Error) -> BoxError>,
-        fn(Response<Incoming>) -> Response<Body>,
-    >,
->;
 
 impl Service<UpstreamRequest> for Dial {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = DialFuture;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: UpstreamRequest) -> Self::Future {
-        let authority = match &self.authority {
-            Ok(authority) => authority.clone(),
+    fn call(&mut self, request: UpstreamRequest) -> Self::Future {
+        match &self.pool {
+            Ok(pool) => Box::pin(pool.clone().send(request)),
             Err(bad) => {
-                let error = format!("the endpoint {bad} is not a valid authority");
-                return Either::Left(ready(Err(error.into())));
+                let error: BoxError = format!("the endpoint {bad} is not a valid authority").into();
+                Box::pin(std::future::ready(Err(error)))
             }
-        };
-        // The request's path and query, moved (no parsing, no copy).
-        let mut parts = std::mem::take(request.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(authority);
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
         }
-        match Uri::from_parts(parts) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(error) => return Either::Left(ready(Err(error.into()))),
-        }
-        let to_box: fn(hyper_util::client::legacy::Error) -> BoxError = Into::into;
-        let to_body: fn(Response<Incoming>) -> Response<Body> = |r| r.map(Body::new);
-        Either::Right(self.client.request(request).map_err(to_box).map_ok(to_body))
     }
 }
 
@@ -143,12 +101,10 @@ impl Service<UpstreamRequest> for Dial {
 pub fn upstream(
     service: &'static str,
     source: watch::Receiver<Snapshot>,
-    http: &HttpClient,
     settings: ClientSettings,
     metrics: &Metrics,
     resilience: &ResilienceCollector,
 ) -> Upstream {
-    let http = http.clone();
     let breakers = resilience.clone();
     let make = move |endpoint: &Endpoint| {
         // Opens at half of the last 20 calls failing (at least 10), and probes again after 5 s.
@@ -168,9 +124,9 @@ pub fn upstream(
             .layer(CircuitBreakerLayer::new(breaker).classifier(resilience_http::BrokenOnly))
             .attempt_timeout(settings.attempt_timeout)
             .service(Dial {
-                client: http.clone(),
-                authority: authority
+                pool: authority
                     .parse::<Authority>()
+                    .map(|authority| Pool::new(authority, PoolSettings::default()))
                     .map_err(|_| Arc::from(authority.as_str())),
             })
     };
