@@ -566,40 +566,33 @@ pub fn append_rate_limit_headers(
     // One field line per list: the members already there (from any number of lines), then
     // this one, written into one buffer with no formatting machinery (this runs on every
     // response); nothing is written when either list already names the policy.
-    let line = |name: &HeaderName, (first, a): (char, u64), (second, b): (char, u64)| {
-        let mut list = String::new();
+    let line = |name: &HeaderName, (first, a): (u8, u64), (second, b): (u8, u64)| {
+        let mut list: Vec<u8> = Vec::with_capacity(policy.len() + 48);
         for existing in headers.get_all(name) {
             if names_policy(existing.as_bytes(), policy.as_bytes()) {
                 return None;
             }
-            if let Ok(existing) = existing.to_str() {
-                list.reserve(existing.len() + policy.len() + 32);
-                list.push_str(existing);
-                list.push_str(", ");
-            }
+            list.extend_from_slice(existing.as_bytes());
+            list.extend_from_slice(b", ");
         }
-        list.reserve(policy.len() + 32);
-        list.push('"');
-        list.push_str(policy);
-        list.push_str("\";");
-        list.push(first);
-        list.push('=');
+        list.push(b'"');
+        list.extend_from_slice(policy.as_bytes());
+        list.extend_from_slice(&[b'"', b';', first, b'=']);
         push_decimal(&mut list, a);
-        list.push(';');
-        list.push(second);
-        list.push('=');
+        list.extend_from_slice(&[b';', second, b'=']);
         push_decimal(&mut list, b);
-        HeaderValue::try_from(list).ok()
+        // Exactly sized, the buffer becomes the value's without a copy or a shared header.
+        HeaderValue::try_from(list.into_boxed_slice().into_vec()).ok()
     };
     let policy_line = line(
         &RATELIMIT_POLICY,
-        ('q', u64::from(status.limit)),
-        ('w', ceil_secs(status.period).max(1)),
+        (b'q', u64::from(status.limit)),
+        (b'w', ceil_secs(status.period).max(1)),
     );
     let Some(limit_line) = line(
         &RATELIMIT,
-        ('r', u64::from(status.remaining)),
-        ('t', ceil_secs(status.reset)),
+        (b'r', u64::from(status.remaining)),
+        (b't', ceil_secs(status.reset)),
     ) else {
         return;
     };
@@ -611,7 +604,7 @@ pub fn append_rate_limit_headers(
 
 /// Appends `n` in decimal.
 #[cfg(feature = "rate-limit")]
-fn push_decimal(out: &mut String, mut n: u64) {
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {
@@ -625,7 +618,7 @@ fn push_decimal(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(digits[start..].iter().map(|&b| char::from(b)));
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Whether a `RateLimit` or `RateLimit-Policy` list has a member named `policy`.
@@ -671,9 +664,9 @@ mod tests {
     #[test]
     fn numbers_are_written_in_decimal_at_both_ends_of_their_range() {
         for n in [0, 7, 10, 1_234_567, u64::MAX] {
-            let mut out = String::from("x");
+            let mut out = b"x".to_vec();
             push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}"));
+            assert_eq!(out, format!("x{n}").into_bytes());
         }
     }
 

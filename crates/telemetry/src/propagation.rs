@@ -276,10 +276,14 @@ pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        // Our propagator's names without parsing them; the value's buffer kept, not copied.
+        let name = match key {
+            TRACEPARENT => Ok(TRACEPARENT_HEADER),
+            TRACESTATE => Ok(TRACESTATE_HEADER),
+            BAGGAGE => Ok(BAGGAGE_HEADER),
+            other => HeaderName::from_bytes(other.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }

@@ -126,6 +126,7 @@ fn upstream_request(
         .filter(|proto| proto == "https" || proto == "http")
         .unwrap_or(HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_PROTO, proto);
+    let idempotent = parts.method.is_idempotent();
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = parts.method;
     *request.uri_mut() = Uri::from(resolved.target);
@@ -137,7 +138,8 @@ fn upstream_request(
     if let Some(template) = parts.extensions.remove::<RouteTemplate>() {
         extensions.insert(template);
     }
-    if HONOUR_IDEMPOTENCY_KEYS.contains(&resolved.route.service) {
+    // Only a method that is not idempotent needs the key to be replayed.
+    if !idempotent && HONOUR_IDEMPOTENCY_KEYS.contains(&resolved.route.service) {
         extensions.insert(KeyHonoured);
     }
     request
