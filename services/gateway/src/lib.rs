@@ -82,7 +82,7 @@ impl std::fmt::Debug for Gateway {
         f.debug_struct("Gateway")
             .field(
                 "upstreams",
-                &self.0.upstreams.plain.keys().collect::<Vec<_>>(),
+                &self.0.upstreams.services().collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -135,25 +135,25 @@ impl Gateway {
                 &kit.resilience,
             );
             // A service with cached routes gets a second client, through its response cache.
-            if ROUTES
+            let cached = ROUTES
                 .iter()
                 .any(|route| route.cached && route.service == name)
-            {
-                let cache = ResponseCacheLayer::new(config.catalog_cache_entries);
-                let stats = cache.clone();
-                kit.metrics.register_collector(Box::new(CacheCollector::new(
-                    format!("gateway_{name}_responses"),
-                    move || stats.stats(),
-                )));
-                let cached: Upstream = BoxCloneSyncService::new(
-                    cache
-                        .make_key(UriKey)
-                        .layer(client.clone())
-                        .map_response(|response| response.map(Body::new)),
-                );
-                upstreams.cached.insert(name, cached);
-            }
-            upstreams.plain.insert(name, client);
+                .then(|| {
+                    let cache = ResponseCacheLayer::new(config.catalog_cache_entries);
+                    let stats = cache.clone();
+                    kit.metrics.register_collector(Box::new(CacheCollector::new(
+                        format!("gateway_{name}_responses"),
+                        move || stats.stats(),
+                    )));
+                    let cached: Upstream = BoxCloneSyncService::new(
+                        cache
+                            .make_key(UriKey)
+                            .layer(client.clone())
+                            .map_response(|response| response.map(Body::new)),
+                    );
+                    cached
+                });
+            upstreams.insert(name, client, cached);
         }
         let (burst, period) = config.per_principal;
         let per_principal = KeyedRateLimitLayer::new(burst, period, ())
