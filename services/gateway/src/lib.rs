@@ -8,6 +8,7 @@
 //! | layer | module | what it does |
 //! | --- | --- | --- |
 //! | CORS, security headers | here ([`app`]) | an explicit origin allow-list; `Strict-Transport-Security`, `X-Content-Type-Options`, `Content-Security-Policy`, `Referrer-Policy` on every response |
+//! | [`TraceTrustLayer`] | [`trust`] | a client's `traceparent`, `tracestate` and `baggage` dropped unless it is a trusted proxy: the gateway's sampling decides |
 //! | [`RouteLayer`] | [`routes`] | the route and upstream target, resolved once against the route table and the API document, with the document's template as the route label; what the gateway answers itself (its page, the document, probes, metrics) goes to its own router instead |
 //! | server layer | `shop_common::Kit::server_layer` | request id, sampling, span, RED metrics |
 //! | limits | `shop_common::Kit::limits` | deadline, timeout, adaptive concurrency, their failures as problems |
@@ -33,6 +34,7 @@ mod pool;
 mod problems;
 mod proxy;
 pub mod routes;
+pub mod trust;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -64,11 +66,13 @@ pub use self::discovery::discover;
 use self::proxy::Upstreams;
 pub use self::proxy::{HONOUR_IDEMPOTENCY_KEYS, Proxy};
 pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, Routed, Unrouted, resolve};
+pub use self::trust::{TraceTrust, TraceTrustLayer};
 use self::upstream::{ClientSettings, Upstream};
 
 struct Inner {
     upstreams: Arc<Upstreams>,
     admission: AdmissionLayer,
+    trace_trust: TraceTrustLayer,
     body_limit: usize,
     home_part_timeout: Duration,
 }
@@ -166,6 +170,7 @@ impl Gateway {
         kit.resilience.keyed_rate_limit("gateway_per_ip", &per_ip);
         Ok(Self(Arc::new(Inner {
             upstreams: Arc::new(upstreams),
+            trace_trust: TraceTrustLayer::new(&config.trusted_proxies),
             admission: AdmissionLayer::new(
                 validator,
                 per_principal,
@@ -242,8 +247,8 @@ type Proxied = ServerTelemetry<<Limits as Layer<Admission<Proxy>>>::Service>;
 
 /// The whole stack, as [`app`] assembles it.
 type Front = Either<
-    Cors<MapResponse<Routed<Proxied, Router>, fn(Response) -> Response>>,
-    MapResponse<Routed<Proxied, Router>, fn(Response) -> Response>,
+    Cors<MapResponse<TraceTrust<Routed<Proxied, Router>>, fn(Response) -> Response>>,
+    MapResponse<TraceTrust<Routed<Proxied, Router>>, fn(Response) -> Response>,
 >;
 
 /// The whole gateway, as [`app`] assembles it: a service of axum's requests, served by
@@ -275,6 +280,7 @@ impl Service<Request<Body>> for App {
 /// headers outermost (see the [crate docs](crate) for the layers in order).
 pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> App {
     let admission = gateway.0.admission.clone();
+    let trace_trust = gateway.0.trace_trust.clone();
     let proxied = ServiceBuilder::new()
         .layer(kit.server_layer())
         .layer(kit.limits())
@@ -296,6 +302,7 @@ pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> App {
         .layer(MapResponseLayer::new(
             security_headers as fn(Response) -> Response,
         ))
+        .layer(trace_trust)
         .layer(RouteLayer::new(local))
         .service(proxied);
     App(front)

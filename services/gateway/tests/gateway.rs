@@ -1428,15 +1428,19 @@ async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exp
             .layer(mainstay_telemetry::ServerLayer::new(&users_metrics).sampling(sampling)),
     )
     .await;
-    let vars: HashMap<&str, String> = HashMap::from([("USERS_URLS", url(users))]);
+    // The caller is a trusted proxy: only its trace context is followed.
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("USERS_URLS", url(users)),
+        ("TRUSTED_PROXIES", "10.0.0.2".to_owned()),
+    ]);
     let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
     let (issuer, validator) = shop_common::testing::users_tokens();
     let kit = Kit::new(config.service.clone());
     let gateway = Gateway::new(&config, &kit, validator, &discover(&config).unwrap()).unwrap();
     let app = app(gateway, &kit, &[]);
     let token = issuer.issue(&AccessClaims::new("ada")).unwrap().token;
-    let me = |traceparent: String| {
-        let request = Request::get("/api/v1/me")
+    let from_peer = |traceparent: String, peer: &str| {
+        let request = from(Request::get("/api/v1/me"), peer)
             .header("authorization", format!("Bearer {token}"))
             .header("traceparent", traceparent)
             .body(Body::empty())
@@ -1451,6 +1455,7 @@ async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exp
             String::from_utf8(body.to_vec()).unwrap()
         }
     };
+    let me = |traceparent: String| from_peer(traceparent, "10.0.0.2:5000");
     let caller_span = "00f067aa0ba902b7";
 
     // The caller did not sample: the upstream is told so, under the same trace id.
@@ -1511,6 +1516,12 @@ async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exp
             .contains(r#"http_server_requests_total{method="GET",route="/me",status="2xx"} 2"#),
         "{users_metrics}"
     );
+
+    // Anyone else's trace context is not followed: the trace starts at the gateway, sampled or
+    // not by its own ratio, whatever the client asked.
+    let chosen = "11111111111111111111111111111111";
+    let seen = from_peer(format!("00-{chosen}-{caller_span}-01"), "203.0.113.9:4000").await;
+    assert!(seen.starts_with("00-") && !seen.contains(chosen), "{seen}");
 }
 
 #[tokio::test]
