@@ -5,7 +5,7 @@ use axum::extract::DefaultBodyLimit;
 use mainstay_resilience::adaptive::{AdaptiveLimitLayer, Aimd};
 use mainstay_resilience::http::ProblemLayer;
 use mainstay_resilience::metrics::ResilienceCollector;
-use mainstay_resilience::timeout::{DeadlineLayer, FromRequest, TimeoutLayer};
+use mainstay_resilience::timeout::DeadlineLayer;
 use mainstay_telemetry::{Health, Metrics, ServerLayer, routes};
 use tower::ServiceBuilder;
 use tower::layer::util::{Identity, Stack};
@@ -34,13 +34,10 @@ pub struct Kit {
     limit: AdaptiveLimitLayer<Aimd>,
 }
 
-/// Steps 4 to 6 of [`Kit::stack`] as one layer (problems for their errors, the deadline and
-/// its timeout, adaptive concurrency): [`Kit::limits`].
+/// Steps 4 to 6 of [`Kit::stack`] as one layer (problems for their errors, the deadline,
+/// adaptive concurrency): [`Kit::limits`].
 pub type Limits = ServiceBuilder<
-    Stack<
-        AdaptiveLimitLayer<Aimd>,
-        Stack<TimeoutLayer<FromRequest>, Stack<DeadlineLayer, Stack<ProblemLayer, Identity>>>,
-    >,
+    Stack<AdaptiveLimitLayer<Aimd>, Stack<DeadlineLayer, Stack<ProblemLayer, Identity>>>,
 >;
 
 impl Kit {
@@ -101,7 +98,7 @@ impl Kit {
     /// 3. the body limit (413 as problem+json through [`Json`](crate::Json));
     /// 4. the answer for errors of the next layers: 504 or 503 as problem+json;
     /// 5. the deadline: the caller's `x-request-deadline` (raised to `DEADLINE_FLOOR_MS`) or
-    ///    `REQUEST_TIMEOUT_MS`, whichever comes first, enforced by a timeout;
+    ///    `REQUEST_TIMEOUT_MS`, whichever comes first, and the request timed out at it;
     /// 6. adaptive concurrency (AIMD), shedding load with 503 when latency rises;
     /// 7. `Idempotency-Key` on `POST` and `PATCH`, with [`with_idempotency`](Self::with_idempotency);
     /// 8. the routes (and the service's own auth layer, which it adds to them).
@@ -137,9 +134,10 @@ impl Kit {
         ServiceBuilder::new()
             // 4: timeouts and shedding are errors below; axum needs responses.
             .layer(ProblemLayer::new())
-            // 5: one deadline for the whole request, carried to outbound calls.
+            // 5: one deadline for the whole request, carried to outbound calls, and enforced
+            // (the deadline layer times the request out itself: a timeout layer under it would
+            // arm a second timer for the same instant).
             .layer(DeadlineLayer::new(timeout).floor(self.config.deadline_floor))
-            .layer(TimeoutLayer::new(timeout).within_deadline())
             // 6: shed before the handler queues work behind a slow dependency.
             .layer(self.limit.clone())
     }
