@@ -3,10 +3,10 @@
 //!
 //! The balancer above has already chosen the endpoint, so the pool is the endpoint's own: no
 //! key to hash, no lock shared with other endpoints. A connection is idle again once its
-//! response body has been read to the end (or was empty); a response dropped before its end
-//! takes its connection with it (HTTP/1 cannot reuse it). Idle connections are reused most
-//! recent first, dropped once closed by the endpoint or idle for longer than the idle timeout,
-//! and at most `max_idle` are kept.
+//! response body has ended (read to the end, empty, or dropped and drained by hyper) and hyper
+//! says it can take another request. Idle connections are reused most recent first, dropped
+//! once closed by the endpoint or idle for longer than the idle timeout, and at most
+//! `max_idle` are kept.
 //!
 //! A request that a reused connection could not even start to send (the endpoint closed it
 //! while it was idle) is sent again on a new connection, whatever its method: the endpoint never
@@ -147,17 +147,42 @@ impl Pool {
         None
     }
 
-    /// Back to the idle list, unless it closed or the list is full.
-    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+    /// Back to the idle list once it can take a request. A connection still finishing its
+    /// exchange (the rest of a response being drained, a request body still being written)
+    /// waits on a task of its own, at most the idle timeout; one that closes is dropped.
+    fn give_back(&self, mut sender: SendRequest<Full<Bytes>>) {
         if sender.is_closed() {
             return;
         }
+        if sender.is_ready() {
+            self.push(sender);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        let wait = self.0.settings.idle_timeout;
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await {
+                pool.push(sender);
+            }
+        });
+    }
+
+    /// Onto the idle list, after dropping those idle for longer than the idle timeout (the
+    /// list is oldest first), unless it is full.
+    fn push(&self, sender: SendRequest<Full<Bytes>>) {
+        let now = Instant::now();
+        let timeout = self.0.settings.idle_timeout;
         let mut idle = self.0.idle.lock().expect("pool lock");
+        let expired = idle
+            .iter()
+            .take_while(|idle| now.duration_since(idle.since) >= timeout)
+            .count();
+        idle.drain(..expired);
         if idle.len() < self.0.settings.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 
@@ -224,10 +249,10 @@ impl HttpBody for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // An empty body is never polled; one dropped before its end closes its connection.
-        if self.body.is_end_stream() {
-            self.give_back();
-        }
+        // An empty body is never polled. One dropped before its end (a retried 503, a page
+        // part that timed out) goes back once hyper has drained the rest, or not at all if it
+        // closed the connection instead.
+        self.give_back();
     }
 }
 
@@ -242,7 +267,8 @@ mod tests {
     use super::*;
 
     /// An HTTP/1 server that counts the connections it accepts and answers `body` to every
-    /// request, closing each connection after `per_connection` answers.
+    /// request, closing each connection after `per_connection` answers (the last one says
+    /// `connection: close`).
     async fn server(body: &'static str, per_connection: usize) -> (Authority, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
@@ -254,7 +280,7 @@ mod tests {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 4096];
-                    for _ in 0..per_connection {
+                    for answered in 1..=per_connection {
                         let mut read = 0;
                         while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
                             match stream.read(&mut buffer[read..]).await {
@@ -262,8 +288,13 @@ mod tests {
                                 Ok(n) => read += n,
                             }
                         }
+                        let close = if answered == per_connection {
+                            "connection: close\r\n"
+                        } else {
+                            ""
+                        };
                         let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\n{close}content-length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if stream.write_all(answer.as_bytes()).await.is_err() {
@@ -317,29 +348,55 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// Yields until `pool` holds `n` idle connections (a connection given back after hyper
+    /// drained it is on a task of its own); at most a few seconds.
+    async fn until_idle(pool: &Pool, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pool.idle() != n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never {n} idle, {} instead", pool.idle()));
+    }
+
     #[tokio::test]
-    async fn a_response_dropped_before_its_end_takes_its_connection_with_it() {
+    async fn a_response_dropped_before_its_end_gives_its_connection_back_once_drained() {
         let (authority, accepted) = server("a longer body", usize::MAX).await;
         let pool = Pool::new(authority, PoolSettings::default());
         let response = pool.clone().send(get()).await.unwrap();
         drop(response);
-        assert_eq!(pool.idle(), 0);
+        until_idle(&pool, 1).await;
         read(pool.clone().send(get()).await.unwrap()).await;
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
-    async fn a_connection_the_endpoint_closed_is_replaced_without_an_error() {
-        // One answer per connection: every idle connection is closed by the endpoint.
+    async fn a_connection_the_endpoint_closes_is_replaced_without_an_error() {
+        // One answer per connection, each saying `connection: close`.
         let (authority, accepted) = server("once", 1).await;
         let pool = Pool::new(authority, PoolSettings::default());
         for _ in 0..3 {
             let response = pool.clone().send(get()).await.unwrap();
             assert_eq!(read(response).await, "once");
-            // Let the pool's connection task see the close (or not: both must work).
-            tokio::task::yield_now().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_for_too_long_leave_the_list_wherever_they_are_in_it() {
+        let (authority, _) = server("x", usize::MAX).await;
+        let settings = PoolSettings {
+            idle_timeout: Duration::ZERO,
+            ..PoolSettings::default()
+        };
+        let pool = Pool::new(authority, settings);
+        let first = pool.clone().send(get()).await.unwrap();
+        let second = pool.clone().send(get()).await.unwrap();
+        read(first).await;
+        read(second).await;
+        // The first one back was expired by the time the second came back.
+        assert_eq!(pool.idle(), 1);
     }
 
     #[tokio::test]
