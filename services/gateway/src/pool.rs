@@ -316,6 +316,14 @@ mod tests {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// Two requests in flight at once (two connections), then both read to the end.
+    async fn two_at_once(pool: &Pool) {
+        let first = pool.clone().send(get()).await.unwrap();
+        let second = pool.clone().send(get()).await.unwrap();
+        read(first).await;
+        read(second).await;
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (authority, accepted) = server("hello", usize::MAX).await;
@@ -391,10 +399,7 @@ mod tests {
             ..PoolSettings::default()
         };
         let pool = Pool::new(authority, settings);
-        let first = pool.clone().send(get()).await.unwrap();
-        let second = pool.clone().send(get()).await.unwrap();
-        read(first).await;
-        read(second).await;
+        two_at_once(&pool).await;
         // The first one back was expired by the time the second came back.
         assert_eq!(pool.idle(), 1);
     }
@@ -407,10 +412,7 @@ mod tests {
             ..PoolSettings::default()
         };
         let pool = Pool::new(authority, settings);
-        let first = pool.clone().send(get()).await.unwrap();
-        let second = pool.clone().send(get()).await.unwrap();
-        read(first).await;
-        read(second).await;
+        two_at_once(&pool).await;
         assert_eq!(pool.idle(), 1, "one kept, one closed");
         read(pool.clone().send(get()).await.unwrap()).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
