@@ -130,13 +130,17 @@ pub const ROUTES: &[Route] = &[
     route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
 ];
 
-/// Whether `path` has a `.` or `..` segment, plain or percent-encoded, or an encoded `/`, `\\`
-/// or NUL: a proxy that forwards one lets a server that normalises or decodes paths reach what
-/// the route table did not allow.
+/// Whether `path` has a `.` or `..` segment, plain or percent-encoded, a `\\` plain or
+/// encoded, or an encoded `/` or NUL: a proxy that forwards one lets a server that normalises
+/// or decodes paths reach what the route table did not allow.
 fn has_dot_segment(path: &str) -> bool {
-    // Most paths have neither a dot nor an escape: one scan, no allocation.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    // Most paths have neither a dot, an escape nor a backslash: one scan, no allocation.
+    if !path.bytes().any(|b| b == b'.' || b == b'%' || b == b'\\') {
         return false;
+    }
+    // A raw backslash is a separator to some servers, as its escape is.
+    if path.contains('\\') {
+        return true;
     }
     let lower = path.to_ascii_lowercase();
     if ["%2f", "%5c", "%00"]
@@ -432,6 +436,8 @@ mod tests {
             "/api/v1/products/a%2F..%2F..%2Fadmin%2Fkeys",
             "/api/v1/products/a%5cb",
             "/api/v1/products/a%00",
+            "/api/v1/products/..\\..\\admin\\keys",
+            "/api/v1/products/a\\b",
         ] {
             assert_eq!(
                 resolved(&Method::GET, path),
