@@ -508,6 +508,34 @@ async fn forwarded_headers_keep_every_line_and_only_a_trusted_proxys_scheme() {
 }
 
 #[tokio::test]
+async fn without_allowed_origins_no_cors_answer_is_given_and_nothing_is_proxied_for_a_preflight() {
+    let upstream = Upstream::default();
+    let users = users(upstream.clone()).await;
+    let shop = shop(&[("USERS_URLS", url(users))]).await;
+    let preflight = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/api/v1/auth/login")
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let reply = send(&shop.app, preflight).await;
+    // Same origin only: the API document has no OPTIONS, so a preflight is refused as any
+    // undocumented method is, and a browser refuses the cross-origin call.
+    assert_problem(&reply, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(!reply.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+    let reply = get_from(
+        &shop.app,
+        "/api/v1/auth/.well-known/jwks.json",
+        "10.0.0.1:5000",
+        &[("origin", "https://shop.example")],
+    )
+    .await;
+    assert!(!reply.headers.contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
 async fn large_bodies_are_refused_and_cors_follows_the_allow_list() {
     let upstream = Upstream::default();
     let users = users(upstream.clone()).await;
