@@ -222,6 +222,7 @@ where
         .with_span_list(false);
     tracing_subscriber::fmt::layer()
         .json()
+        .fmt_fields(crate::json_fields::JsonSpanFields)
         .event_format(UnsampledRequest(format))
         .with_writer(writer)
 }

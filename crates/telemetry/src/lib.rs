@@ -7,6 +7,8 @@
 mod health;
 #[cfg(feature = "init")]
 mod init;
+#[cfg(feature = "init")]
+mod json_fields;
 pub mod metrics;
 pub mod propagation;
 pub mod request_id;
