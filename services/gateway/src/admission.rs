@@ -16,7 +16,9 @@
 //!
 //! What it learned goes on in the request's extensions: [`Caller`], and the [`Principal`]
 //! when signed in. Only a token whose key the validator has not fetched yet waits (and boxes a
-//! future); everything else is decided in `call`.
+//! future); everything else is decided in `call`. A request the route layer found no route
+//! for ([`Unrouted`]) passes untouched: it is answered below with a 404, 405 or 400, and
+//! nothing is forwarded.
 
 use std::convert::Infallible;
 use std::fmt;

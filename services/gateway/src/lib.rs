@@ -11,7 +11,7 @@
 //! | [`TraceTrustLayer`] | [`trust`] | a client's `traceparent`, `tracestate` and `baggage` dropped unless it is a trusted proxy: the gateway's sampling decides |
 //! | [`RouteLayer`] | [`routes`] | the route and upstream target, resolved once against the route table and the API document, with the document's template as the route label; what the gateway answers itself (its page, the document, probes, metrics) goes to its own router instead |
 //! | server layer | `shop_common::Kit::server_layer` | request id, sampling, span, RED metrics |
-//! | limits | `shop_common::Kit::limits` | deadline, timeout, adaptive concurrency, their failures as problems |
+//! | limits | `shop_common::Kit::limits` | the deadline (the caller's, floored, or the request timeout) and its enforcement, adaptive concurrency, their failures as problems |
 //! | [`AdmissionLayer`] | [`admission`] | the client address, the bearer token as the route's [`Access`] says, one request from the caller's rate limit, `RateLimit` headers |
 //! | proxy | `proxy` | 404 beyond the document, 405 with `Allow` within it; the body buffered (413 beyond the limit), the upstream request built once, hop-by-hop headers dropped both ways |
 //! | client stack | [`upstream`] | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, the endpoint's own pool of kept-alive HTTP/1 connections (`pool`) |
