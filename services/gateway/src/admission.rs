@@ -198,15 +198,24 @@ where
             }
             Decision::Refused(response) => AdmissionFuture::refused(response),
             Decision::NeedsKeys(token) => {
-                // The rare path: the key set must be fetched first. The ready service goes
-                // into the future; its clone stays, to be made ready by the next poll_ready.
+                // The rare path: the key set must be fetched first. Waiting for it is charged
+                // to the address before it starts (a client cannot make the gateway wait for
+                // keys faster than it may call), and a refusal after it is not charged again.
+                let spent = match self.layer.0.per_ip.check(&shop_common::limit_key(client)) {
+                    Ok(status) => status,
+                    Err(limited) => return AdmissionFuture::refused(problems::limited(&limited)),
+                };
+                // The ready service goes into the future; its clone stays, to be made ready by
+                // the next poll_ready.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let layer = self.layer.clone();
                 AdmissionFuture::fetching(Box::pin(async move {
                     let decision = match layer.0.validator.validate(&token).await {
                         Ok(principal) => layer.limit(Some(principal), client),
-                        Err(error) => Decision::Refused(layer.refuse(&error, client)),
+                        Err(error) => {
+                            Decision::Refused(with_limit(error.to_response::<Body>(), &spent))
+                        }
                     };
                     match decision {
                         Decision::Admitted(principal, limit) => {
@@ -217,7 +226,10 @@ where
                             Ok(with_limit(response, &limit))
                         }
                         Decision::Refused(response) => Ok(response),
-                        Decision::NeedsKeys(_) => Ok(layer.refuse(&AuthError::UnknownKey, client)),
+                        Decision::NeedsKeys(_) => Ok(with_limit(
+                            AuthError::UnknownKey.to_response::<Body>(),
+                            &spent,
+                        )),
                     }
                 }))
             }

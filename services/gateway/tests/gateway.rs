@@ -1556,6 +1556,58 @@ async fn a_sampled_request_is_one_trace_to_the_upstream_and_an_unsampled_one_exp
 }
 
 #[tokio::test]
+async fn waiting_for_a_key_set_costs_the_address_a_request_first() {
+    // A key set that never comes: a token whose key is not fetched yet waits for it (at most
+    // the fetch timeout, 5 s). Each such wait is charged to the client's address before it
+    // starts, so a client cannot make the gateway wait for keys faster than it may call.
+    let keys = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get(std::future::pending::<String>),
+    ))
+    .await;
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("USERS_URLS", url(dead().await)),
+        (
+            "USERS_JWKS_URL",
+            format!("{}/.well-known/jwks.json", url(keys)),
+        ),
+        ("RATE_LIMIT_PER_IP", "1/60".to_owned()),
+    ]);
+    let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
+    let kit = Kit::new(config.service.clone());
+    let validator = config.tokens.validator().unwrap();
+    let gateway = Gateway::new(&config, &kit, validator, &discover(&config).unwrap()).unwrap();
+    let app = app(gateway, &kit, &[]);
+    let (issuer, _) = shop_common::testing::users_tokens();
+    let token = issuer.issue(&AccessClaims::new("mallory")).unwrap().token;
+    let bearer = format!("Bearer {token}");
+
+    // The first is admitted as far as the wait for the key set, and waits there.
+    let headers = [("authorization", bearer.as_str())];
+    let mut first = Box::pin(get_from(&app, "/api/v1/me", "203.0.113.9:4000", &headers));
+    assert!(futures_util::poll!(&mut first).is_pending());
+    // The second finds the address's budget spent, and is told at once.
+    let started = tokio::time::Instant::now();
+    let second = get_from(
+        &app,
+        "/api/v1/me",
+        "203.0.113.9:4001",
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_problem(&second, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused only after waiting for the key set: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        futures_util::poll!(&mut first).is_pending(),
+        "the first is still waiting for keys"
+    );
+}
+
+#[tokio::test]
 async fn a_token_whose_key_is_not_fetched_yet_waits_for_the_jwks_and_is_admitted() {
     let upstream = Upstream::default();
     let users = users(upstream.clone()).await;
