@@ -182,6 +182,16 @@ mod tests {
         }
     }
 
+    /// The lines `json_logs` writes while `logging` runs, parsed.
+    fn logged(logging: impl FnOnce()) -> Vec<serde_json::Value> {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(crate::init::json_logs(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, logging);
+        lines.parsed()
+    }
+
     impl Lines {
         fn parsed(&self) -> Vec<serde_json::Value> {
             String::from_utf8(self.0.lock().unwrap().clone())
@@ -194,12 +204,8 @@ mod tests {
 
     #[test]
     fn span_fields_are_one_json_object_whatever_their_text_and_however_recorded() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber =
-            tracing_subscriber::registry().with(crate::init::json_logs(move || writer.clone()));
         let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = logged(|| {
             let span = tracing::info_span!(
                 "request",
                 request_id = tricky,
@@ -217,7 +223,6 @@ mod tests {
             span.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
             tracing::info!("after");
         });
-        let lines = lines.parsed();
         assert_eq!(lines.len(), 2);
         let before = &lines[0]["span"];
         assert_eq!(before["request_id"], tricky);
@@ -236,18 +241,13 @@ mod tests {
 
     #[test]
     fn a_span_without_fields_is_an_empty_object_until_one_is_recorded() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber =
-            tracing_subscriber::registry().with(crate::init::json_logs(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = logged(|| {
             let span = tracing::info_span!("bare", later = tracing::field::Empty);
             let _entered = span.enter();
             tracing::info!("empty");
             span.record("later", 7_u64);
             tracing::info!("one");
         });
-        let lines = lines.parsed();
         assert_eq!(lines[0]["span"]["name"], "bare");
         assert_eq!(lines[1]["span"]["later"], 7);
     }

@@ -34,6 +34,7 @@ use axum::response::Response;
 use http::{HeaderMap, Request};
 use mainstay_auth::{AuthError, Principal, Validator};
 use mainstay_resilience::http::append_rate_limit_headers;
+use mainstay_resilience::rate_limit::error::RateLimited;
 use mainstay_resilience::rate_limit::{KeyedRateLimitLayer, Status};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -98,18 +99,23 @@ impl AdmissionLayer {
     /// A refusal of the token: a 429 when the address is over its limit (the refusal costs
     /// it a request), the authentication error otherwise.
     fn refuse(&self, error: &AuthError, client: IpAddr) -> Response {
-        match self.0.per_ip.check(&shop_common::limit_key(client)) {
+        match self.charge_address(client) {
             Err(limited) => problems::limited(&limited),
             // The refusal cost a request: it says what is left, like every other answer.
             Ok(status) => with_limit(error.to_response::<Body>(), &status),
         }
     }
 
+    /// Takes one request from the client address's budget.
+    fn charge_address(&self, client: IpAddr) -> Result<Status, RateLimited> {
+        self.0.per_ip.check(&shop_common::limit_key(client))
+    }
+
     /// Takes one request from the caller's budget.
     fn limit(&self, principal: Option<Principal>, client: IpAddr) -> Decision {
         let checked = match &principal {
             Some(principal) => self.0.per_principal.check(&principal.subject().to_owned()),
-            None => self.0.per_ip.check(&shop_common::limit_key(client)),
+            None => self.charge_address(client),
         };
         match checked {
             Ok(status) => Decision::Admitted(principal, status),
@@ -201,7 +207,7 @@ where
                 // The rare path: the key set must be fetched first. Waiting for it is charged
                 // to the address before it starts (a client cannot make the gateway wait for
                 // keys faster than it may call), and a refusal after it is not charged again.
-                let spent = match self.layer.0.per_ip.check(&shop_common::limit_key(client)) {
+                let spent = match self.layer.charge_address(client) {
                     Ok(status) => status,
                     Err(limited) => return AdmissionFuture::refused(problems::limited(&limited)),
                 };

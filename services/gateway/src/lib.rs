@@ -67,7 +67,7 @@ use self::proxy::Upstreams;
 pub use self::proxy::{HONOUR_IDEMPOTENCY_KEYS, Proxy};
 pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, Routed, Unrouted, resolve};
 pub use self::trust::{TraceTrust, TraceTrustLayer};
-use self::upstream::{ClientSettings, Upstream};
+use self::upstream::ClientSettings;
 
 struct Inner {
     upstreams: Arc<Upstreams>,
@@ -149,13 +149,12 @@ impl Gateway {
                         format!("gateway_{name}_responses"),
                         move || stats.stats(),
                     )));
-                    let cached: Upstream = BoxCloneSyncService::new(
+                    BoxCloneSyncService::new(
                         cache
                             .make_key(UriKey)
                             .layer(client.clone())
                             .map_response(|response| response.map(Body::new)),
-                    );
-                    cached
+                    )
                 });
             upstreams.insert(name, client, cached);
         }
@@ -245,11 +244,11 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 /// The proxied API's stack, below the [`RouteLayer`].
 type Proxied = ServerTelemetry<<Limits as Layer<Admission<Proxy>>>::Service>;
 
-/// The whole stack, as [`app`] assembles it.
-type Front = Either<
-    Cors<MapResponse<TraceTrust<Routed<Proxied, Router>>, fn(Response) -> Response>>,
-    MapResponse<TraceTrust<Routed<Proxied, Router>>, fn(Response) -> Response>,
->;
+/// The stack below CORS: security headers, trace trust, the route, and the two ways.
+type Secured = MapResponse<TraceTrust<Routed<Proxied, Router>>, fn(Response) -> Response>;
+
+/// The whole stack, as [`app`] assembles it (CORS only with allowed origins).
+type Front = Either<Cors<Secured>, Secured>;
 
 /// The whole gateway, as [`app`] assembles it: a service of axum's requests, served by
 /// `shop_common::serve`. Cheap to clone.

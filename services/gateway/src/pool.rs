@@ -316,6 +316,14 @@ mod tests {
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
+    /// Settings under which an idle connection has expired as soon as it is back.
+    fn expiring_at_once() -> PoolSettings {
+        PoolSettings {
+            idle_timeout: Duration::ZERO,
+            ..PoolSettings::default()
+        }
+    }
+
     /// Two requests in flight at once (two connections), then both read to the end.
     async fn two_at_once(pool: &Pool) {
         let first = pool.clone().send(get()).await.unwrap();
@@ -394,11 +402,7 @@ mod tests {
     #[tokio::test]
     async fn connections_idle_for_too_long_leave_the_list_wherever_they_are_in_it() {
         let (authority, _) = server("x", usize::MAX).await;
-        let settings = PoolSettings {
-            idle_timeout: Duration::ZERO,
-            ..PoolSettings::default()
-        };
-        let pool = Pool::new(authority, settings);
+        let pool = Pool::new(authority, expiring_at_once());
         two_at_once(&pool).await;
         // The first one back was expired by the time the second came back.
         assert_eq!(pool.idle(), 1);
@@ -421,11 +425,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_idle_for_longer_than_the_idle_timeout_is_not_reused() {
         let (authority, accepted) = server("x", usize::MAX).await;
-        let settings = PoolSettings {
-            idle_timeout: Duration::ZERO,
-            ..PoolSettings::default()
-        };
-        let pool = Pool::new(authority, settings);
+        let pool = Pool::new(authority, expiring_at_once());
         for _ in 0..3 {
             read(pool.clone().send(get()).await.unwrap()).await;
         }

@@ -173,9 +173,14 @@ fn upstream_request(
 /// through the shared response cache. A handful of services: a scan of their names is cheaper
 /// than hashing one.
 #[derive(Clone, Default)]
-pub(crate) struct Upstreams {
-    plain: Vec<(&'static str, Upstream)>,
-    cached: Vec<(&'static str, Upstream)>,
+pub(crate) struct Upstreams(Vec<Clients>);
+
+/// One service's clients.
+#[derive(Clone)]
+struct Clients {
+    service: &'static str,
+    plain: Upstream,
+    cached: Option<Upstream>,
 }
 
 impl Upstreams {
@@ -186,29 +191,23 @@ impl Upstreams {
         plain: Upstream,
         cached: Option<Upstream>,
     ) {
-        self.plain.push((service, plain));
-        if let Some(cached) = cached {
-            self.cached.push((service, cached));
-        }
+        self.0.push(Clients {
+            service,
+            plain,
+            cached,
+        });
     }
 
     /// The services with a client.
     pub(crate) fn services(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.plain.iter().map(|(service, _)| *service)
+        self.0.iter().map(|clients| clients.service)
     }
 
     /// The client of `service`: through its response cache when `cached` and it has one.
     pub(crate) fn client(&self, service: &str, cached: bool) -> Option<Upstream> {
-        let find = |clients: &[(&'static str, Upstream)]| {
-            clients
-                .iter()
-                .find(|(name, _)| *name == service)
-                .map(|(_, client)| client.clone())
-        };
-        cached
-            .then(|| find(&self.cached))
-            .flatten()
-            .or_else(|| find(&self.plain))
+        let clients = self.0.iter().find(|clients| clients.service == service)?;
+        let through_cache = clients.cached.as_ref().filter(|_| cached);
+        Some(through_cache.unwrap_or(&clients.plain).clone())
     }
 }
 
