@@ -24,11 +24,9 @@ wait_for() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$@" && return 0; s
 "$TARGET/release/bench-upstream" "$UPSTREAM" & pids+=($!)
 wait_for "http://127.0.0.1:$UPSTREAM/token"
 TOKEN=$(curl -sf "http://127.0.0.1:$UPSTREAM/token")
-PORT=$GATEWAY USERS_URLS="http://127.0.0.1:$UPSTREAM" CATALOG_URLS="http://127.0.0.1:$UPSTREAM" \
-  USERS_JWKS_URL="http://127.0.0.1:$UPSTREAM/.well-known/jwks.json" \
-  RATE_LIMIT_PER_PRINCIPAL=1000000000/1 RATE_LIMIT_PER_IP=1000000000/1 RUST_LOG=warn \
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-  "$TARGET/release/shop-gateway" >"$OUT/gateway.log" 2>&1 & gateway=$!
+source benches/gateway-run.sh
+run_gateway valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+  >"$OUT/gateway.log" 2>&1 & gateway=$!
 wait_for -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GATEWAY/api/v1/me"
 wrk -t1 -c8 -d20s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GATEWAY/api/v1/me" >"$OUT/wrk.txt"
 kill -INT "$gateway"; wait "$gateway" || true

@@ -32,12 +32,8 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 wait_port "$UPSTREAM"
 TOKEN=$(curl -sf "http://127.0.0.1:$UPSTREAM/token")
 
-# The gateway as in production, but with limits no benchmark client reaches (the limiter still
-# runs on every request) and warnings-only logs (nginx's access log is off too).
-PORT=$GATEWAY USERS_URLS="http://127.0.0.1:$UPSTREAM" CATALOG_URLS="http://127.0.0.1:$UPSTREAM" \
-  USERS_JWKS_URL="http://127.0.0.1:$UPSTREAM/.well-known/jwks.json" \
-  RATE_LIMIT_PER_PRINCIPAL=1000000000/1 RATE_LIMIT_PER_IP=1000000000/1 RUST_LOG=warn \
-  "$TARGET/release/shop-gateway" >"$WORK/gateway.log" 2>&1 & pids+=($!)
+source benches/gateway-run.sh
+run_gateway >"$WORK/gateway.log" 2>&1 & pids+=($!)
 wait_port "$GATEWAY"
 
 cat >"$WORK/nginx.conf" <<NGINX
