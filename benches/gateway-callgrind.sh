@@ -3,6 +3,7 @@
 # not seconds: repeatable whatever else the machine does). Results go in BENCHMARKS.md.
 #
 #   bash benches/gateway-callgrind.sh        # needs valgrind and wrk (apt-get install valgrind wrk)
+#   bash benches/gateway-callgrind.sh floor  # the same for bench-proxy, hyper and tokio alone
 #
 # Prints requests served under callgrind, instructions per request over the whole process
 # (start-up and idle work included) and inside hyper's connection dispatcher (each request's
@@ -11,12 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
 UPSTREAM=9100 GATEWAY=9180
+FLOOR=${1:-}
 OUT=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-cargo build --release --locked -p mainstay-benches --bin bench-upstream
+cargo build --release --locked -p mainstay-benches --bin bench-upstream --bin bench-proxy
 cargo build --release --locked -p shop-gateway --bin shop-gateway
 
 wait_for() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$@" && return 0; sleep 0.5; done; echo "no answer from $*" >&2; exit 1; }
@@ -25,11 +27,17 @@ wait_for() { for _ in $(seq 1 200); do curl -sf -o /dev/null "$@" && return 0; s
 wait_for "http://127.0.0.1:$UPSTREAM/token"
 TOKEN=$(curl -sf "http://127.0.0.1:$UPSTREAM/token")
 source benches/gateway-run.sh
-run_gateway valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-  >"$OUT/gateway.log" 2>&1 & gateway=$!
+callgrind=(valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out")
+if [[ $FLOOR == floor ]]; then
+  "${callgrind[@]}" "$TARGET/release/bench-proxy" "$GATEWAY" "$UPSTREAM" >"$OUT/gateway.log" 2>&1 & gateway=$!
+else
+  run_gateway "${callgrind[@]}" >"$OUT/gateway.log" 2>&1 & gateway=$!
+fi
 wait_for -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GATEWAY/api/v1/me"
 wrk -t1 -c8 -d20s -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GATEWAY/api/v1/me" >"$OUT/wrk.txt"
-kill -INT "$gateway"; wait "$gateway" || true
+# The gateway drains on SIGINT; the floor has no handler, and valgrind holds SIGINT from it.
+if [[ $FLOOR == floor ]]; then kill -TERM "$gateway"; else kill -INT "$gateway"; fi
+wait "$gateway" || true
 requests=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
 callgrind_annotate "$OUT/callgrind.out" >"$OUT/exclusive.txt" 2>/dev/null
 callgrind_annotate --inclusive=yes "$OUT/callgrind.out" >"$OUT/inclusive.txt" 2>/dev/null
