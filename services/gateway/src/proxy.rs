@@ -6,9 +6,10 @@
 //! `X-Forwarded-For` (the peer appended), `X-Forwarded-Host` and `X-Forwarded-Proto` are set.
 //! A trusted proxy's `X-Forwarded-Proto` is kept; anyone else's is replaced by the scheme of
 //! the gateway's own listener (plain HTTP). Its target is the one [`RouteLayer`] resolved; its
-//! extensions carry only the deadline, the route template (for the client's metrics) and
-//! [`KeyHonoured`] when the service answers a repeated `Idempotency-Key` once (so that a keyed
-//! `POST` to it may be retried).
+//! extensions are the caller's (among them the deadline and the route template, for the
+//! client's metrics), with [`KeyHonoured`] added when the service answers a repeated
+//! `Idempotency-Key` once (so that a keyed `POST` to it may be retried). Extensions never reach
+//! the wire.
 //!
 //! [`RouteLayer`]: crate::routes::RouteLayer
 
@@ -26,9 +27,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Uri};
 use http_body_util::Full;
-use mainstay_resilience::deadline::Deadline;
 use mainstay_resilience::http::KeyHonoured;
-use mainstay_telemetry::RouteTemplate;
 use tower::{Service, ServiceExt};
 
 use crate::admission::Caller;
@@ -155,16 +154,12 @@ fn upstream_request(
     *request.method_mut() = parts.method;
     *request.uri_mut() = Uri::from(resolved.target);
     *request.headers_mut() = headers;
-    let extensions = request.extensions_mut();
-    if let Some(deadline) = parts.extensions.remove::<Deadline>() {
-        extensions.insert(deadline);
-    }
-    if let Some(template) = parts.extensions.remove::<RouteTemplate>() {
-        extensions.insert(template);
-    }
+    // The caller's extensions move over whole (they never reach the wire): the deadline and
+    // the route template the client stack reads are already there, and no second map is built.
+    *request.extensions_mut() = parts.extensions;
     // Only a method that is not idempotent needs the key to be replayed.
     if !idempotent && HONOUR_IDEMPOTENCY_KEYS.contains(&resolved.route.service) {
-        extensions.insert(KeyHonoured);
+        request.extensions_mut().insert(KeyHonoured);
     }
     request
 }
