@@ -93,16 +93,6 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn prune(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
-/// Runs the same query code on either pool: the builders are generic over sqlx's database.
-macro_rules! on_pool {
-    ($database:expr, $pool:ident => $body:expr) => {
-        match $database {
-            Database::Sqlite($pool) => $body,
-            Database::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// [`IdempotencyStore`] on the service's database (either dialect), in the kit's
 /// `kit_idempotency` table (see [`Database::migrate_kit`]).
 #[derive(Debug, Clone)]
@@ -129,7 +119,7 @@ impl IdempotencyStore for SqlIdempotency {
     ) -> Result<Claim, StoreError> {
         // Twice at most: a row released between the insert and the read is claimed anew.
         for _ in 0..2 {
-            let inserted = on_pool!(&self.database, pool => sqlx::query(
+            let inserted = crate::on_db!(&self.database, pool => sqlx::query(
                 "INSERT INTO kit_idempotency (id, fingerprint, response, created_at_ms) \
                  VALUES ($1, $2, NULL, $3) ON CONFLICT (id) DO NOTHING",
             )
@@ -142,7 +132,7 @@ impl IdempotencyStore for SqlIdempotency {
             if inserted == 1 {
                 return Ok(Claim::Claimed);
             }
-            let row: Option<(String, Option<Vec<u8>>, i64)> = on_pool!(&self.database, pool => sqlx::query_as(
+            let row: Option<(String, Option<Vec<u8>>, i64)> = crate::on_db!(&self.database, pool => sqlx::query_as(
                 "SELECT fingerprint, response, created_at_ms FROM kit_idempotency WHERE id = $1",
             )
             .bind(id)
@@ -161,7 +151,7 @@ impl IdempotencyStore for SqlIdempotency {
                 return Ok(Claim::InProgress);
             }
             // The request that claimed it died: take it over, unless another did first.
-            let taken = on_pool!(&self.database, pool => sqlx::query(
+            let taken = crate::on_db!(&self.database, pool => sqlx::query(
                 "UPDATE kit_idempotency SET created_at_ms = $1 \
                  WHERE id = $2 AND response IS NULL AND created_at_ms = $3",
             )
@@ -186,7 +176,7 @@ impl IdempotencyStore for SqlIdempotency {
         claimed_at_ms: i64,
         sealed: &[u8],
     ) -> Result<(), StoreError> {
-        on_pool!(&self.database, pool => sqlx::query(
+        crate::on_db!(&self.database, pool => sqlx::query(
             "UPDATE kit_idempotency SET response = $1 \
              WHERE id = $2 AND created_at_ms = $3 AND response IS NULL",
         )
@@ -200,7 +190,7 @@ impl IdempotencyStore for SqlIdempotency {
     }
 
     async fn release(&self, id: &str, claimed_at_ms: i64) -> Result<(), StoreError> {
-        on_pool!(&self.database, pool => sqlx::query(
+        crate::on_db!(&self.database, pool => sqlx::query(
             "DELETE FROM kit_idempotency \
              WHERE id = $1 AND created_at_ms = $2 AND response IS NULL",
         )
@@ -213,7 +203,7 @@ impl IdempotencyStore for SqlIdempotency {
     }
 
     async fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Ok(on_pool!(&self.database, pool => sqlx::query(
+        Ok(crate::on_db!(&self.database, pool => sqlx::query(
             "DELETE FROM kit_idempotency WHERE created_at_ms < $1",
         )
         .bind(before_ms)

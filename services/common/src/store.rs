@@ -1,5 +1,30 @@
-//! The store pattern every service copies: a trait, one PostgreSQL and one SQLite
-//! implementation, per-dialect migrations, and a [`Database`] chosen by `DATABASE_URL`.
+//! The store pattern every service follows: a [`Database`] chosen by `DATABASE_URL`, per-dialect
+//! migrations, and the same query code run on either dialect's pool ([`on_db!`]) or within one
+//! transaction ([`Tx`], [`on_tx!`]). A handler's writes that must stand or fall together (its
+//! domain rows, and the kit's rows beside them) share one [`Tx`].
+//!
+//! ```no_run
+//! # async fn example(database: &shop_common::store::Database) -> Result<(), shop_common::store::StoreError> {
+//! use shop_common::{on_db, on_tx};
+//!
+//! let mut tx = database.begin().await?;
+//! // Both arms must have one type: a query result becomes its count of rows.
+//! on_tx!(&mut tx, conn => sqlx::query("INSERT INTO things (id) VALUES ($1)")
+//!     .bind("a")
+//!     .execute(&mut **conn)
+//!     .await
+//!     .map(|done| done.rows_affected()))?;
+//! tx.after_commit(|| tracing::info!("thing a stored"));
+//! tx.commit().await?; // then the hooks run; dropped uncommitted, it rolls back
+//!
+//! let count: i64 = on_db!(database, pool => sqlx::query_scalar("SELECT COUNT(*) FROM things")
+//!     .fetch_one(pool)
+//!     .await)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Inside a transaction, never use the pool: on SQLite there is one connection, which the
+//! transaction holds, so the pool would wait for it until its acquire timeout.
 //!
 //! The kit keeps tables of its own in every service's database (the answers kept per
 //! `Idempotency-Key`, see [`crate::idempotency`]). Their migrations are recorded in
@@ -10,9 +35,10 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 
 /// The table the kit's migrations are recorded in.
@@ -54,7 +80,145 @@ pub enum Database {
     Postgres(PgPool),
 }
 
+/// The SQL a [`Database`] speaks, for the few statements that differ (full-text search, row
+/// locks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Runs the same query code on either dialect's pool of a [`Database`]: in `$body`, `$pool` is
+/// a `&SqlitePool` or a `&PgPool`, and sqlx's builders are generic over both. `$body` must have
+/// the same type for both (map a query result to its `rows_affected()`, say).
+#[macro_export]
+macro_rules! on_db {
+    ($database:expr, $pool:ident => $body:expr) => {
+        match $database {
+            $crate::store::Database::Sqlite($pool) => $body,
+            $crate::store::Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs the same query code within a [`Tx`]: in `$body`, `$conn` is the dialect's
+/// `&mut sqlx::Transaction`, executed on as `&mut **$conn`. `$body` must have the same type
+/// for both dialects, as with [`on_db!`].
+#[macro_export]
+macro_rules! on_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $crate::store::Tx::conn($tx) {
+            $crate::store::TxConn::Sqlite($conn) => $body,
+            $crate::store::TxConn::Postgres($conn) => $body,
+        }
+    };
+}
+
+/// A transaction's connection, of either dialect (see [`on_tx!`]).
+#[derive(Debug)]
+pub enum TxConn {
+    /// On SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// On PostgreSQL.
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// One transaction on the service's database, which any number of stores write within.
+/// Committed by [`Tx::commit`], after which the hooks given to [`Tx::after_commit`] run;
+/// dropped uncommitted (an error, a panic, a caller gone), it rolls back and runs none.
+pub struct Tx {
+    conn: TxConn,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("dialect", &self.dialect())
+            .field("after_commit", &self.after_commit.len())
+            .finish()
+    }
+}
+
+impl Tx {
+    /// The dialect of the transaction's database.
+    #[must_use]
+    pub fn dialect(&self) -> Dialect {
+        match self.conn {
+            TxConn::Sqlite(_) => Dialect::Sqlite,
+            TxConn::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The connection to run statements on (usually through [`on_tx!`]).
+    pub fn conn(&mut self) -> &mut TxConn {
+        &mut self.conn
+    }
+
+    /// Runs `hook` once the transaction has committed (waking a relay for rows it wrote,
+    /// say), never if it rolls back. Hooks run in the order given.
+    pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
+        self.after_commit.push(Box::new(hook));
+    }
+
+    /// Commits, then runs the hooks.
+    ///
+    /// # Errors
+    ///
+    /// The database refused the commit: nothing was written, and no hook runs.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.conn {
+            TxConn::Sqlite(tx) => tx.commit().await?,
+            TxConn::Postgres(tx) => tx.commit().await?,
+        }
+        for hook in self.after_commit {
+            hook();
+        }
+        Ok(())
+    }
+
+    /// Rolls back; no hook runs. (Dropping the transaction does the same.)
+    ///
+    /// # Errors
+    ///
+    /// The database could not be told; it rolls back anyway when the connection ends.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self.conn {
+            TxConn::Sqlite(tx) => tx.rollback().await?,
+            TxConn::Postgres(tx) => tx.rollback().await?,
+        }
+        Ok(())
+    }
+}
+
 impl Database {
+    /// The database's dialect.
+    #[must_use]
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite(_) => Dialect::Sqlite,
+            Self::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Begins a transaction.
+    ///
+    /// # Errors
+    ///
+    /// No connection could be had, or the database refused to begin.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let conn = match self {
+            Self::Sqlite(pool) => TxConn::Sqlite(pool.begin().await?),
+            Self::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
+        };
+        Ok(Tx {
+            conn,
+            after_commit: Vec::new(),
+        })
+    }
+
     /// Connects by the URL's scheme. SQLite files are created when missing and opened on one
     /// connection in WAL mode (see the code for why one); an in-memory SQLite database
     /// (`sqlite::memory:`) could not have more anyway, each connection having its own.
@@ -122,14 +286,7 @@ impl Database {
     ///
     /// The database cannot be reached.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-            Self::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-        }
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|done| done.rows_affected()))?;
         Ok(())
     }
 }

@@ -2,11 +2,15 @@
 //! a service's own without meeting them.
 
 use shop_common::idempotency::{Claim, IdempotencyStore, SqlIdempotency};
-use shop_common::store::Database;
+use std::sync::{Arc, Mutex};
+
+use shop_common::store::{Database, Dialect, Tx};
+use shop_common::{on_db, on_tx};
 
 shop_common::on_both_stores!(
     keys_are_claimed_once_and_answers_kept,
     the_kits_migrations_never_meet_the_services,
+    a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit,
 );
 
 async fn keys_are_claimed_once_and_answers_kept(database: &Database, _: &str) {
@@ -110,4 +114,78 @@ async fn an_unknown_database_url_is_a_typed_error() {
         error.to_string(),
         r#"unsupported database URL "mysql://root@localhost/test": expected postgres:// or sqlite:"#
     );
+}
+
+async fn insert(tx: &mut Tx, id: &str) {
+    on_tx!(tx, conn => sqlx::query("INSERT INTO tx_things (id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()))
+    .unwrap();
+}
+
+async fn things(database: &Database) -> Vec<String> {
+    on_db!(database, pool => sqlx::query_scalar("SELECT id FROM tx_things ORDER BY id")
+        .fetch_all(pool)
+        .await)
+    .unwrap()
+}
+
+async fn a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit(
+    database: &Database,
+    url: &str,
+) {
+    let expected = if url.starts_with("sqlite:") {
+        Dialect::Sqlite
+    } else {
+        Dialect::Postgres
+    };
+    assert_eq!(database.dialect(), expected);
+    on_db!(database, pool => sqlx::query("CREATE TABLE tx_things (id TEXT PRIMARY KEY NOT NULL)")
+        .execute(pool)
+        .await.map(|done| done.rows_affected()))
+    .unwrap();
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let hook = |name: &'static str| {
+        let ran = ran.clone();
+        move || ran.lock().unwrap().push(name)
+    };
+
+    // Rolled back: neither write stands, no hook runs.
+    let mut tx = database.begin().await.unwrap();
+    assert_eq!(tx.dialect(), expected);
+    insert(&mut tx, "a").await;
+    insert(&mut tx, "b").await;
+    tx.after_commit(hook("rolled back"));
+    tx.rollback().await.unwrap();
+    assert!(things(database).await.is_empty());
+
+    // Dropped uncommitted (a handler that failed or whose caller left): the same.
+    let mut tx = database.begin().await.unwrap();
+    insert(&mut tx, "c").await;
+    tx.after_commit(hook("dropped"));
+    drop(tx);
+    assert!(things(database).await.is_empty());
+
+    // A failing statement leaves the transaction to be dropped: the earlier write goes too.
+    let mut tx = database.begin().await.unwrap();
+    insert(&mut tx, "d").await;
+    let duplicate = on_tx!(&mut tx, conn => sqlx::query("INSERT INTO tx_things (id) VALUES ($1)")
+        .bind("d")
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()));
+    assert!(duplicate.is_err());
+    drop(tx);
+    assert!(things(database).await.is_empty());
+
+    // Committed: both writes, then the hooks, in order.
+    let mut tx = database.begin().await.unwrap();
+    insert(&mut tx, "e").await;
+    tx.after_commit(hook("first"));
+    insert(&mut tx, "f").await;
+    tx.after_commit(hook("second"));
+    assert!(ran.lock().unwrap().is_empty(), "no hook before the commit");
+    tx.commit().await.unwrap();
+    assert_eq!(things(database).await, ["e", "f"]);
+    assert_eq!(*ran.lock().unwrap(), ["first", "second"]);
 }
