@@ -53,7 +53,7 @@ pub enum StartError {
 pub struct Catalog(Arc<Inner>);
 
 struct Inner {
-    store: Arc<dyn CatalogStore>,
+    store: CatalogStore,
     products: Cache<String, Product>,
     /// Listing and search pages, as JSON, by their canonical query; local to the replica and
     /// short-lived (a write clears this replica's, other replicas' expire within the TTL).
@@ -83,7 +83,7 @@ impl Catalog {
         validator: Validator,
         bus: Arc<dyn EventBus>,
     ) -> Result<Self, StartError> {
-        let store = store::open(database).await?;
+        let store = CatalogStore::open(database).await?;
         if config.seed_demo_catalog && store.count().await? == 0 {
             for category in seed::categories() {
                 store.add_category(&category).await?;
@@ -141,7 +141,7 @@ impl Catalog {
 
     /// The store.
     #[must_use]
-    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+    pub fn store(&self) -> &CatalogStore {
         &self.0.store
     }
 }

@@ -1,12 +1,13 @@
-//! The catalog store: one trait, PostgreSQL and SQLite. The SQL is shared except for search
-//! (FTS5 on SQLite, `tsvector` on PostgreSQL).
+//! The catalog store, on PostgreSQL and SQLite through the kit's store pattern
+//! (`shop_common::store`). The SQL is shared except for search (FTS5 on SQLite, `tsvector` on
+//! PostgreSQL), chosen by the database's dialect.
 
-use async_trait::async_trait;
+use std::sync::LazyLock;
+
 use serde::{Deserialize, Serialize};
-use shop_common::store::{Database, StoreError};
+use shop_common::on_db;
+use shop_common::store::{Database, Dialect, StoreError};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
 
 /// Migrations for SQLite.
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -102,27 +103,227 @@ pub enum Write<T> {
 
 const COLUMNS: &str = "id, name, description, category_id, price_minor, currency, stock, version, created_at, updated_at";
 
-/// Products and categories.
-#[async_trait]
-pub trait CatalogStore: Send + Sync + 'static {
+/// Search on SQLite: FTS5, best rank first.
+static SQLITE_SEARCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM products_fts f JOIN products p ON p.rowid = f.rowid \
+         WHERE products_fts MATCH $1 ORDER BY f.rank, p.id LIMIT $2",
+        COLUMNS
+            .split(", ")
+            .map(|c| format!("p.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
+/// Search on PostgreSQL: `tsvector`, best rank first.
+static POSTGRES_SEARCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM products WHERE search @@ websearch_to_tsquery('english', $1) \
+         ORDER BY ts_rank(search, websearch_to_tsquery('english', $1)) DESC, id LIMIT $2"
+    )
+});
+
+/// Products and categories, on the service's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CatalogStore {
+    db: Database,
+}
+
+impl CatalogStore {
+    /// The store on `database`, migrated.
+    ///
+    /// # Errors
+    ///
+    /// A migration fails.
+    pub async fn open(database: &Database) -> Result<Self, StoreError> {
+        database
+            .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
+            .await?;
+        Ok(Self {
+            db: database.clone(),
+        })
+    }
+
+    /// The database, for readiness checks and for transactions spanning this store and others.
+    #[must_use]
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Every category.
-    async fn categories(&self) -> Result<Vec<Category>, StoreError>;
-    /// Adds a category (seeding).
-    async fn add_category(&self, category: &Category) -> Result<(), StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn categories(&self) -> Result<Vec<Category>, StoreError> {
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as("SELECT id, name FROM categories ORDER BY name")
+                .fetch_all(pool)
+                .await)?,
+        )
+    }
+
+    /// Adds a category (seeding); one that exists is left as it is.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn add_category(&self, category: &Category) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO categories (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&category.id)
+        .bind(&category.name)
+        .execute(pool)
+        .await.map(|done| done.rows_affected()))?;
+        Ok(())
+    }
+
     /// A page of products, and the total matching.
-    async fn list(&self, listing: &Listing) -> Result<(Vec<Product>, i64), StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn list(&self, listing: &Listing) -> Result<(Vec<Product>, i64), StoreError> {
+        const FILTER: &str = "WHERE ($1 IS NULL OR category_id = $1) \
+            AND ($2 IS NULL OR price_minor >= $2) AND ($3 IS NULL OR price_minor <= $3)";
+        // The ORDER BY comes from a closed enum, never from the request's text.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM products {FILTER} ORDER BY {} LIMIT $4 OFFSET $5",
+            listing.sort.order_by()
+        );
+        let items = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&listing.category)
+            .bind(listing.min_price)
+            .bind(listing.max_price)
+            .bind(listing.limit)
+            .bind(listing.offset)
+            .fetch_all(pool)
+            .await)?;
+        let count = format!("SELECT COUNT(*) FROM products {FILTER}");
+        let total: i64 = on_db!(&self.db, pool => sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+            .bind(&listing.category)
+            .bind(listing.min_price)
+            .bind(listing.max_price)
+            .fetch_one(pool)
+            .await)?;
+        Ok((items, total))
+    }
+
     /// One product.
-    async fn get(&self, id: &str) -> Result<Option<Product>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn get(&self, id: &str) -> Result<Option<Product>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(pool)
+                .await)?,
+        )
+    }
+
     /// Products matching the words of `query`, best first.
-    async fn search(&self, query: &str, limit: i64) -> Result<Vec<Product>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn search(&self, query: &str, limit: i64) -> Result<Vec<Product>, StoreError> {
+        let (sql, argument) = match self.db.dialect() {
+            Dialect::Sqlite => (SQLITE_SEARCH.as_str(), fts5_query(query)),
+            Dialect::Postgres => (POSTGRES_SEARCH.as_str(), query.trim().to_owned()),
+        };
+        if argument.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&argument)
+                .bind(limit)
+                .fetch_all(pool)
+                .await)?,
+        )
+    }
+
     /// Adds a product.
-    async fn create(&self, product: &Product) -> Result<Write<Product>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn create(&self, product: &Product) -> Result<Write<Product>, StoreError> {
+        let sql = format!(
+            "INSERT INTO products ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        );
+        let result = on_db!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&product.id)
+            .bind(&product.name)
+            .bind(&product.description)
+            .bind(&product.category_id)
+            .bind(product.price_minor)
+            .bind(&product.currency)
+            .bind(product.stock)
+            .bind(product.version)
+            .bind(product.created_at)
+            .bind(product.updated_at)
+            .execute(pool)
+            .await.map(|done| done.rows_affected()))
+        .map(|_| product.clone());
+        classify(result)
+    }
+
     /// Replaces a product's fields (bumping its version); `None` when it does not exist.
-    async fn update(&self, product: &Product) -> Result<Write<Option<Product>>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn update(&self, product: &Product) -> Result<Write<Option<Product>>, StoreError> {
+        let sql = format!(
+            "UPDATE products SET name = $2, description = $3, category_id = $4, \
+             price_minor = $5, currency = $6, stock = $7, version = version + 1, \
+             updated_at = $8 WHERE id = $1 RETURNING {COLUMNS}"
+        );
+        let result = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&product.id)
+            .bind(&product.name)
+            .bind(&product.description)
+            .bind(&product.category_id)
+            .bind(product.price_minor)
+            .bind(&product.currency)
+            .bind(product.stock)
+            .bind(product.updated_at)
+            .fetch_optional(pool)
+            .await);
+        classify(result)
+    }
+
     /// Deletes a product; whether it existed.
-    async fn delete(&self, id: &str) -> Result<bool, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let done = on_db!(&self.db, pool => sqlx::query("DELETE FROM products WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await.map(|done| done.rows_affected()))?;
+        Ok(done > 0)
+    }
+
     /// Number of products.
-    async fn count(&self) -> Result<i64, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM products")
+                .fetch_one(pool)
+                .await)?,
+        )
+    }
 }
 
 fn classify<T>(result: Result<T, sqlx::Error>) -> Result<Write<T>, StoreError> {
@@ -143,167 +344,6 @@ fn fts5_query(query: &str) -> String {
         .filter(|term| term != "\"\"*")
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-macro_rules! catalog_store {
-    ($name:ident, $pool:ty, $doc:literal, $search:expr, $search_arg:expr) => {
-        #[doc = $doc]
-        #[derive(Debug, Clone)]
-        pub struct $name(pub $pool);
-
-        #[async_trait]
-        impl CatalogStore for $name {
-            async fn categories(&self) -> Result<Vec<Category>, StoreError> {
-                Ok(sqlx::query_as("SELECT id, name FROM categories ORDER BY name")
-                    .fetch_all(&self.0)
-                    .await?)
-            }
-
-            async fn add_category(&self, category: &Category) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO categories (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
-                    .bind(&category.id)
-                    .bind(&category.name)
-                    .execute(&self.0)
-                    .await?;
-                Ok(())
-            }
-
-            async fn list(&self, listing: &Listing) -> Result<(Vec<Product>, i64), StoreError> {
-                const FILTER: &str = "WHERE ($1 IS NULL OR category_id = $1) \
-                    AND ($2 IS NULL OR price_minor >= $2) AND ($3 IS NULL OR price_minor <= $3)";
-                // The ORDER BY comes from a closed enum, never from the request's text.
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM products {FILTER} ORDER BY {} LIMIT $4 OFFSET $5",
-                    listing.sort.order_by()
-                );
-                let items = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(&listing.category)
-                    .bind(listing.min_price)
-                    .bind(listing.max_price)
-                    .bind(listing.limit)
-                    .bind(listing.offset)
-                    .fetch_all(&self.0)
-                    .await?;
-                let count = format!("SELECT COUNT(*) FROM products {FILTER}");
-                let (total,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(count))
-                    .bind(&listing.category)
-                    .bind(listing.min_price)
-                    .bind(listing.max_price)
-                    .fetch_one(&self.0)
-                    .await?;
-                Ok((items, total))
-            }
-
-            async fn get(&self, id: &str) -> Result<Option<Product>, StoreError> {
-                let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.0).await?)
-            }
-
-            async fn search(&self, query: &str, limit: i64) -> Result<Vec<Product>, StoreError> {
-                let argument: String = ($search_arg)(query);
-                if argument.is_empty() {
-                    return Ok(Vec::new());
-                }
-                Ok(sqlx::query_as(sqlx::AssertSqlSafe($search))
-                    .bind(argument)
-                    .bind(limit)
-                    .fetch_all(&self.0)
-                    .await?)
-            }
-
-            async fn create(&self, product: &Product) -> Result<Write<Product>, StoreError> {
-                let sql = format!(
-                    "INSERT INTO products ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                );
-                let result = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&product.id)
-                    .bind(&product.name)
-                    .bind(&product.description)
-                    .bind(&product.category_id)
-                    .bind(product.price_minor)
-                    .bind(&product.currency)
-                    .bind(product.stock)
-                    .bind(product.version)
-                    .bind(product.created_at)
-                    .bind(product.updated_at)
-                    .execute(&self.0)
-                    .await
-                    .map(|_| product.clone());
-                classify(result)
-            }
-
-            async fn update(&self, product: &Product) -> Result<Write<Option<Product>>, StoreError> {
-                let sql = format!(
-                    "UPDATE products SET name = $2, description = $3, category_id = $4, \
-                     price_minor = $5, currency = $6, stock = $7, version = version + 1, \
-                     updated_at = $8 WHERE id = $1 RETURNING {COLUMNS}"
-                );
-                let result = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(&product.id)
-                    .bind(&product.name)
-                    .bind(&product.description)
-                    .bind(&product.category_id)
-                    .bind(product.price_minor)
-                    .bind(&product.currency)
-                    .bind(product.stock)
-                    .bind(product.updated_at)
-                    .fetch_optional(&self.0)
-                    .await;
-                classify(result)
-            }
-
-            async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-                let done = sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&self.0).await?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn count(&self) -> Result<i64, StoreError> {
-                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(&self.0).await?;
-                Ok(count)
-            }
-        }
-    };
-}
-
-catalog_store!(
-    SqliteCatalog,
-    SqlitePool,
-    "The catalog on SQLite (the embedded default), searched with FTS5.",
-    format!(
-        "SELECT {} FROM products_fts f JOIN products p ON p.rowid = f.rowid \
-         WHERE products_fts MATCH $1 ORDER BY f.rank, p.id LIMIT $2",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("p.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ),
-    fts5_query
-);
-catalog_store!(
-    PgCatalog,
-    PgPool,
-    "The catalog on PostgreSQL (production), searched with `tsvector`.",
-    format!(
-        "SELECT {COLUMNS} FROM products WHERE search @@ websearch_to_tsquery('english', $1) \
-         ORDER BY ts_rank(search, websearch_to_tsquery('english', $1)) DESC, id LIMIT $2"
-    ),
-    |query: &str| query.trim().to_owned()
-);
-
-/// The store for `database`, migrated.
-///
-/// # Errors
-///
-/// A migration fails.
-pub async fn open(database: &Database) -> Result<std::sync::Arc<dyn CatalogStore>, StoreError> {
-    database
-        .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
-        .await?;
-    Ok(match database {
-        Database::Sqlite(pool) => std::sync::Arc::new(SqliteCatalog(pool.clone())),
-        Database::Postgres(pool) => std::sync::Arc::new(PgCatalog(pool.clone())),
-    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use mainstay_auth::refresh::{self, RefreshError, RefreshToken};
+use mainstay_auth::refresh::{self, RefreshError, RefreshStore, RefreshToken};
 use mainstay_auth::{AccessClaims, JwtLayer, Principal, RequireRoleLayer, SigningKey};
 use mainstay_resilience::http::{problem_response, set_rate_limit_headers};
 use mainstay_resilience::rate_limit::Status;
@@ -369,10 +369,9 @@ async fn login(
     let Some(user) = user else {
         return Err(bad_credentials(&limit));
     };
-    let refresh_token =
-        refresh::start_family(&*users.0.store, &user.id, users.0.config.refresh_ttl)
-            .await
-            .map_err(|e| internal(&e))?;
+    let refresh_token = refresh::start_family(&users.0.store, &user.id, users.0.config.refresh_ttl)
+        .await
+        .map_err(|e| internal(&e))?;
     tracing::info!(user = %user.id, "logged in");
     let mut response = tokens(&users, &user, &refresh_token)?;
     set_rate_limit_headers(&limit, response.headers_mut());
@@ -389,7 +388,7 @@ async fn refresh_tokens(State(users): State<Users>, Json(body): Json<RefreshBody
     let unauthorized =
         |detail: &str| Refusal::from(Problem::new(StatusCode::UNAUTHORIZED).detail(detail));
     let (next, record) = match refresh::rotate(
-        &*users.0.store,
+        &users.0.store,
         &body.refresh_token,
         users.0.config.refresh_ttl,
     )
@@ -421,7 +420,7 @@ async fn refresh_tokens(State(users): State<Users>, Json(body): Json<RefreshBody
 async fn logout(State(users): State<Users>, Json(body): Json<RefreshBody>) -> Reply {
     use mainstay_auth::refresh::Consumed;
     if let Some(token) = RefreshToken::parse(&body.refresh_token) {
-        let store = &*users.0.store;
+        let store = &users.0.store;
         let now = u64::try_from(shop_common::unix_seconds()).unwrap_or(0);
         match store
             .consume(&token.digest(), now)

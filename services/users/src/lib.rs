@@ -84,7 +84,7 @@ pub struct Users(Arc<Inner>);
 
 struct Inner {
     config: UsersConfig,
-    store: Arc<dyn UserStore>,
+    store: UserStore,
     issuer: Arc<TokenIssuer>,
     jwks: Jwks,
     validator: Validator,
@@ -211,7 +211,7 @@ impl Users {
         database: &Database,
         bus: Arc<dyn EventBus>,
     ) -> Result<Self, StartError> {
-        let store = store::open(database).await?;
+        let store = UserStore::open(database).await?;
         let now = shop_common::unix_seconds();
         let keys = store.signing_keys(now).await?;
         let current = match keys.iter().find(|k| k.retire_at.is_none()) {
@@ -387,7 +387,7 @@ impl Users {
 
     /// The store, for readiness checks and tests.
     #[must_use]
-    pub fn store(&self) -> &Arc<dyn UserStore> {
+    pub fn store(&self) -> &UserStore {
         &self.0.store
     }
 

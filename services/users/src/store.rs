@@ -1,15 +1,15 @@
-//! The users store: one trait, the same SQL on PostgreSQL and SQLite.
+//! The users store: the same SQL on PostgreSQL and SQLite, through the kit's store pattern
+//! (`shop_common::store`).
 //!
-//! Both dialects accept this SQL as written (`$N` placeholders, `RETURNING`, `FALSE`), so one
-//! macro instantiates the implementation for each pool type; the types stay native to each
-//! driver (no `Any`).
+//! Both dialects accept this SQL as written (`$N` placeholders, `RETURNING`, `FALSE`), so
+//! `on_db!` and `on_tx!` run it on either driver's own types (no `Any`). Writes that a caller
+//! may need to make with others, all or nothing, take its transaction (`create_in`).
 
 use async_trait::async_trait;
 use mainstay_auth::refresh::{Consumed, RefreshRecord, RefreshStore};
-use shop_common::store::{Database, StoreError};
+use shop_common::store::{Database, StoreError, Tx};
+use shop_common::{on_db, on_tx};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
 
 /// Migrations for SQLite.
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -70,310 +70,328 @@ pub enum EmailChange {
     Taken,
 }
 
-/// Accounts, refresh tokens and signing keys.
-#[async_trait]
-pub trait UserStore: RefreshStore<Error = StoreError> + Send + Sync + 'static {
+fn unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// Accounts, refresh tokens and signing keys, on the service's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    db: Database,
+}
+
+impl UserStore {
+    /// The store on `database`, migrated.
+    ///
+    /// # Errors
+    ///
+    /// A migration fails.
+    pub async fn open(database: &Database) -> Result<Self, StoreError> {
+        database
+            .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
+            .await?;
+        Ok(Self {
+            db: database.clone(),
+        })
+    }
+
+    /// The database, for readiness checks and for transactions spanning this store and others.
+    #[must_use]
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Creates a user unless the email is taken.
-    async fn create(&self, user: &User) -> Result<Write<User>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn create(&self, user: &User) -> Result<Write<User>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let written = Self::create_in(&mut tx, user).await?;
+        if matches!(written, Write::Done(_)) {
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+
+    /// Creates a user within `tx` unless the email is taken. After [`Write::EmailTaken`] the
+    /// transaction is spent (PostgreSQL refuses every later statement in it): roll it back.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn create_in(tx: &mut Tx, user: &User) -> Result<Write<User>, StoreError> {
+        let result = on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(&user.name)
+        .bind(&user.password_hash)
+        .bind(&user.role)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()));
+        match result {
+            Ok(_) => Ok(Write::Done(user.clone())),
+            Err(e) if unique_violation(&e) => Ok(Write::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The user with this (normalised) email.
-    async fn by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as("SELECT * FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_optional(pool)
+                .await)?,
+        )
+    }
+
     /// The user with this id.
-    async fn by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as("SELECT * FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await)?,
+        )
+    }
+
     /// Changes the name; `None` when the user does not exist. (An email changes only by
     /// [`confirm_email_change`](Self::confirm_email_change).)
-    async fn rename(&self, id: &str, name: &str, now: i64) -> Result<Option<User>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn rename(&self, id: &str, name: &str, now: i64) -> Result<Option<User>, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "UPDATE users SET name = $2, updated_at = $3 WHERE id = $1 RETURNING *",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(now)
+        .fetch_optional(pool)
+        .await)?)
+    }
+
     /// Records `user_id`'s pending change to `email`, confirmed by the token whose digest is
     /// `digest` until `expires_at`; it replaces the user's earlier pending change, and expired
     /// ones are forgotten.
-    async fn request_email_change(
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn request_email_change(
         &self,
         digest: &str,
         user_id: &str,
         email: &str,
         expires_at: i64,
         now: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        on_tx!(&mut tx, conn => sqlx::query("DELETE FROM email_changes WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&mut **conn)
+            .await.map(|done| done.rows_affected()))?;
+        // An upsert, so that two requests at once by one user leave one pending change (the
+        // later), where a delete-then-insert would meet the unique user id.
+        on_tx!(&mut tx, conn => sqlx::query(
+            "INSERT INTO email_changes (digest, user_id, email, expires_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (user_id) DO UPDATE SET digest = excluded.digest, \
+             email = excluded.email, expires_at = excluded.expires_at",
+        )
+        .bind(digest)
+        .bind(user_id)
+        .bind(email)
+        .bind(expires_at)
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()))?;
+        tx.commit().await
+    }
+
     /// Spends the token whose digest is `digest` and applies its change, if it has not expired.
-    async fn confirm_email_change(&self, digest: &str, now: i64)
-    -> Result<EmailChange, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn confirm_email_change(
+        &self,
+        digest: &str,
+        now: i64,
+    ) -> Result<EmailChange, StoreError> {
+        // One transaction spends the token and applies it: of two confirmations, one applies
+        // it, and a failure on the way leaves the token unspent.
+        let mut tx = self.db.begin().await?;
+        let pending: Option<(String, String)> = on_tx!(&mut tx, conn => sqlx::query_as(
+            "DELETE FROM email_changes WHERE digest = $1 AND expires_at > $2 \
+             RETURNING user_id, email",
+        )
+        .bind(digest)
+        .bind(now)
+        .fetch_optional(&mut **conn)
+        .await)?;
+        let Some((user_id, email)) = pending else {
+            return Ok(EmailChange::Unknown);
+        };
+        let updated = on_tx!(&mut tx, conn => sqlx::query_as(
+            "UPDATE users SET email = $2, updated_at = $3 WHERE id = $1 RETURNING *",
+        )
+        .bind(&user_id)
+        .bind(&email)
+        .bind(now)
+        .fetch_optional(&mut **conn)
+        .await);
+        match updated {
+            Ok(Some(user)) => {
+                tx.commit().await?;
+                Ok(EmailChange::Changed(user))
+            }
+            Ok(None) => Ok(EmailChange::Unknown),
+            Err(e) if unique_violation(&e) => {
+                // Taken meanwhile: the change can never apply, so the token is spent.
+                tx.rollback().await?;
+                on_db!(&self.db, pool => sqlx::query("DELETE FROM email_changes WHERE digest = $1")
+                    .bind(digest)
+                    .execute(pool)
+                    .await.map(|done| done.rows_affected()))?;
+                Ok(EmailChange::Taken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A page of users by creation time, and the total.
-    async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<User>, i64), StoreError>;
-    /// Every key not yet retired at `now`.
-    async fn signing_keys(&self, now: i64) -> Result<Vec<StoredKey>, StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<User>, i64), StoreError> {
+        let users = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT * FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await)?;
+        let total: i64 = on_db!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(pool)
+            .await)?;
+        Ok((users, total))
+    }
+
+    /// Every key not yet retired at `now`, the current one first.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn signing_keys(&self, now: i64) -> Result<Vec<StoredKey>, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT * FROM signing_keys WHERE retire_at IS NULL OR retire_at > $1 \
+             ORDER BY created_at DESC, kid",
+        )
+        .bind(now)
+        .fetch_all(pool)
+        .await)?)
+    }
+
     /// Stores `next` as current and retires the current key at `retire_at`, atomically.
-    async fn rotate_key(&self, next: &StoredKey, retire_at: i64) -> Result<(), StoreError>;
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn rotate_key(&self, next: &StoredKey, retire_at: i64) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        on_tx!(&mut tx, conn => sqlx::query(
+            "UPDATE signing_keys SET retire_at = $1 WHERE retire_at IS NULL",
+        )
+        .bind(retire_at)
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()))?;
+        on_tx!(&mut tx, conn => sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, pkcs8, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&next.kid)
+        .bind(&next.algorithm)
+        .bind(&next.pkcs8)
+        .bind(next.created_at)
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()))?;
+        tx.commit().await
+    }
 }
 
-fn unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
-}
+#[async_trait]
+impl RefreshStore for UserStore {
+    type Error = StoreError;
 
-macro_rules! user_store {
-    ($name:ident, $pool:ty, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug, Clone)]
-        pub struct $name(pub $pool);
+    async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let expires_at = i64::try_from(record.expires_at).unwrap_or(i64::MAX);
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO refresh_tokens (digest, family, subject, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&record.digest)
+        .bind(&record.family)
+        .bind(&record.subject)
+        .bind(expires_at)
+        .execute(pool)
+        .await.map(|done| done.rows_affected()))?;
+        Ok(())
+    }
 
-        #[async_trait]
-        impl RefreshStore for $name {
-            type Error = StoreError;
-
-            async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError> {
-                let expires_at = i64::try_from(record.expires_at).unwrap_or(i64::MAX);
-                sqlx::query(
-                    "INSERT INTO refresh_tokens (digest, family, subject, expires_at) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&record.digest)
-                .bind(&record.family)
-                .bind(&record.subject)
-                .bind(expires_at)
-                .execute(&self.0)
-                .await?;
-                Ok(())
-            }
-
-            async fn consume(&self, digest: &str, now: u64) -> Result<Consumed, StoreError> {
-                let now = i64::try_from(now).unwrap_or(i64::MAX);
-                // One statement: of two concurrent calls, exactly one updates the row.
-                let fresh: Option<(String, String, i64)> = sqlx::query_as(
-                    "UPDATE refresh_tokens SET used_at = $2 \
-                     WHERE digest = $1 AND used_at IS NULL AND revoked = FALSE AND expires_at > $2 \
-                     RETURNING family, subject, expires_at",
-                )
-                .bind(digest)
-                .bind(now)
-                .fetch_optional(&self.0)
-                .await?;
-                if let Some((family, subject, expires_at)) = fresh {
-                    return Ok(Consumed::Fresh(RefreshRecord {
-                        digest: digest.to_owned(),
-                        family,
-                        subject,
-                        expires_at: u64::try_from(expires_at).unwrap_or(0),
-                    }));
-                }
-                let used: Option<(String,)> = sqlx::query_as(
-                    "SELECT family FROM refresh_tokens \
-                     WHERE digest = $1 AND used_at IS NOT NULL AND revoked = FALSE",
-                )
-                .bind(digest)
-                .fetch_optional(&self.0)
-                .await?;
-                Ok(match used {
-                    Some((family,)) => Consumed::Reused(family),
-                    None => Consumed::Invalid,
-                })
-            }
-
-            async fn revoke_family(&self, family: &str) -> Result<(), StoreError> {
-                sqlx::query("UPDATE refresh_tokens SET revoked = TRUE WHERE family = $1")
-                    .bind(family)
-                    .execute(&self.0)
-                    .await?;
-                Ok(())
-            }
+    async fn consume(&self, digest: &str, now: u64) -> Result<Consumed, StoreError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        // One statement: of two concurrent calls, exactly one updates the row.
+        let fresh: Option<(String, String, i64)> = on_db!(&self.db, pool => sqlx::query_as(
+            "UPDATE refresh_tokens SET used_at = $2 \
+             WHERE digest = $1 AND used_at IS NULL AND revoked = FALSE AND expires_at > $2 \
+             RETURNING family, subject, expires_at",
+        )
+        .bind(digest)
+        .bind(now)
+        .fetch_optional(pool)
+        .await)?;
+        if let Some((family, subject, expires_at)) = fresh {
+            return Ok(Consumed::Fresh(RefreshRecord {
+                digest: digest.to_owned(),
+                family,
+                subject,
+                expires_at: u64::try_from(expires_at).unwrap_or(0),
+            }));
         }
+        let used: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT family FROM refresh_tokens \
+             WHERE digest = $1 AND used_at IS NOT NULL AND revoked = FALSE",
+        )
+        .bind(digest)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(match used {
+            Some(family) => Consumed::Reused(family),
+            None => Consumed::Invalid,
+        })
+    }
 
-        #[async_trait]
-        impl UserStore for $name {
-            async fn create(&self, user: &User) -> Result<Write<User>, StoreError> {
-                let result = sqlx::query(
-                    "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&user.id)
-                .bind(&user.email)
-                .bind(&user.name)
-                .bind(&user.password_hash)
-                .bind(&user.role)
-                .bind(user.created_at)
-                .bind(user.updated_at)
-                .execute(&self.0)
-                .await;
-                match result {
-                    Ok(_) => Ok(Write::Done(user.clone())),
-                    Err(e) if unique_violation(&e) => Ok(Write::EmailTaken),
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE email = $1")
-                    .bind(email)
-                    .fetch_optional(&self.0)
-                    .await?)
-            }
-
-            async fn by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-                Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.0)
-                    .await?)
-            }
-
-            async fn rename(
-                &self,
-                id: &str,
-                name: &str,
-                now: i64,
-            ) -> Result<Option<User>, StoreError> {
-                Ok(sqlx::query_as(
-                    "UPDATE users SET name = $2, updated_at = $3 WHERE id = $1 RETURNING *",
-                )
-                .bind(id)
-                .bind(name)
-                .bind(now)
-                .fetch_optional(&self.0)
-                .await?)
-            }
-
-            async fn request_email_change(
-                &self,
-                digest: &str,
-                user_id: &str,
-                email: &str,
-                expires_at: i64,
-                now: i64,
-            ) -> Result<(), StoreError> {
-                let mut tx = self.0.begin().await?;
-                sqlx::query("DELETE FROM email_changes WHERE expires_at <= $1")
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                // An upsert, so that two requests at once by one user leave one pending change
-                // (the later), where a delete-then-insert would meet the unique user id.
-                sqlx::query(
-                    "INSERT INTO email_changes (digest, user_id, email, expires_at) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (user_id) DO UPDATE SET digest = excluded.digest, \
-                     email = excluded.email, expires_at = excluded.expires_at",
-                )
-                .bind(digest)
-                .bind(user_id)
-                .bind(email)
-                .bind(expires_at)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn confirm_email_change(
-                &self,
-                digest: &str,
-                now: i64,
-            ) -> Result<EmailChange, StoreError> {
-                // One transaction spends the token and applies it: of two confirmations, one
-                // applies it, and a failure on the way leaves the token unspent.
-                let mut tx = self.0.begin().await?;
-                let pending: Option<(String, String)> = sqlx::query_as(
-                    "DELETE FROM email_changes WHERE digest = $1 AND expires_at > $2 \
-                     RETURNING user_id, email",
-                )
-                .bind(digest)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((user_id, email)) = pending else {
-                    return Ok(EmailChange::Unknown);
-                };
-                let updated = sqlx::query_as(
-                    "UPDATE users SET email = $2, updated_at = $3 WHERE id = $1 RETURNING *",
-                )
-                .bind(&user_id)
-                .bind(&email)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await;
-                match updated {
-                    Ok(Some(user)) => {
-                        tx.commit().await?;
-                        Ok(EmailChange::Changed(user))
-                    }
-                    Ok(None) => Ok(EmailChange::Unknown),
-                    Err(e) if unique_violation(&e) => {
-                        // Taken meanwhile: the change can never apply, so the token is spent.
-                        tx.rollback().await?;
-                        sqlx::query("DELETE FROM email_changes WHERE digest = $1")
-                            .bind(digest)
-                            .execute(&self.0)
-                            .await?;
-                        Ok(EmailChange::Taken)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn list(&self, limit: i64, offset: i64) -> Result<(Vec<User>, i64), StoreError> {
-                let users = sqlx::query_as(
-                    "SELECT * FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2",
-                )
-                .bind(limit)
-                .bind(offset)
-                .fetch_all(&self.0)
-                .await?;
-                let (total,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
-                    .fetch_one(&self.0)
-                    .await?;
-                Ok((users, total))
-            }
-
-            async fn signing_keys(&self, now: i64) -> Result<Vec<StoredKey>, StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT * FROM signing_keys WHERE retire_at IS NULL OR retire_at > $1 \
-                     ORDER BY created_at DESC, kid",
-                )
-                .bind(now)
-                .fetch_all(&self.0)
-                .await?)
-            }
-
-            async fn rotate_key(&self, next: &StoredKey, retire_at: i64) -> Result<(), StoreError> {
-                let mut tx = self.0.begin().await?;
-                sqlx::query("UPDATE signing_keys SET retire_at = $1 WHERE retire_at IS NULL")
-                    .bind(retire_at)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO signing_keys (kid, algorithm, pkcs8, created_at) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(&next.kid)
-                .bind(&next.algorithm)
-                .bind(&next.pkcs8)
-                .bind(next.created_at)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-        }
-    };
-}
-
-user_store!(
-    SqliteUsers,
-    SqlitePool,
-    "The users store on SQLite (the embedded default)."
-);
-user_store!(
-    PgUsers,
-    PgPool,
-    "The users store on PostgreSQL (production)."
-);
-
-/// The store for `database`, migrated.
-///
-/// # Errors
-///
-/// A migration fails.
-pub async fn open(database: &Database) -> Result<std::sync::Arc<dyn UserStore>, StoreError> {
-    database
-        .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
-        .await?;
-    Ok(match database {
-        Database::Sqlite(pool) => std::sync::Arc::new(SqliteUsers(pool.clone())),
-        Database::Postgres(pool) => std::sync::Arc::new(PgUsers(pool.clone())),
-    })
+    async fn revoke_family(&self, family: &str) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query("UPDATE refresh_tokens SET revoked = TRUE WHERE family = $1")
+            .bind(family)
+            .execute(pool)
+            .await.map(|done| done.rows_affected()))?;
+        Ok(())
+    }
 }
