@@ -272,3 +272,40 @@ pub fn users_tokens() -> (mainstay_auth::TokenIssuer, mainstay_auth::Validator) 
         .expect("a validator of one static key");
     (issuer, validator)
 }
+
+/// A service's own migrations in a temporary directory (removed on drop): version 1 creates the
+/// table `things`, the same version as the first of the kit's and of shop-messaging's, to prove
+/// that sets of migrations recorded in different tables never meet.
+#[derive(Debug)]
+pub struct ServiceMigrations {
+    /// The migrator, recorded in sqlx's default `_sqlx_migrations`.
+    pub migrator: sqlx::migrate::Migrator,
+    dir: std::path::PathBuf,
+}
+
+impl ServiceMigrations {
+    /// Writes the migration and reads it back.
+    ///
+    /// # Panics
+    ///
+    /// The temporary directory cannot be written.
+    pub async fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("service-migrations-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        std::fs::write(
+            dir.join("0001_things.sql"),
+            "CREATE TABLE things (id TEXT PRIMARY KEY NOT NULL);",
+        )
+        .expect("a migration file");
+        let migrator = sqlx::migrate::Migrator::new(dir.as_path())
+            .await
+            .expect("the migration reads back");
+        Self { migrator, dir }
+    }
+}
+
+impl Drop for ServiceMigrations {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

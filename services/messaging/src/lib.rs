@@ -1,0 +1,52 @@
+//! `shop-messaging`: the event backbone every service of the commerce system stands on.
+//!
+//! Events and commands are Rust types ([`Message`]) with a kind and a version, sent in an
+//! [`Envelope`]. A service writes a message with [`Outbox::enqueue`] in the same transaction
+//! (`shop_common::store::Tx`) as the state change it announces, so that the two commit together
+//! or not at all: a crash between a database write and a publish loses nothing. A relay then
+//! publishes the outbox, in order per key, with the message id as the broker's de-duplication
+//! id; consumers record each message id in an inbox within their own transaction, so that a
+//! redelivered message has no second effect. Delivery is at least once; with the inbox, each
+//! message has its effect once.
+//!
+//! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
+//! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
+
+pub mod message;
+pub mod outbox;
+
+use std::sync::LazyLock;
+
+use shop_common::store::{Database, StoreError};
+use sqlx::migrate::Migrator;
+
+pub use self::message::{Envelope, Message, MessageId, SagaRef};
+pub use self::outbox::{Context, Outbox, OutboxError, Pending};
+
+/// The table this crate's migrations are recorded in.
+pub const MIGRATIONS_TABLE: &str = "_messaging_migrations";
+
+/// This crate's tables, for SQLite (recorded in [`MIGRATIONS_TABLE`]).
+pub static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+});
+
+/// This crate's tables, for PostgreSQL (recorded in [`MIGRATIONS_TABLE`]).
+pub static POSTGRES_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/postgres");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+});
+
+/// Creates or updates this crate's tables in the service's database.
+///
+/// # Errors
+///
+/// A migration fails, or one already applied has changed.
+pub async fn migrate(database: &Database) -> Result<(), StoreError> {
+    database
+        .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
+        .await
+}

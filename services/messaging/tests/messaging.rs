@@ -1,0 +1,209 @@
+//! The outbox on SQLite and on PostgreSQL: a message stands or falls with the transaction it
+//! was written in, keeps its order, carries its trace context, and its tables live beside the
+//! service's and the kit's without their migrations meeting.
+
+use std::borrow::Cow;
+
+use opentelemetry::trace::TracerProvider as _;
+use serde::{Deserialize, Serialize};
+use shop_common::store::Database;
+use shop_common::{on_db, on_tx};
+use shop_messaging::{Context, Envelope, Message, MessageId, Outbox, SagaRef};
+use tracing_subscriber::layer::SubscriberExt;
+
+shop_common::on_both_stores!(
+    a_message_commits_or_rolls_back_with_the_state_change,
+    messages_keep_their_enqueue_order,
+    the_envelope_says_what_it_is_and_what_caused_it,
+    the_services_the_kits_and_the_messaging_migrations_live_side_by_side,
+);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PriceChanged {
+    product_id: String,
+    price_minor: i64,
+}
+
+impl Message for PriceChanged {
+    const KIND: &'static str = "PriceChanged";
+    const VERSION: u16 = 2;
+
+    fn subject(&self) -> Cow<'static, str> {
+        Cow::Borrowed("catalog.events")
+    }
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.product_id)
+    }
+}
+
+fn price(product_id: &str, price_minor: i64) -> PriceChanged {
+    PriceChanged {
+        product_id: product_id.to_owned(),
+        price_minor,
+    }
+}
+
+async fn ready(database: &Database) {
+    shop_messaging::migrate(database).await.unwrap();
+    on_db!(database, pool => sqlx::query("CREATE TABLE prices (id TEXT PRIMARY KEY NOT NULL, minor BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
+    .unwrap();
+}
+
+async fn prices(database: &Database) -> i64 {
+    on_db!(database, pool => sqlx::query_scalar("SELECT COUNT(*) FROM prices")
+        .fetch_one(pool)
+        .await)
+    .unwrap()
+}
+
+async fn a_message_commits_or_rolls_back_with_the_state_change(database: &Database, _: &str) {
+    ready(database).await;
+    let change = |id: &'static str, minor: i64| async move {
+        let mut tx = database.begin().await.unwrap();
+        on_tx!(&mut tx, conn => sqlx::query("INSERT INTO prices (id, minor) VALUES ($1, $2)")
+            .bind(id)
+            .bind(minor)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
+        let message = Outbox::enqueue(&mut tx, &price(id, minor)).await.unwrap();
+        (tx, message)
+    };
+
+    let (tx, _) = change("p1", 100).await;
+    tx.rollback().await.unwrap();
+    let (tx, _) = change("p2", 200).await;
+    drop(tx); // a handler that failed after writing: nothing stands
+    assert_eq!(prices(database).await, 0);
+    assert!(Outbox::pending(database, 10).await.unwrap().is_empty());
+
+    let (tx, id) = change("p3", 300).await;
+    tx.commit().await.unwrap();
+    assert_eq!(prices(database).await, 1);
+    let pending = Outbox::pending(database, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].subject, "catalog.events");
+    assert_eq!(pending[0].key, "p3");
+    assert_eq!(pending[0].attempts, 0);
+}
+
+async fn messages_keep_their_enqueue_order(database: &Database, _: &str) {
+    ready(database).await;
+    let mut sent = Vec::new();
+    for (n, product) in ["a", "b", "a", "c", "a"].into_iter().enumerate() {
+        let mut tx = database.begin().await.unwrap();
+        let minor = i64::try_from(n).unwrap();
+        sent.push(
+            Outbox::enqueue(&mut tx, &price(product, minor))
+                .await
+                .unwrap(),
+        );
+        tx.commit().await.unwrap();
+    }
+    // Two in one transaction keep their order too.
+    let mut tx = database.begin().await.unwrap();
+    sent.push(Outbox::enqueue(&mut tx, &price("a", 10)).await.unwrap());
+    sent.push(Outbox::enqueue(&mut tx, &price("b", 11)).await.unwrap());
+    tx.commit().await.unwrap();
+
+    let pending = Outbox::pending(database, 100).await.unwrap();
+    let ids: Vec<MessageId> = pending.iter().map(|p| p.id).collect();
+    assert_eq!(ids, sent);
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Ids sort by time, as UUIDv7s do.
+    assert!(sent.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(Outbox::pending(database, 2).await.unwrap().len(), 2);
+}
+
+async fn the_envelope_says_what_it_is_and_what_caused_it(database: &Database, _: &str) {
+    ready(database).await;
+    let cause = MessageId::new();
+    let saga = SagaRef {
+        saga_id: "order-1".into(),
+        step: "reserve-stock".into(),
+    };
+    let before = shop_common::unix_millis();
+
+    // A sampled span: its trace context goes into the headers.
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let guard = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("change price");
+    let trace_id = mainstay_trace_id(&span);
+    let mut tx = database.begin().await.unwrap();
+    let id = {
+        let _entered = span.enter();
+        Outbox::enqueue_with(
+            &mut tx,
+            &price("p9", 999),
+            Context {
+                saga: Some(saga.clone()),
+                causation_id: Some(cause),
+            },
+        )
+        .await
+        .unwrap()
+    };
+    tx.commit().await.unwrap();
+    drop(span);
+    drop(guard);
+
+    let pending = Outbox::pending(database, 10).await.unwrap();
+    let [message] = pending.as_slice() else {
+        panic!("one message, got {pending:?}")
+    };
+    let envelope: Envelope = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(envelope.id, id);
+    assert_eq!(envelope.kind, "PriceChanged");
+    assert_eq!(envelope.version, 2);
+    assert_eq!(envelope.key, "p9");
+    assert_eq!(envelope.saga, Some(saga));
+    assert_eq!(envelope.causation_id, Some(cause));
+    assert!(envelope.occurred_at_ms >= before);
+    let body: PriceChanged = serde_json::from_str(envelope.body.get()).unwrap();
+    assert_eq!(body, price("p9", 999));
+
+    let traceparent = &message.headers["traceparent"];
+    assert!(
+        traceparent.starts_with(&format!("00-{trace_id}-")) && traceparent.ends_with("-01"),
+        "{traceparent} carries trace {trace_id}, sampled"
+    );
+}
+
+fn mainstay_trace_id(span: &tracing::Span) -> String {
+    mainstay_telemetry::propagation::trace_id(span).expect("a sampled span has a trace id")
+}
+
+async fn the_services_the_kits_and_the_messaging_migrations_live_side_by_side(
+    database: &Database,
+    _: &str,
+) {
+    let service = shop_common::testing::ServiceMigrations::new().await;
+    let service = &service.migrator;
+    // In one order, then again in the other (every start runs them all).
+    shop_messaging::migrate(database).await.unwrap();
+    database.migrate(service, service).await.unwrap();
+    database.migrate_kit().await.unwrap();
+    database.migrate_kit().await.unwrap();
+    database.migrate(service, service).await.unwrap();
+    shop_messaging::migrate(database).await.unwrap();
+    for table in ["messaging_outbox", "things", "kit_idempotency"] {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let count: i64 =
+            on_db!(database, pool => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(pool)
+            .await)
+            .unwrap();
+        assert_eq!(count, 0, "{table}");
+    }
+}
