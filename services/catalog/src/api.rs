@@ -265,7 +265,7 @@ fn validated(
             "must be a whole number of minor units from 0 to 10^12",
         );
     }
-    if !(input.currency.len() == 3 && input.currency.bytes().all(|b| b.is_ascii_uppercase())) {
+    if shop_common::domain::Currency::new(&input.currency).is_err() {
         errors.add("currency", "must be an ISO 4217 code such as EUR");
     }
     if !(0..=1_000_000_000).contains(&input.stock) {

@@ -39,6 +39,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod domain;
 pub mod fields;
 pub mod idempotency;
 mod problem;
