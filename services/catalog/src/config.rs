@@ -11,7 +11,7 @@ use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
 /// | `USERS_JWKS_URL` | `http://127.0.0.1:8081/.well-known/jwks.json` | where the users service publishes its keys |
 /// | `TOKEN_ISSUER` | `shop-users` | the accepted `iss` |
 /// | `TOKEN_AUDIENCE` | `shop` | the accepted `aud` |
-/// | `REDIS_URL` | unset | a Redis second tier and invalidation bus for the product cache |
+/// | `REDIS_URL` (or `REDIS_URL_FILE`) | unset | a Redis second tier and invalidation bus for the product cache |
 /// | `REDIS_KEY_PREFIX` | `catalog` | the prefix of its keys and invalidation channel |
 /// | `PRODUCT_CACHE_TTL_MS` | 30000 | how long a cached product is fresh (and then served stale as long again while it refreshes) |
 /// | `SEED_DEMO_CATALOG` | `true` on SQLite, else `false` | load the 120 demo products into an empty catalog |
@@ -52,13 +52,14 @@ impl CatalogConfig {
         service: ServiceConfig,
         vars: &Vars<F>,
     ) -> Result<Self, ConfigError> {
-        let redis_url = vars.raw("REDIS_URL");
+        let redis_url = vars.secret("REDIS_URL")?;
         if let Some(url) = &redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return Err(ConfigError {
                 var: "REDIS_URL".to_owned(),
-                value: url.clone(),
+                // It may hold a password.
+                value: "(hidden)".to_owned(),
                 expected: "a redis:// or rediss:// URL".to_owned(),
             });
         }

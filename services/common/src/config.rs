@@ -21,6 +21,9 @@ pub struct ConfigError {
     pub expected: String,
 }
 
+/// The largest secret file [`Vars::secret`] reads.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
 /// Reads variables, from the environment or (in tests) from anything else.
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<F>(pub F);
@@ -29,6 +32,52 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     /// A variable's value, `None` when unset or blank.
     pub fn raw(&self, var: &str) -> Option<String> {
         (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A secret: `VAR`'s value, or the contents of the file `VAR_FILE` names (a mounted
+    /// secret, as Docker and Kubernetes provide them), without the file's final line break.
+    /// `None` when neither is set. Errors about a secret never show its value.
+    ///
+    /// # Errors
+    ///
+    /// Both `VAR` and `VAR_FILE` are set, or the file cannot be read, is empty, or is larger
+    /// than [`MAX_SECRET_FILE`] bytes.
+    pub fn secret(&self, var: &str) -> Result<Option<String>, ConfigError> {
+        let file_var = format!("{var}_FILE");
+        let Some(path) = self.raw(&file_var) else {
+            return Ok(self.raw(var));
+        };
+        let error = |expected: String| ConfigError {
+            var: file_var.clone(),
+            value: path.clone(),
+            expected,
+        };
+        if self.raw(var).is_some() {
+            return Err(error(format!("unset when {var} is set: one of the two")));
+        }
+        let read = || -> std::io::Result<Vec<u8>> {
+            use std::io::Read as _;
+            let mut contents = Vec::new();
+            std::fs::File::open(&path)?
+                .take(MAX_SECRET_FILE + 1)
+                .read_to_end(&mut contents)?;
+            Ok(contents)
+        };
+        let contents = read().map_err(|e| error(format!("a readable file holding {var} ({e})")))?;
+        if contents.len() as u64 > MAX_SECRET_FILE {
+            return Err(error(format!(
+                "a file of at most {MAX_SECRET_FILE} bytes holding {var}"
+            )));
+        }
+        let text = String::from_utf8(contents)
+            .map_err(|_| error(format!("a UTF-8 file holding {var}")))?;
+        let value = text
+            .strip_suffix('\n')
+            .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+        if value.trim().is_empty() {
+            return Err(error(format!("a file holding {var}, not an empty one")));
+        }
+        Ok(Some(value.to_owned()))
     }
 
     /// A parsed variable, or `default` when unset.
@@ -132,8 +181,9 @@ pub struct ServiceConfig {
     pub name: String,
     /// Where it listens: `BIND_ADDR` (default `127.0.0.1`) and `PORT`.
     pub listen: SocketAddr,
-    /// `DATABASE_URL`: `postgres://…` in production, `sqlite://…` by default
-    /// (`sqlite://<name>.db?mode=rwc` in the working directory).
+    /// `DATABASE_URL` (or a file named by `DATABASE_URL_FILE`, see [`Vars::secret`]):
+    /// `postgres://…` in production, `sqlite://…` by default (`sqlite://<name>.db?mode=rwc` in
+    /// the working directory).
     pub database_url: String,
     /// `REQUEST_TIMEOUT_MS`: the longest a request may take, including a shorter deadline sent
     /// by the caller (default 10 s).
@@ -199,7 +249,7 @@ impl ServiceConfig {
             "an IP address such as 0.0.0.0 or ::1",
         )?;
         let port: u16 = vars.parse_or("PORT", default_port, "a port number from 0 to 65535")?;
-        let database_url = match vars.raw("DATABASE_URL") {
+        let database_url = match vars.secret("DATABASE_URL")? {
             None => format!("sqlite://{name}.db?mode=rwc"),
             Some(url)
                 if url.starts_with("postgres://")
@@ -208,10 +258,11 @@ impl ServiceConfig {
             {
                 url
             }
-            Some(url) => {
+            Some(_) => {
                 return Err(ConfigError {
                     var: "DATABASE_URL".to_owned(),
-                    value: url,
+                    // It may hold a password.
+                    value: "(hidden)".to_owned(),
                     expected: "a postgres:// or sqlite: URL".to_owned(),
                 });
             }
@@ -390,8 +441,8 @@ mod tests {
                 r#"invalid BIND_ADDR="localhost": an IP address such as 0.0.0.0 or ::1"#,
             ),
             (
-                ("DATABASE_URL", "mysql://x"),
-                r#"invalid DATABASE_URL="mysql://x": a postgres:// or sqlite: URL"#,
+                ("DATABASE_URL", "mysql://root:hunter2@x"),
+                r#"invalid DATABASE_URL="(hidden)": a postgres:// or sqlite: URL"#,
             ),
             (
                 ("REQUEST_TIMEOUT_MS", "0"),
@@ -411,5 +462,99 @@ mod tests {
             assert_eq!(error.to_string(), message);
         }
         assert!(config(&[("PORT", "  ")]).is_ok(), "blank means unset");
+    }
+
+    /// A file in a fresh temporary directory, removed with it.
+    fn secret_file(contents: &[u8]) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, contents).unwrap();
+        let shown = path.to_string_lossy().into_owned();
+        (dir, shown)
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> Result<Option<String>, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Vars(|var: &str| map.get(var).cloned()).secret("DATABASE_URL")
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_from_the_file_its_file_variable_names() {
+        assert_eq!(secret(&[]).unwrap(), None);
+        assert_eq!(
+            secret(&[("DATABASE_URL", "postgres://a")])
+                .unwrap()
+                .as_deref(),
+            Some("postgres://a")
+        );
+        // The final line break is the file's, not the secret's; inner white space is kept.
+        for contents in [
+            &b"postgres://u:p w@db\n"[..],
+            b"postgres://u:p w@db\r\n",
+            b"postgres://u:p w@db",
+        ] {
+            let (dir, path) = secret_file(contents);
+            assert_eq!(
+                secret(&[("DATABASE_URL_FILE", &path)]).unwrap().as_deref(),
+                Some("postgres://u:p w@db")
+            );
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        // Read through the service's configuration too.
+        let (dir, path) = secret_file(b"postgres://postgres@127.0.0.1/test\n");
+        assert_eq!(
+            config(&[("DATABASE_URL_FILE", &path)])
+                .unwrap()
+                .database_url,
+            "postgres://postgres@127.0.0.1/test"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_secret_file_is_named_and_its_contents_never_shown() {
+        let (dir, path) = secret_file(b"hunter2-secret\n");
+        let both = secret(&[("DATABASE_URL", "x"), ("DATABASE_URL_FILE", &path)]).unwrap_err();
+        assert_eq!(both.var, "DATABASE_URL_FILE");
+        assert!(both.expected.contains("one of the two"), "{both}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = secret(&[("DATABASE_URL_FILE", &path)]).unwrap_err();
+        assert_eq!(missing.var, "DATABASE_URL_FILE");
+        assert_eq!(missing.value, path);
+        assert!(
+            missing
+                .expected
+                .starts_with("a readable file holding DATABASE_URL"),
+            "{missing}"
+        );
+
+        for (contents, expected) in [
+            (&b"\n"[..], "not an empty one"),
+            (&[0xff, 0xfe][..], "a UTF-8 file"),
+        ] {
+            let (dir, path) = secret_file(contents);
+            let error = secret(&[("DATABASE_URL_FILE", &path)]).unwrap_err();
+            assert!(error.expected.contains(expected), "{error}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let huge = vec![b'a'; usize::try_from(MAX_SECRET_FILE).unwrap() + 1];
+        let (dir, path) = secret_file(&huge);
+        let error = secret(&[("DATABASE_URL_FILE", &path)]).unwrap_err();
+        assert!(error.expected.contains("at most 65536 bytes"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+        let (dir, path) = secret_file(&huge[1..]);
+        assert_eq!(
+            secret(&[("DATABASE_URL_FILE", &path)])
+                .unwrap()
+                .map(|s| s.len()),
+            Some(huge.len() - 1)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+        assert!(!both.to_string().contains("hunter2"));
     }
 }

@@ -39,7 +39,10 @@ pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
         return Ok(None);
     };
     let mut client = ConsulClient::new(&address).map_err(std::io::Error::other)?;
-    if let Some(token) = vars.raw("CONSUL_HTTP_TOKEN") {
+    if let Some(token) = vars
+        .secret("CONSUL_HTTP_TOKEN")
+        .map_err(std::io::Error::other)?
+    {
         client = client.token(token);
     }
     let advertised = match vars.raw("SERVICE_ADDRESS") {

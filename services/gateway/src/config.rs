@@ -42,7 +42,7 @@ pub struct GatewayConfig {
     pub discovery: BTreeMap<&'static str, Discovery>,
     /// `CONSUL_HTTP_ADDR`: the Consul agent, for services discovered through it.
     pub consul_addr: Option<String>,
-    /// `CONSUL_HTTP_TOKEN`: its ACL token.
+    /// `CONSUL_HTTP_TOKEN` (or `CONSUL_HTTP_TOKEN_FILE`): its ACL token.
     pub consul_token: Option<String>,
     /// How the users service's tokens are validated.
     pub tokens: TokenConfig,
@@ -124,7 +124,7 @@ impl GatewayConfig {
             service,
             discovery,
             consul_addr,
-            consul_token: vars.raw("CONSUL_HTTP_TOKEN"),
+            consul_token: vars.secret("CONSUL_HTTP_TOKEN")?,
             tokens: TokenConfig::from_vars(vars),
             per_principal: vars
                 .rate_or("RATE_LIMIT_PER_PRINCIPAL", (50, Duration::from_secs(1)))?,

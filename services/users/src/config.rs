@@ -15,7 +15,7 @@ use shop_common::config::{ConfigError, ServiceConfig, Vars};
 /// | `REFRESH_TOKEN_TTL_SECS` | 2592000 (30 days) | refresh token lifetime |
 /// | `SIGNING_ALGORITHM` | `EdDSA` | `EdDSA`, `ES256` or `RS256`, for new keys |
 /// | `SEED_DEMO_USERS` | `true` on SQLite, else `false` | create the demo customer alice |
-/// | `ADMIN_PASSWORD` | generated | the password of `admin@example.com`, created on first start in every mode; unset, one is generated and printed once |
+/// | `ADMIN_PASSWORD` (or `ADMIN_PASSWORD_FILE`) | generated | the password of `admin@example.com`, created on first start in every mode; unset, one is generated and printed once |
 /// | `LOGIN_PER_ACCOUNT` | `5/60` | login attempts per account: burst / seconds |
 /// | `LOGIN_PER_IP` | `30/60` | login attempts per client address (an IPv6 client by its /64) |
 /// | `REGISTER_PER_IP` | `10/3600` | registrations per client address |
@@ -108,7 +108,7 @@ impl UsersConfig {
             Ok(Duration::from_secs(value))
         };
         let embedded = service.database_url.starts_with("sqlite:");
-        let admin_password = vars.raw("ADMIN_PASSWORD");
+        let admin_password = vars.secret("ADMIN_PASSWORD")?;
         if let Some(password) = &admin_password
             && !(12..=128).contains(&password.chars().count())
         {
