@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::until;
 use mainstay_discovery::Snapshot;
 use mainstay_discovery::consul::model::{CheckDefinition, CheckUpdate, Registration};
-use mainstay_discovery::consul::{ConsulClient, ConsulError, Lease, WatchOptions, watch_service};
+use mainstay_discovery::consul::{
+    CheckStatus, ConsulClient, ConsulError, HealthQuery, Lease, WatchOptions, watch_service,
+};
 use mainstay_test_support::consul::ConsulTestServer;
 
 fn instance(id: &str, port: u16) -> Registration {
@@ -227,4 +229,68 @@ async fn a_lease_heartbeats_at_a_third_of_its_ttl_and_deregisters_on_shutdown() 
         updates,
         "a dropped lease heartbeat"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_reports_the_instances_health_and_only_passing_ones_are_found() {
+    let server = ConsulTestServer::start().await;
+    let client = ConsulClient::new(&server.url()).unwrap();
+    // 0: passing, 1: warning, 2: critical, 3: the report hangs.
+    let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(2));
+    let report = {
+        let state = state.clone();
+        move || {
+            let now = state.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match now {
+                    0 => CheckStatus::Passing,
+                    1 => CheckStatus::Warning("cache tier down".into()),
+                    2 => CheckStatus::Critical("database down".into()),
+                    _ => std::future::pending().await,
+                }
+            }
+        }
+    };
+    let mut registration = instance("catalog-1", 9001);
+    registration.check = None;
+    let lease = Lease::start_reporting(
+        client.clone(),
+        registration,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        report,
+    )
+    .await
+    .unwrap();
+    let passing = || async {
+        let query = HealthQuery {
+            passing: true,
+            ..HealthQuery::default()
+        };
+        client
+            .health_service("catalog", query)
+            .await
+            .unwrap()
+            .0
+            .len()
+    };
+    // Unready at start: registered, but never found by a caller asking for passing instances.
+    assert_eq!(server.status("catalog-1").as_deref(), Some("critical"));
+    assert_eq!(passing().await, 0);
+
+    for (now, expected) in [
+        (0, "passing"),
+        (1, "warning"),
+        (0, "passing"),
+        (3, "critical"),
+    ] {
+        state.store(now, std::sync::atomic::Ordering::SeqCst);
+        eventually(expected, || {
+            server.status("catalog-1").as_deref() == Some(expected)
+        })
+        .await;
+        let found = if expected == "passing" { 1 } else { 0 };
+        assert_eq!(passing().await, found, "{expected}");
+    }
+    lease.deregister().await.unwrap();
 }

@@ -1,10 +1,12 @@
 //! Registration with the local Consul agent in production mode (`CONSUL_HTTP_ADDR`), for as
-//! long as the service runs: TTL heartbeats at TTL/3, deregistration when shutdown begins.
+//! long as the service runs: TTL heartbeats at TTL/3 that carry the service's readiness,
+//! deregistration when shutdown begins.
 
 use std::time::Duration;
 
 use mainstay_discovery::consul::model::Registration;
-use mainstay_discovery::consul::{ConsulClient, Lease};
+use mainstay_discovery::consul::{CheckStatus, ConsulClient, Lease};
+use mainstay_telemetry::Health;
 
 use crate::config::{ServiceConfig, Vars};
 
@@ -18,12 +20,20 @@ pub const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// token), as `<name>-<address>-<port>` at `SERVICE_ADDRESS` (default: the listening address,
 /// or `127.0.0.1` when that is a wildcard).
 ///
+/// Each heartbeat runs `health`'s readiness checks (those `/health/ready` runs) and reports
+/// the result: passing when ready, critical, with the failed checks as the output, when not
+/// (a database down, or draining). Callers that follow passing instances (the gateway) stop
+/// choosing an unready replica within a heartbeat, and come back when it recovers.
+///
 /// # Errors
 ///
 /// The agent refused the registration or could not be reached: a service that was asked to
 /// register and cannot would be invisible, so it does not start.
-pub async fn register_from_env(config: &ServiceConfig) -> std::io::Result<Option<Lease>> {
-    register_from_vars(config, &Vars(|var: &str| std::env::var(var).ok())).await
+pub async fn register_from_env(
+    config: &ServiceConfig,
+    health: &Health,
+) -> std::io::Result<Option<Lease>> {
+    register_from_vars(config, health, &Vars(|var: &str| std::env::var(var).ok())).await
 }
 
 /// [`register_from_env`] over any source of variables.
@@ -33,6 +43,7 @@ pub async fn register_from_env(config: &ServiceConfig) -> std::io::Result<Option
 /// As [`register_from_env`].
 pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
     config: &ServiceConfig,
+    health: &Health,
     vars: &Vars<F>,
 ) -> std::io::Result<Option<Lease>> {
     let Some(address) = vars.raw("CONSUL_HTTP_ADDR") else {
@@ -54,9 +65,24 @@ pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
     let id = format!("{}-{advertised}-{port}", config.name);
     let mut registration = Registration::new(id, &config.name, advertised, port);
     registration.tags.push("http".to_owned());
-    let lease = Lease::start(client, registration, CHECK_TTL, DEREGISTER_AFTER)
+    let health = health.clone();
+    let report = move || {
+        let health = health.clone();
+        async move { status(&health).await }
+    };
+    let lease = Lease::start_reporting(client, registration, CHECK_TTL, DEREGISTER_AFTER, report)
         .await
         .map_err(std::io::Error::other)?;
     tracing::info!(service_id = %lease.service_id(), "registered with consul");
     Ok(Some(lease))
+}
+
+/// The readiness of `health` as a check status.
+async fn status(health: &Health) -> CheckStatus {
+    let readiness = health.readiness().await;
+    if readiness.is_ready() {
+        CheckStatus::Passing
+    } else {
+        CheckStatus::Critical(readiness.to_json().to_string())
+    }
 }

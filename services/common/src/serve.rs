@@ -29,7 +29,7 @@ where
     S::Future: Send,
 {
     let listener = TcpListener::bind(kit.config.listen).await?;
-    let lease = crate::registry::register_from_env(&kit.config).await?;
+    let lease = crate::registry::register_from_env(&kit.config, &kit.health).await?;
     let shutdown = async move {
         shutdown_signal().await;
         if let Some(lease) = lease

@@ -1,18 +1,62 @@
-//! A registration tied to the lifetime of the process: TTL heartbeats, deregistration on
-//! shutdown.
+//! A registration tied to the lifetime of the process: TTL heartbeats that report the
+//! instance's health, deregistration on shutdown.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::task::JoinHandle;
 
 use super::client::{ConsulClient, ConsulError};
 use super::model::{CheckDefinition, CheckUpdate, Registration};
 
-/// A service instance registered with a TTL check that a background task keeps passing.
+/// What a heartbeat tells Consul about the instance. Callers that ask Consul for passing
+/// instances only (mainstay-discovery's watch does) stop choosing one that is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckStatus {
+    /// Ready for traffic.
+    Passing,
+    /// Serving, with a problem worth an operator's attention (the output says which).
+    /// Consul's `passing` filter, which mainstay-discovery's watch uses, leaves a warning
+    /// instance out as well.
+    Warning(String),
+    /// Not ready: callers should go elsewhere (the output says why).
+    Critical(String),
+}
+
+impl CheckStatus {
+    fn update(&self) -> CheckUpdate {
+        let (status, output) = match self {
+            Self::Passing => ("passing", ""),
+            Self::Warning(output) => ("warning", output.as_str()),
+            Self::Critical(output) => ("critical", output.as_str()),
+        };
+        CheckUpdate {
+            status: status.to_owned(),
+            output: output.to_owned(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Passing => "passing",
+            Self::Warning(_) => "warning",
+            Self::Critical(_) => "critical",
+        }
+    }
+}
+
+type Report = Arc<dyn Fn() -> BoxFuture<'static, CheckStatus> + Send + Sync>;
+
+/// A service instance registered with a TTL check that a background task keeps up to date.
 ///
-/// * The check is marked passing every TTL/3, so two heartbeats may be lost before Consul
-///   marks the instance critical. If the agent no longer knows the check (it lost its state),
-///   the instance is registered again.
+/// * The check is updated every TTL/3, so two heartbeats may be lost before Consul marks the
+///   instance critical. [`start`](Self::start) reports it passing each time;
+///   [`start_reporting`](Self::start_reporting) reports what a health function says (a
+///   service's readiness), so that an instance whose database is down leaves rotation while
+///   its process lives. If the agent no longer knows the check (it lost its state), the
+///   instance is registered again.
 /// * [`deregister`](Self::deregister) stops the heartbeat and removes the instance: call it on
 ///   graceful shutdown, before the server stops accepting.
 /// * Dropping the lease stops the heartbeat only. The check then goes critical after its TTL,
@@ -38,19 +82,61 @@ impl Lease {
     /// Outside a tokio runtime.
     pub async fn start(
         client: ConsulClient,
-        mut registration: Registration,
+        registration: Registration,
         ttl: Duration,
         deregister_after: Duration,
     ) -> Result<Self, ConsulError> {
+        Self::start_reporting(client, registration, ttl, deregister_after, || async {
+            CheckStatus::Passing
+        })
+        .await
+    }
+
+    /// [`start`](Self::start), reporting on registration and on every heartbeat what
+    /// `report` says. A report that takes longer than a heartbeat's interval (TTL/3) counts
+    /// as critical: an instance too slow to say it is ready is not.
+    ///
+    /// # Errors
+    ///
+    /// The agent refused the registration or could not be reached.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub async fn start_reporting<F, Fut>(
+        client: ConsulClient,
+        mut registration: Registration,
+        ttl: Duration,
+        deregister_after: Duration,
+        report: F,
+    ) -> Result<Self, ConsulError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CheckStatus> + Send + 'static,
+    {
         let ttl = ttl.max(Duration::from_secs(1));
+        let every = ttl / 3;
+        let report: Report = Arc::new(move || Box::pin(report()));
         let check_id = format!("service:{}", registration.id);
+        let first = status_within(&report, every).await;
         registration.check = Some(CheckDefinition {
             check_id: Some(check_id.clone()),
+            status: Some(first.name().to_owned()),
             ..CheckDefinition::ttl(ttl, deregister_after)
         });
         client.register(&registration).await?;
+        if first != CheckStatus::Passing {
+            // The registration carries the status alone; the update carries the reason.
+            let _ = client.update_check(&check_id, &first.update()).await;
+        }
         let service_id = registration.id.clone();
-        let heartbeat = tokio::spawn(heartbeat(client.clone(), registration, check_id, ttl / 3));
+        let heartbeat = tokio::spawn(heartbeat(
+            client.clone(),
+            registration,
+            check_id,
+            every,
+            report,
+        ));
         Ok(Self {
             client,
             service_id,
@@ -86,23 +172,32 @@ impl Drop for Lease {
     }
 }
 
-/// Marks the check passing every `every`; when the agent no longer knows the check (it lost
-/// its state, or an operator removed the instance), registers the instance again.
+/// What `report` says, or critical when it has not said it within `within`.
+async fn status_within(report: &Report, within: Duration) -> CheckStatus {
+    tokio::time::timeout(within, report())
+        .await
+        .unwrap_or_else(|_| {
+            CheckStatus::Critical(format!("no health report within {} ms", within.as_millis()))
+        })
+}
+
+/// Updates the check every `every` with what `report` says; when the agent no longer knows
+/// the check (it lost its state, or an operator removed the instance), registers the instance
+/// again.
 async fn heartbeat(
     client: ConsulClient,
-    registration: Registration,
+    mut registration: Registration,
     check_id: String,
     every: Duration,
+    report: Report,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await; // registered passing just now
+    ticks.tick().await; // registered with a fresh report just now
     loop {
         ticks.tick().await;
-        let update = CheckUpdate {
-            status: "passing".to_owned(),
-            output: String::new(),
-        };
+        let health = status_within(&report, every).await;
+        let update = health.update();
         match client.update_check(&check_id, &update).await {
             Ok(()) => {}
             // Consul 1.11.2 and later answer 404 for an unknown check; older agents 500
@@ -113,6 +208,9 @@ async fn heartbeat(
                     || (status == 500 && body.contains("does not have associated TTL")) =>
             {
                 tracing::warn!(%check_id, "consul forgot this instance; registering it again");
+                if let Some(check) = registration.check.as_mut() {
+                    check.status = Some(health.name().to_owned());
+                }
                 if let Err(error) = client.register(&registration).await {
                     tracing::warn!(%check_id, %error, "consul registration failed");
                 }

@@ -7,5 +7,5 @@ pub mod model;
 mod watch;
 
 pub use self::client::{ConsulClient, ConsulError, HealthQuery};
-pub use self::lease::Lease;
+pub use self::lease::{CheckStatus, Lease};
 pub use self::watch::{WatchOptions, watch_service};
