@@ -1,6 +1,6 @@
 //! The store pattern every service follows: a [`Database`] chosen by `DATABASE_URL`, per-dialect
-//! migrations, and the same query code run on either dialect's pool ([`on_db!`]) or within one
-//! transaction ([`Tx`], [`on_tx!`]). A handler's writes that must stand or fall together (its
+//! migrations, and the same query code run on either dialect's pool ([`on_db!`](crate::on_db)) or within one
+//! transaction ([`Tx`], [`on_tx!`](crate::on_tx)). A handler's writes that must stand or fall together (its
 //! domain rows, and the kit's rows beside them) share one [`Tx`].
 //!
 //! ```no_run
@@ -105,7 +105,7 @@ macro_rules! on_db {
 
 /// Runs the same query code within a [`Tx`]: in `$body`, `$conn` is the dialect's
 /// `&mut sqlx::Transaction`, executed on as `&mut **$conn`. `$body` must have the same type
-/// for both dialects, as with [`on_db!`].
+/// for both dialects, as with [`on_db!`](crate::on_db).
 #[macro_export]
 macro_rules! on_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
@@ -116,7 +116,7 @@ macro_rules! on_tx {
     };
 }
 
-/// A transaction's connection, of either dialect (see [`on_tx!`]).
+/// A transaction's connection, of either dialect (see [`on_tx!`](crate::on_tx)).
 #[derive(Debug)]
 pub enum TxConn {
     /// On SQLite.
@@ -152,7 +152,7 @@ impl Tx {
         }
     }
 
-    /// The connection to run statements on (usually through [`on_tx!`]).
+    /// The connection to run statements on (usually through [`on_tx!`](crate::on_tx)).
     pub fn conn(&mut self) -> &mut TxConn {
         &mut self.conn
     }
