@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod fields;

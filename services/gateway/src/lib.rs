@@ -14,7 +14,7 @@
 //! | limits | `shop_common::Kit::limits` | the deadline (the caller's, floored, or the request timeout) and its enforcement, adaptive concurrency, their failures as problems |
 //! | [`AdmissionLayer`] | [`admission`] | the client address, the bearer token as the route's [`Access`] says, one request from the caller's rate limit, `RateLimit` headers |
 //! | proxy | `proxy` | 404 beyond the document, 405 with `Allow` within it; the body buffered (413 beyond the limit), the upstream request built once, hop-by-hop headers dropped both ways |
-//! | client stack | [`upstream`] | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, the endpoint's own pool of kept-alive HTTP/1 connections (`pool`) |
+//! | client stack | `shop_common::client` | client span and metrics, deadline, adaptive limit, budgeted retries, bulkhead, p2c over discovered endpoints, breaker, attempt timeout, the endpoint's own pool of kept-alive HTTP/1 connections (the kit's, as every service's outbound calls) |
 //!
 //! A route marked [`Route::cached`] is answered from a shared response cache on `GET`
 //! (mainstay-cache). Upstream failures become 502, 503 or 504 problems, never a hang.
@@ -30,12 +30,10 @@ pub mod config;
 mod discovery;
 mod home;
 mod openapi;
-mod pool;
 mod problems;
 mod proxy;
 pub mod routes;
 pub mod trust;
-pub mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -67,7 +65,7 @@ use self::proxy::Upstreams;
 pub use self::proxy::{HONOUR_IDEMPOTENCY_KEYS, Proxy};
 pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, Routed, Unrouted, resolve};
 pub use self::trust::{TraceTrust, TraceTrustLayer};
-use self::upstream::ClientSettings;
+use shop_common::client::{self as upstream, ClientSettings};
 
 struct Inner {
     upstreams: Arc<Upstreams>,

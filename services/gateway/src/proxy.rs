@@ -33,7 +33,7 @@ use tower::{Service, ServiceExt};
 use crate::admission::Caller;
 use crate::problems;
 use crate::routes::{Resolved, Unrouted};
-use crate::upstream::{Upstream, UpstreamRequest};
+use shop_common::client::{Upstream, UpstreamRequest};
 
 /// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
 /// kit's idempotency layer): only to these is a keyed `POST` retried. A service joins the list

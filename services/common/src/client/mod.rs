@@ -1,5 +1,6 @@
-//! One client per upstream service: the client stack of ARCHITECTURE.md §3 over a balancer
-//! fed by discovery.
+//! The outbound client stack every service calls another with: one client per upstream
+//! service, the client stack of ARCHITECTURE.md §3 over a balancer fed by discovery (the
+//! gateway's upstreams, and the calls orders makes to catalog and payments).
 //!
 //! ```text
 //! trace/inject + RED metrics   ClientLayer (mainstay-telemetry)
@@ -14,7 +15,7 @@
 //! shared → balance             p2c on PeakEWMA, outlier ejection (mainstay-discovery), one
 //!                              balancer for every caller, behind a lock rather than a task
 //!   per endpoint: circuit breaker → per-attempt timeout → the endpoint's own pool of
-//!                              kept-alive HTTP/1 connections (crate::pool)
+//!                              kept-alive HTTP/1 connections (`pool`)
 //!
 //! Only what says an endpoint is broken (refused or reset connections, `5xx` other than a
 //! `503` with `Retry-After`) opens its breaker or ejects it, and never the last endpoint:
@@ -47,7 +48,9 @@ use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-use crate::pool::{Pool, PoolSettings};
+mod pool;
+
+use self::pool::{Pool, PoolSettings};
 
 /// A request to an upstream: the body is buffered, so that it can be retried.
 pub type UpstreamRequest = Request<Full<Bytes>>;
