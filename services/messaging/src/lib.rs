@@ -14,6 +14,7 @@
 
 pub mod message;
 pub mod outbox;
+pub mod relay;
 
 use std::sync::LazyLock;
 
@@ -22,6 +23,7 @@ use sqlx::migrate::Migrator;
 
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::outbox::{Context, Outbox, OutboxError, Pending};
+pub use self::relay::{PublishError, Publisher, Relay, RelayError};
 
 /// The table this crate's migrations are recorded in.
 pub const MIGRATIONS_TABLE: &str = "_messaging_migrations";

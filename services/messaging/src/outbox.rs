@@ -55,6 +55,27 @@ pub struct Pending {
 
 type PendingRow = (i64, String, String, String, String, Vec<u8>, i32);
 
+const PENDING_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
+    FROM messaging_outbox WHERE published_at_ms IS NULL ORDER BY seq LIMIT $1";
+
+fn decode(rows: Vec<PendingRow>) -> Result<Vec<Pending>, OutboxError> {
+    rows.into_iter()
+        .map(|(seq, id, subject, key, headers, payload, attempts)| {
+            Ok(Pending {
+                seq,
+                id: id
+                    .parse()
+                    .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                subject,
+                key,
+                headers: serde_json::from_str(&headers)?,
+                payload,
+                attempts,
+            })
+        })
+        .collect()
+}
+
 /// The outbox: its operations take the caller's transaction or database.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox;
@@ -123,27 +144,23 @@ impl Outbox {
     ///
     /// The database fails, or a row is not one this crate wrote.
     pub async fn pending(database: &Database, limit: i64) -> Result<Vec<Pending>, OutboxError> {
-        let rows: Vec<PendingRow> = on_db!(database, pool => sqlx::query_as(
-            "SELECT seq, id, subject, key, headers, payload, attempts FROM messaging_outbox \
-             WHERE published_at_ms IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(pool)
-        .await)?;
-        rows.into_iter()
-            .map(|(seq, id, subject, key, headers, payload, attempts)| {
-                Ok(Pending {
-                    seq,
-                    id: id
-                        .parse()
-                        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
-                    subject,
-                    key,
-                    headers: serde_json::from_str(&headers)?,
-                    payload,
-                    attempts,
-                })
-            })
-            .collect()
+        let rows: Vec<PendingRow> = on_db!(database, pool => sqlx::query_as(PENDING_SQL)
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?;
+        decode(rows)
+    }
+
+    /// [`pending`](Self::pending), within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or a row is not one this crate wrote.
+    pub async fn pending_in(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, OutboxError> {
+        let rows: Vec<PendingRow> = on_tx!(tx, conn => sqlx::query_as(PENDING_SQL)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await)?;
+        decode(rows)
     }
 }

@@ -8,7 +8,13 @@ use opentelemetry::trace::TracerProvider as _;
 use serde::{Deserialize, Serialize};
 use shop_common::store::Database;
 use shop_common::{on_db, on_tx};
-use shop_messaging::{Context, Envelope, Message, MessageId, Outbox, SagaRef};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use shop_messaging::{
+    Context, Envelope, Message, MessageId, Outbox, Pending, PublishError, Publisher, Relay,
+    RelayError, SagaRef,
+};
 use tracing_subscriber::layer::SubscriberExt;
 
 shop_common::on_both_stores!(
@@ -16,6 +22,7 @@ shop_common::on_both_stores!(
     messages_keep_their_enqueue_order,
     the_envelope_says_what_it_is_and_what_caused_it,
     the_services_the_kits_and_the_messaging_migrations_live_side_by_side,
+    the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_partway,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,4 +213,132 @@ async fn the_services_the_kits_and_the_messaging_migrations_live_side_by_side(
             .unwrap();
         assert_eq!(count, 0, "{table}");
     }
+}
+
+/// A broker that records what it takes, and fails partway through a batch when told to.
+#[derive(Default)]
+struct Broker {
+    taken: Mutex<Vec<(MessageId, String)>>,
+    /// Take this many of the next batch, then fail.
+    fail_after: Mutex<Option<usize>>,
+    /// Told when a publish begins (the relay holds its turn by then).
+    entered: Arc<tokio::sync::Notify>,
+    /// Held until released: the publish waits on it.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+#[async_trait]
+impl Publisher for Broker {
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        self.entered.notify_one();
+        if let Some(gate) = &self.gate {
+            let _permit = gate.acquire().await.unwrap();
+        }
+        let fail_after = self.fail_after.lock().unwrap().take();
+        let mut taken = self.taken.lock().unwrap();
+        for (n, pending) in batch.iter().enumerate() {
+            if fail_after == Some(n) {
+                return Err(PublishError {
+                    held: n,
+                    error: "connection reset by broker".into(),
+                });
+            }
+            taken.push((pending.id, pending.key.clone()));
+        }
+        Ok(())
+    }
+}
+
+async fn enqueue_committed(database: &Database, keys: &[&str]) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let mut tx = database.begin().await.unwrap();
+        let minor = i64::try_from(n).unwrap();
+        ids.push(Outbox::enqueue(&mut tx, &price(key, minor)).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    ids
+}
+
+async fn the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_partway(
+    database: &Database,
+    _: &str,
+) {
+    ready(database).await;
+    let sent = enqueue_committed(
+        database,
+        &["a", "b", "a", "c", "b", "a", "c", "a", "b", "c"],
+    )
+    .await;
+    let broker = Arc::new(Broker::default());
+    let relay = Relay::new(database.clone(), broker.clone()).batch(8);
+
+    // The broker takes four of the first batch of eight, then fails.
+    *broker.fail_after.lock().unwrap() = Some(4);
+    let failed = relay.relay_once().await.unwrap_err();
+    let RelayError::Publish(error) = failed else {
+        panic!("a publish error, got {failed:?}")
+    };
+    assert_eq!(error.held, 4);
+    let pending = Outbox::pending(database, 100).await.unwrap();
+    assert_eq!(pending.len(), 6, "the four taken are marked, the rest wait");
+    assert_eq!(pending[0].id, sent[4]);
+    assert_eq!(
+        pending[0].attempts, 1,
+        "the failed message's attempt is counted"
+    );
+    assert!(pending[1..].iter().all(|p| p.attempts == 0));
+
+    // Next rounds: the rest, in order; then nothing.
+    assert_eq!(relay.relay_once().await.unwrap(), 6);
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    let taken = broker.taken.lock().unwrap().clone();
+    let ids: Vec<MessageId> = taken.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids, sent,
+        "every message once, in enqueue order (so in order per key)"
+    );
+    assert!(Outbox::pending(database, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_one_postgresql_database_take_turns() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("relays").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    ready(&database).await;
+    let sent = enqueue_committed(&database, &["a", "b", "a"]).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let broker = Arc::new(Broker {
+        gate: Some(gate.clone()),
+        ..Broker::default()
+    });
+    let first = Relay::new(database.clone(), broker.clone());
+    let second = Relay::new(database.clone(), broker.clone());
+
+    // The first relay holds the turn while its broker is slow: the second does nothing.
+    let holding = tokio::spawn(async move { first.relay_once().await.unwrap() });
+    broker.entered.notified().await;
+    // (Bounded: a second relay that did not wait its turn would block on the slow broker.)
+    let second_round =
+        tokio::time::timeout(std::time::Duration::from_secs(10), second.relay_once())
+            .await
+            .expect("the second relay returned at once");
+    assert_eq!(second_round.unwrap(), 0, "another relay holds the turn");
+    gate.add_permits(10);
+    assert_eq!(holding.await.unwrap(), 3);
+    assert_eq!(second.relay_once().await.unwrap(), 0, "nothing left");
+    let ids: Vec<MessageId> = broker
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(ids, sent);
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
 }

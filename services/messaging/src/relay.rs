@@ -1,0 +1,178 @@
+//! The relay: publishes what the outbox holds, in order, and marks what the broker has.
+//!
+//! One relay is active per database at a time. On PostgreSQL, each round takes a
+//! transaction-scoped advisory lock, so that replicas' relays take turns rather than publish a
+//! row twice or a key's rows out of order; a relay that finds the lock taken does nothing that
+//! round. On SQLite (the embedded default, one process) there is one relay. A row is marked
+//! published only once the broker has acknowledged it; a relay that dies between the
+//! acknowledgement and the mark publishes it again, which the broker's de-duplication (the
+//! message id is `Nats-Msg-Id`) and the consumers' inbox absorb.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use shop_common::on_tx;
+use shop_common::store::{Database, StoreError, Tx};
+
+use crate::outbox::{Outbox, OutboxError, Pending};
+
+/// An error from a broker, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A broker did not take all of a batch.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker took {held} of the batch, then: {error}")]
+pub struct PublishError {
+    /// How many of the batch's first messages the broker holds.
+    pub held: usize,
+    /// Why it stopped there.
+    pub error: BoxError,
+}
+
+/// Where the relay sends the outbox's messages: a transport's publishing side.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `batch` in its order and returns once the broker holds every message (one
+    /// it already held, by id, counts as held). On failure, says how many of the first
+    /// messages it holds: the rest are published again, in order, next round.
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError>;
+}
+
+/// The relay could not do its round.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The outbox could not be read or marked.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The broker failed partway; what it took is marked.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<sqlx::Error> for RelayError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Outbox(error.into())
+    }
+}
+
+impl From<StoreError> for RelayError {
+    fn from(error: StoreError) -> Self {
+        Self::Outbox(error.into())
+    }
+}
+
+/// The advisory lock the relays of one PostgreSQL database take turns on.
+const RELAY_LOCK: i64 = 0x6d73_6f75_7462_6f78; // "msoutbox"
+
+/// Publishes the outbox of one database through a [`Publisher`].
+#[derive(Clone)]
+pub struct Relay {
+    database: Database,
+    publisher: Arc<dyn Publisher>,
+    batch: i64,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay of `database`'s outbox to `publisher`, up to 256 messages a round.
+    #[must_use]
+    pub fn new(database: Database, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            database,
+            publisher,
+            batch: 256,
+        }
+    }
+
+    /// At most `batch` messages a round (at least one).
+    #[must_use]
+    pub fn batch(mut self, batch: u16) -> Self {
+        self.batch = i64::from(batch.max(1));
+        self
+    }
+
+    /// One round: publishes the oldest unpublished messages and marks those the broker took.
+    /// Returns how many it published; zero when there was nothing to do, or another relay of
+    /// the database holds the turn.
+    ///
+    /// # Errors
+    ///
+    /// The database failed, or the broker failed partway (what it took is marked, and the
+    /// failed message's attempt is counted with the error).
+    pub async fn relay_once(&self) -> Result<usize, RelayError> {
+        let now = shop_common::unix_millis();
+        match &self.database {
+            Database::Sqlite(_) => {
+                // One connection: never held across the publish, which would stall every
+                // handler. One relay per process is the rule here.
+                let batch = Outbox::pending(&self.database, self.batch).await?;
+                let result = self.publisher.publish(&batch).await;
+                let mut tx = self.database.begin().await?;
+                let published = mark(&mut tx, &batch, result, now).await;
+                tx.commit().await?;
+                published
+            }
+            Database::Postgres(_) => {
+                let mut tx = self.database.begin().await?;
+                let turn: bool = on_tx!(&mut tx, conn => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(RELAY_LOCK)
+                    .fetch_one(&mut **conn)
+                    .await)?;
+                if !turn {
+                    return Ok(0);
+                }
+                let batch = Outbox::pending_in(&mut tx, self.batch).await?;
+                let result = self.publisher.publish(&batch).await;
+                let published = mark(&mut tx, &batch, result, now).await;
+                tx.commit().await?;
+                published
+            }
+        }
+    }
+}
+
+/// Marks what the broker took as published, and counts a failed attempt on the message it
+/// stopped at. Returns what the round published, or the broker's error.
+async fn mark(
+    tx: &mut Tx,
+    batch: &[Pending],
+    result: Result<(), PublishError>,
+    now: i64,
+) -> Result<usize, RelayError> {
+    let held = match &result {
+        Ok(()) => batch.len(),
+        Err(error) => error.held.min(batch.len()),
+    };
+    for pending in &batch[..held] {
+        on_tx!(tx, conn => sqlx::query("UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = $2")
+            .bind(now)
+            .bind(pending.seq)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))?;
+    }
+    match result {
+        Ok(()) => Ok(held),
+        Err(error) => {
+            if let Some(failed) = batch.get(held) {
+                let reason: String = error.error.to_string().chars().take(1_000).collect();
+                on_tx!(tx, conn => sqlx::query(
+                    "UPDATE messaging_outbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2",
+                )
+                .bind(&reason)
+                .bind(failed.seq)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+            }
+            Err(error.into())
+        }
+    }
+}
