@@ -82,8 +82,9 @@ pub struct Outbox;
 
 impl Outbox {
     /// Writes `message` within `tx`, with the trace context of the current span in its
-    /// headers, so that its consumers join the trace. It is published once `tx` commits; if
-    /// `tx` rolls back, it never was.
+    /// headers, so that its consumers join the trace. It is published once `tx` commits (the
+    /// commit wakes this process's relays, see [`Relay::run`](crate::Relay::run)); if `tx`
+    /// rolls back, it never was.
     ///
     /// # Errors
     ///
@@ -135,6 +136,7 @@ impl Outbox {
         .execute(&mut **conn)
         .await
         .map(|done| done.rows_affected()))?;
+        tx.after_commit(crate::relay::wake);
         Ok(id)
     }
 

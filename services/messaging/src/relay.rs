@@ -8,11 +8,14 @@
 //! acknowledgement and the mark publishes it again, which the broker's de-duplication (the
 //! message id is `Nats-Msg-Id`) and the consumers' inbox absorb.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use shop_common::on_tx;
 use shop_common::store::{Database, StoreError, Tx};
+use tokio::sync::watch;
 
 use crate::outbox::{Outbox, OutboxError, Pending};
 
@@ -61,6 +64,27 @@ impl From<StoreError> for RelayError {
     }
 }
 
+/// Bumped when a transaction that enqueued commits: every relay of the process wakes (a
+/// counter, so that a wake while a relay is busy is seen when it next waits).
+static WAKE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// Wakes this process's relays (the outbox's after-commit hook).
+pub(crate) fn wake() {
+    WAKE.send_modify(|count| *count = count.wrapping_add(1));
+}
+
+/// The wait after a failed round: doubling from 100 ms, at most 30 s.
+#[must_use]
+pub fn backoff_after(previous: Duration) -> Duration {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MOST: Duration = Duration::from_secs(30);
+    if previous.is_zero() {
+        FIRST
+    } else {
+        previous.saturating_mul(2).min(MOST)
+    }
+}
+
 /// The advisory lock the relays of one PostgreSQL database take turns on.
 const RELAY_LOCK: i64 = 0x6d73_6f75_7462_6f78; // "msoutbox"
 
@@ -70,12 +94,14 @@ pub struct Relay {
     database: Database,
     publisher: Arc<dyn Publisher>,
     batch: i64,
+    poll: Duration,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("batch", &self.batch)
+            .field("poll", &self.poll)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +114,59 @@ impl Relay {
             database,
             publisher,
             batch: 256,
+            poll: Duration::from_secs(1),
+        }
+    }
+
+    /// How often [`run`](Self::run) looks for messages without being woken (default 1 s):
+    /// the bound on the delay of a message another process enqueued.
+    #[must_use]
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Relays until `stop` completes, then returns (a round in hand is finished first). A
+    /// round runs at once when a transaction of this process that enqueued commits, at least
+    /// every [`poll`](Self::poll), and again straight away while rounds come back full.
+    /// After a failed round it waits [`backoff_after`] the previous wait before trying again,
+    /// whatever wakes it: the broker is down, and every message waits in the outbox.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let mut woken = WAKE.subscribe();
+        let mut backoff = Duration::ZERO;
+        tokio::pin!(stop);
+        loop {
+            // Seen now: a commit from here on wakes the next wait.
+            woken.borrow_and_update();
+            let wait = match self.relay_once().await {
+                Ok(published) if i64::try_from(published).is_ok_and(|n| n == self.batch) => {
+                    backoff = Duration::ZERO;
+                    Duration::ZERO
+                }
+                Ok(_) => {
+                    backoff = Duration::ZERO;
+                    self.poll
+                }
+                Err(error) => {
+                    backoff = backoff_after(backoff);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "outbox relay round failed");
+                    backoff
+                }
+            };
+            if wait.is_zero() {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return,
+                    () = std::future::ready(()) => continue,
+                }
+            }
+            let failing = !backoff.is_zero();
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                _ = woken.changed(), if !failing => {}
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     }
 
@@ -113,6 +192,9 @@ impl Relay {
                 // One connection: never held across the publish, which would stall every
                 // handler. One relay per process is the rule here.
                 let batch = Outbox::pending(&self.database, self.batch).await?;
+                if batch.is_empty() {
+                    return Ok(0);
+                }
                 let result = self.publisher.publish(&batch).await;
                 let mut tx = self.database.begin().await?;
                 let published = mark(&mut tx, &batch, result, now).await;
@@ -129,6 +211,9 @@ impl Relay {
                     return Ok(0);
                 }
                 let batch = Outbox::pending_in(&mut tx, self.batch).await?;
+                if batch.is_empty() {
+                    return Ok(0); // the transaction rolls back, and the turn is given up
+                }
                 let result = self.publisher.publish(&batch).await;
                 let published = mark(&mut tx, &batch, result, now).await;
                 tx.commit().await?;
@@ -174,5 +259,26 @@ async fn mark(
             }
             Err(error.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_tenth_of_a_second_to_half_a_minute() {
+        let mut wait = Duration::ZERO;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            wait = backoff_after(wait);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(
+            waits,
+            [
+                100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000
+            ]
+        );
     }
 }

@@ -23,6 +23,7 @@ shop_common::on_both_stores!(
     the_envelope_says_what_it_is_and_what_caused_it,
     the_services_the_kits_and_the_messaging_migrations_live_side_by_side,
     the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_partway,
+    a_commit_wakes_the_running_relay_and_stop_ends_it,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,4 +342,36 @@ async fn relays_of_one_postgresql_database_take_turns() {
         pool.close().await;
     }
     db.drop_database().await.unwrap();
+}
+
+async fn a_commit_wakes_the_running_relay_and_stop_ends_it(database: &Database, _: &str) {
+    ready(database).await;
+    let broker = Arc::new(Broker::default());
+    // Polling once an hour: only the commit's wake can deliver within the test.
+    let relay =
+        Relay::new(database.clone(), broker.clone()).poll(std::time::Duration::from_secs(3600));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    for round in 1..=3 {
+        let sent = enqueue_committed(database, &["a"]).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !broker
+            .taken
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, _)| *id == sent[0])
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: never relayed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(broker.taken.lock().unwrap().len(), 3);
+    stop.send(()).unwrap();
+    running.await.unwrap();
 }
