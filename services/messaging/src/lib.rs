@@ -12,6 +12,7 @@
 //! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
 //! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
 
+pub mod inbox;
 pub mod message;
 pub mod outbox;
 pub mod relay;
@@ -21,6 +22,7 @@ use std::sync::LazyLock;
 use shop_common::store::{Database, StoreError};
 use sqlx::migrate::Migrator;
 
+pub use self::inbox::Inbox;
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::outbox::{Context, Outbox, OutboxError, Pending};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use shop_messaging::{
-    Context, Envelope, Message, MessageId, Outbox, Pending, PublishError, Publisher, Relay,
+    Context, Envelope, Inbox, Message, MessageId, Outbox, Pending, PublishError, Publisher, Relay,
     RelayError, SagaRef,
 };
 use tracing_subscriber::layer::SubscriberExt;
@@ -24,6 +24,7 @@ shop_common::on_both_stores!(
     the_services_the_kits_and_the_messaging_migrations_live_side_by_side,
     the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_partway,
     a_commit_wakes_the_running_relay_and_stop_ends_it,
+    a_redelivered_message_finds_its_id_in_the_inbox_once_the_effect_committed,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,4 +375,97 @@ async fn a_commit_wakes_the_running_relay_and_stop_ends_it(database: &Database, 
     assert_eq!(broker.taken.lock().unwrap().len(), 3);
     stop.send(()).unwrap();
     running.await.unwrap();
+}
+
+/// A consumer's handling of `message`: its inbox record and its effect, in one transaction.
+async fn handle(database: &Database, consumer: &str, message: MessageId, commit: bool) -> bool {
+    let mut tx = database.begin().await.unwrap();
+    let first = Inbox::first_time(&mut tx, consumer, message).await.unwrap();
+    if first {
+        on_tx!(&mut tx, conn => sqlx::query("INSERT INTO prices (id, minor) VALUES ($1, 1)")
+            .bind(format!("{consumer}/{message}"))
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
+    }
+    if commit {
+        tx.commit().await.unwrap();
+    } else {
+        tx.rollback().await.unwrap();
+    }
+    first
+}
+
+async fn a_redelivered_message_finds_its_id_in_the_inbox_once_the_effect_committed(
+    database: &Database,
+    _: &str,
+) {
+    ready(database).await;
+    let (one, two) = (MessageId::new(), MessageId::new());
+    // The handler failed (rolled back): the redelivery is a first time again.
+    assert!(handle(database, "search-index", one, false).await);
+    assert_eq!(prices(database).await, 0);
+    assert!(handle(database, "search-index", one, true).await);
+    // Redelivered after the effect committed: no second effect.
+    assert!(!handle(database, "search-index", one, true).await);
+    assert_eq!(prices(database).await, 1);
+    // Another consumer of the same message, and another message, are their own.
+    assert!(handle(database, "mailer", one, true).await);
+    assert!(handle(database, "search-index", two, true).await);
+    assert_eq!(prices(database).await, 3);
+
+    // Pruned records are forgotten; younger ones are kept.
+    let later = shop_common::unix_millis() + 1;
+    assert_eq!(Inbox::prune(database, 0).await.unwrap(), 0);
+    assert_eq!(Inbox::prune(database, later).await.unwrap(), 3);
+    let mut tx = database.begin().await.unwrap();
+    assert!(Inbox::first_time(&mut tx, "mailer", one).await.unwrap());
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deliveries_at_once_on_postgresql_have_one_effect() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("inbox").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    ready(&database).await;
+    for first_commits in [true, false] {
+        let message = MessageId::new();
+        let mut first = database.begin().await.unwrap();
+        assert!(
+            Inbox::first_time(&mut first, "mailer", message)
+                .await
+                .unwrap()
+        );
+        // The second delivery waits on the first's row...
+        let second = {
+            let database = database.clone();
+            tokio::spawn(async move {
+                let mut tx = database.begin().await.unwrap();
+                let fresh = Inbox::first_time(&mut tx, "mailer", message).await.unwrap();
+                tx.commit().await.unwrap();
+                fresh
+            })
+        };
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !second.is_finished(),
+            "the second delivery waits for the first"
+        );
+        // ...and learns its outcome.
+        if first_commits {
+            first.commit().await.unwrap();
+        } else {
+            first.rollback().await.unwrap();
+        }
+        assert_eq!(second.await.unwrap(), !first_commits);
+    }
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
 }
