@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shop_common::on_tx;
-use shop_common::store::{Database, StoreError, Tx};
+use shop_common::store::{Database, StoreError, Tx, TxConn};
 use tokio::sync::watch;
 
 use crate::outbox::{Outbox, OutboxError, Pending};
@@ -235,13 +235,30 @@ async fn mark(
         Ok(()) => batch.len(),
         Err(error) => error.held.min(batch.len()),
     };
-    for pending in &batch[..held] {
-        on_tx!(tx, conn => sqlx::query("UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = $2")
-            .bind(now)
-            .bind(pending.seq)
-            .execute(&mut **conn)
-            .await
-            .map(|done| done.rows_affected()))?;
+    // One statement for the whole prefix, by its rows' own `seq`s (not a range: on PostgreSQL a
+    // row of a lower `seq` may commit after the batch was read, and must stay unpublished).
+    let seqs: Vec<i64> = batch[..held].iter().map(|pending| pending.seq).collect();
+    if !seqs.is_empty() {
+        match tx.conn() {
+            TxConn::Sqlite(conn) => {
+                let seqs = serde_json::to_string(&seqs).map_err(OutboxError::from)?;
+                sqlx::query(
+                    "UPDATE messaging_outbox SET published_at_ms = $1 \
+                     WHERE seq IN (SELECT value FROM json_each($2))",
+                )
+                .bind(now)
+                .bind(seqs)
+                .execute(&mut **conn)
+                .await?;
+            }
+            TxConn::Postgres(conn) => {
+                sqlx::query("UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
+                    .bind(now)
+                    .bind(&seqs)
+                    .execute(&mut **conn)
+                    .await?;
+            }
+        }
     }
     match result {
         Ok(()) => Ok(held),
