@@ -66,9 +66,15 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// `DATABASE_URL` names neither PostgreSQL nor SQLite.
-    #[error("unsupported database URL {0:?}: expected postgres:// or sqlite:")]
+    /// `DATABASE_URL` names neither PostgreSQL nor SQLite. Holds the URL's scheme only: the
+    /// rest may carry a password.
+    #[error("unsupported database URL scheme {0:?}: expected postgres:// or sqlite:")]
     UnsupportedUrl(String),
+    /// A statement of the transaction failed, so it was rolled back instead of committed
+    /// (PostgreSQL would have refused the rest of it; SQLite would have kept the statements
+    /// that succeeded). See [`Tx::commit`].
+    #[error("a statement of the transaction failed: it was rolled back, not committed")]
+    Aborted,
 }
 
 /// A connection pool to the service's database, of either dialect.
@@ -79,6 +85,12 @@ pub enum Database {
     /// Production.
     Postgres(PgPool),
 }
+
+/// Which database a [`Database`] or a [`Tx`] is on: the same for every clone of one pool, and
+/// different for another pool (even on the same database server), while the pool lives. A key
+/// to keep per-database state by (the relays of one database, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DatabaseKey(usize);
 
 /// The SQL a [`Database`] speaks, for the few statements that differ (full-text search, row
 /// locks).
@@ -104,16 +116,19 @@ macro_rules! on_db {
 }
 
 /// Runs the same query code within a [`Tx`]: in `$body`, `$conn` is the dialect's
-/// `&mut sqlx::Transaction`, executed on as `&mut **$conn`. `$body` must have the same type
-/// for both dialects, as with [`on_db!`](crate::on_db).
+/// `&mut sqlx::Transaction`, executed on as `&mut **$conn`. `$body` is a `Result`, of the same
+/// type for both dialects, as with [`on_db!`](crate::on_db); an `Err` marks the transaction
+/// failed ([`Tx::track`]), so that it can no longer commit.
 #[macro_export]
 macro_rules! on_tx {
-    ($tx:expr, $conn:ident => $body:expr) => {
-        match $crate::store::Tx::conn($tx) {
+    ($tx:expr, $conn:ident => $body:expr) => {{
+        let tx: &mut $crate::store::Tx = $tx;
+        let result = match $crate::store::Tx::conn(tx) {
             $crate::store::TxConn::Sqlite($conn) => $body,
             $crate::store::TxConn::Postgres($conn) => $body,
-        }
-    };
+        };
+        $crate::store::Tx::track(tx, result)
+    }};
 }
 
 /// A transaction's connection, of either dialect (see [`on_tx!`](crate::on_tx)).
@@ -128,9 +143,17 @@ pub enum TxConn {
 /// One transaction on the service's database, which any number of stores write within.
 /// Committed by [`Tx::commit`], after which the hooks given to [`Tx::after_commit`] run;
 /// dropped uncommitted (an error, a panic, a caller gone), it rolls back and runs none.
+///
+/// All or nothing on both dialects: once a statement has failed, the transaction never
+/// commits. (PostgreSQL refuses every later statement and answers `COMMIT` with a rollback
+/// that sqlx reports as success; SQLite would commit the statements that succeeded.) A
+/// statement that may fail as part of the logic (an insert that may conflict, say) is
+/// written so that it does not (`ON CONFLICT DO NOTHING`, then look at the count).
 pub struct Tx {
     conn: TxConn,
+    database: DatabaseKey,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    failed: bool,
 }
 
 impl std::fmt::Debug for Tx {
@@ -138,6 +161,7 @@ impl std::fmt::Debug for Tx {
         f.debug_struct("Tx")
             .field("dialect", &self.dialect())
             .field("after_commit", &self.after_commit.len())
+            .field("failed", &self.failed)
             .finish()
     }
 }
@@ -152,9 +176,37 @@ impl Tx {
         }
     }
 
-    /// The connection to run statements on (usually through [`on_tx!`](crate::on_tx)).
+    /// Which database the transaction is on.
+    #[must_use]
+    pub fn database(&self) -> DatabaseKey {
+        self.database
+    }
+
+    /// The connection to run statements on, usually through [`on_tx!`](crate::on_tx). Code
+    /// that runs statements on it directly passes their results through [`track`](Self::track)
+    /// (or returns their errors without committing).
     pub fn conn(&mut self) -> &mut TxConn {
         &mut self.conn
+    }
+
+    /// Passes a statement's result through, marking the transaction failed when it is an
+    /// error: [`commit`](Self::commit) then rolls back and answers [`StoreError::Aborted`].
+    /// [`on_tx!`](crate::on_tx) calls it on every statement.
+    ///
+    /// # Errors
+    ///
+    /// `result`'s own error, unchanged.
+    pub fn track<T, E>(&mut self, result: Result<T, E>) -> Result<T, E> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Whether a statement of the transaction has failed (it will not commit).
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Runs `hook` once the transaction has committed (waking a relay for rows it wrote,
@@ -167,11 +219,34 @@ impl Tx {
     ///
     /// # Errors
     ///
-    /// The database refused the commit: nothing was written, and no hook runs.
+    /// Nothing was written, and no hook runs, when: a statement of the transaction failed
+    /// ([`StoreError::Aborted`], after a rollback); or the database refused the commit. On
+    /// PostgreSQL, one round trip before the `COMMIT` makes sure the transaction has not
+    /// failed, whatever ran on its connection.
     pub async fn commit(self) -> Result<(), StoreError> {
+        if self.failed {
+            self.rollback().await?;
+            return Err(StoreError::Aborted);
+        }
         match self.conn {
             TxConn::Sqlite(tx) => tx.commit().await?,
-            TxConn::Postgres(tx) => tx.commit().await?,
+            TxConn::Postgres(mut tx) => {
+                // In a failed transaction PostgreSQL answers any statement with 25P02, and
+                // `COMMIT` with a rollback that sqlx takes for success.
+                if let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await {
+                    let aborted = error
+                        .as_database_error()
+                        .and_then(sqlx::error::DatabaseError::code)
+                        .is_some_and(|code| code == "25P02");
+                    drop(tx);
+                    return Err(if aborted {
+                        StoreError::Aborted
+                    } else {
+                        error.into()
+                    });
+                }
+                tx.commit().await?;
+            }
         }
         for hook in self.after_commit {
             hook();
@@ -203,7 +278,18 @@ impl Database {
         }
     }
 
-    /// Begins a transaction.
+    /// Which database this is (see [`DatabaseKey`]).
+    #[must_use]
+    pub fn key(&self) -> DatabaseKey {
+        // The pool's options are one allocation, shared by its clones.
+        DatabaseKey(match self {
+            Self::Sqlite(pool) => std::sync::Arc::as_ptr(&pool.connect_options()) as usize,
+            Self::Postgres(pool) => std::sync::Arc::as_ptr(&pool.connect_options()) as usize,
+        })
+    }
+
+    /// Begins a transaction, at the database's default isolation (READ COMMITTED on a
+    /// PostgreSQL that was not configured otherwise; SQLite's transactions are serializable).
     ///
     /// # Errors
     ///
@@ -213,10 +299,35 @@ impl Database {
             Self::Sqlite(pool) => TxConn::Sqlite(pool.begin().await?),
             Self::Postgres(pool) => TxConn::Postgres(pool.begin().await?),
         };
-        Ok(Tx {
+        Ok(self.tx(conn))
+    }
+
+    /// Begins a transaction at READ COMMITTED on PostgreSQL, whatever the database's default,
+    /// for code whose correctness depends on seeing what others committed after it began (a
+    /// statement that follows a lock sees the rows the lock's previous holder wrote). On
+    /// SQLite, the same as [`begin`](Self::begin).
+    ///
+    /// # Errors
+    ///
+    /// No connection could be had, or the database refused to begin.
+    pub async fn begin_read_committed(&self) -> Result<Tx, StoreError> {
+        let conn = match self {
+            Self::Sqlite(pool) => TxConn::Sqlite(pool.begin().await?),
+            Self::Postgres(pool) => TxConn::Postgres(
+                pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?,
+            ),
+        };
+        Ok(self.tx(conn))
+    }
+
+    fn tx(&self, conn: TxConn) -> Tx {
+        Tx {
             conn,
+            database: self.key(),
             after_commit: Vec::new(),
-        })
+            failed: false,
+        }
     }
 
     /// Connects by the URL's scheme. SQLite files are created when missing and opened on one
@@ -255,7 +366,10 @@ impl Database {
                 .await?;
             return Ok(Self::Sqlite(pool));
         }
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(StoreError::UnsupportedUrl(
+            scheme.chars().take(32).collect(),
+        ))
     }
 
     /// Runs the migrations of the database's dialect.

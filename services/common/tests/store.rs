@@ -4,7 +4,7 @@
 use shop_common::idempotency::{Claim, IdempotencyStore, SqlIdempotency};
 use std::sync::{Arc, Mutex};
 
-use shop_common::store::{Database, Dialect, Tx};
+use shop_common::store::{Database, Dialect, StoreError, Tx, TxConn};
 use shop_common::{on_db, on_tx};
 
 shop_common::on_both_stores!(
@@ -99,7 +99,7 @@ async fn an_unknown_database_url_is_a_typed_error() {
         .unwrap_err();
     assert_eq!(
         error.to_string(),
-        r#"unsupported database URL "mysql://root@localhost/test": expected postgres:// or sqlite:"#
+        r#"unsupported database URL scheme "mysql": expected postgres:// or sqlite:"#
     );
 }
 
@@ -164,6 +164,39 @@ async fn a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit(
     assert!(duplicate.is_err());
     drop(tx);
     assert!(things(database).await.is_empty());
+
+    // Committed after a failed statement: refused on both dialects, nothing written, no hook.
+    // (PostgreSQL would answer the COMMIT with a rollback; SQLite would keep "g".)
+    let mut tx = database.begin().await.unwrap();
+    insert(&mut tx, "g").await;
+    tx.after_commit(hook("after a failure"));
+    let duplicate = on_tx!(&mut tx, conn => sqlx::query("INSERT INTO tx_things (id) VALUES ($1)")
+        .bind("g")
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()));
+    assert!(duplicate.is_err());
+    assert!(tx.failed());
+    let refused = tx.commit().await.unwrap_err();
+    assert!(matches!(refused, StoreError::Aborted), "{refused:?}");
+    assert!(things(database).await.is_empty());
+    assert!(ran.lock().unwrap().is_empty());
+
+    // On PostgreSQL, a failure the transaction was not told of is caught at the commit too.
+    if expected == Dialect::Postgres {
+        let mut tx = database.begin().await.unwrap();
+        insert(&mut tx, "h").await;
+        if let TxConn::Postgres(conn) = tx.conn() {
+            let ignored = sqlx::query("INSERT INTO tx_things (id) VALUES ($1)")
+                .bind("h")
+                .execute(&mut **conn)
+                .await;
+            assert!(ignored.is_err());
+        }
+        assert!(!tx.failed(), "not told");
+        let refused = tx.commit().await.unwrap_err();
+        assert!(matches!(refused, StoreError::Aborted), "{refused:?}");
+        assert!(things(database).await.is_empty());
+    }
 
     // Committed: both writes, then the hooks, in order.
     let mut tx = database.begin().await.unwrap();

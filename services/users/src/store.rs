@@ -115,16 +115,16 @@ impl UserStore {
         Ok(written)
     }
 
-    /// Creates a user within `tx` unless the email is taken. After [`Write::EmailTaken`] the
-    /// transaction is spent (PostgreSQL refuses every later statement in it): roll it back.
+    /// Creates a user within `tx` unless the email is taken ([`Write::EmailTaken`], which
+    /// leaves `tx` usable: the insert does nothing on a conflict rather than fail).
     ///
     /// # Errors
     ///
     /// The database fails.
     pub async fn create_in(tx: &mut Tx, user: &User) -> Result<Write<User>, StoreError> {
-        let result = on_tx!(tx, conn => sqlx::query(
+        let inserted = on_tx!(tx, conn => sqlx::query(
             "INSERT INTO users (id, email, name, password_hash, role, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (email) DO NOTHING",
         )
         .bind(&user.id)
         .bind(&user.email)
@@ -134,12 +134,13 @@ impl UserStore {
         .bind(user.created_at)
         .bind(user.updated_at)
         .execute(&mut **conn)
-        .await.map(|done| done.rows_affected()));
-        match result {
-            Ok(_) => Ok(Write::Done(user.clone())),
-            Err(e) if unique_violation(&e) => Ok(Write::EmailTaken),
-            Err(e) => Err(e.into()),
-        }
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(if inserted == 1 {
+            Write::Done(user.clone())
+        } else {
+            Write::EmailTaken
+        })
     }
 
     /// The user with this (normalised) email.
