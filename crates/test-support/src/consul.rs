@@ -23,6 +23,8 @@ use tokio::time::Instant;
 struct Instance {
     registration: Value,
     status: String,
+    /// The last check update's `Output`.
+    output: String,
     ttl: Option<Duration>,
     last_update: Instant,
     deregister_after: Duration,
@@ -195,6 +197,16 @@ impl ConsulTestServer {
             .get(service_id)
             .map(|i| i.status.clone())
     }
+
+    /// The output of an instance's last check update, if the instance is registered.
+    #[must_use]
+    pub fn output(&self, service_id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .instances
+            .get(service_id)
+            .map(|i| i.output.clone())
+    }
 }
 
 impl Drop for ConsulTestServer {
@@ -284,6 +296,7 @@ async fn register(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
             critical_since: (status == "critical").then_some(now),
             registration,
             status,
+            output: String::new(),
             ttl,
             last_update: now,
             deregister_after,
@@ -338,6 +351,7 @@ async fn update_check(
         None
     };
     instance.status = status;
+    instance.output = update["Output"].as_str().unwrap_or_default().to_owned();
     if changed {
         shared.bump(&mut state);
     }
@@ -379,7 +393,7 @@ async fn health(
                             "Address": r.get("Address").cloned().unwrap_or_else(|| json!("")), "Port": r["Port"],
                             "Meta": r.get("Meta").cloned().unwrap_or(Value::Null), "Namespace": "default"},
                 "Checks": [
-                    {"Node": "test", "CheckID": format!("service:{id}"), "Status": i.status, "ServiceID": id, "ServiceName": r["Name"]},
+                    {"Node": "test", "CheckID": format!("service:{id}"), "Status": i.status, "Output": i.output, "ServiceID": id, "ServiceName": r["Name"]},
                     {"Node": "test", "CheckID": "serfHealth", "Status": "passing", "ServiceID": "", "ServiceName": ""},
                 ],
             })

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
+use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars};
 
 /// What the catalog is configured with, beyond [`ServiceConfig`].
 ///
@@ -22,7 +22,7 @@ pub struct CatalogConfig {
     /// How the users service's tokens are validated.
     pub tokens: TokenConfig,
     /// Redis for the second tier, if any.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// Prefix of the Redis keys and channel.
     pub redis_prefix: String,
     /// Product cache TTL.
@@ -54,7 +54,7 @@ impl CatalogConfig {
     ) -> Result<Self, ConfigError> {
         let redis_url = vars.secret("REDIS_URL")?;
         if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
         {
             return Err(ConfigError {
                 var: "REDIS_URL".to_owned(),
@@ -63,7 +63,7 @@ impl CatalogConfig {
                 expected: "a redis:// or rediss:// URL".to_owned(),
             });
         }
-        let embedded = service.database_url.starts_with("sqlite:");
+        let embedded = service.database_url.expose().starts_with("sqlite:");
         Ok(Self {
             tokens: TokenConfig::from_vars(vars),
             redis_url,

@@ -102,11 +102,11 @@ impl Catalog {
         if let Some(url) = &config.redis_url {
             products = products
                 .second_tier(
-                    RedisTier::from_url(url, format!("{}:products", config.redis_prefix))
+                    RedisTier::from_url(url.expose(), format!("{}:products", config.redis_prefix))
                         .map_err(StartError::Redis)?,
                 )
                 .invalidation_bus(
-                    RedisBus::from_url(url, format!("{}:invalidate", config.redis_prefix))
+                    RedisBus::from_url(url.expose(), format!("{}:invalidate", config.redis_prefix))
                         .map_err(StartError::Redis)?,
                 );
         }

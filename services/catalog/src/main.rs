@@ -13,7 +13,7 @@ async fn main() -> std::io::Result<()> {
     let config = or_exit(CatalogConfig::from_env());
     let telemetry = config.service.init_telemetry();
     let validator = config.tokens.validator()?;
-    let database = Database::connect(&config.service.database_url)
+    let database = Database::connect(config.service.database_url.expose())
         .await
         .map_err(std::io::Error::other)?;
     // Every keyed POST and PATCH is answered once (the gateway retries them).

@@ -21,6 +21,31 @@ pub struct ConfigError {
     pub expected: String,
 }
 
+/// A secret read from the configuration (a password, a token, a URL with credentials in it):
+/// [`Debug`] shows `Secret(..)`, so that a configuration logged or printed whole shows none, and
+/// it has no `Display`. [`expose`](Self::expose) gives the value to what needs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// The largest secret file [`Vars::secret`] reads.
 pub const MAX_SECRET_FILE: u64 = 64 * 1024;
 
@@ -42,10 +67,10 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     ///
     /// Both `VAR` and `VAR_FILE` are set, or the file cannot be read, is empty, or is larger
     /// than [`MAX_SECRET_FILE`] bytes.
-    pub fn secret(&self, var: &str) -> Result<Option<String>, ConfigError> {
+    pub fn secret(&self, var: &str) -> Result<Option<Secret>, ConfigError> {
         let file_var = format!("{var}_FILE");
         let Some(path) = self.raw(&file_var) else {
-            return Ok(self.raw(var));
+            return Ok(self.raw(var).map(Secret));
         };
         let error = |expected: String| ConfigError {
             var: file_var.clone(),
@@ -77,7 +102,7 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         if value.trim().is_empty() {
             return Err(error(format!("a file holding {var}, not an empty one")));
         }
-        Ok(Some(value.to_owned()))
+        Ok(Some(Secret(value.to_owned())))
     }
 
     /// A parsed variable, or `default` when unset.
@@ -184,7 +209,7 @@ pub struct ServiceConfig {
     /// `DATABASE_URL` (or a file named by `DATABASE_URL_FILE`, see [`Vars::secret`]):
     /// `postgres://…` in production, `sqlite://…` by default (`sqlite://<name>.db?mode=rwc` in
     /// the working directory).
-    pub database_url: String,
+    pub database_url: Secret,
     /// `REQUEST_TIMEOUT_MS`: the longest a request may take, including a shorter deadline sent
     /// by the caller (default 10 s).
     pub request_timeout: Duration,
@@ -250,11 +275,11 @@ impl ServiceConfig {
         )?;
         let port: u16 = vars.parse_or("PORT", default_port, "a port number from 0 to 65535")?;
         let database_url = match vars.secret("DATABASE_URL")? {
-            None => format!("sqlite://{name}.db?mode=rwc"),
+            None => Secret(format!("sqlite://{name}.db?mode=rwc")),
             Some(url)
-                if url.starts_with("postgres://")
-                    || url.starts_with("postgresql://")
-                    || url.starts_with("sqlite:") =>
+                if ["postgres://", "postgresql://", "sqlite:"]
+                    .iter()
+                    .any(|scheme| url.expose().starts_with(scheme)) =>
             {
                 url
             }
@@ -400,7 +425,7 @@ mod tests {
     fn defaults_run_on_a_bare_machine() {
         let config = config(&[]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8082".parse().unwrap());
-        assert_eq!(config.database_url, "sqlite://catalog.db?mode=rwc");
+        assert_eq!(config.database_url.expose(), "sqlite://catalog.db?mode=rwc");
         assert_eq!(config.request_timeout, Duration::from_secs(10));
         assert_eq!(config.body_limit, 1 << 20);
         assert_eq!(config.sampling, Sampling::parent_based_ratio(0.1));
@@ -420,7 +445,14 @@ mod tests {
         .unwrap();
         assert_eq!(config.sampling, Sampling::parent_based_ratio(0.5));
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
-        assert_eq!(config.database_url, "postgres://postgres@127.0.0.1/test");
+        assert_eq!(
+            config.database_url.expose(),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert!(
+            !format!("{config:?}").contains("postgres@"),
+            "Debug shows no secret"
+        );
         assert_eq!(config.request_timeout, Duration::from_millis(2500));
         assert_eq!(config.body_limit, 1024);
     }
@@ -479,7 +511,9 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Vars(|var: &str| map.get(var).cloned()).secret("DATABASE_URL")
+        Vars(|var: &str| map.get(var).cloned())
+            .secret("DATABASE_URL")
+            .map(|secret| secret.map(|s| s.expose().to_owned()))
     }
 
     #[test]
@@ -509,7 +543,8 @@ mod tests {
         assert_eq!(
             config(&[("DATABASE_URL_FILE", &path)])
                 .unwrap()
-                .database_url,
+                .database_url
+                .expose(),
             "postgres://postgres@127.0.0.1/test"
         );
         std::fs::remove_dir_all(dir).unwrap();

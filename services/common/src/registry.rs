@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mainstay_discovery::consul::model::Registration;
 use mainstay_discovery::consul::{CheckStatus, ConsulClient, Lease};
-use mainstay_telemetry::Health;
+use mainstay_telemetry::{CheckOutcome, Health};
 
 use crate::config::{ServiceConfig, Vars};
 
@@ -21,8 +21,9 @@ pub const DEREGISTER_AFTER: Duration = Duration::from_secs(60);
 /// or `127.0.0.1` when that is a wildcard).
 ///
 /// Each heartbeat runs `health`'s readiness checks (those `/health/ready` runs) and reports
-/// the result: passing when ready, critical, with the failed checks as the output, when not
-/// (a database down, or draining). Callers that follow passing instances (the gateway) stop
+/// the result: passing when ready, warning, with the names of the failed checks as the
+/// output, when not (a database down, or draining; see `status` in the source for why not
+/// critical). Callers that follow passing instances (the gateway) stop
 /// choosing an unready replica within a heartbeat, and come back when it recovers.
 ///
 /// # Errors
@@ -54,7 +55,7 @@ pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
         .secret("CONSUL_HTTP_TOKEN")
         .map_err(std::io::Error::other)?
     {
-        client = client.token(token);
+        client = client.token(token.expose());
     }
     let advertised = match vars.raw("SERVICE_ADDRESS") {
         Some(address) => address,
@@ -77,12 +78,29 @@ pub async fn register_from_vars<F: Fn(&str) -> Option<String>>(
     Ok(Some(lease))
 }
 
-/// The readiness of `health` as a check status.
+/// The readiness of `health` as a check status: passing when ready, warning when not.
+///
+/// Not critical: Consul deregisters an instance critical for [`DEREGISTER_AFTER`], and an
+/// instance whose database is down for a minute would be removed, re-registered by its next
+/// heartbeat, and removed again. Warning keeps it listed for operators, while callers that ask
+/// for passing instances (`?passing`, as the gateway does) skip it. Critical stays for what
+/// Consul sees itself: a process that stopped heartbeating, or whose report timed out.
+///
+/// The output names the failed checks and nothing else: a check's error can carry a host name
+/// or a driver's message, and the check output is readable by anyone who can read the catalog.
 async fn status(health: &Health) -> CheckStatus {
     let readiness = health.readiness().await;
     if readiness.is_ready() {
-        CheckStatus::Passing
-    } else {
-        CheckStatus::Critical(readiness.to_json().to_string())
+        return CheckStatus::Passing;
     }
+    if readiness.draining {
+        return CheckStatus::Warning("draining".to_owned());
+    }
+    let failed: Vec<&str> = readiness
+        .checks
+        .iter()
+        .filter(|check| check.outcome != CheckOutcome::Up)
+        .map(|check| check.name.as_str())
+        .collect();
+    CheckStatus::Warning(format!("not ready: {}", failed.join(", ")))
 }

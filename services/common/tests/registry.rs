@@ -75,7 +75,7 @@ async fn an_unreachable_agent_stops_the_service_from_starting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unready_service_is_registered_critical_and_found_once_ready() {
+async fn an_unready_service_is_registered_warning_and_found_once_ready() {
     let consul = ConsulTestServer::start().await;
     let env = vars(&[
         ("CONSUL_HTTP_ADDR", consul.url()),
@@ -103,8 +103,14 @@ async fn an_unready_service_is_registered_critical_and_found_once_ready() {
         .unwrap()
         .unwrap();
     let id = "catalog-127.0.0.1-18083";
-    // Its database is down: registered (an operator sees it), never routed to.
-    assert_eq!(consul.status(id).as_deref(), Some("critical"));
+    // Its database is down: registered (an operator sees it), never routed to, and not
+    // critical, which Consul would deregister after a minute. The output names the check only.
+    assert_eq!(consul.status(id).as_deref(), Some("warning"));
+    assert_eq!(
+        consul.output(id).as_deref(),
+        Some("not ready: database"),
+        "the check's own error (it may name a host) stays out of the catalog"
+    );
     let client = ConsulClient::new(&consul.url()).unwrap();
     let query = HealthQuery {
         passing: true,

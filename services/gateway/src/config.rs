@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mainstay_discovery::Endpoint;
-use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
+use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars};
 
 /// The services the gateway routes to, with the port each listens on by default.
 ///
@@ -43,7 +43,7 @@ pub struct GatewayConfig {
     /// `CONSUL_HTTP_ADDR`: the Consul agent, for services discovered through it.
     pub consul_addr: Option<String>,
     /// `CONSUL_HTTP_TOKEN` (or `CONSUL_HTTP_TOKEN_FILE`): its ACL token.
-    pub consul_token: Option<String>,
+    pub consul_token: Option<Secret>,
     /// How the users service's tokens are validated.
     pub tokens: TokenConfig,
     /// `RATE_LIMIT_PER_PRINCIPAL` (default `50/1`): signed-in callers, by token subject.

@@ -31,7 +31,7 @@ pub fn discover(
         .transpose()
         .map_err(|e| StartError::Discovery(e.to_string()))?
         .map(|client| match &config.consul_token {
-            Some(token) => client.token(token),
+            Some(token) => client.token(token.expose()),
             None => client,
         });
     let mut resolver = None;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mainstay_auth::jsonwebtoken::Algorithm;
-use shop_common::config::{ConfigError, ServiceConfig, Vars};
+use shop_common::config::{ConfigError, Secret, ServiceConfig, Vars};
 
 /// What the users service is configured with, beyond [`ServiceConfig`].
 ///
@@ -39,7 +39,7 @@ pub struct UsersConfig {
     /// Whether to create the demo customer.
     pub seed_demo_users: bool,
     /// The first admin's password; `None`: generated on first start and printed once.
-    pub admin_password: Option<String>,
+    pub admin_password: Option<Secret>,
     /// Login attempts per account: burst, refilled over the period.
     pub login_per_account: (u32, Duration),
     /// Login attempts per client address.
@@ -107,10 +107,10 @@ impl UsersConfig {
             }
             Ok(Duration::from_secs(value))
         };
-        let embedded = service.database_url.starts_with("sqlite:");
+        let embedded = service.database_url.expose().starts_with("sqlite:");
         let admin_password = vars.secret("ADMIN_PASSWORD")?;
         if let Some(password) = &admin_password
-            && !(12..=128).contains(&password.chars().count())
+            && !(12..=128).contains(&password.expose().chars().count())
         {
             return Err(error(
                 "ADMIN_PASSWORD",

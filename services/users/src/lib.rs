@@ -327,7 +327,7 @@ impl Users {
     async fn seed(&self) -> Result<(), StartError> {
         let config = &self.0.config;
         let (password, generated) = match &config.admin_password {
-            Some(password) => (password.clone(), false),
+            Some(password) => (password.expose().to_owned(), false),
             None => (password::generate(), true),
         };
         if self

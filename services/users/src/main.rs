@@ -12,7 +12,7 @@ use shop_users::{Users, UsersConfig, router};
 async fn main() -> std::io::Result<()> {
     let config = or_exit(UsersConfig::from_env());
     let telemetry = config.service.init_telemetry();
-    let database = Database::connect(&config.service.database_url)
+    let database = Database::connect(config.service.database_url.expose())
         .await
         .map_err(std::io::Error::other)?;
     // Every keyed POST and PATCH is answered once (the gateway retries them).

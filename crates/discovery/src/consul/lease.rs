@@ -17,11 +17,16 @@ use super::model::{CheckDefinition, CheckUpdate, Registration};
 pub enum CheckStatus {
     /// Ready for traffic.
     Passing,
-    /// Serving, with a problem worth an operator's attention (the output says which).
-    /// Consul's `passing` filter, which mainstay-discovery's watch uses, leaves a warning
-    /// instance out as well.
+    /// Not ready for traffic for now (a database down, draining), or serving with a problem
+    /// worth an operator's attention; the output says which. Consul's `passing` filter, which
+    /// mainstay-discovery's watch uses, leaves a warning instance out, so callers go
+    /// elsewhere, while the instance stays registered. Prefer it to [`Critical`](Self::Critical)
+    /// for a state the instance may recover from.
     Warning(String),
-    /// Not ready: callers should go elsewhere (the output says why).
+    /// Broken: callers should go elsewhere (the output says why). Consul deregisters an
+    /// instance that stays critical for the registration's `DeregisterCriticalServiceAfter`;
+    /// the lease's next heartbeat then registers it again. The lease reports it itself when
+    /// the report does not answer within a third of the TTL.
     Critical(String),
 }
 
