@@ -24,8 +24,8 @@ use sqlx::migrate::Migrator;
 
 pub use self::inbox::Inbox;
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
-pub use self::outbox::{Context, Outbox, OutboxError, Pending};
-pub use self::relay::{PublishError, Publisher, Relay, RelayError};
+pub use self::outbox::{Context, Outbox, OutboxError, Pending, SetAside};
+pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
 
 /// The table this crate's migrations are recorded in.
 pub const MIGRATIONS_TABLE: &str = "_messaging_migrations";

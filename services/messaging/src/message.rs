@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-/// A message's id: a UUID of version 7, so ids sort by the time they were made. The outbox's primary
-/// key, the broker's de-duplication id (`Nats-Msg-Id`) and the inbox's key for a consumer.
+/// A message's id: a UUID of version 7, so ids sort by the time they were made. Unique in the
+/// outbox, the broker's de-duplication id (`Nats-Msg-Id`) and the inbox's key for a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MessageId(Uuid);
@@ -112,7 +112,8 @@ pub struct Envelope<B = Box<RawValue>> {
     pub kind: String,
     /// [`Message::VERSION`].
     pub version: u16,
-    /// When the state change it announces committed, in milliseconds since the epoch.
+    /// When it was enqueued, in the transaction of the state change it announces, in
+    /// milliseconds since the epoch (the commit follows within that transaction).
     pub occurred_at_ms: i64,
     /// [`Message::key`].
     pub key: String,

@@ -17,6 +17,15 @@ pub enum OutboxError {
     /// The message does not serialize to JSON (a map with keys that are not strings).
     #[error("message does not serialize: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The message is larger than a broker takes ([`Outbox::MAX_PAYLOAD`]): refused here,
+    /// where the writer can still handle it, rather than by the broker after the commit.
+    #[error("message of {size} bytes is larger than the {max} a broker takes")]
+    TooLarge {
+        /// The envelope's size in bytes.
+        size: usize,
+        /// [`Outbox::MAX_PAYLOAD`].
+        max: usize,
+    },
 }
 
 impl From<sqlx::Error> for OutboxError {
@@ -56,16 +65,20 @@ pub struct Pending {
 type PendingRow = (i64, String, String, String, String, Vec<u8>, i32);
 
 const PENDING_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
-    FROM messaging_outbox WHERE published_at_ms IS NULL ORDER BY seq LIMIT $1";
+    FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL \
+    ORDER BY seq LIMIT $1";
+
+fn parse_id(id: &str) -> Result<MessageId, StoreError> {
+    id.parse()
+        .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+}
 
 fn decode(rows: Vec<PendingRow>) -> Result<Vec<Pending>, OutboxError> {
     rows.into_iter()
         .map(|(seq, id, subject, key, headers, payload, attempts)| {
             Ok(Pending {
                 seq,
-                id: id
-                    .parse()
-                    .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
+                id: parse_id(&id)?,
                 subject,
                 key,
                 headers: serde_json::from_str(&headers)?,
@@ -76,19 +89,50 @@ fn decode(rows: Vec<PendingRow>) -> Result<Vec<Pending>, OutboxError> {
         .collect()
 }
 
+/// A message the broker refused for what it is, set aside by the relay (see
+/// [`Outbox::failed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// Enqueue order; what [`Outbox::retry`] takes.
+    pub seq: i64,
+    /// The message's id.
+    pub id: MessageId,
+    /// Where it was to be published.
+    pub subject: String,
+    /// [`Message::KIND`].
+    pub kind: String,
+    /// Its ordering key.
+    pub key: String,
+    /// When it was set aside, in milliseconds since the epoch.
+    pub failed_at_ms: i64,
+    /// The broker's answer.
+    pub error: String,
+}
+
 /// The outbox: its operations take the caller's transaction or database.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox;
 
 impl Outbox {
+    /// The largest envelope [`enqueue`](Self::enqueue) takes, in bytes: NATS's default
+    /// `max_payload` (1 MiB).
+    pub const MAX_PAYLOAD: usize = 1024 * 1024;
+
     /// Writes `message` within `tx`, with the trace context of the current span in its
     /// headers, so that its consumers join the trace. It is published once `tx` commits (the
-    /// commit wakes this process's relays, see [`Relay::run`](crate::Relay::run)); if `tx`
-    /// rolls back, it never was.
+    /// commit wakes the relays of `tx`'s database in this process, see
+    /// [`Relay::run`](crate::Relay::run)); if `tx` rolls back, it never was.
+    ///
+    /// **Order.** Messages with one [`key`](Message::key) are published in the order their
+    /// rows were written, which is the order of their commits when each writer first locks the
+    /// aggregate's row (its `UPDATE`, or `SELECT … FOR UPDATE`) and enqueues after. Two
+    /// transactions that enqueue for one key without such a lock may commit in either order;
+    /// their messages are then published in the order they were enqueued, not committed.
     ///
     /// # Errors
     ///
-    /// The database fails (roll `tx` back), or the message does not serialize.
+    /// The database fails (roll `tx` back), the message does not serialize, or its envelope
+    /// is larger than [`MAX_PAYLOAD`](Self::MAX_PAYLOAD) (nothing was written: `tx` can go on).
     pub async fn enqueue<M: Message>(tx: &mut Tx, message: &M) -> Result<MessageId, OutboxError> {
         Self::enqueue_with(tx, message, Context::default()).await
     }
@@ -117,6 +161,12 @@ impl Outbox {
             body: message,
         };
         let payload = serde_json::to_vec(&envelope)?;
+        if payload.len() > Self::MAX_PAYLOAD {
+            return Err(OutboxError::TooLarge {
+                size: payload.len(),
+                max: Self::MAX_PAYLOAD,
+            });
+        }
         let mut headers = HashMap::new();
         mainstay_telemetry::propagation::inject_message(&tracing::Span::current(), &mut headers);
         let headers = serde_json::to_string(&headers)?;
@@ -136,7 +186,8 @@ impl Outbox {
         .execute(&mut **conn)
         .await
         .map(|done| done.rows_affected()))?;
-        tx.after_commit(crate::relay::wake);
+        let database = tx.database();
+        tx.after_commit(move || crate::relay::wake(database));
         Ok(id)
     }
 
@@ -164,5 +215,85 @@ impl Outbox {
             .fetch_all(&mut **conn)
             .await)?;
         decode(rows)
+    }
+
+    /// The messages the relay set aside because the broker refused them for what they are,
+    /// oldest first: an operator's to look at, and to [`retry`](Self::retry) once the broker
+    /// takes them.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or a row is not one this crate wrote.
+    pub async fn failed(database: &Database, limit: i64) -> Result<Vec<SetAside>, OutboxError> {
+        type Row = (i64, String, String, String, String, i64, Option<String>);
+        let rows: Vec<Row> = on_db!(database, pool => sqlx::query_as(
+            "SELECT seq, id, subject, kind, key, failed_at_ms, last_error FROM messaging_outbox \
+             WHERE failed_at_ms IS NOT NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await)?;
+        rows.into_iter()
+            .map(|(seq, id, subject, kind, key, failed_at_ms, error)| {
+                Ok(SetAside {
+                    seq,
+                    id: parse_id(&id)?,
+                    subject,
+                    kind,
+                    key,
+                    failed_at_ms,
+                    error: error.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts a message the relay set aside back in line, under its own id and `seq`: it is
+    /// published next round, ahead of the messages enqueued after it. Returns whether there was
+    /// such a message.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn retry(database: &Database, seq: i64) -> Result<bool, OutboxError> {
+        let updated = on_db!(database, pool => sqlx::query(
+            "UPDATE messaging_outbox SET failed_at_ms = NULL WHERE seq = $1 AND failed_at_ms IS NOT NULL",
+        )
+        .bind(seq)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if updated == 1 {
+            crate::relay::wake(database.key());
+        }
+        Ok(updated == 1)
+    }
+
+    /// Deletes messages the broker has held since before `before_ms` (milliseconds since the
+    /// epoch), a bounded batch per statement so that no statement holds the table for long;
+    /// returns how many. Keep them at least as long as the broker's de-duplication window,
+    /// and as long as an operator may want to read what was sent.
+    ///
+    /// # Errors
+    ///
+    /// The database fails (what was deleted before stays deleted).
+    pub async fn prune(database: &Database, before_ms: i64) -> Result<u64, OutboxError> {
+        const BATCH: i64 = 10_000;
+        let mut pruned = 0;
+        loop {
+            let deleted = on_db!(database, pool => sqlx::query(
+                "DELETE FROM messaging_outbox WHERE seq IN (SELECT seq FROM messaging_outbox \
+                 WHERE published_at_ms IS NOT NULL AND published_at_ms < $1 LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(BATCH)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+            pruned += deleted;
+            if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
+                return Ok(pruned);
+            }
+        }
     }
 }

@@ -3,18 +3,27 @@
 //! One relay is active per database at a time. On PostgreSQL, each round takes a
 //! transaction-scoped advisory lock, so that replicas' relays take turns rather than publish a
 //! row twice or a key's rows out of order; a relay that finds the lock taken does nothing that
-//! round. On SQLite (the embedded default, one process) there is one relay. A row is marked
-//! published only once the broker has acknowledged it; a relay that dies between the
-//! acknowledgement and the mark publishes it again, which the broker's de-duplication (the
-//! message id is `Nats-Msg-Id`) and the consumers' inbox absorb.
+//! round. On SQLite (the embedded default), the relays of one database file in one process
+//! take turns on a lock of the process. A row is marked published only once the broker has
+//! acknowledged it; a relay that dies between the acknowledgement and the mark publishes it
+//! again, which the broker's de-duplication (the message id is `Nats-Msg-Id`) and the
+//! consumers' inbox absorb.
+//!
+//! A broker that does not answer within the relay's [`publish_timeout`](Relay::publish_timeout)
+//! counts as down: the round ends, its turn and connection are given back, and the batch is
+//! published again after a back-off. A message the broker refuses for what it is
+//! ([`PublishError::refused`]) is set aside ([`Outbox::failed`]) rather than block every
+//! message after it.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use shop_common::on_tx;
-use shop_common::store::{Database, StoreError, Tx, TxConn};
+use shop_common::store::{Database, DatabaseKey, StoreError, Tx, TxConn};
 use tokio::sync::watch;
 
 use crate::outbox::{Outbox, OutboxError, Pending};
@@ -30,6 +39,32 @@ pub struct PublishError {
     pub held: usize,
     /// Why it stopped there.
     pub error: BoxError,
+    /// Whether the broker refused the message at `held` for what it is (too large, say), so
+    /// that publishing it again cannot succeed; otherwise the broker is unavailable, and the
+    /// message is published again after a back-off.
+    pub refused: bool,
+}
+
+impl PublishError {
+    /// The broker holds the first `held` messages, then could not be reached or did not
+    /// answer: the rest are published again, in order, after a back-off.
+    pub fn unavailable(held: usize, error: impl Into<BoxError>) -> Self {
+        Self {
+            held,
+            error: error.into(),
+            refused: false,
+        }
+    }
+
+    /// The broker holds the first `held` messages, and refused the next for what it is: the
+    /// relay sets that one aside ([`Outbox::failed`]) and goes on with the rest.
+    pub fn refused(held: usize, error: impl Into<BoxError>) -> Self {
+        Self {
+            held,
+            error: error.into(),
+            refused: true,
+        }
+    }
 }
 
 /// Where the relay sends the outbox's messages: a transport's publishing side.
@@ -37,7 +72,9 @@ pub struct PublishError {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `batch` in its order and returns once the broker holds every message (one
     /// it already held, by id, counts as held). On failure, says how many of the first
-    /// messages it holds: the rest are published again, in order, next round.
+    /// messages it holds, and whether the broker refused the next ([`PublishError`]). The
+    /// relay gives up waiting after its [`publish_timeout`](Relay::publish_timeout), and then
+    /// takes none of the batch as held.
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError>;
 }
 
@@ -64,13 +101,59 @@ impl From<StoreError> for RelayError {
     }
 }
 
-/// Bumped when a transaction that enqueued commits: every relay of the process wakes (a
-/// counter, so that a wake while a relay is busy is seen when it next waits).
-static WAKE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Messages the broker took, now marked published.
+    pub published: usize,
+    /// Messages the broker refused, now set aside ([`Outbox::failed`]).
+    pub set_aside: usize,
+}
 
-/// Wakes this process's relays (the outbox's after-commit hook).
-pub(crate) fn wake() {
-    WAKE.send_modify(|count| *count = count.wrapping_add(1));
+/// Per database, bumped when a transaction that enqueued commits: that database's relays in
+/// this process wake (a counter, so that a wake while a relay is busy is seen when it next
+/// waits).
+static WAKE: LazyLock<Mutex<HashMap<DatabaseKey, watch::Sender<u64>>>> =
+    LazyLock::new(Mutex::default);
+
+/// Wakes the relays of `database` in this process (the outbox's after-commit hook).
+pub(crate) fn wake(database: DatabaseKey) {
+    let wakers = WAKE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(sender) = wakers.get(&database) {
+        sender.send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+fn woken_by(database: DatabaseKey) -> watch::Receiver<u64> {
+    let mut wakers = WAKE.lock().unwrap_or_else(PoisonError::into_inner);
+    // Forget databases whose relays have all stopped (a pool's key may be reused once it is
+    // gone).
+    wakers.retain(|_, sender| sender.receiver_count() > 0);
+    wakers
+        .entry(database)
+        .or_insert_with(|| watch::Sender::new(0))
+        .subscribe()
+}
+
+/// The turn of the relays of one SQLite file in this process (SQLite has no advisory lock, and
+/// two relays reading the same rows would publish them twice).
+type SqliteTurn = Arc<tokio::sync::Mutex<()>>;
+
+static SQLITE_TURNS: LazyLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>> =
+    LazyLock::new(Mutex::default);
+
+fn sqlite_turn(pool: &sqlx::SqlitePool) -> SqliteTurn {
+    let options = pool.connect_options();
+    let file = options.get_filename();
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let mut turns = SQLITE_TURNS.lock().unwrap_or_else(PoisonError::into_inner);
+    turns.retain(|_, turn| turn.strong_count() > 0);
+    if let Some(turn) = turns.get(&file).and_then(Weak::upgrade) {
+        return turn;
+    }
+    let turn = SqliteTurn::default();
+    turns.insert(file, Arc::downgrade(&turn));
+    turn
 }
 
 /// The wait after a failed round: doubling from 100 ms, at most 30 s.
@@ -95,6 +178,8 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     batch: i64,
     poll: Duration,
+    publish_timeout: Duration,
+    sqlite_turn: Option<SqliteTurn>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -102,6 +187,7 @@ impl std::fmt::Debug for Relay {
         f.debug_struct("Relay")
             .field("batch", &self.batch)
             .field("poll", &self.poll)
+            .field("publish_timeout", &self.publish_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -110,11 +196,17 @@ impl Relay {
     /// A relay of `database`'s outbox to `publisher`, up to 256 messages a round.
     #[must_use]
     pub fn new(database: Database, publisher: Arc<dyn Publisher>) -> Self {
+        let sqlite_turn = match &database {
+            Database::Sqlite(pool) => Some(sqlite_turn(pool)),
+            Database::Postgres(_) => None,
+        };
         Self {
             database,
             publisher,
             batch: 256,
             poll: Duration::from_secs(1),
+            publish_timeout: Duration::from_secs(10),
+            sqlite_turn,
         }
     }
 
@@ -126,48 +218,13 @@ impl Relay {
         self
     }
 
-    /// Relays until `stop` completes, then returns (a round in hand is finished first). A
-    /// round runs at once when a transaction of this process that enqueued commits, at least
-    /// every [`poll`](Self::poll), and again straight away while rounds come back full.
-    /// After a failed round it waits [`backoff_after`] the previous wait before trying again,
-    /// whatever wakes it: the broker is down, and every message waits in the outbox.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
-        let mut woken = WAKE.subscribe();
-        let mut backoff = Duration::ZERO;
-        tokio::pin!(stop);
-        loop {
-            // Seen now: a commit from here on wakes the next wait.
-            woken.borrow_and_update();
-            let wait = match self.relay_once().await {
-                Ok(published) if i64::try_from(published).is_ok_and(|n| n == self.batch) => {
-                    backoff = Duration::ZERO;
-                    Duration::ZERO
-                }
-                Ok(_) => {
-                    backoff = Duration::ZERO;
-                    self.poll
-                }
-                Err(error) => {
-                    backoff = backoff_after(backoff);
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "outbox relay round failed");
-                    backoff
-                }
-            };
-            if wait.is_zero() {
-                tokio::select! {
-                    biased;
-                    () = &mut stop => return,
-                    () = std::future::ready(()) => continue,
-                }
-            }
-            let failing = !backoff.is_zero();
-            tokio::select! {
-                biased;
-                () = &mut stop => return,
-                _ = woken.changed(), if !failing => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+    /// How long a publish may take before the broker counts as down (default 10 s): the
+    /// longest a round holds its turn and its connection, and the longest shutdown waits for
+    /// a round in hand.
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// At most `batch` messages a round (at least one).
@@ -177,60 +234,142 @@ impl Relay {
         self
     }
 
+    /// Relays until `stop` completes, then returns (a round in hand is finished first). A
+    /// round runs at once when a transaction that enqueued on this relay's database commits in
+    /// this process, at least every [`poll`](Self::poll), and again straight away while rounds
+    /// come back full or set a message aside. After a failed round it waits
+    /// [`backoff_after`] the previous wait before trying again, whatever wakes it: the broker
+    /// is down, and every message waits in the outbox.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let woken = woken_by(self.database.key());
+        let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
+        drive(|| self.relay_once(), batch, self.poll, woken, stop).await;
+    }
+
     /// One round: publishes the oldest unpublished messages and marks those the broker took.
-    /// Returns how many it published; zero when there was nothing to do, or another relay of
-    /// the database holds the turn.
+    /// Returns what it did: nothing when there was nothing to do, or another relay of the
+    /// database holds the turn.
     ///
     /// # Errors
     ///
-    /// The database failed, or the broker failed partway (what it took is marked, and the
-    /// failed message's attempt is counted with the error).
-    pub async fn relay_once(&self) -> Result<usize, RelayError> {
+    /// The database failed, or the broker failed partway or did not answer within the
+    /// [`publish_timeout`](Self::publish_timeout) (what it took is marked, and the failed
+    /// message's attempt is counted with the error).
+    pub async fn relay_once(&self) -> Result<Round, RelayError> {
         let now = shop_common::unix_millis();
         match &self.database {
             Database::Sqlite(_) => {
+                let _turn = match &self.sqlite_turn {
+                    Some(turn) => Some(turn.lock().await),
+                    None => None,
+                };
                 // One connection: never held across the publish, which would stall every
-                // handler. One relay per process is the rule here.
+                // handler.
                 let batch = Outbox::pending(&self.database, self.batch).await?;
                 if batch.is_empty() {
-                    return Ok(0);
+                    return Ok(Round::default());
                 }
-                let result = self.publisher.publish(&batch).await;
+                let result = self.publish(&batch).await;
                 let mut tx = self.database.begin().await?;
-                let published = mark(&mut tx, &batch, result, now).await;
+                let round = mark(&mut tx, &batch, result, now).await;
                 tx.commit().await?;
-                published
+                round
             }
             Database::Postgres(_) => {
-                let mut tx = self.database.begin().await?;
+                // READ COMMITTED whatever the server's default: the rows read after the lock
+                // must include the marks of the relay that held it before.
+                let mut tx = self.database.begin_read_committed().await?;
                 let turn: bool = on_tx!(&mut tx, conn => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
                     .bind(RELAY_LOCK)
                     .fetch_one(&mut **conn)
                     .await)?;
                 if !turn {
-                    return Ok(0);
+                    return Ok(Round::default());
                 }
                 let batch = Outbox::pending_in(&mut tx, self.batch).await?;
                 if batch.is_empty() {
-                    return Ok(0); // the transaction rolls back, and the turn is given up
+                    return Ok(Round::default()); // the transaction rolls back, and the turn is given up
                 }
-                let result = self.publisher.publish(&batch).await;
-                let published = mark(&mut tx, &batch, result, now).await;
+                let result = self.publish(&batch).await;
+                let round = mark(&mut tx, &batch, result, now).await;
                 tx.commit().await?;
-                published
+                round
             }
+        }
+    }
+
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        tokio::time::timeout(self.publish_timeout, self.publisher.publish(batch))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError::unavailable(
+                    0,
+                    format!(
+                        "no answer from the broker within {} ms",
+                        self.publish_timeout.as_millis()
+                    ),
+                ))
+            })
+    }
+}
+
+/// The loop of [`Relay::run`], over any round (so that its timing is tested on paused time).
+async fn drive<R, Fut>(
+    mut round: R,
+    batch: usize,
+    poll: Duration,
+    mut woken: watch::Receiver<u64>,
+    stop: impl Future<Output = ()>,
+) where
+    R: FnMut() -> Fut,
+    Fut: Future<Output = Result<Round, RelayError>>,
+{
+    let mut backoff = Duration::ZERO;
+    tokio::pin!(stop);
+    loop {
+        // Seen now: a commit from here on wakes the next wait.
+        woken.borrow_and_update();
+        let wait = match round().await {
+            Ok(done) => {
+                backoff = Duration::ZERO;
+                if done.published + done.set_aside >= batch || done.set_aside > 0 {
+                    Duration::ZERO
+                } else {
+                    poll
+                }
+            }
+            Err(error) => {
+                backoff = backoff_after(backoff);
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "outbox relay round failed");
+                backoff
+            }
+        };
+        if wait.is_zero() {
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                () = std::future::ready(()) => continue,
+            }
+        }
+        let failing = !backoff.is_zero();
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            _ = woken.changed(), if !failing => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// Marks what the broker took as published, and counts a failed attempt on the message it
-/// stopped at. Returns what the round published, or the broker's error.
+/// Marks what the broker took as published; counts a failed attempt on the message it stopped
+/// at, and sets that message aside when the broker refused it. Returns what the round did, or
+/// the broker's error when it was unavailable.
 async fn mark(
     tx: &mut Tx,
     batch: &[Pending],
     result: Result<(), PublishError>,
     now: i64,
-) -> Result<usize, RelayError> {
+) -> Result<Round, RelayError> {
     let held = match &result {
         Ok(()) => batch.len(),
         Err(error) => error.held.min(batch.len()),
@@ -239,7 +378,7 @@ async fn mark(
     // row of a lower `seq` may commit after the batch was read, and must stay unpublished).
     let seqs: Vec<i64> = batch[..held].iter().map(|pending| pending.seq).collect();
     if !seqs.is_empty() {
-        match tx.conn() {
+        let marked = match tx.conn() {
             TxConn::Sqlite(conn) => {
                 let seqs = serde_json::to_string(&seqs).map_err(OutboxError::from)?;
                 sqlx::query(
@@ -249,38 +388,65 @@ async fn mark(
                 .bind(now)
                 .bind(seqs)
                 .execute(&mut **conn)
-                .await?;
+                .await
+                .map(|done| done.rows_affected())
             }
             TxConn::Postgres(conn) => {
                 sqlx::query("UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
                     .bind(now)
                     .bind(&seqs)
                     .execute(&mut **conn)
-                    .await?;
+                    .await
+                    .map(|done| done.rows_affected())
             }
-        }
+        };
+        tx.track(marked)?;
     }
-    match result {
-        Ok(()) => Ok(held),
-        Err(error) => {
-            if let Some(failed) = batch.get(held) {
-                let reason: String = error.error.to_string().chars().take(1_000).collect();
-                on_tx!(tx, conn => sqlx::query(
-                    "UPDATE messaging_outbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2",
-                )
-                .bind(&reason)
-                .bind(failed.seq)
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected()))?;
-            }
-            Err(error.into())
+    let error = match result {
+        Ok(()) => {
+            return Ok(Round {
+                published: held,
+                set_aside: 0,
+            });
         }
+        Err(error) => error,
+    };
+    let Some(failed) = batch.get(held) else {
+        return Err(error.into());
+    };
+    let reason: String = error.error.to_string().chars().take(1_000).collect();
+    let failed_at = error.refused.then_some(now);
+    on_tx!(tx, conn => sqlx::query(
+        "UPDATE messaging_outbox SET attempts = attempts + 1, last_error = $1, failed_at_ms = $2 \
+         WHERE seq = $3",
+    )
+    .bind(&reason)
+    .bind(failed_at)
+    .bind(failed.seq)
+    .execute(&mut **conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    if error.refused {
+        tracing::error!(
+            message_id = %failed.id,
+            subject = %failed.subject,
+            error = %reason,
+            "the broker refused an outbox message: set aside, the rest go on"
+        );
+        return Ok(Round {
+            published: held,
+            set_aside: 1,
+        });
     }
+    Err(error.into())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
+    use tokio::time::Instant;
+
     use super::*;
 
     #[test]
@@ -297,5 +463,102 @@ mod tests {
                 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 30_000, 30_000, 30_000
             ]
         );
+    }
+
+    fn published(n: usize) -> Result<Round, RelayError> {
+        Ok(Round {
+            published: n,
+            set_aside: 0,
+        })
+    }
+
+    fn down() -> Result<Round, RelayError> {
+        Err(PublishError::unavailable(0, "connection refused").into())
+    }
+
+    /// Drives the loop over `script` (then empty rounds) with a batch of 10 and a poll of 1 s,
+    /// waking it at each of `wakes` (ms from the start); returns when each round ran, in ms.
+    async fn rounds_at(
+        script: Vec<Result<Round, RelayError>>,
+        wakes: &[u64],
+        until_ms: u64,
+    ) -> Vec<u64> {
+        let start = Instant::now();
+        let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (waker, woken) = watch::channel(0_u64);
+        let mut script = VecDeque::from(script);
+        let round = {
+            let ran = ran.clone();
+            move || {
+                let at = u64::try_from(start.elapsed().as_millis()).unwrap();
+                ran.lock().unwrap().push(at);
+                std::future::ready(script.pop_front().unwrap_or_else(|| published(0)))
+            }
+        };
+        let wakes: Vec<u64> = wakes.to_vec();
+        let waking = tokio::spawn(async move {
+            for at in wakes {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                waker.send_modify(|n| *n += 1);
+            }
+            waker
+        });
+        drive(
+            round,
+            10,
+            Duration::from_secs(1),
+            woken,
+            tokio::time::sleep_until(start + Duration::from_millis(until_ms)),
+        )
+        .await;
+        drop(waking.await.unwrap());
+        ran.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_relay_polls_and_a_wake_runs_a_round_at_once() {
+        assert_eq!(rounds_at(vec![], &[], 2_500).await, [0, 1_000, 2_000]);
+        assert_eq!(
+            rounds_at(vec![], &[300, 1_100], 2_500).await,
+            [0, 300, 1_100, 2_100]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_rounds_and_set_aside_messages_run_the_next_round_at_once() {
+        let set_aside = Ok(Round {
+            published: 3,
+            set_aside: 1,
+        });
+        assert_eq!(
+            rounds_at(
+                vec![published(10), published(10), set_aside, published(4)],
+                &[],
+                1_500
+            )
+            .await,
+            [0, 0, 0, 0, 1_000]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_rounds_back_off_doubling_and_wakes_do_not_cut_the_wait() {
+        // Down four times, woken all the while, then up: 100, 200, 400, 800 ms apart.
+        let wakes: Vec<u64> = (1..30).map(|n| n * 50).collect();
+        let ran = rounds_at(vec![down(), down(), down(), down()], &wakes, 1_600).await;
+        assert_eq!(ran[..5], [0, 100, 300, 700, 1_500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_back_off() {
+        let ran = rounds_at(vec![down(), down(), published(0), down()], &[], 1_500).await;
+        // 0 fails, 100 fails, 300 publishes, 1300 (a poll) fails, 1400 after the first back-off.
+        assert_eq!(ran, [0, 100, 300, 1_300, 1_400]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_ends_the_loop_while_it_waits() {
+        let ran = rounds_at(vec![down()], &[], 50).await;
+        assert_eq!(ran, [0]);
     }
 }

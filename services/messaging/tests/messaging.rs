@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use shop_messaging::{
-    Context, Envelope, Inbox, Message, MessageId, Outbox, Pending, PublishError, Publisher, Relay,
-    RelayError, SagaRef,
+    Context, Envelope, Inbox, Message, MessageId, Outbox, OutboxError, Pending, PublishError,
+    Publisher, Relay, RelayError, Round, SagaRef,
 };
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -25,6 +25,10 @@ shop_common::on_both_stores!(
     the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_partway,
     a_commit_wakes_the_running_relay_and_stop_ends_it,
     a_redelivered_message_finds_its_id_in_the_inbox_once_the_effect_committed,
+    a_message_the_broker_refuses_is_set_aside_and_the_rest_go_on,
+    a_broker_that_does_not_answer_times_out_and_the_batch_is_published_again,
+    a_message_too_large_for_a_broker_is_refused_at_enqueue,
+    published_messages_are_pruned_and_the_rest_kept,
 );
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,10 +227,36 @@ struct Broker {
     taken: Mutex<Vec<(MessageId, String)>>,
     /// Take this many of the next batch, then fail.
     fail_after: Mutex<Option<usize>>,
+    /// Refuse this message whenever it comes (as too large, say).
+    refuse: Mutex<Option<MessageId>>,
+    /// Take the batch, then never answer (the relay is cut off before it hears back).
+    mute: std::sync::atomic::AtomicBool,
     /// Told when a publish begins (the relay holds its turn by then).
     entered: Arc<tokio::sync::Notify>,
     /// Held until released: the publish waits on it.
     gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Broker {
+    /// A broker whose publishes wait until the gate is given permits.
+    fn gated() -> (Arc<Self>, Arc<tokio::sync::Semaphore>) {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let broker = Self {
+            gate: Some(gate.clone()),
+            ..Self::default()
+        };
+        (Arc::new(broker), gate)
+    }
+
+    /// The ids of what it took, in order.
+    fn ids(&self) -> Vec<MessageId> {
+        self.taken
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -237,15 +267,21 @@ impl Publisher for Broker {
             let _permit = gate.acquire().await.unwrap();
         }
         let fail_after = self.fail_after.lock().unwrap().take();
-        let mut taken = self.taken.lock().unwrap();
-        for (n, pending) in batch.iter().enumerate() {
-            if fail_after == Some(n) {
-                return Err(PublishError {
-                    held: n,
-                    error: "connection reset by broker".into(),
-                });
+        let refuse = *self.refuse.lock().unwrap();
+        {
+            let mut taken = self.taken.lock().unwrap();
+            for (n, pending) in batch.iter().enumerate() {
+                if fail_after == Some(n) {
+                    return Err(PublishError::unavailable(n, "connection reset by broker"));
+                }
+                if refuse == Some(pending.id) {
+                    return Err(PublishError::refused(n, "maximum payload exceeded"));
+                }
+                taken.push((pending.id, pending.key.clone()));
             }
-            taken.push((pending.id, pending.key.clone()));
+        }
+        if self.mute.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
         }
         Ok(())
     }
@@ -290,10 +326,11 @@ async fn the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_pa
         "the failed message's attempt is counted"
     );
     assert!(pending[1..].iter().all(|p| p.attempts == 0));
+    assert!(!error.refused);
 
     // Next rounds: the rest, in order; then nothing.
-    assert_eq!(relay.relay_once().await.unwrap(), 6);
-    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    assert_eq!(relay.relay_once().await.unwrap().published, 6);
+    assert_eq!(relay.relay_once().await.unwrap(), Round::default());
     let taken = broker.taken.lock().unwrap().clone();
     let ids: Vec<MessageId> = taken.iter().map(|(id, _)| *id).collect();
     assert_eq!(
@@ -311,11 +348,7 @@ async fn relays_of_one_postgresql_database_take_turns() {
     let database = Database::connect(&db.url).await.unwrap();
     ready(&database).await;
     let sent = enqueue_committed(&database, &["a", "b", "a"]).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let broker = Arc::new(Broker {
-        gate: Some(gate.clone()),
-        ..Broker::default()
-    });
+    let (broker, gate) = Broker::gated();
     let first = Relay::new(database.clone(), broker.clone());
     let second = Relay::new(database.clone(), broker.clone());
 
@@ -327,22 +360,170 @@ async fn relays_of_one_postgresql_database_take_turns() {
         tokio::time::timeout(std::time::Duration::from_secs(10), second.relay_once())
             .await
             .expect("the second relay returned at once");
-    assert_eq!(second_round.unwrap(), 0, "another relay holds the turn");
+    assert_eq!(
+        second_round.unwrap(),
+        Round::default(),
+        "another relay holds the turn"
+    );
     gate.add_permits(10);
-    assert_eq!(holding.await.unwrap(), 3);
-    assert_eq!(second.relay_once().await.unwrap(), 0, "nothing left");
-    let ids: Vec<MessageId> = broker
-        .taken
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(id, _)| *id)
-        .collect();
+    assert_eq!(holding.await.unwrap().published, 3);
+    assert_eq!(
+        second.relay_once().await.unwrap(),
+        Round::default(),
+        "nothing left"
+    );
+    let ids = broker.ids();
     assert_eq!(ids, sent);
     if let Database::Postgres(pool) = database {
         pool.close().await;
     }
     db.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_one_sqlite_database_in_one_process_take_turns() {
+    let dir = std::env::temp_dir().join(format!("relays-{}", MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("shop.db").display());
+    let database = Database::connect(&url).await.unwrap();
+    ready(&database).await;
+    let sent = enqueue_committed(&database, &["a", "b", "a"]).await;
+    let (broker, gate) = Broker::gated();
+    // Two relays, one of them over a pool of its own on the same file.
+    let first = Relay::new(database.clone(), broker.clone());
+    let second = Relay::new(Database::connect(&url).await.unwrap(), broker.clone());
+
+    let holding = tokio::spawn(async move { first.relay_once().await.unwrap() });
+    broker.entered.notified().await;
+    // The second waits for the turn, then finds everything published.
+    let waiting = tokio::spawn(async move { second.relay_once().await.unwrap() });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "the second relay waits its turn");
+    gate.add_permits(10);
+    assert_eq!(holding.await.unwrap().published, 3);
+    assert_eq!(waiting.await.unwrap(), Round::default());
+    let ids = broker.ids();
+    assert_eq!(ids, sent, "each message once");
+    drop(database);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn a_message_the_broker_refuses_is_set_aside_and_the_rest_go_on(
+    database: &Database,
+    _: &str,
+) {
+    ready(database).await;
+    let sent = enqueue_committed(database, &["a", "b", "a", "c"]).await;
+    let broker = Arc::new(Broker::default());
+    *broker.refuse.lock().unwrap() = Some(sent[1]);
+    let relay = Relay::new(database.clone(), broker.clone());
+
+    // The first is published, the second set aside, and the rest go on without a back-off.
+    assert_eq!(
+        relay.relay_once().await.unwrap(),
+        Round {
+            published: 1,
+            set_aside: 1
+        }
+    );
+    assert_eq!(relay.relay_once().await.unwrap().published, 2);
+    assert_eq!(relay.relay_once().await.unwrap(), Round::default());
+    let failed = Outbox::failed(database, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, sent[1]);
+    assert_eq!(failed[0].kind, "PriceChanged");
+    assert_eq!(failed[0].key, "b");
+    assert!(
+        failed[0].error.contains("maximum payload exceeded"),
+        "{}",
+        failed[0].error
+    );
+    assert!(Outbox::pending(database, 10).await.unwrap().is_empty());
+
+    // Once the broker takes it, an operator puts it back: published under its own id.
+    *broker.refuse.lock().unwrap() = None;
+    assert!(Outbox::retry(database, failed[0].seq).await.unwrap());
+    assert!(
+        !Outbox::retry(database, failed[0].seq).await.unwrap(),
+        "once"
+    );
+    assert_eq!(relay.relay_once().await.unwrap().published, 1);
+    assert!(Outbox::failed(database, 10).await.unwrap().is_empty());
+    let ids = broker.ids();
+    assert_eq!(ids, [sent[0], sent[2], sent[3], sent[1]]);
+}
+
+async fn a_broker_that_does_not_answer_times_out_and_the_batch_is_published_again(
+    database: &Database,
+    _: &str,
+) {
+    ready(database).await;
+    let sent = enqueue_committed(database, &["a", "b"]).await;
+    let broker = Arc::new(Broker::default());
+    broker.mute.store(true, std::sync::atomic::Ordering::SeqCst);
+    let relay = Relay::new(database.clone(), broker.clone())
+        .publish_timeout(std::time::Duration::from_millis(200));
+
+    // The broker took the batch and went silent: the round ends, having marked nothing (the
+    // relay could as well have died before the mark), and gives its turn and connection back.
+    let failed = relay.relay_once().await.unwrap_err();
+    let RelayError::Publish(error) = failed else {
+        panic!("a publish error, got {failed:?}")
+    };
+    assert_eq!(error.held, 0);
+    assert!(error.error.to_string().contains("no answer"), "{error}");
+    assert_eq!(Outbox::pending(database, 10).await.unwrap().len(), 2);
+    on_db!(database, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+        .expect("the connection was given back");
+
+    // Published again under the same ids, which the broker and the inboxes de-duplicate.
+    broker
+        .mute
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(relay.relay_once().await.unwrap().published, 2);
+    let ids = broker.ids();
+    assert_eq!(ids, [sent[0], sent[1], sent[0], sent[1]]);
+    assert!(Outbox::pending(database, 10).await.unwrap().is_empty());
+}
+
+async fn a_message_too_large_for_a_broker_is_refused_at_enqueue(database: &Database, _: &str) {
+    ready(database).await;
+    let mut tx = database.begin().await.unwrap();
+    let huge = price(&"x".repeat(Outbox::MAX_PAYLOAD), 1);
+    let refused = Outbox::enqueue(&mut tx, &huge).await.unwrap_err();
+    assert!(
+        matches!(refused, OutboxError::TooLarge { max, .. } if max == Outbox::MAX_PAYLOAD),
+        "{refused:?}"
+    );
+    // Nothing was written, and the transaction goes on.
+    let id = Outbox::enqueue(&mut tx, &price("a", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let pending = Outbox::pending(database, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+}
+
+async fn published_messages_are_pruned_and_the_rest_kept(database: &Database, _: &str) {
+    ready(database).await;
+    let sent = enqueue_committed(database, &["a", "b", "c"]).await;
+    let broker = Arc::new(Broker::default());
+    *broker.refuse.lock().unwrap() = Some(sent[1]);
+    let relay = Relay::new(database.clone(), broker.clone()).batch(2);
+    // The first published, the second set aside; the third still waits.
+    assert_eq!(
+        relay.relay_once().await.unwrap(),
+        Round {
+            published: 1,
+            set_aside: 1
+        }
+    );
+    let later = shop_common::unix_millis() + 1;
+    assert_eq!(Outbox::prune(database, 0).await.unwrap(), 0, "too young");
+    assert_eq!(Outbox::prune(database, later).await.unwrap(), 1);
+    assert_eq!(Outbox::failed(database, 10).await.unwrap()[0].id, sent[1]);
+    assert_eq!(Outbox::pending(database, 10).await.unwrap()[0].id, sent[2]);
 }
 
 async fn a_commit_wakes_the_running_relay_and_stop_ends_it(database: &Database, _: &str) {
