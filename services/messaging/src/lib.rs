@@ -9,23 +9,37 @@
 //! redelivered message has no second effect. Delivery is at least once; with the inbox, each
 //! message has its effect once.
 //!
+//! Two transports keep one contract ([`transport`]): NATS JetStream in production, and the
+//! [`LocalTransport`] on the embedded default, a durable log in a database of its own. A
+//! service consumes by writing a [`Handler`] and running a [`Consumer`], which records the
+//! inbox, runs the handler in the same transaction, and settles each delivery: acknowledged,
+//! retried with back-off, or a dead letter with the reason, replayable.
+//!
 //! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
 //! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
 
+pub mod consumer;
 pub mod inbox;
+pub mod local;
 pub mod message;
 pub mod outbox;
 pub mod relay;
+pub mod transport;
 
 use std::sync::LazyLock;
 
 use shop_common::store::{Database, StoreError};
 use sqlx::migrate::Migrator;
 
+pub use self::consumer::{Consumer, HandleError, Handler, Inbound, Outcome, Poison};
 pub use self::inbox::Inbox;
+pub use self::local::LocalTransport;
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::outbox::{Context, Outbox, OutboxError, Pending, SetAside};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
+pub use self::transport::{
+    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Transport, TransportError,
+};
 
 /// The table this crate's migrations are recorded in.
 pub const MIGRATIONS_TABLE: &str = "_messaging_migrations";

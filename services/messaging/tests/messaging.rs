@@ -8,7 +8,7 @@ use opentelemetry::trace::TracerProvider as _;
 use serde::{Deserialize, Serialize};
 use shop_common::store::Database;
 use shop_common::{on_db, on_tx};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use shop_messaging::{
@@ -16,6 +16,22 @@ use shop_messaging::{
     Publisher, Relay, RelayError, Round, SagaRef,
 };
 use tracing_subscriber::layer::SubscriberExt;
+
+mod consume;
+
+/// The spans of this binary, exported by the global subscriber every test of this suite sets
+/// before its first span. (Global, not per test: a callsite first met on another thread while
+/// a test installs its own subscriber can be cached as disabled for good.)
+static SPANS: LazyLock<opentelemetry_sdk::trace::InMemorySpanExporter> = LazyLock::new(|| {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    exporter
+});
 
 shop_common::on_both_stores!(
     a_message_commits_or_rolls_back_with_the_state_change,
@@ -144,13 +160,7 @@ async fn the_envelope_says_what_it_is_and_what_caused_it(database: &Database, _:
     let before = shop_common::unix_millis();
 
     // A sampled span: its trace context goes into the headers.
-    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let guard = tracing::subscriber::set_default(subscriber);
+    LazyLock::force(&SPANS);
     let span = tracing::info_span!("change price");
     let trace_id = mainstay_trace_id(&span);
     let mut tx = database.begin().await.unwrap();
@@ -169,7 +179,6 @@ async fn the_envelope_says_what_it_is_and_what_caused_it(database: &Database, _:
     };
     tx.commit().await.unwrap();
     drop(span);
-    drop(guard);
 
     let pending = Outbox::pending(database, 10).await.unwrap();
     let [message] = pending.as_slice() else {

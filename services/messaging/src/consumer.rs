@@ -1,0 +1,343 @@
+//! The consumer loop: deliveries from a [`Transport`], each handled once through the inbox.
+//!
+//! A service writes a [`Handler`]; [`Consumer::run`] does the rest for every delivery:
+//!
+//! 1. the envelope is read; one that does not parse is a dead letter at once;
+//! 2. a transaction begins, and the message id goes into the inbox
+//!    ([`Inbox::first_time`](crate::Inbox::first_time)); seen before, the delivery is
+//!    acknowledged with no second effect;
+//! 3. the handler runs within that transaction, in a span that continues the publisher's trace;
+//! 4. by its answer: [`Outcome::Ack`] commits, then acknowledges; [`Outcome::Retry`] (or a
+//!    [`HandleError::Transient`], or a panic) rolls back and has the message delivered again
+//!    after a delay, until `max_deliver` deliveries, then makes it a dead letter with the
+//!    reason and the count; [`Outcome::Reject`] (or [`HandleError::Poison`], such as a body that
+//!    does not decode) rolls back and makes it a dead letter at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt as _;
+use serde::de::DeserializeOwned;
+use shop_common::store::{Database, Tx};
+use tracing::Instrument as _;
+
+use crate::inbox::Inbox;
+use crate::message::{Envelope, Message, MessageId};
+use crate::relay::{BoxError, backoff_after};
+use crate::transport::{ConsumerConfig, Delivery, Settlement, Transport, TransportError};
+
+/// What a handler decided about a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: the transaction commits, and the message is acknowledged.
+    Ack,
+    /// Not now: the transaction rolls back, and the message comes again after `after`
+    /// (a dead letter once the consumer's `max_deliver` is spent).
+    Retry {
+        /// The delay.
+        after: Duration,
+        /// Why, kept for the dead letter it may become.
+        reason: String,
+    },
+    /// Never: the transaction rolls back, and the message is a dead letter at once.
+    Reject(String),
+}
+
+/// A handler could not handle a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// A failure that may pass (a database, a service called): retried with back-off.
+    #[error("{0}")]
+    Transient(BoxError),
+    /// The message can never be handled (it does not decode, say): a dead letter at once.
+    #[error("poison: {0}")]
+    Poison(String),
+}
+
+impl From<shop_common::store::StoreError> for HandleError {
+    fn from(error: shop_common::store::StoreError) -> Self {
+        Self::Transient(Box::new(error))
+    }
+}
+
+impl From<sqlx::Error> for HandleError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Transient(Box::new(error))
+    }
+}
+
+impl From<crate::outbox::OutboxError> for HandleError {
+    fn from(error: crate::outbox::OutboxError) -> Self {
+        Self::Transient(Box::new(error))
+    }
+}
+
+impl From<Poison> for HandleError {
+    fn from(poison: Poison) -> Self {
+        Self::Poison(poison.0)
+    }
+}
+
+/// A message that is not what it claims, or not one this consumer reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Poison(pub String);
+
+/// A message as a handler receives it.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The envelope, with its body still JSON ([`decode`](Self::decode) reads it).
+    pub envelope: Envelope,
+    /// Where it was published.
+    pub subject: String,
+    /// Which delivery this is: 1 the first time.
+    pub delivered: u32,
+}
+
+impl Inbound {
+    /// Whether it is a `M`.
+    #[must_use]
+    pub fn is<M: Message>(&self) -> bool {
+        self.envelope.kind == M::KIND
+    }
+
+    /// Reads the body as a `M`.
+    ///
+    /// # Errors
+    ///
+    /// [`Poison`]: it is another kind, a version newer than `M`'s, or a body that does not
+    /// decode as one.
+    pub fn decode<M: Message + DeserializeOwned>(&self) -> Result<M, Poison> {
+        let envelope = &self.envelope;
+        if envelope.kind != M::KIND {
+            return Err(Poison(format!(
+                "a {:?} where a {} was expected",
+                envelope.kind.chars().take(64).collect::<String>(),
+                M::KIND
+            )));
+        }
+        if envelope.version > M::VERSION {
+            return Err(Poison(format!(
+                "{} version {}, newer than the {} this consumer reads",
+                M::KIND,
+                envelope.version,
+                M::VERSION
+            )));
+        }
+        serde_json::from_str(envelope.body.get())
+            .map_err(|error| Poison(format!("{} body does not decode: {error}", M::KIND)))
+    }
+}
+
+/// A consumer's logic, run for each message within the transaction of its inbox record.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles `message`, writing its effects (and any messages it sends, with
+    /// [`Outbox::enqueue`](crate::Outbox::enqueue)) within `tx`. Never commit or roll back
+    /// `tx`: the consumer does, by the answer.
+    async fn handle(&self, message: &Inbound, tx: &mut Tx) -> Result<Outcome, HandleError>;
+}
+
+/// The id in an envelope's JSON, if it is one.
+pub(crate) fn envelope_id(payload: &[u8]) -> Option<MessageId> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: MessageId,
+    }
+    serde_json::from_slice::<Id>(payload).ok().map(|id| id.id)
+}
+
+/// Runs a [`Handler`] over a durable consumer of a [`Transport`].
+#[derive(Clone)]
+pub struct Consumer {
+    config: ConsumerConfig,
+    transport: Arc<dyn Transport>,
+    database: Database,
+    handler: Arc<dyn Handler>,
+    batch: usize,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A consumer of `transport` by `config`, handling with `handler` on `database` (the
+    /// service's, which holds its inbox).
+    #[must_use]
+    pub fn new(
+        config: ConsumerConfig,
+        transport: Arc<dyn Transport>,
+        database: Database,
+        handler: Arc<dyn Handler>,
+    ) -> Self {
+        Self {
+            config,
+            transport,
+            database,
+            handler,
+            batch: 32,
+        }
+    }
+
+    /// Deliveries fetched at once (default 32, at least 1); they are handled one after
+    /// another.
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The consumer's configuration.
+    #[must_use]
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Handles deliveries until `stop` completes, finishing the one in hand. A transport that
+    /// fails is tried again after a back-off.
+    ///
+    /// # Errors
+    ///
+    /// The consumer could not be opened (an invalid configuration, or the transport down at
+    /// start).
+    pub async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), TransportError> {
+        let mut deliveries = self.transport.consumer(&self.config).await?;
+        let mut backoff = Duration::ZERO;
+        tokio::pin!(stop);
+        loop {
+            let fetched = tokio::select! {
+                biased;
+                () = &mut stop => return Ok(()),
+                fetched = deliveries.fetch(self.batch, Duration::from_secs(5)) => fetched,
+            };
+            match fetched {
+                Ok(batch) => {
+                    backoff = Duration::ZERO;
+                    for delivery in batch {
+                        self.deliver(delivery).await;
+                    }
+                }
+                Err(error) => {
+                    backoff = backoff_after(backoff);
+                    tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = backoff.as_millis(), "fetch failed");
+                    tokio::select! {
+                        biased;
+                        () = &mut stop => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one delivery and settles it.
+    pub async fn deliver(&self, delivery: Delivery) {
+        let settlement = self.process(&delivery).await;
+        if let Err(error) = delivery.settle(settlement).await {
+            // Delivered again after ack_wait, and the inbox absorbs it.
+            tracing::warn!(consumer = %self.config.name, %error, "could not settle a delivery");
+        }
+    }
+
+    /// Handles one delivery and says how to settle it, without settling it (as a consumer that
+    /// dies before it settles would leave it).
+    pub async fn process(&self, delivery: &Delivery) -> Settlement {
+        let envelope: Envelope = match serde_json::from_slice(&delivery.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return self.dead(
+                    delivery,
+                    format!("poison: the payload is not an envelope: {error}"),
+                );
+            }
+        };
+        let span = tracing::info_span!(
+            "consume",
+            otel.kind = "consumer",
+            messaging.consumer = %self.config.name,
+            messaging.destination = %delivery.subject,
+            messaging.message_id = %envelope.id,
+            message.kind = %envelope.kind,
+            delivered = delivery.delivered,
+        );
+        mainstay_telemetry::propagation::extract_message(&span, &delivery.headers);
+        let inbound = Inbound {
+            envelope,
+            subject: delivery.subject.clone(),
+            delivered: delivery.delivered,
+        };
+        let outcome = std::panic::AssertUnwindSafe(self.handle(&inbound))
+            .catch_unwind()
+            .instrument(span)
+            .await
+            .unwrap_or_else(|_| Err(HandleError::Transient("the handler panicked".into())));
+        match outcome {
+            Ok(Outcome::Ack) => Settlement::Ack,
+            Ok(Outcome::Retry { after, reason }) => self.retry(delivery, after, reason),
+            Err(HandleError::Transient(error)) => {
+                let after = retry_delay(delivery.delivered);
+                self.retry(delivery, after, error.to_string())
+            }
+            Ok(Outcome::Reject(reason)) => self.dead(delivery, reason),
+            Err(HandleError::Poison(reason)) => self.dead(delivery, format!("poison: {reason}")),
+        }
+    }
+
+    /// The transaction: the inbox record, the handler, and the commit when it says so.
+    async fn handle(&self, inbound: &Inbound) -> Result<Outcome, HandleError> {
+        let mut tx = self.database.begin().await?;
+        if !Inbox::first_time(&mut tx, &self.config.name, inbound.envelope.id).await? {
+            tracing::debug!("seen before: acknowledged with no second effect");
+            return Ok(Outcome::Ack);
+        }
+        let outcome = self.handler.handle(inbound, &mut tx).await?;
+        if outcome == Outcome::Ack {
+            tx.commit().await?;
+        }
+        Ok(outcome)
+    }
+
+    fn retry(&self, delivery: &Delivery, after: Duration, reason: String) -> Settlement {
+        if delivery.delivered >= self.config.max_deliver {
+            return self.dead(
+                delivery,
+                format!("gave up after {} deliveries: {reason}", delivery.delivered),
+            );
+        }
+        tracing::info!(consumer = %self.config.name, delivered = delivery.delivered, %reason, "retrying");
+        Settlement::Retry { after, reason }
+    }
+
+    fn dead(&self, delivery: &Delivery, reason: String) -> Settlement {
+        tracing::warn!(consumer = %self.config.name, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead letter");
+        Settlement::DeadLetter { reason }
+    }
+}
+
+/// The delay before delivery `delivered + 1` after a transient failure: 100 ms, doubling,
+/// at most 30 s.
+fn retry_delay(delivered: u32) -> Duration {
+    (1..delivered.max(1)).fold(backoff_after(Duration::ZERO), |wait, _| backoff_after(wait))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_are_retried_after_a_doubling_delay() {
+        let delays: Vec<u128> = (1..=4).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800]);
+        assert_eq!(retry_delay(40), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,488 @@
+//! The local transport: the delivery contract of [`crate::transport`] kept by a database
+//! instead of a broker, for the embedded default (no server to run).
+//!
+//! Its tables live in a database of their own (a `bus.db` beside the services' files, say),
+//! migrated by [`LocalTransport::open`] and recorded in [`MIGRATIONS_TABLE`]: a log of messages,
+//! each stored once by its id; per consumer, a cursor into the log and the deliveries not yet
+//! settled; and the dead letters. Everything survives a restart: a message in a producer's
+//! outbox is published by its relay when the producer starts again, and a message in the log is
+//! delivered to every consumer that has not settled it, when that consumer starts again (one
+//! that was in flight when the process stopped, after its `ack_wait`).
+//!
+//! Consumers in the process that published are woken at once; others look again within their
+//! fetch's wait. It works on PostgreSQL too, which its tests use; production uses JetStream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shop_common::store::{Database, Dialect, Tx};
+use shop_common::{on_db, on_tx};
+use sqlx::migrate::Migrator;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::outbox::Pending;
+use crate::relay::{PublishError, Publisher};
+use crate::transport::{
+    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport, TransportError,
+};
+
+/// The table the local transport's migrations are recorded in.
+pub const MIGRATIONS_TABLE: &str = "_messaging_local_migrations";
+
+static SQLITE_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/local/sqlite");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+});
+
+static POSTGRES_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("./migrations/local/postgres");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+});
+
+/// How many log entries one fetch looks through for a consumer's subjects.
+const SCAN: i64 = 1_000;
+
+struct Inner {
+    database: Database,
+    /// Bumped on every change a waiting fetch may be waiting for (a publish, a retry, a replay).
+    changed: watch::Sender<u64>,
+}
+
+impl Inner {
+    fn bump(&self) {
+        self.changed
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+/// The local transport over one database. Clones share it.
+#[derive(Clone)]
+pub struct LocalTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTransport")
+            .field("dialect", &self.inner.database.dialect())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalTransport {
+    /// Opens the transport on `database`, creating or updating its tables.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or a migration does.
+    pub async fn open(database: Database) -> Result<Self, TransportError> {
+        database
+            .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
+            .await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                database,
+                changed: watch::Sender::new(0),
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for LocalTransport {
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        let stored = async {
+            let mut tx = self.inner.database.begin().await?;
+            let now = shop_common::unix_millis();
+            for pending in batch {
+                let headers = serde_json::to_string(&pending.headers)
+                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                on_tx!(&mut tx, conn => sqlx::query(
+                    "INSERT INTO bus_messages (id, subject, headers, payload, stored_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(pending.id.to_string())
+                .bind(&pending.subject)
+                .bind(&headers)
+                .bind(&pending.payload)
+                .bind(now)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+            }
+            tx.commit().await?;
+            Ok::<_, TransportError>(())
+        };
+        // One transaction: the log holds all of the batch, or none of it.
+        stored
+            .await
+            .map_err(|error| PublishError::unavailable(0, error))?;
+        self.inner.bump();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    async fn consumer(
+        &self,
+        config: &ConsumerConfig,
+    ) -> Result<Box<dyn Deliveries>, TransportError> {
+        config.validate()?;
+        let subjects = serde_json::to_string(&config.subjects)
+            .map_err(|e| TransportError::Invalid(e.to_string()))?;
+        let ack_wait_ms = millis(config.ack_wait);
+        on_db!(&self.inner.database, pool => sqlx::query(
+            "INSERT INTO bus_consumers (name, subjects, max_deliver, ack_wait_ms, cursor) \
+             VALUES ($1, $2, $3, $4, 0) ON CONFLICT (name) DO UPDATE SET \
+             subjects = excluded.subjects, max_deliver = excluded.max_deliver, \
+             ack_wait_ms = excluded.ack_wait_ms",
+        )
+        .bind(&config.name)
+        .bind(&subjects)
+        .bind(i64::from(config.max_deliver))
+        .bind(ack_wait_ms)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(Box::new(LocalDeliveries {
+            inner: self.inner.clone(),
+            config: config.clone(),
+        }))
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, TransportError> {
+        type Row = (i64, String, String, Vec<u8>, String, i32, i64);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<Row> = on_db!(&self.inner.database, pool => sqlx::query_as(
+            "SELECT d.dead_seq, m.id, m.subject, m.payload, d.reason, d.delivered, d.dead_at_ms \
+             FROM bus_dead_letters d JOIN bus_messages m ON m.seq = d.seq \
+             WHERE d.consumer = $1 ORDER BY d.dead_seq LIMIT $2",
+        )
+        .bind(consumer)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, broker_id, subject, payload, reason, delivered, dead_at_ms)| DeadLetter {
+                    seq,
+                    consumer: consumer.to_owned(),
+                    broker_id,
+                    message_id: crate::consumer::envelope_id(&payload),
+                    subject,
+                    reason,
+                    delivered: u32::try_from(delivered).unwrap_or(0),
+                    dead_at_ms,
+                },
+            )
+            .collect())
+    }
+
+    async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
+        let database = &self.inner.database;
+        let mut tx = database.begin().await?;
+        let now = shop_common::unix_millis();
+        let dead: Vec<(i64, i64)> = match seq {
+            Some(seq) => on_tx!(&mut tx, conn => sqlx::query_as(
+                "SELECT dead_seq, seq FROM bus_dead_letters WHERE consumer = $1 AND dead_seq = $2",
+            )
+            .bind(consumer)
+            .bind(seq)
+            .fetch_all(&mut **conn)
+            .await)?,
+            None => on_tx!(&mut tx, conn => sqlx::query_as(
+                "SELECT dead_seq, seq FROM bus_dead_letters WHERE consumer = $1 ORDER BY dead_seq",
+            )
+            .bind(consumer)
+            .fetch_all(&mut **conn)
+            .await)?,
+        };
+        for (dead_seq, message_seq) in &dead {
+            // Delivered again as if for the first time: a full max_deliver ahead of it.
+            on_tx!(&mut tx, conn => sqlx::query(
+                "INSERT INTO bus_deliveries (consumer, seq, delivered, due_at_ms) \
+                 VALUES ($1, $2, 0, $3) ON CONFLICT (consumer, seq) DO UPDATE SET \
+                 delivered = 0, due_at_ms = excluded.due_at_ms, last_error = NULL",
+            )
+            .bind(consumer)
+            .bind(message_seq)
+            .bind(now)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))?;
+            on_tx!(&mut tx, conn => sqlx::query("DELETE FROM bus_dead_letters WHERE dead_seq = $1")
+                .bind(dead_seq)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+        }
+        tx.commit().await?;
+        self.inner.bump();
+        Ok(u64::try_from(dead.len()).unwrap_or(u64::MAX))
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A consumer of the local transport.
+struct LocalDeliveries {
+    inner: Arc<Inner>,
+    config: ConsumerConfig,
+}
+
+#[async_trait]
+impl Deliveries for LocalDeliveries {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
+        let deadline = Instant::now() + wait;
+        let mut changed = self.inner.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let (deliveries, next_due_ms) = self.take(max.max(1)).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(deliveries);
+            }
+            let until = next_due_ms.map_or(deadline, |due| {
+                let in_ms = u64::try_from(due - shop_common::unix_millis()).unwrap_or(0);
+                deadline.min(now + Duration::from_millis(in_ms))
+            });
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+}
+
+type MessageRow = (String, String, String, Vec<u8>);
+
+impl LocalDeliveries {
+    /// Takes up to `max` deliveries in one transaction: first the messages due again, then new
+    /// ones on the consumer's subjects. Returns them and when the next one falls due.
+    async fn take(&self, max: usize) -> Result<(Vec<Delivery>, Option<i64>), TransportError> {
+        let database = &self.inner.database;
+        let name = self.config.name.as_str();
+        let max_deliver = i64::from(self.config.max_deliver);
+        let ack_wait = millis(self.config.ack_wait);
+        let now = shop_common::unix_millis();
+        let mut tx = database.begin_read_committed().await?;
+        // One fetch at a time per consumer (replicas on PostgreSQL); SQLite has one writer.
+        let lock = match tx.dialect() {
+            Dialect::Postgres => "SELECT cursor FROM bus_consumers WHERE name = $1 FOR UPDATE",
+            Dialect::Sqlite => "SELECT cursor FROM bus_consumers WHERE name = $1",
+        };
+        let cursor: i64 = on_tx!(&mut tx, conn => sqlx::query_scalar(lock)
+            .bind(name)
+            .fetch_one(&mut **conn)
+            .await)?;
+
+        // Delivered max_deliver times and never settled (the handler crashed or hung every
+        // time): a dead letter, with the last reason given, if any.
+        on_tx!(&mut tx, conn => sqlx::query(
+            "INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
+             SELECT consumer, seq, COALESCE(last_error, 'not settled within ack_wait'), delivered, $3 \
+             FROM bus_deliveries WHERE consumer = $1 AND due_at_ms <= $3 AND delivered >= $2 \
+             ON CONFLICT (consumer, seq) DO NOTHING",
+        )
+        .bind(name)
+        .bind(max_deliver)
+        .bind(now)
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        on_tx!(&mut tx, conn => sqlx::query(
+            "DELETE FROM bus_deliveries WHERE consumer = $1 AND due_at_ms <= $3 AND delivered >= $2",
+        )
+        .bind(name)
+        .bind(max_deliver)
+        .bind(now)
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+
+        // Due again: retried, or not settled within ack_wait.
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut taken: Vec<(i64, i32)> = on_tx!(&mut tx, conn => sqlx::query_as(
+            "UPDATE bus_deliveries SET delivered = delivered + 1, due_at_ms = $3 \
+             WHERE consumer = $1 AND seq IN (SELECT seq FROM bus_deliveries \
+             WHERE consumer = $1 AND due_at_ms <= $2 ORDER BY seq LIMIT $4) \
+             RETURNING seq, delivered",
+        )
+        .bind(name)
+        .bind(now)
+        .bind(now.saturating_add(ack_wait))
+        .bind(limit)
+        .fetch_all(&mut **conn)
+        .await)?;
+        taken.sort_unstable();
+
+        // New: the log after the cursor, on the consumer's subjects.
+        if taken.len() < max {
+            let scanned: Vec<(i64, String)> = on_tx!(&mut tx, conn => sqlx::query_as(
+                "SELECT seq, subject FROM bus_messages WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(cursor)
+            .bind(SCAN)
+            .fetch_all(&mut **conn)
+            .await)?;
+            let mut new_cursor = cursor;
+            for (seq, subject) in scanned {
+                if taken.len() == max {
+                    break;
+                }
+                new_cursor = seq;
+                if !self.config.receives(&subject) {
+                    continue;
+                }
+                on_tx!(&mut tx, conn => sqlx::query(
+                    "INSERT INTO bus_deliveries (consumer, seq, delivered, due_at_ms) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (consumer, seq) DO NOTHING",
+                )
+                .bind(name)
+                .bind(seq)
+                .bind(now.saturating_add(ack_wait))
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+                taken.push((seq, 1));
+            }
+            if new_cursor != cursor {
+                on_tx!(&mut tx, conn => sqlx::query("UPDATE bus_consumers SET cursor = $2 WHERE name = $1")
+                    .bind(name)
+                    .bind(new_cursor)
+                    .execute(&mut **conn)
+                    .await
+                    .map(|done| done.rows_affected()))?;
+            }
+        }
+
+        let mut deliveries = Vec::with_capacity(taken.len());
+        for (seq, delivered) in taken {
+            let (id, subject, headers, payload) = load(&mut tx, seq).await?;
+            let headers: HashMap<String, String> =
+                serde_json::from_str(&headers).unwrap_or_default();
+            deliveries.push(Delivery::new(
+                id,
+                subject,
+                headers,
+                payload,
+                u32::try_from(delivered).unwrap_or(0),
+                Box::new(LocalSettle {
+                    inner: self.inner.clone(),
+                    consumer: self.config.name.clone(),
+                    seq,
+                }),
+            ));
+        }
+        let next_due: Option<i64> = on_tx!(&mut tx, conn => sqlx::query_scalar(
+            "SELECT MIN(due_at_ms) FROM bus_deliveries WHERE consumer = $1",
+        )
+        .bind(name)
+        .fetch_one(&mut **conn)
+        .await)?;
+        tx.commit().await?;
+        Ok((deliveries, next_due))
+    }
+}
+
+async fn load(tx: &mut Tx, seq: i64) -> Result<MessageRow, TransportError> {
+    Ok(on_tx!(tx, conn => sqlx::query_as(
+        "SELECT id, subject, headers, payload FROM bus_messages WHERE seq = $1",
+    )
+    .bind(seq)
+    .fetch_one(&mut **conn)
+    .await)?)
+}
+
+/// Settles one delivery of the local transport.
+struct LocalSettle {
+    inner: Arc<Inner>,
+    consumer: String,
+    seq: i64,
+}
+
+#[async_trait]
+impl Settle for LocalSettle {
+    async fn settle(
+        self: Box<Self>,
+        _delivery: &Delivery,
+        how: Settlement,
+    ) -> Result<(), TransportError> {
+        let database = &self.inner.database;
+        let now = shop_common::unix_millis();
+        match how {
+            Settlement::Ack => {
+                on_db!(database, pool => sqlx::query(
+                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2",
+                )
+                .bind(&self.consumer)
+                .bind(self.seq)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()))?;
+                return Ok(());
+            }
+            Settlement::Retry { after, reason } => {
+                on_db!(database, pool => sqlx::query(
+                    "UPDATE bus_deliveries SET due_at_ms = $3, last_error = $4 \
+                     WHERE consumer = $1 AND seq = $2",
+                )
+                .bind(&self.consumer)
+                .bind(self.seq)
+                .bind(now.saturating_add(millis(after)))
+                .bind(truncate(&reason))
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()))?;
+            }
+            Settlement::DeadLetter { reason } => {
+                let mut tx = database.begin().await?;
+                on_tx!(&mut tx, conn => sqlx::query(
+                    "INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
+                     SELECT consumer, seq, $3, delivered, $4 FROM bus_deliveries \
+                     WHERE consumer = $1 AND seq = $2 \
+                     ON CONFLICT (consumer, seq) DO NOTHING",
+                )
+                .bind(&self.consumer)
+                .bind(self.seq)
+                .bind(truncate(&reason))
+                .bind(now)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+                on_tx!(&mut tx, conn => sqlx::query(
+                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2",
+                )
+                .bind(&self.consumer)
+                .bind(self.seq)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
+                tx.commit().await?;
+            }
+        }
+        self.inner.bump();
+        Ok(())
+    }
+}
+
+/// A reason as stored: at most 1 000 characters.
+pub(crate) fn truncate(reason: &str) -> String {
+    reason.chars().take(1_000).collect()
+}
