@@ -302,17 +302,19 @@ impl Database {
         Ok(self.tx(conn))
     }
 
-    /// Begins a transaction at READ COMMITTED on PostgreSQL, whatever the database's default,
-    /// for code whose correctness depends on seeing what others committed after it began (a
-    /// statement that follows a lock sees the rows the lock's previous holder wrote). On
-    /// SQLite, the same as [`begin`](Self::begin).
+    /// Begins a transaction that reads, then writes by what it read, and must see what others
+    /// committed before each statement: at READ COMMITTED on PostgreSQL, whatever the
+    /// database's default (a statement that follows a lock sees the rows the lock's previous
+    /// holder wrote); on SQLite, `BEGIN IMMEDIATE`, holding the write lock from the start (a
+    /// deferred transaction that read under one snapshot fails when it then writes after
+    /// another connection, such as another process on the file, committed).
     ///
     /// # Errors
     ///
     /// No connection could be had, or the database refused to begin.
     pub async fn begin_read_committed(&self) -> Result<Tx, StoreError> {
         let conn = match self {
-            Self::Sqlite(pool) => TxConn::Sqlite(pool.begin().await?),
+            Self::Sqlite(pool) => TxConn::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
             Self::Postgres(pool) => TxConn::Postgres(
                 pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
                     .await?,

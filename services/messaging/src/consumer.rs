@@ -32,8 +32,8 @@ use crate::transport::{ConsumerConfig, Delivery, Settlement, Transport, Transpor
 pub enum Outcome {
     /// Handled: the transaction commits, and the message is acknowledged.
     Ack,
-    /// Not now: the transaction rolls back, and the message comes again after `after`
-    /// (a dead letter once the consumer's `max_deliver` is spent).
+    /// Not now: the transaction rolls back, and the message comes again after `after` (at
+    /// most an hour; a dead letter once the consumer's `max_deliver` is spent).
     Retry {
         /// The delay.
         after: Duration,
@@ -200,8 +200,14 @@ impl Consumer {
         &self.config
     }
 
-    /// Handles deliveries until `stop` completes, finishing the one in hand. A transport that
-    /// fails is tried again after a back-off.
+    /// Handles deliveries until `stop` completes, finishing the one in hand (the rest of a
+    /// fetched batch is left unsettled, and delivered again after `ack_wait`).
+    ///
+    /// When the service's database fails outside the handler (the transaction cannot begin,
+    /// the inbox cannot be written, the commit fails), the consumer holds the delivery and
+    /// tries it again after a back-off until the database answers, rather than send it back:
+    /// an outage shorter than `ack_wait × max_deliver` dead-letters nothing. A transport that
+    /// fails is tried again after a back-off too.
     ///
     /// # Errors
     ///
@@ -220,12 +226,10 @@ impl Consumer {
                 () = &mut stop => return Ok(()),
                 fetched = deliveries.fetch(self.batch, Duration::from_secs(5)) => fetched,
             };
-            match fetched {
+            let batch = match fetched {
                 Ok(batch) => {
                     backoff = Duration::ZERO;
-                    for delivery in batch {
-                        self.deliver(delivery).await;
-                    }
+                    batch
                 }
                 Err(error) => {
                     backoff = backoff_after(backoff);
@@ -235,6 +239,33 @@ impl Consumer {
                         () = &mut stop => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
                     }
+                    continue;
+                }
+            };
+            for delivery in batch {
+                let mut held = Duration::ZERO;
+                let settlement = loop {
+                    match self.attempt(&delivery).await {
+                        Attempt::Settle(settlement) => break settlement,
+                        Attempt::StoreDown(error) => {
+                            held = backoff_after(held);
+                            tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = held.as_millis(), "the database failed: holding the delivery");
+                            tokio::select! {
+                                biased;
+                                () = &mut stop => return Ok(()),
+                                () = tokio::time::sleep(held) => {}
+                            }
+                        }
+                    }
+                };
+                if let Err(error) = delivery.settle(settlement).await {
+                    // Delivered again after ack_wait, and the inbox absorbs it.
+                    tracing::warn!(consumer = %self.config.name, %error, "could not settle a delivery");
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return Ok(()),
+                    () = std::future::ready(()) => {}
                 }
             }
         }
@@ -250,24 +281,45 @@ impl Consumer {
     }
 
     /// Handles one delivery and says how to settle it, without settling it (as a consumer that
-    /// dies before it settles would leave it).
+    /// dies before it settles would leave it). A database that failed outside the handler asks
+    /// for the delivery again after a second, never for a dead letter.
     pub async fn process(&self, delivery: &Delivery) -> Settlement {
+        match self.attempt(delivery).await {
+            Attempt::Settle(settlement) => settlement,
+            Attempt::StoreDown(error) => Settlement::Retry {
+                after: Duration::from_secs(1),
+                reason: format!("the database failed: {error}"),
+            },
+        }
+    }
+
+    async fn attempt(&self, delivery: &Delivery) -> Attempt {
+        if delivery.delivered > self.config.max_deliver {
+            // Its earlier deliveries were never settled (the consumer died or hung each time).
+            return Attempt::Settle(self.dead(
+                delivery,
+                format!(
+                    "delivered {} times, never settled within ack_wait",
+                    delivery.delivered - 1
+                ),
+            ));
+        }
         let envelope: Envelope = match serde_json::from_slice(&delivery.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
-                return self.dead(
+                return Attempt::Settle(self.dead(
                     delivery,
                     format!("poison: the payload is not an envelope: {error}"),
-                );
+                ));
             }
         };
         let span = tracing::info_span!(
             "consume",
             otel.kind = "consumer",
             messaging.consumer = %self.config.name,
-            messaging.destination = %delivery.subject,
+            messaging.destination = %clip(&delivery.subject),
             messaging.message_id = %envelope.id,
-            message.kind = %envelope.kind,
+            message.kind = %clip(&envelope.kind),
             delivered = delivery.delivered,
         );
         mainstay_telemetry::propagation::extract_message(&span, &delivery.headers);
@@ -280,29 +332,45 @@ impl Consumer {
             .catch_unwind()
             .instrument(span)
             .await
-            .unwrap_or_else(|_| Err(HandleError::Transient("the handler panicked".into())));
-        match outcome {
+            .unwrap_or_else(|_| {
+                Err(Failure::Handler(HandleError::Transient(
+                    "the handler panicked".into(),
+                )))
+            });
+        Attempt::Settle(match outcome {
+            Err(Failure::Store(error)) => return Attempt::StoreDown(error),
             Ok(Outcome::Ack) => Settlement::Ack,
-            Ok(Outcome::Retry { after, reason }) => self.retry(delivery, after, reason),
-            Err(HandleError::Transient(error)) => {
+            Ok(Outcome::Retry { after, reason }) => {
+                self.retry(delivery, after.min(MAX_RETRY_DELAY), reason)
+            }
+            Err(Failure::Handler(HandleError::Transient(error))) => {
                 let after = retry_delay(delivery.delivered);
                 self.retry(delivery, after, error.to_string())
             }
             Ok(Outcome::Reject(reason)) => self.dead(delivery, reason),
-            Err(HandleError::Poison(reason)) => self.dead(delivery, format!("poison: {reason}")),
-        }
+            Err(Failure::Handler(HandleError::Poison(reason))) => {
+                self.dead(delivery, format!("poison: {reason}"))
+            }
+        })
     }
 
     /// The transaction: the inbox record, the handler, and the commit when it says so.
-    async fn handle(&self, inbound: &Inbound) -> Result<Outcome, HandleError> {
-        let mut tx = self.database.begin().await?;
-        if !Inbox::first_time(&mut tx, &self.config.name, inbound.envelope.id).await? {
+    async fn handle(&self, inbound: &Inbound) -> Result<Outcome, Failure> {
+        let mut tx = self.database.begin().await.map_err(Failure::Store)?;
+        let first = Inbox::first_time(&mut tx, &self.config.name, inbound.envelope.id)
+            .await
+            .map_err(Failure::Store)?;
+        if !first {
             tracing::debug!("seen before: acknowledged with no second effect");
             return Ok(Outcome::Ack);
         }
-        let outcome = self.handler.handle(inbound, &mut tx).await?;
+        let outcome = self
+            .handler
+            .handle(inbound, &mut tx)
+            .await
+            .map_err(Failure::Handler)?;
         if outcome == Outcome::Ack {
-            tx.commit().await?;
+            tx.commit().await.map_err(Failure::Store)?;
         }
         Ok(outcome)
     }
@@ -314,13 +382,40 @@ impl Consumer {
                 format!("gave up after {} deliveries: {reason}", delivery.delivered),
             );
         }
-        tracing::info!(consumer = %self.config.name, delivered = delivery.delivered, %reason, "retrying");
+        tracing::info!(consumer = %self.config.name, delivered = delivery.delivered, reason = %clip(&reason), "retrying");
         Settlement::Retry { after, reason }
     }
 
     fn dead(&self, delivery: &Delivery, reason: String) -> Settlement {
-        tracing::warn!(consumer = %self.config.name, subject = %delivery.subject, delivered = delivery.delivered, %reason, "dead letter");
+        tracing::warn!(consumer = %self.config.name, subject = %clip(&delivery.subject), delivered = delivery.delivered, reason = %clip(&reason), "dead letter");
         Settlement::DeadLetter { reason }
+    }
+}
+
+/// The longest a handler's [`Outcome::Retry`] may put a message off.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
+
+/// What one attempt at a delivery came to.
+enum Attempt {
+    /// Settle it so.
+    Settle(Settlement),
+    /// The service's database failed outside the handler: not the message's fault.
+    StoreDown(shop_common::store::StoreError),
+}
+
+/// Why the transaction of a delivery failed.
+enum Failure {
+    /// The kit's own statements (begin, inbox, commit).
+    Store(shop_common::store::StoreError),
+    /// The handler's.
+    Handler(HandleError),
+}
+
+/// At most 200 characters of what a publisher wrote, for logs and span fields.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(200) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..at])),
     }
 }
 

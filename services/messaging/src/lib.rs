@@ -20,6 +20,7 @@
 
 pub mod consumer;
 pub mod inbox;
+pub mod jetstream;
 pub mod local;
 pub mod message;
 pub mod outbox;
@@ -33,6 +34,7 @@ use sqlx::migrate::Migrator;
 
 pub use self::consumer::{Consumer, HandleError, Handler, Inbound, Outcome, Poison};
 pub use self::inbox::Inbox;
+pub use self::jetstream::JetStreamTransport;
 pub use self::local::LocalTransport;
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::outbox::{Context, Outbox, OutboxError, Pending, SetAside};

@@ -9,21 +9,21 @@
 //! delivered to every consumer that has not settled it, when that consumer starts again (one
 //! that was in flight when the process stopped, after its `ack_wait`).
 //!
-//! Consumers in the process that published are woken at once; others look again within their
-//! fetch's wait. It works on PostgreSQL too, which its tests use; production uses JetStream.
+//! Consumers in this process are woken at once by a publish on their database; others look
+//! again within their fetch's wait. It works on PostgreSQL too, which its tests use; production uses JetStream.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shop_common::store::{Database, Dialect, Tx};
+use shop_common::store::{Database, DatabaseKey, Dialect, Tx};
 use shop_common::{on_db, on_tx};
 use sqlx::migrate::Migrator;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::outbox::Pending;
+use crate::outbox::{Outbox, Pending};
 use crate::relay::{PublishError, Publisher};
 use crate::transport::{
     ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport, TransportError,
@@ -44,13 +44,32 @@ static POSTGRES_MIGRATIONS: LazyLock<Migrator> = LazyLock::new(|| {
     migrator
 });
 
+/// The advisory lock publishers to a PostgreSQL log take turns on.
+const PUBLISH_LOCK: i64 = 0x6d73_6275_7370_7562; // "msbuspub"
+
 /// How many log entries one fetch looks through for a consumer's subjects.
 const SCAN: i64 = 1_000;
 
 struct Inner {
     database: Database,
-    /// Bumped on every change a waiting fetch may be waiting for (a publish, a retry, a replay).
-    changed: watch::Sender<u64>,
+    /// Bumped on every change a waiting fetch may be waiting for (a publish, a retry, a replay),
+    /// shared by every transport of this process on the same database.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+/// The change signals of the databases local transports are open on in this process.
+static CHANGED: LazyLock<Mutex<HashMap<DatabaseKey, Weak<watch::Sender<u64>>>>> =
+    LazyLock::new(Mutex::default);
+
+fn changed_of(database: &Database) -> Arc<watch::Sender<u64>> {
+    let mut signals = CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
+    signals.retain(|_, signal| signal.strong_count() > 0);
+    if let Some(signal) = signals.get(&database.key()).and_then(Weak::upgrade) {
+        return signal;
+    }
+    let signal = Arc::new(watch::Sender::new(0));
+    signals.insert(database.key(), Arc::downgrade(&signal));
+    signal
 }
 
 impl Inner {
@@ -86,8 +105,8 @@ impl LocalTransport {
             .await?;
         Ok(Self {
             inner: Arc::new(Inner {
+                changed: changed_of(&database),
                 database,
-                changed: watch::Sender::new(0),
             }),
         })
     }
@@ -96,10 +115,24 @@ impl LocalTransport {
 #[async_trait]
 impl Publisher for LocalTransport {
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        // What a broker would refuse, refused here too: the first such message ends the batch.
+        let refused = batch.iter().position(|pending| {
+            pending.payload.len() > Outbox::MAX_PAYLOAD || !valid_subject(&pending.subject)
+        });
+        let storable = &batch[..refused.unwrap_or(batch.len())];
         let stored = async {
-            let mut tx = self.inner.database.begin().await?;
+            let mut tx = self.inner.database.begin_read_committed().await?;
+            if tx.dialect() == Dialect::Postgres {
+                // Publishers take turns, so that the log's seqs commit in their order: a
+                // consumer's cursor moves past a seq only once every lower one is visible.
+                on_tx!(&mut tx, conn => sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PUBLISH_LOCK)
+                    .execute(&mut **conn)
+                    .await
+                    .map(|done| done.rows_affected()))?;
+            }
             let now = shop_common::unix_millis();
-            for pending in batch {
+            for pending in storable {
                 let headers = serde_json::to_string(&pending.headers)
                     .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                 on_tx!(&mut tx, conn => sqlx::query(
@@ -118,13 +151,34 @@ impl Publisher for LocalTransport {
             tx.commit().await?;
             Ok::<_, TransportError>(())
         };
-        // One transaction: the log holds all of the batch, or none of it.
+        // One transaction: the log holds all of what it was given, or none of it.
         stored
             .await
             .map_err(|error| PublishError::unavailable(0, error))?;
         self.inner.bump();
-        Ok(())
+        match refused {
+            None => Ok(()),
+            Some(at) => Err(PublishError::refused(
+                at,
+                format!(
+                    "a message of {} bytes on {:?}: larger than {} bytes, or not a subject",
+                    batch[at].payload.len(),
+                    batch[at].subject.chars().take(64).collect::<String>(),
+                    Outbox::MAX_PAYLOAD
+                ),
+            )),
+        }
     }
+}
+
+/// A subject as NATS takes one to publish on: `.`-separated tokens, none empty, no wildcards
+/// and no white space, at most 256 bytes.
+fn valid_subject(subject: &str) -> bool {
+    subject.len() <= 256
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+        })
 }
 
 #[async_trait]
@@ -145,7 +199,7 @@ impl Transport for LocalTransport {
         )
         .bind(&config.name)
         .bind(&subjects)
-        .bind(i64::from(config.max_deliver))
+        .bind(i32::try_from(config.max_deliver).unwrap_or(i32::MAX))
         .bind(ack_wait_ms)
         .execute(pool)
         .await
@@ -191,7 +245,7 @@ impl Transport for LocalTransport {
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
         let database = &self.inner.database;
-        let mut tx = database.begin().await?;
+        let mut tx = database.begin_read_committed().await?;
         let now = shop_common::unix_millis();
         let dead: Vec<(i64, i64)> = match seq {
             Some(seq) => on_tx!(&mut tx, conn => sqlx::query_as(
@@ -246,19 +300,25 @@ struct LocalDeliveries {
 #[async_trait]
 impl Deliveries for LocalDeliveries {
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError> {
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(wait)
+            .unwrap_or(start + Duration::from_secs(86_400));
         let mut changed = self.inner.changed.subscribe();
         loop {
             changed.borrow_and_update();
-            let (deliveries, next_due_ms) = self.take(max.max(1)).await?;
-            if !deliveries.is_empty() {
-                return Ok(deliveries);
+            let taken = self.take(max.max(1)).await?;
+            if !taken.deliveries.is_empty() {
+                return Ok(taken.deliveries);
+            }
+            if taken.more {
+                continue; // a page of other subjects' messages: look further at once
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(deliveries);
+                return Ok(taken.deliveries);
             }
-            let until = next_due_ms.map_or(deadline, |due| {
+            let until = taken.next_due_ms.map_or(deadline, |due| {
                 let in_ms = u64::try_from(due - shop_common::unix_millis()).unwrap_or(0);
                 deadline.min(now + Duration::from_millis(in_ms))
             });
@@ -272,49 +332,70 @@ impl Deliveries for LocalDeliveries {
 
 type MessageRow = (String, String, String, Vec<u8>);
 
+/// What one [`LocalDeliveries::take`] found.
+struct Taken {
+    deliveries: Vec<Delivery>,
+    /// When the next delivery in flight or waiting falls due, in ms since the epoch.
+    next_due_ms: Option<i64>,
+    /// Whether it stopped at a full page of the log without reaching its end.
+    more: bool,
+}
+
+/// The consumer as stored: what every replica's fetch goes by.
+type ConsumerRow = (i64, String, i32, i64);
+
 impl LocalDeliveries {
     /// Takes up to `max` deliveries in one transaction: first the messages due again, then new
-    /// ones on the consumer's subjects. Returns them and when the next one falls due.
-    async fn take(&self, max: usize) -> Result<(Vec<Delivery>, Option<i64>), TransportError> {
+    /// ones on the consumer's subjects.
+    async fn take(&self, max: usize) -> Result<Taken, TransportError> {
         let database = &self.inner.database;
         let name = self.config.name.as_str();
-        let max_deliver = i64::from(self.config.max_deliver);
-        let ack_wait = millis(self.config.ack_wait);
         let now = shop_common::unix_millis();
         let mut tx = database.begin_read_committed().await?;
-        // One fetch at a time per consumer (replicas on PostgreSQL); SQLite has one writer.
+        // One fetch at a time per consumer (replicas on PostgreSQL), by the consumer as stored
+        // (the replica that opened it last may have changed its subjects).
         let lock = match tx.dialect() {
-            Dialect::Postgres => "SELECT cursor FROM bus_consumers WHERE name = $1 FOR UPDATE",
-            Dialect::Sqlite => "SELECT cursor FROM bus_consumers WHERE name = $1",
+            Dialect::Postgres => {
+                "SELECT cursor, subjects, max_deliver, ack_wait_ms FROM bus_consumers \
+                 WHERE name = $1 FOR UPDATE"
+            }
+            Dialect::Sqlite => {
+                "SELECT cursor, subjects, max_deliver, ack_wait_ms FROM bus_consumers \
+                 WHERE name = $1"
+            }
         };
-        let cursor: i64 = on_tx!(&mut tx, conn => sqlx::query_scalar(lock)
+        let (cursor, subjects, max_deliver, ack_wait): ConsumerRow = on_tx!(&mut tx, conn => sqlx::query_as(lock)
             .bind(name)
             .fetch_one(&mut **conn)
             .await)?;
+        let subjects: Vec<String> = serde_json::from_str(&subjects).unwrap_or_default();
+        let receives = |subject: &str| {
+            subjects
+                .iter()
+                .any(|filter| crate::transport::subject_matches(filter, subject))
+        };
 
         // Delivered max_deliver times and never settled (the handler crashed or hung every
-        // time): a dead letter, with the last reason given, if any.
-        on_tx!(&mut tx, conn => sqlx::query(
-            "INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
-             SELECT consumer, seq, COALESCE(last_error, 'not settled within ack_wait'), delivered, $3 \
-             FROM bus_deliveries WHERE consumer = $1 AND due_at_ms <= $3 AND delivered >= $2 \
-             ON CONFLICT (consumer, seq) DO NOTHING",
+        // time): a dead letter. One DELETE decides which, so that none is lost between it and
+        // the copy.
+        let exhausted: Vec<(i64, i32, Option<String>)> = on_tx!(&mut tx, conn => sqlx::query_as(
+            "DELETE FROM bus_deliveries WHERE consumer = $1 AND due_at_ms <= $3 AND delivered >= $2 \
+             RETURNING seq, delivered, last_error",
         )
         .bind(name)
         .bind(max_deliver)
         .bind(now)
-        .execute(&mut **conn)
-        .await
-        .map(|done| done.rows_affected()))?;
-        on_tx!(&mut tx, conn => sqlx::query(
-            "DELETE FROM bus_deliveries WHERE consumer = $1 AND due_at_ms <= $3 AND delivered >= $2",
-        )
-        .bind(name)
-        .bind(max_deliver)
-        .bind(now)
-        .execute(&mut **conn)
-        .await
-        .map(|done| done.rows_affected()))?;
+        .fetch_all(&mut **conn)
+        .await)?;
+        for (seq, delivered, last_error) in exhausted {
+            let reason = match last_error {
+                Some(error) => format!(
+                    "delivered {delivered} times, never settled within ack_wait (earlier: {error})"
+                ),
+                None => format!("delivered {delivered} times, never settled within ack_wait"),
+            };
+            insert_dead_letter(&mut tx, name, seq, &reason, delivered, now).await?;
+        }
 
         // Due again: retried, or not settled within ack_wait.
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
@@ -333,6 +414,7 @@ impl LocalDeliveries {
         taken.sort_unstable();
 
         // New: the log after the cursor, on the consumer's subjects.
+        let mut more = false;
         if taken.len() < max {
             let scanned: Vec<(i64, String)> = on_tx!(&mut tx, conn => sqlx::query_as(
                 "SELECT seq, subject FROM bus_messages WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -341,13 +423,14 @@ impl LocalDeliveries {
             .bind(SCAN)
             .fetch_all(&mut **conn)
             .await)?;
+            more = i64::try_from(scanned.len()).is_ok_and(|n| n == SCAN);
             let mut new_cursor = cursor;
             for (seq, subject) in scanned {
                 if taken.len() == max {
                     break;
                 }
                 new_cursor = seq;
-                if !self.config.receives(&subject) {
+                if !receives(&subject) {
                     continue;
                 }
                 on_tx!(&mut tx, conn => sqlx::query(
@@ -377,28 +460,58 @@ impl LocalDeliveries {
             let (id, subject, headers, payload) = load(&mut tx, seq).await?;
             let headers: HashMap<String, String> =
                 serde_json::from_str(&headers).unwrap_or_default();
+            let delivered = u32::try_from(delivered).unwrap_or(0);
             deliveries.push(Delivery::new(
                 id,
                 subject,
                 headers,
                 payload,
-                u32::try_from(delivered).unwrap_or(0),
+                delivered,
                 Box::new(LocalSettle {
                     inner: self.inner.clone(),
                     consumer: self.config.name.clone(),
                     seq,
+                    delivered,
                 }),
             ));
         }
-        let next_due: Option<i64> = on_tx!(&mut tx, conn => sqlx::query_scalar(
+        let next_due_ms: Option<i64> = on_tx!(&mut tx, conn => sqlx::query_scalar(
             "SELECT MIN(due_at_ms) FROM bus_deliveries WHERE consumer = $1",
         )
         .bind(name)
         .fetch_one(&mut **conn)
         .await)?;
         tx.commit().await?;
-        Ok((deliveries, next_due))
+        Ok(Taken {
+            deliveries,
+            next_due_ms,
+            more,
+        })
     }
+}
+
+/// Keeps `consumer`'s message `seq` among its dead letters, with why.
+async fn insert_dead_letter(
+    tx: &mut Tx,
+    consumer: &str,
+    seq: i64,
+    reason: &str,
+    delivered: i32,
+    now: i64,
+) -> Result<(), TransportError> {
+    on_tx!(tx, conn => sqlx::query(
+        "INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (consumer, seq) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(seq)
+    .bind(truncate(reason))
+    .bind(delivered)
+    .bind(now)
+    .execute(&mut **conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(())
 }
 
 async fn load(tx: &mut Tx, seq: i64) -> Result<MessageRow, TransportError> {
@@ -410,11 +523,13 @@ async fn load(tx: &mut Tx, seq: i64) -> Result<MessageRow, TransportError> {
     .await)?)
 }
 
-/// Settles one delivery of the local transport.
+/// Settles one delivery of the local transport: only the attempt it came with (a settle that
+/// comes after the message was delivered again does nothing; the later attempt settles it).
 struct LocalSettle {
     inner: Arc<Inner>,
     consumer: String,
     seq: i64,
+    delivered: u32,
 }
 
 #[async_trait]
@@ -426,13 +541,15 @@ impl Settle for LocalSettle {
     ) -> Result<(), TransportError> {
         let database = &self.inner.database;
         let now = shop_common::unix_millis();
+        let delivered = i64::from(self.delivered);
         match how {
             Settlement::Ack => {
                 on_db!(database, pool => sqlx::query(
-                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2",
+                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2 AND delivered = $3",
                 )
                 .bind(&self.consumer)
                 .bind(self.seq)
+                .bind(delivered)
                 .execute(pool)
                 .await
                 .map(|done| done.rows_affected()))?;
@@ -440,11 +557,12 @@ impl Settle for LocalSettle {
             }
             Settlement::Retry { after, reason } => {
                 on_db!(database, pool => sqlx::query(
-                    "UPDATE bus_deliveries SET due_at_ms = $3, last_error = $4 \
-                     WHERE consumer = $1 AND seq = $2",
+                    "UPDATE bus_deliveries SET due_at_ms = $4, last_error = $5 \
+                     WHERE consumer = $1 AND seq = $2 AND delivered = $3",
                 )
                 .bind(&self.consumer)
                 .bind(self.seq)
+                .bind(delivered)
                 .bind(now.saturating_add(millis(after)))
                 .bind(truncate(&reason))
                 .execute(pool)
@@ -452,28 +570,21 @@ impl Settle for LocalSettle {
                 .map(|done| done.rows_affected()))?;
             }
             Settlement::DeadLetter { reason } => {
-                let mut tx = database.begin().await?;
-                on_tx!(&mut tx, conn => sqlx::query(
-                    "INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
-                     SELECT consumer, seq, $3, delivered, $4 FROM bus_deliveries \
-                     WHERE consumer = $1 AND seq = $2 \
-                     ON CONFLICT (consumer, seq) DO NOTHING",
+                let mut tx = database.begin_read_committed().await?;
+                let moved = on_tx!(&mut tx, conn => sqlx::query(
+                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2 AND delivered = $3",
                 )
                 .bind(&self.consumer)
                 .bind(self.seq)
-                .bind(truncate(&reason))
-                .bind(now)
+                .bind(delivered)
                 .execute(&mut **conn)
                 .await
                 .map(|done| done.rows_affected()))?;
-                on_tx!(&mut tx, conn => sqlx::query(
-                    "DELETE FROM bus_deliveries WHERE consumer = $1 AND seq = $2",
-                )
-                .bind(&self.consumer)
-                .bind(self.seq)
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected()))?;
+                if moved == 1 {
+                    let delivered = i32::try_from(self.delivered).unwrap_or(i32::MAX);
+                    insert_dead_letter(&mut tx, &self.consumer, self.seq, &reason, delivered, now)
+                        .await?;
+                }
                 tx.commit().await?;
             }
         }

@@ -249,8 +249,10 @@ impl Outbox {
     }
 
     /// Puts a message the relay set aside back in line, under its own id and `seq`: it is
-    /// published next round, ahead of the messages enqueued after it. Returns whether there was
-    /// such a message.
+    /// published next round. Returns whether there was such a message.
+    ///
+    /// Setting a message aside gives up its key's order: the messages of its key enqueued
+    /// after it were published while it waited, so it comes after them.
     ///
     /// # Errors
     ///

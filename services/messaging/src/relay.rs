@@ -13,7 +13,8 @@
 //! counts as down: the round ends, its turn and connection are given back, and the batch is
 //! published again after a back-off. A message the broker refuses for what it is
 //! ([`PublishError::refused`]) is set aside ([`Outbox::failed`]) rather than block every
-//! message after it.
+//! message after it; its key's later messages go on without it (an operator's alert, since a
+//! refused message is a bug: the outbox already refuses what is too large at enqueue).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -4,8 +4,9 @@
 //! - A message is **published** once and held durably; a message id the transport already holds
 //!   is not stored twice ([`Publisher`]).
 //! - A **consumer** is durable and named: it receives every message on its subjects that the
-//!   transport holds, oldest first, at least once, across restarts, shared between the
-//!   replicas that open it by the same name (JetStream's `DeliverPolicy::All`).
+//!   transport holds, in the order it stored them (a message retried comes after those
+//!   delivered while it waited), at least once, across restarts, shared between the replicas
+//!   that open it by the same name (JetStream's `DeliverPolicy::All`).
 //! - Each [`Delivery`] is **settled** explicitly ([`Settlement`]): acknowledged, redelivered
 //!   after a delay, or moved to the consumer's **dead letters** with the reason and the delivery
 //!   count. A delivery not settled within the consumer's `ack_wait` (its handler crashed or
@@ -159,7 +160,8 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
 /// How a delivery is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// Done with: never delivered to this consumer again.
+    /// Done with: not delivered to this consumer again (unless a stale attempt's settle on
+    /// JetStream, or an operator's replay, says otherwise).
     Ack,
     /// Delivered again after `after` (counting toward `max_deliver`); `reason` is kept for the
     /// dead letter it may become.

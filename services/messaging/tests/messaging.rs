@@ -242,6 +242,8 @@ struct Broker {
     mute: std::sync::atomic::AtomicBool,
     /// Told when a publish begins (the relay holds its turn by then).
     entered: Arc<tokio::sync::Notify>,
+    /// Publishes begun.
+    publishes: std::sync::atomic::AtomicUsize,
     /// Held until released: the publish waits on it.
     gate: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -271,6 +273,8 @@ impl Broker {
 #[async_trait]
 impl Publisher for Broker {
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        self.publishes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.entered.notify_one();
         if let Some(gate) = &self.gate {
             let _permit = gate.acquire().await.unwrap();
@@ -406,10 +410,14 @@ async fn relays_of_one_sqlite_database_in_one_process_take_turns() {
     broker.entered.notified().await;
     // The second waits for the turn, then finds everything published.
     let waiting = tokio::spawn(async move { second.relay_once().await.unwrap() });
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiting.is_finished(), "the second relay waits its turn");
+    // A second relay that did not wait would be publishing within this while, on the gate too.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        broker.publishes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second relay waits its turn"
+    );
+    assert!(!waiting.is_finished());
     gate.add_permits(10);
     assert_eq!(holding.await.unwrap().published, 3);
     assert_eq!(waiting.await.unwrap(), Round::default());

@@ -1,7 +1,8 @@
-//! The consumer loop over the local transport, on SQLite and on PostgreSQL: each message has
-//! its effect once whatever is repeated, retries back off and end in the dead letters, replay
-//! delivers again, poison is a dead letter at once, a restart loses nothing, and the consumer's
-//! span continues the publisher's trace.
+//! The consumer loop over both transports (the local one, and NATS JetStream on this machine's
+//! server), with the service's store on SQLite and on PostgreSQL: each message has its effect
+//! once whatever is repeated, retries back off and end in the dead letters, replay delivers
+//! again, poison is a dead letter at once, a restart loses nothing, and the consumer's span
+//! continues the publisher's trace.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -11,18 +12,91 @@ use async_trait::async_trait;
 use shop_common::store::{Database, Tx};
 use shop_common::{on_db, on_tx};
 use shop_messaging::{
-    Consumer, ConsumerConfig, HandleError, Handler, Inbound, LocalTransport, MessageId, Outbox,
-    Outcome, Pending, Publisher, Relay, Settlement, Transport,
+    Consumer, ConsumerConfig, HandleError, Handler, Inbound, JetStreamTransport, LocalTransport,
+    MessageId, Outbox, Outcome, Pending, Relay, Settlement, Transport,
 };
+use tracing::Instrument as _;
 
 use super::{PriceChanged, SPANS, enqueue_committed, ready};
 
-shop_common::on_both_stores!(
+/// Each suite, on each transport, with the service's store on SQLite and on PostgreSQL. The
+/// local transport keeps its tables in the service's database here.
+macro_rules! on_every_transport {
+    ($($suite:ident),* $(,)?) => {
+        mod local_on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let database = super::Database::connect("sqlite::memory:").await.unwrap();
+                    let transport = super::local(&database).await;
+                    super::$suite(&database, transport).await;
+                }
+            )*
+        }
+        mod local_on_postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("consume").await else {
+                        return;
+                    };
+                    let database = super::Database::connect(&db.url).await.unwrap();
+                    let transport = super::local(&database).await;
+                    super::$suite(&database, transport).await;
+                    if let super::Database::Postgres(pool) = database {
+                        pool.close().await;
+                    }
+                    db.drop_database().await.unwrap();
+                }
+            )*
+        }
+        mod jetstream_on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(jetstream) = super::jetstream().await else {
+                        return;
+                    };
+                    let database = super::Database::connect("sqlite::memory:").await.unwrap();
+                    super::prepare(&database).await;
+                    super::$suite(&database, jetstream.clone()).await;
+                    jetstream.delete().await.unwrap();
+                }
+            )*
+        }
+        mod jetstream_on_postgres {
+            $(
+                #[tokio::test]
+                async fn $suite() {
+                    let Some(jetstream) = super::jetstream().await else {
+                        return;
+                    };
+                    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("consume").await else {
+                        return;
+                    };
+                    let database = super::Database::connect(&db.url).await.unwrap();
+                    super::prepare(&database).await;
+                    super::$suite(&database, jetstream.clone()).await;
+                    jetstream.delete().await.unwrap();
+                    if let super::Database::Postgres(pool) = database {
+                        pool.close().await;
+                    }
+                    db.drop_database().await.unwrap();
+                }
+            )*
+        }
+    };
+}
+
+on_every_transport!(
     a_published_message_reaches_each_consumer_once_whatever_is_repeated,
     a_delivery_left_unsettled_comes_again_and_has_no_second_effect,
     retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again,
     poison_is_a_dead_letter_at_once,
     the_consumer_span_continues_the_publishers_trace,
+    a_replay_goes_to_its_consumer_alone,
+    a_message_never_settled_ends_in_the_dead_letters_with_its_count,
+    a_running_consumer_handles_what_comes_and_stops_when_told,
 );
 
 /// What the scripted handler does with the next message.
@@ -73,7 +147,36 @@ impl Handler for Script {
     }
 }
 
-async fn setup(database: &Database) -> Arc<LocalTransport> {
+/// The local transport, on the service's database (prepared).
+async fn local(database: &Database) -> Arc<LocalTransport> {
+    prepare(database).await;
+    Arc::new(LocalTransport::open(database.clone()).await.unwrap())
+}
+
+/// A JetStream transport of a namespace of its own on this machine's NATS server (`NATS_URL`,
+/// default `nats://127.0.0.1:4222`); `None` when there is none, unless
+/// `MAINSTAY_REQUIRE_SERVERS` is set.
+async fn jetstream() -> Option<Arc<JetStreamTransport>> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let namespace = format!(
+        "t{}",
+        &MessageId::new().as_uuid().simple().to_string()[..31]
+    );
+    match JetStreamTransport::connect(&url, &namespace).await {
+        Ok(transport) => Some(Arc::new(transport)),
+        Err(error) => {
+            assert!(
+                std::env::var_os("MAINSTAY_REQUIRE_SERVERS").is_none(),
+                "NATS with JetStream at {url} is required (MAINSTAY_REQUIRE_SERVERS is set): {error}"
+            );
+            eprintln!("skipped: no NATS at {url}: {error}");
+            None
+        }
+    }
+}
+
+/// The service's tables: the messaging kit's, `prices` and `effects`.
+async fn prepare(database: &Database) {
     LazyLock::force(&SPANS);
     ready(database).await;
     on_db!(database, pool => sqlx::query("CREATE TABLE effects (message_id TEXT NOT NULL, product TEXT NOT NULL)")
@@ -81,7 +184,6 @@ async fn setup(database: &Database) -> Arc<LocalTransport> {
         .await
         .map(|done| done.rows_affected()))
     .unwrap();
-    Arc::new(LocalTransport::open(database.clone()).await.unwrap())
 }
 
 /// The products of the effects, sorted.
@@ -99,14 +201,14 @@ async fn effect_count(database: &Database) -> i64 {
     .unwrap()
 }
 
-async fn relay_all(database: &Database, transport: &Arc<LocalTransport>) {
+async fn relay_all<T: Transport>(database: &Database, transport: &Arc<T>) {
     let relay = Relay::new(database.clone(), transport.clone());
     while relay.relay_once().await.unwrap().published > 0 {}
 }
 
-fn consumer(
+fn consumer<T: Transport>(
     database: &Database,
-    transport: &Arc<LocalTransport>,
+    transport: &Arc<T>,
     config: ConsumerConfig,
     handler: Arc<Script>,
 ) -> Consumer {
@@ -116,11 +218,10 @@ fn consumer(
 const NOW: Duration = Duration::ZERO;
 const SOON: Duration = Duration::from_secs(10);
 
-async fn a_published_message_reaches_each_consumer_once_whatever_is_repeated(
+async fn a_published_message_reaches_each_consumer_once_whatever_is_repeated<T: Transport>(
     database: &Database,
-    _: &str,
+    transport: Arc<T>,
 ) {
-    let transport = setup(database).await;
     let sent = enqueue_committed(database, &["a", "b", "a"]).await;
     // The relay publishes; then a relay that died before its mark publishes them again.
     let pending: Vec<Pending> = Outbox::pending(database, 10).await.unwrap();
@@ -168,11 +269,10 @@ async fn a_published_message_reaches_each_consumer_once_whatever_is_repeated(
     assert!(orders.fetch(10, NOW).await.unwrap().is_empty());
 }
 
-async fn a_delivery_left_unsettled_comes_again_and_has_no_second_effect(
+async fn a_delivery_left_unsettled_comes_again_and_has_no_second_effect<T: Transport>(
     database: &Database,
-    _: &str,
+    transport: Arc<T>,
 ) {
-    let transport = setup(database).await;
     enqueue_committed(database, &["a"]).await;
     relay_all(database, &transport).await;
     let config =
@@ -200,11 +300,10 @@ async fn a_delivery_left_unsettled_comes_again_and_has_no_second_effect(
     );
 }
 
-async fn retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again(
+async fn retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again<T: Transport>(
     database: &Database,
-    _: &str,
+    transport: Arc<T>,
 ) {
-    let transport = setup(database).await;
     let sent = enqueue_committed(database, &["a"]).await;
     relay_all(database, &transport).await;
     let config = ConsumerConfig::new("search", &["catalog.events"]).max_deliver(3);
@@ -278,8 +377,7 @@ async fn retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again
     );
 }
 
-async fn poison_is_a_dead_letter_at_once(database: &Database, _: &str) {
-    let transport = setup(database).await;
+async fn poison_is_a_dead_letter_at_once<T: Transport>(database: &Database, transport: Arc<T>) {
     let raw = |body: &[u8]| Pending {
         seq: 0,
         id: MessageId::new(),
@@ -350,17 +448,18 @@ async fn poison_is_a_dead_letter_at_once(database: &Database, _: &str) {
     assert_eq!(effect_count(database).await, 0);
 }
 
-async fn the_consumer_span_continues_the_publishers_trace(database: &Database, _: &str) {
-    let transport = setup(database).await;
+async fn the_consumer_span_continues_the_publishers_trace<T: Transport>(
+    database: &Database,
+    transport: Arc<T>,
+) {
     let span = tracing::info_span!("change price");
     let trace_id = super::mainstay_trace_id(&span);
     {
         let mut tx = database.begin().await.unwrap();
-        let entered = span.enter();
         Outbox::enqueue(&mut tx, &super::price("a", 1))
+            .instrument(span.clone())
             .await
             .unwrap();
-        drop(entered);
         tx.commit().await.unwrap();
     }
     drop(span);
@@ -372,14 +471,33 @@ async fn the_consumer_span_continues_the_publishers_trace(database: &Database, _
         Script::with(&[]),
     );
     let mut deliveries = transport.consumer(search.config()).await.unwrap();
-    for delivery in deliveries.fetch(10, SOON).await.unwrap() {
+    let batch = deliveries.fetch(10, SOON).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    assert!(
+        batch[0].headers.contains_key("traceparent"),
+        "{:?}",
+        batch[0].headers
+    );
+    for delivery in batch {
         search.deliver(delivery).await;
     }
-    let spans = SPANS.get_finished_spans().unwrap();
-    let consume = spans
-        .iter()
-        .find(|s| s.name == "consume" && s.span_context.trace_id().to_string() == trace_id)
-        .expect("a consumer span in the publisher's trace");
+    // A span ends when its last handle goes, and sqlx's SQLite worker thread holds one for a
+    // moment after it answered: wait for it to end.
+    let deadline = tokio::time::Instant::now() + SOON;
+    let consume = loop {
+        let spans = SPANS.get_finished_spans().unwrap();
+        if let Some(span) = spans
+            .into_iter()
+            .find(|s| s.name == "consume" && s.span_context.trace_id().to_string() == trace_id)
+        {
+            break span;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no consumer span in trace {trace_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         consume
             .attributes
@@ -396,7 +514,7 @@ async fn what_was_not_consumed_is_delivered_after_a_restart() {
     let config = ConsumerConfig::new("search", &["catalog.events"]);
     let sent = {
         let database = Database::connect(&url).await.unwrap();
-        let transport = setup(&database).await;
+        let transport = local(&database).await;
         let sent = enqueue_committed(&database, &["a", "b", "c"]).await;
         // Two published, one still in the outbox; one of the two consumed.
         Relay::new(database.clone(), transport.clone())
@@ -431,4 +549,175 @@ async fn what_was_not_consumed_is_delivered_after_a_restart() {
         pool.close().await;
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+async fn a_replay_goes_to_its_consumer_alone<T: Transport>(database: &Database, transport: Arc<T>) {
+    enqueue_committed(database, &["a"]).await;
+    relay_all(database, &transport).await;
+    // Both consumers reject it.
+    let search = consumer(
+        database,
+        &transport,
+        ConsumerConfig::new("search", &["catalog.events"]),
+        Script::with(&[Step::Reject]),
+    );
+    let mailer = consumer(
+        database,
+        &transport,
+        ConsumerConfig::new("mailer", &["catalog.events"]),
+        Script::with(&[Step::Reject]),
+    );
+    let mut to_search = transport.consumer(search.config()).await.unwrap();
+    let mut to_mailer = transport.consumer(mailer.config()).await.unwrap();
+    for delivery in to_search.fetch(10, SOON).await.unwrap() {
+        search.deliver(delivery).await;
+    }
+    for delivery in to_mailer.fetch(10, SOON).await.unwrap() {
+        mailer.deliver(delivery).await;
+    }
+    let dead = transport.dead_letters("search", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(transport.dead_letters("mailer", 10).await.unwrap().len(), 1);
+
+    // Search's replayed: search has it again, mailer does not, and mailer's dead letter stays.
+    assert_eq!(
+        transport.replay("search", Some(dead[0].seq)).await.unwrap(),
+        1
+    );
+    let again = to_search.fetch(10, SOON).await.unwrap();
+    assert_eq!(again.len(), 1);
+    for delivery in again {
+        search.deliver(delivery).await;
+    }
+    assert!(
+        to_mailer
+            .fetch(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(effect_count(database).await, 1, "search's effect only");
+    assert!(
+        transport
+            .dead_letters("search", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(transport.dead_letters("mailer", 10).await.unwrap().len(), 1);
+}
+
+async fn a_message_never_settled_ends_in_the_dead_letters_with_its_count<T: Transport>(
+    database: &Database,
+    transport: Arc<T>,
+) {
+    enqueue_committed(database, &["a"]).await;
+    relay_all(database, &transport).await;
+    let config = ConsumerConfig::new("search", &["catalog.events"])
+        .max_deliver(2)
+        .ack_wait(Duration::from_millis(200));
+    let search = consumer(database, &transport, config, Script::with(&[]));
+    let mut deliveries = transport.consumer(search.config()).await.unwrap();
+    // Taken twice by a consumer that dies each time before it settles.
+    for attempt in 1..=2 {
+        let delivery = deliveries.fetch(1, SOON).await.unwrap().pop().unwrap();
+        assert_eq!(delivery.delivered, attempt);
+        drop(delivery);
+    }
+    // The next look finds it spent: the transport, or the consumer when it is handed a third
+    // delivery, makes it a dead letter without running the handler.
+    for delivery in deliveries
+        .fetch(1, Duration::from_millis(600))
+        .await
+        .unwrap()
+    {
+        assert_eq!(delivery.delivered, 3);
+        search.deliver(delivery).await;
+    }
+    let dead = transport.dead_letters("search", 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("delivered 2 times, never settled"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(effect_count(database).await, 0);
+}
+
+async fn a_running_consumer_handles_what_comes_and_stops_when_told<T: Transport>(
+    database: &Database,
+    transport: Arc<T>,
+) {
+    let search = consumer(
+        database,
+        &transport,
+        ConsumerConfig::new("search", &["catalog.events"]),
+        Script::with(&[Step::Fail]),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(search.run(async {
+        let _ = stopped.await;
+    }));
+    enqueue_committed(database, &["a", "b"]).await;
+    relay_all(database, &transport).await;
+    // The first attempt fails and is retried after its back-off; both end handled once.
+    let deadline = tokio::time::Instant::now() + SOON;
+    while effect_count(database).await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(SOON, running)
+        .await
+        .expect("stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(effects(database).await, ["a", "b"]);
+}
+
+/// On the local transport, a settle that comes after the message was delivered again does
+/// nothing: the later attempt settles it.
+#[tokio::test]
+async fn a_late_settle_leaves_the_later_delivery_alone() {
+    let database = Database::connect("sqlite::memory:").await.unwrap();
+    let transport = local(&database).await;
+    enqueue_committed(&database, &["a"]).await;
+    relay_all(&database, &transport).await;
+    let config =
+        ConsumerConfig::new("search", &["catalog.events"]).ack_wait(Duration::from_millis(100));
+    let search = consumer(&database, &transport, config, Script::with(&[]));
+    let mut deliveries = transport.consumer(search.config()).await.unwrap();
+    let first = deliveries.fetch(1, SOON).await.unwrap().pop().unwrap();
+    let second = deliveries.fetch(1, SOON).await.unwrap().pop().unwrap();
+    assert_eq!(second.delivered, 2);
+    // The first attempt, late, gives up on it: the second is still in hand.
+    first
+        .settle(Settlement::DeadLetter {
+            reason: "late".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        transport
+            .dead_letters("search", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    search.deliver(second).await;
+    assert_eq!(effect_count(&database).await, 1);
+    assert!(
+        deliveries
+            .fetch(1, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        transport
+            .dead_letters("search", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
