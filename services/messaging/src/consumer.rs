@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 
 use crate::inbox::Inbox;
 use crate::message::{Envelope, Message, MessageId};
+use crate::metrics::{DeliveryOutcome, MessagingMetrics};
 use crate::relay::{BoxError, backoff_after};
 use crate::transport::{ConsumerConfig, Delivery, Settlement, Transport, TransportError};
 
@@ -156,6 +157,7 @@ pub struct Consumer {
     database: Database,
     handler: Arc<dyn Handler>,
     batch: usize,
+    metrics: Option<MessagingMetrics>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -183,6 +185,7 @@ impl Consumer {
             database,
             handler,
             batch: 32,
+            metrics: None,
         }
     }
 
@@ -191,6 +194,13 @@ impl Consumer {
     #[must_use]
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Counts its deliveries in `metrics` (`messaging_deliveries_total`).
+    #[must_use]
+    pub fn metrics(mut self, metrics: MessagingMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -246,7 +256,8 @@ impl Consumer {
                 let mut held = Duration::ZERO;
                 let settlement = loop {
                     match self.attempt(&delivery).await {
-                        Attempt::Settle(settlement) => break settlement,
+                        Attempt::Settle(settlement) => break self.counted(settlement),
+                        Attempt::Duplicate => break self.duplicate(),
                         Attempt::StoreDown(error) => {
                             held = backoff_after(held);
                             tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = held.as_millis(), "the database failed: holding the delivery");
@@ -285,25 +296,16 @@ impl Consumer {
     /// for the delivery again after a second, never for a dead letter.
     pub async fn process(&self, delivery: &Delivery) -> Settlement {
         match self.attempt(delivery).await {
-            Attempt::Settle(settlement) => settlement,
-            Attempt::StoreDown(error) => Settlement::Retry {
+            Attempt::Settle(settlement) => self.counted(settlement),
+            Attempt::Duplicate => self.duplicate(),
+            Attempt::StoreDown(error) => self.counted(Settlement::Retry {
                 after: Duration::from_secs(1),
                 reason: format!("the database failed: {error}"),
-            },
+            }),
         }
     }
 
     async fn attempt(&self, delivery: &Delivery) -> Attempt {
-        if delivery.delivered > self.config.max_deliver {
-            // Its earlier deliveries were never settled (the consumer died or hung each time).
-            return Attempt::Settle(self.dead(
-                delivery,
-                format!(
-                    "delivered {} times, never settled within ack_wait",
-                    delivery.delivered - 1
-                ),
-            ));
-        }
         let envelope: Envelope = match serde_json::from_slice(&delivery.payload) {
             Ok(envelope) => envelope,
             Err(error) => {
@@ -313,6 +315,21 @@ impl Consumer {
                 ));
             }
         };
+        if delivery.delivered > self.config.max_deliver {
+            // Its earlier deliveries were never settled (the consumer died or hung each time),
+            // unless one of them did have its effect and only the acknowledgement was lost.
+            return match Inbox::contains(&self.database, &self.config.name, envelope.id).await {
+                Ok(true) => Attempt::Duplicate,
+                Ok(false) => Attempt::Settle(self.dead(
+                    delivery,
+                    format!(
+                        "delivered {} times, never settled within ack_wait",
+                        delivery.delivered - 1
+                    ),
+                )),
+                Err(error) => Attempt::StoreDown(error),
+            };
+        }
         let span = tracing::info_span!(
             "consume",
             otel.kind = "consumer",
@@ -339,15 +356,16 @@ impl Consumer {
             });
         Attempt::Settle(match outcome {
             Err(Failure::Store(error)) => return Attempt::StoreDown(error),
-            Ok(Outcome::Ack) => Settlement::Ack,
-            Ok(Outcome::Retry { after, reason }) => {
+            Ok(Handled::Duplicate) => return Attempt::Duplicate,
+            Ok(Handled::By(Outcome::Ack)) => Settlement::Ack,
+            Ok(Handled::By(Outcome::Retry { after, reason })) => {
                 self.retry(delivery, after.min(MAX_RETRY_DELAY), reason)
             }
             Err(Failure::Handler(HandleError::Transient(error))) => {
                 let after = retry_delay(delivery.delivered);
                 self.retry(delivery, after, error.to_string())
             }
-            Ok(Outcome::Reject(reason)) => self.dead(delivery, reason),
+            Ok(Handled::By(Outcome::Reject(reason))) => self.dead(delivery, reason),
             Err(Failure::Handler(HandleError::Poison(reason))) => {
                 self.dead(delivery, format!("poison: {reason}"))
             }
@@ -355,14 +373,14 @@ impl Consumer {
     }
 
     /// The transaction: the inbox record, the handler, and the commit when it says so.
-    async fn handle(&self, inbound: &Inbound) -> Result<Outcome, Failure> {
+    async fn handle(&self, inbound: &Inbound) -> Result<Handled, Failure> {
         let mut tx = self.database.begin().await.map_err(Failure::Store)?;
         let first = Inbox::first_time(&mut tx, &self.config.name, inbound.envelope.id)
             .await
             .map_err(Failure::Store)?;
         if !first {
             tracing::debug!("seen before: acknowledged with no second effect");
-            return Ok(Outcome::Ack);
+            return Ok(Handled::Duplicate);
         }
         let outcome = self
             .handler
@@ -372,7 +390,27 @@ impl Consumer {
         if outcome == Outcome::Ack {
             tx.commit().await.map_err(Failure::Store)?;
         }
-        Ok(outcome)
+        Ok(Handled::By(outcome))
+    }
+
+    /// Counts a settlement in the metrics, and passes it on.
+    fn counted(&self, settlement: Settlement) -> Settlement {
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &settlement {
+                Settlement::Ack => DeliveryOutcome::Ack,
+                Settlement::Retry { .. } => DeliveryOutcome::Retry,
+                Settlement::DeadLetter { .. } => DeliveryOutcome::DeadLetter,
+            };
+            metrics.delivered(&self.config.name, outcome);
+        }
+        settlement
+    }
+
+    fn duplicate(&self) -> Settlement {
+        if let Some(metrics) = &self.metrics {
+            metrics.delivered(&self.config.name, DeliveryOutcome::Duplicate);
+        }
+        Settlement::Ack
     }
 
     fn retry(&self, delivery: &Delivery, after: Duration, reason: String) -> Settlement {
@@ -399,8 +437,18 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
 enum Attempt {
     /// Settle it so.
     Settle(Settlement),
+    /// Seen before: acknowledge it, with no effect.
+    Duplicate,
     /// The service's database failed outside the handler: not the message's fault.
     StoreDown(shop_common::store::StoreError),
+}
+
+/// What the transaction of a delivery came to.
+enum Handled {
+    /// The message was seen before: no effect.
+    Duplicate,
+    /// The handler's answer.
+    By(Outcome),
 }
 
 /// Why the transaction of a delivery failed.

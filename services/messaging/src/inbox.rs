@@ -42,6 +42,27 @@ impl Inbox {
         Ok(inserted == 1)
     }
 
+    /// Whether `consumer` has had its effect for `message` (outside any transaction: for a
+    /// look before handling, not instead of [`first_time`](Self::first_time)).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn contains(
+        database: &Database,
+        consumer: &str,
+        message: MessageId,
+    ) -> Result<bool, StoreError> {
+        let found: i64 = on_db!(database, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messaging_inbox WHERE consumer = $1 AND message_id = $2",
+        )
+        .bind(consumer)
+        .bind(message.to_string())
+        .fetch_one(pool)
+        .await)?;
+        Ok(found > 0)
+    }
+
     /// Forgets what was received before `before_ms` (milliseconds since the epoch); returns
     /// how many records. Keep them longer than a message can be redelivered (the broker's
     /// retention of unacknowledged messages, and the outbox's republishing window).

@@ -44,8 +44,49 @@ pub const DELIVERED: &str = "Shop-Delivered";
 pub const SUBJECT: &str = "Shop-Subject";
 /// The header of a dead letter with the broker id of the original.
 pub const BROKER_ID: &str = "Shop-Broker-Id";
+/// The header of a dead letter kept without its body (too large with the headers): the
+/// original's sequence in the stream, where the body is.
+pub const PAYLOAD_DROPPED: &str = "Shop-Payload-Dropped";
 
 const MSG_ID: &str = "Nats-Msg-Id";
+
+/// How long the stream keeps a message: longer than any consumer may be down, and shorter
+/// than consumers keep their inbox records ([`Inbox::prune`](crate::Inbox::prune)).
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3_600);
+/// How long a dead letter waits for an operator.
+pub const DEAD_LETTERS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3_600);
+/// Publishes in flight before the relay waits for their acknowledgements (async-nats allows
+/// 5 000, and would wait for one of them forever if the relay did not).
+const IN_FLIGHT: usize = 1_000;
+
+/// The most dead letters one call lists or replays (call again for more).
+const MAX_LISTED: usize = 10_000;
+
+fn check_consumer(consumer: &str) -> Result<(), TransportError> {
+    if crate::transport::valid_consumer_name(consumer) {
+        Ok(())
+    } else {
+        Err(TransportError::Invalid(format!(
+            "consumer name {:?}",
+            consumer.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+fn valid_namespace(namespace: &str) -> bool {
+    (1..=32).contains(&namespace.len())
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && namespace != "dlq"
+        && !namespace.ends_with("_dlq")
+}
+
+/// Headers the server acts on (`Nats-Expected-Stream`, say): never passed through from what a
+/// publisher wrote, so that none can steer the stream or the dead letters.
+fn server_header(name: &str) -> bool {
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+}
 
 fn unavailable(error: impl Into<BoxError>) -> TransportError {
     TransportError::Unavailable(error.into())
@@ -106,13 +147,9 @@ impl JetStreamTransport {
     ///
     /// An invalid namespace, or the server refused or did not answer.
     pub async fn open(client: async_nats::Client, namespace: &str) -> Result<Self, TransportError> {
-        let valid = (1..=32).contains(&namespace.len())
-            && namespace
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !valid {
+        if !valid_namespace(namespace) {
             return Err(TransportError::Invalid(format!(
-                "namespace {:?}: 1 to 32 of a-z 0-9 _ -",
+                "namespace {:?}: 1 to 32 of a-z 0-9 _ -, neither `dlq` nor ending in `_dlq`",
                 namespace.chars().take(40).collect::<String>()
             )));
         }
@@ -121,21 +158,34 @@ impl JetStreamTransport {
             namespace: namespace.to_owned(),
         };
         let streams = [
-            (inner.stream(), format!("{namespace}.>")),
-            (inner.dlq_stream(), format!("dlq.{namespace}.>")),
+            (inner.stream(), format!("{namespace}.>"), EVENTS_MAX_AGE),
+            (
+                inner.dlq_stream(),
+                format!("dlq.{namespace}.>"),
+                DEAD_LETTERS_MAX_AGE,
+            ),
         ];
-        for (name, subjects) in streams {
-            inner
+        for (name, subjects, max_age) in streams {
+            let mut stream = inner
                 .context
                 .get_or_create_stream(stream::Config {
-                    name,
-                    subjects: vec![subjects],
+                    name: name.clone(),
+                    subjects: vec![subjects.clone()],
                     duplicate_window: Duration::from_secs(120),
+                    max_age,
                     storage: StorageType::File,
                     ..stream::Config::default()
                 })
                 .await
                 .map_err(unavailable)?;
+            // A stream of that name made by something else is not ours to write into.
+            let info = stream.info().await.map_err(unavailable)?;
+            if info.config.subjects != [subjects.clone()] {
+                return Err(TransportError::Invalid(format!(
+                    "stream {name} exists on {:?}, not on {subjects:?}",
+                    info.config.subjects
+                )));
+            }
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -163,7 +213,11 @@ impl JetStreamTransport {
 fn headers_of(pending: &HashMap<String, String>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in pending {
-        // Names are ours (the trace context); one that is not a header name is left out.
+        // Names are ours (the trace context); one that is not a header name, or one the server
+        // would act on, is left out.
+        if server_header(name) {
+            continue;
+        }
         if let Ok(name) = name.parse::<HeaderName>() {
             headers.insert(name, HeaderValue::from_lossy(value));
         }
@@ -177,7 +231,11 @@ fn map_of(headers: Option<&HeaderMap>) -> HashMap<String, String> {
             headers
                 .iter()
                 .filter_map(|(name, values)| {
-                    Some((name.to_string(), values.first()?.as_str().to_owned()))
+                    let name = name.to_string();
+                    if server_header(&name) {
+                        return None;
+                    }
+                    Some((name, values.first()?.as_str().to_owned()))
                 })
                 .collect()
         })
@@ -192,11 +250,29 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 impl Publisher for JetStreamTransport {
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
         let context = &self.inner.context;
-        // Sent one after another without waiting, then the acknowledgements awaited in order:
-        // one round trip for the batch, and the held prefix known exactly.
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut refused = None;
+        // Sent one after another without waiting, the acknowledgements awaited in order: one
+        // round trip for many messages, and the held prefix known exactly. Never two messages
+        // of one key in flight: were the first lost and the second stored, the first would be
+        // stored after it when published again. So a key seen in flight, or too many in flight,
+        // first waits for what is in flight.
+        let mut in_flight = Vec::new();
+        let mut keys = std::collections::HashSet::new();
+        let mut held = 0;
         for pending in batch {
+            if keys.contains(pending.key.as_str()) || in_flight.len() >= IN_FLIGHT {
+                held = settle(std::mem::take(&mut in_flight), held).await?;
+                keys.clear();
+            }
+            if !crate::transport::valid_subject(&pending.subject) {
+                let held = settle(in_flight, held).await?;
+                return Err(PublishError::refused(
+                    held,
+                    format!(
+                        "{:?} is not a subject",
+                        pending.subject.chars().take(64).collect::<String>()
+                    ),
+                ));
+            }
             let message = PublishMessage::build()
                 .payload(pending.payload.clone().into())
                 .headers(headers_of(&pending.headers))
@@ -205,29 +281,42 @@ impl Publisher for JetStreamTransport {
                 .send_publish(self.inner.subject(&pending.subject), message)
                 .await
             {
-                Ok(ack) => acks.push(ack),
+                Ok(ack) => {
+                    in_flight.push(ack);
+                    keys.insert(pending.key.as_str());
+                }
                 Err(error) => {
-                    refused = Some(error);
-                    break;
+                    let held = settle(in_flight, held).await?;
+                    // Too large is the message's fault, for good; anything else is the
+                    // connection's.
+                    return Err(
+                        if error.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                        {
+                            PublishError::refused(held, error)
+                        } else {
+                            PublishError::unavailable(held, error)
+                        },
+                    );
                 }
             }
         }
-        let sent = acks.len();
-        for (held, ack) in acks.into_iter().enumerate() {
-            ack.await
-                .map_err(|error| PublishError::unavailable(held, error))?;
-        }
-        match refused {
-            None => Ok(()),
-            // Too large is the message's fault, for good; anything else is the connection's.
-            Some(error)
-                if error.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
-            {
-                Err(PublishError::refused(sent, error))
-            }
-            Some(error) => Err(PublishError::unavailable(sent, error)),
-        }
+        settle(in_flight, held).await?;
+        Ok(())
     }
+}
+
+/// Awaits the acknowledgements in flight, in order: `held` more for each, or the error with the
+/// count held before it.
+async fn settle(
+    in_flight: Vec<jetstream::context::PublishAckFuture>,
+    mut held: usize,
+) -> Result<usize, PublishError> {
+    for ack in in_flight {
+        ack.await
+            .map_err(|error| PublishError::unavailable(held, error))?;
+        held += 1;
+    }
+    Ok(held)
 }
 
 #[async_trait]
@@ -258,7 +347,7 @@ impl Transport for JetStreamTransport {
                     // Unlimited here: the consumer loop makes a dead letter of a message
                     // delivered more than max_deliver times, with the reason.
                     max_deliver: -1,
-                    filter_subject,
+                    filter_subject: filter_subject.clone(),
                     deliver_policy: DeliverPolicy::All,
                     max_ack_pending: 10_000,
                     ..pull::Config::default()
@@ -266,6 +355,18 @@ impl Transport for JetStreamTransport {
             )
             .await
             .map_err(unavailable)?;
+        // An existing consumer is returned as it is: one on other subjects would silently
+        // receive the wrong messages (a 2.9 server cannot change a consumer's filter).
+        let existing = &consumer.cached_info().config;
+        if existing.filter_subject != filter_subject {
+            return Err(TransportError::Invalid(format!(
+                "consumer {} exists on {:?}, not on {filter_subject:?}: delete it or use a new name",
+                config.name, existing.filter_subject
+            )));
+        }
+        if existing.ack_wait != config.ack_wait {
+            tracing::warn!(consumer = %config.name, existing_ms = existing.ack_wait.as_millis(), wanted_ms = config.ack_wait.as_millis(), "the consumer keeps the ack_wait it was created with");
+        }
         Ok(Box::new(JetStreamDeliveries {
             inner: self.inner.clone(),
             consumer,
@@ -278,7 +379,11 @@ impl Transport for JetStreamTransport {
         consumer: &str,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, TransportError> {
-        let messages = self.dead_messages(consumer, limit).await?;
+        check_consumer(consumer)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let messages = self.dead_messages(consumer, limit.min(MAX_LISTED)).await?;
         Ok(messages
             .into_iter()
             .map(|message| {
@@ -302,6 +407,10 @@ impl Transport for JetStreamTransport {
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
+        check_consumer(consumer)?;
+        if seq.is_some_and(|seq| seq <= 0) {
+            return Err(TransportError::Invalid(format!("dead letter {seq:?}")));
+        }
         let inner = &self.inner;
         let dlq = inner
             .context
@@ -311,7 +420,7 @@ impl Transport for JetStreamTransport {
         let sequences: Vec<u64> = match seq {
             Some(seq) => vec![u64::try_from(seq).unwrap_or(0)],
             None => self
-                .dead_messages(consumer, 100_000)
+                .dead_messages(consumer, MAX_LISTED)
                 .await?
                 .iter()
                 .map(|message| message.sequence)
@@ -319,8 +428,12 @@ impl Transport for JetStreamTransport {
         };
         let mut replayed = 0;
         for sequence in sequences {
-            let Ok(message) = dlq.get_raw_message(sequence).await else {
-                continue; // replayed already, or never was
+            let message = match dlq.get_raw_message(sequence).await {
+                Ok(message) => message,
+                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                    continue; // replayed already, or never was
+                }
+                Err(error) => return Err(unavailable(error)),
             };
             if message.subject.as_str() != inner.dlq_subject(consumer) {
                 continue; // another consumer's
@@ -435,15 +548,28 @@ impl Deliveries for JetStreamDeliveries {
             }
         }
         if messages.len() < max {
-            let mut rest = self
-                .consumer
-                .fetch()
-                .max_messages(max - messages.len())
-                .messages()
-                .await
-                .map_err(unavailable)?;
-            while let Some(message) = rest.next().await {
-                messages.push(message.map_err(unavailable)?);
+            // What else is there now; an answer lost in a reconnect must not hold the first
+            // message (already delivered) for good, nor an error throw it away.
+            let wanted = max - messages.len();
+            let rest = async {
+                let mut rest = self
+                    .consumer
+                    .fetch()
+                    .max_messages(wanted)
+                    .messages()
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(message) = rest.next().await {
+                    messages.push(message.map_err(unavailable)?);
+                }
+                Ok::<_, TransportError>(())
+            };
+            let ended = tokio::time::timeout(Duration::from_secs(5), rest).await;
+            if let Ok(Err(error)) | Err(error) = ended.map_err(unavailable) {
+                if messages.is_empty() {
+                    return Err(error);
+                }
+                tracing::debug!(%error, "fetched part of a batch");
             }
         }
         let mut deliveries = Vec::with_capacity(messages.len());
@@ -509,33 +635,51 @@ impl Settle for JetStreamSettle {
                 .map_err(unavailable),
             Settlement::DeadLetter { reason } => {
                 let inner = &self.inner;
-                let mut headers = headers_of(&delivery.headers);
-                headers.insert(
-                    DEAD_REASON,
-                    HeaderValue::from_lossy(&crate::local::truncate(&reason)),
+                let headers = || {
+                    let mut headers = headers_of(&delivery.headers);
+                    headers.insert(
+                        DEAD_REASON,
+                        HeaderValue::from_lossy(&crate::local::truncate(&reason)),
+                    );
+                    headers.insert(DELIVERED, delivery.delivered.to_string().as_str());
+                    headers.insert(SUBJECT, HeaderValue::from_lossy(&delivery.subject));
+                    headers.insert(BROKER_ID, HeaderValue::from_lossy(&delivery.broker_id));
+                    headers
+                };
+                let id = format!(
+                    "dlq:{}:{}:{}",
+                    inner.stream(),
+                    self.consumer,
+                    self.stream_sequence
                 );
-                headers.insert(DELIVERED, delivery.delivered.to_string().as_str());
-                headers.insert(SUBJECT, HeaderValue::from_lossy(&delivery.subject));
-                headers.insert(BROKER_ID, HeaderValue::from_lossy(&delivery.broker_id));
                 let publish = PublishMessage::build()
                     .payload(delivery.payload.clone().into())
-                    .headers(headers)
-                    .message_id(format!(
-                        "dlq:{}:{}:{}",
-                        inner.stream(),
-                        self.consumer,
-                        self.stream_sequence
-                    ));
+                    .headers(headers())
+                    .message_id(id.clone());
                 // Kept first, then terminated: a crash between the two delivers it again, and
                 // the dead letter's id absorbs the second copy.
-                inner
-                    .context
-                    .send_publish(inner.dlq_subject(&self.consumer), publish)
+                let subject = inner.dlq_subject(&self.consumer);
+                let kept = match inner.context.send_publish(subject.clone(), publish).await {
+                    Err(error)
+                        if error.kind()
+                            == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                    {
+                        // With its headers it no longer fits: kept without its body, which
+                        // stays in the stream under its sequence until the stream's max age.
+                        let mut headers = headers();
+                        headers.insert(PAYLOAD_DROPPED, self.stream_sequence.to_string().as_str());
+                        let publish = PublishMessage::build().headers(headers).message_id(id);
+                        inner.context.send_publish(subject, publish).await
+                    }
+                    sent => sent,
+                };
+                kept.map_err(unavailable)?.await.map_err(unavailable)?;
+                // Confirmed by the server: a lost Term would bring the message back after the
+                // de-duplication window, and a second dead letter with it.
+                message
+                    .double_ack_with(AckKind::Term)
                     .await
-                    .map_err(unavailable)?
-                    .await
-                    .map_err(unavailable)?;
-                message.ack_with(AckKind::Term).await.map_err(unavailable)
+                    .map_err(unavailable)
             }
         }
     }

@@ -18,11 +18,13 @@
 //! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
 //! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
 
+pub mod config;
 pub mod consumer;
 pub mod inbox;
 pub mod jetstream;
 pub mod local;
 pub mod message;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod transport;
@@ -37,7 +39,8 @@ pub use self::inbox::Inbox;
 pub use self::jetstream::JetStreamTransport;
 pub use self::local::LocalTransport;
 pub use self::message::{Envelope, Message, MessageId, SagaRef};
-pub use self::outbox::{Context, Outbox, OutboxError, Pending, SetAside};
+pub use self::metrics::{DeliveryOutcome, MessagingMetrics};
+pub use self::outbox::{Context, Lag, Outbox, OutboxError, Pending, SetAside};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
 pub use self::transport::{
     ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Transport, TransportError,

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use crate::outbox::{Outbox, Pending};
 use crate::relay::{PublishError, Publisher};
 use crate::transport::{
-    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport, TransportError,
+    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport,
+    TransportError, valid_consumer_name, valid_subject,
 };
 
 /// The table the local transport's migrations are recorded in.
@@ -171,16 +172,6 @@ impl Publisher for LocalTransport {
     }
 }
 
-/// A subject as NATS takes one to publish on: `.`-separated tokens, none empty, no wildcards
-/// and no white space, at most 256 bytes.
-fn valid_subject(subject: &str) -> bool {
-    subject.len() <= 256
-        && subject.split('.').all(|token| {
-            !token.is_empty()
-                && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
-        })
-}
-
 #[async_trait]
 impl Transport for LocalTransport {
     async fn consumer(
@@ -216,6 +207,12 @@ impl Transport for LocalTransport {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, TransportError> {
         type Row = (i64, String, String, Vec<u8>, String, i32, i64);
+        if !valid_consumer_name(consumer) {
+            return Err(TransportError::Invalid(format!(
+                "consumer name {:?}",
+                consumer.chars().take(80).collect::<String>()
+            )));
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<Row> = on_db!(&self.inner.database, pool => sqlx::query_as(
             "SELECT d.dead_seq, m.id, m.subject, m.payload, d.reason, d.delivered, d.dead_at_ms \
@@ -244,6 +241,12 @@ impl Transport for LocalTransport {
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
+        if !valid_consumer_name(consumer) {
+            return Err(TransportError::Invalid(format!(
+                "consumer name {:?}",
+                consumer.chars().take(80).collect::<String>()
+            )));
+        }
         let database = &self.inner.database;
         let mut tx = database.begin_read_committed().await?;
         let now = shop_common::unix_millis();

@@ -109,6 +109,25 @@ pub struct SetAside {
     pub error: String,
 }
 
+/// How far the outbox is behind: what the broker does not have yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Messages waiting to be published (not counting those set aside).
+    pub pending: u64,
+    /// When the oldest of them was enqueued, in milliseconds since the epoch.
+    pub oldest_at_ms: Option<i64>,
+}
+
+impl Lag {
+    /// The age of the oldest waiting message at `now_ms`: zero when none waits.
+    #[must_use]
+    pub fn age_ms(&self, now_ms: i64) -> u64 {
+        self.oldest_at_ms.map_or(0, |at| {
+            u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0)
+        })
+    }
+}
+
 /// The outbox: its operations take the caller's transaction or database.
 #[derive(Debug, Clone, Copy)]
 pub struct Outbox;
@@ -215,6 +234,25 @@ impl Outbox {
             .fetch_all(&mut **conn)
             .await)?;
         decode(rows)
+    }
+
+    /// How far the outbox is behind (for readiness, metrics and the ops console): a growing
+    /// lag means the broker is down or the relay is not running.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn lag(database: &Database) -> Result<Lag, OutboxError> {
+        let (pending, oldest_at_ms): (i64, Option<i64>) = on_db!(database, pool => sqlx::query_as(
+            "SELECT COUNT(*), MIN(created_at_ms) FROM messaging_outbox \
+             WHERE published_at_ms IS NULL AND failed_at_ms IS NULL",
+        )
+        .fetch_one(pool)
+        .await)?;
+        Ok(Lag {
+            pending: u64::try_from(pending).unwrap_or(0),
+            oldest_at_ms,
+        })
     }
 
     /// The messages the relay set aside because the broker refused them for what they are,

@@ -27,6 +27,7 @@ use shop_common::on_tx;
 use shop_common::store::{Database, DatabaseKey, StoreError, Tx, TxConn};
 use tokio::sync::watch;
 
+use crate::metrics::MessagingMetrics;
 use crate::outbox::{Outbox, OutboxError, Pending};
 
 /// An error from a broker, boxed.
@@ -181,6 +182,7 @@ pub struct Relay {
     poll: Duration,
     publish_timeout: Duration,
     sqlite_turn: Option<SqliteTurn>,
+    metrics: Option<MessagingMetrics>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -208,6 +210,7 @@ impl Relay {
             poll: Duration::from_secs(1),
             publish_timeout: Duration::from_secs(10),
             sqlite_turn,
+            metrics: None,
         }
     }
 
@@ -225,6 +228,14 @@ impl Relay {
     #[must_use]
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Counts what it publishes in `metrics`, and reads the outbox's lag into them after its
+    /// rounds (at most once a second).
+    #[must_use]
+    pub fn metrics(mut self, metrics: MessagingMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -257,6 +268,22 @@ impl Relay {
     /// [`publish_timeout`](Self::publish_timeout) (what it took is marked, and the failed
     /// message's attempt is counted with the error).
     pub async fn relay_once(&self) -> Result<Round, RelayError> {
+        let round = self.round().await;
+        if let Some(metrics) = &self.metrics {
+            if matches!(round, Err(RelayError::Publish(_))) {
+                metrics.publish_failed();
+            }
+            let now = shop_common::unix_millis();
+            if metrics.lag_due(now)
+                && let Ok(lag) = Outbox::lag(&self.database).await
+            {
+                metrics.outbox(lag, now);
+            }
+        }
+        round
+    }
+
+    async fn round(&self) -> Result<Round, RelayError> {
         let now = shop_common::unix_millis();
         match &self.database {
             Database::Sqlite(_) => {
@@ -272,7 +299,7 @@ impl Relay {
                 }
                 let result = self.publish(&batch).await;
                 let mut tx = self.database.begin().await?;
-                let round = mark(&mut tx, &batch, result, now).await;
+                let round = mark(&mut tx, &batch, result, now, self.metrics.as_ref()).await;
                 tx.commit().await?;
                 round
             }
@@ -292,7 +319,7 @@ impl Relay {
                     return Ok(Round::default()); // the transaction rolls back, and the turn is given up
                 }
                 let result = self.publish(&batch).await;
-                let round = mark(&mut tx, &batch, result, now).await;
+                let round = mark(&mut tx, &batch, result, now, self.metrics.as_ref()).await;
                 tx.commit().await?;
                 round
             }
@@ -370,6 +397,7 @@ async fn mark(
     batch: &[Pending],
     result: Result<(), PublishError>,
     now: i64,
+    metrics: Option<&MessagingMetrics>,
 ) -> Result<Round, RelayError> {
     let held = match &result {
         Ok(()) => batch.len(),
@@ -402,6 +430,11 @@ async fn mark(
             }
         };
         tx.track(marked)?;
+        if let Some(metrics) = metrics {
+            for pending in &batch[..held] {
+                metrics.published(&pending.subject);
+            }
+        }
     }
     let error = match result {
         Ok(()) => {
@@ -428,6 +461,9 @@ async fn mark(
     .await
     .map(|done| done.rows_affected()))?;
     if error.refused {
+        if let Some(metrics) = metrics {
+            metrics.set_aside();
+        }
         tracing::error!(
             message_id = %failed.id,
             subject = %failed.subject,

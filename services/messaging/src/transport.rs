@@ -89,12 +89,7 @@ impl ConsumerConfig {
     ///
     /// [`TransportError::Invalid`], saying what is wrong.
     pub fn validate(&self) -> Result<(), TransportError> {
-        let name_ok = (1..=64).contains(&self.name.len())
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !name_ok {
+        if !valid_consumer_name(&self.name) {
             return Err(TransportError::Invalid(format!(
                 "consumer name {:?}: 1 to 64 of A-Z a-z 0-9 _ -",
                 self.name.chars().take(80).collect::<String>()
@@ -139,6 +134,24 @@ fn valid_filter(filter: &str) -> bool {
                 && (*token == "*"
                     || (*token == ">" && n == tokens.len() - 1)
                     || !token.contains(['*', '>']))
+        })
+}
+
+/// Whether `name` is a consumer name (1 to 64 of `A-Z a-z 0-9 _ -`).
+pub(crate) fn valid_consumer_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A subject as NATS takes one to publish on: `.`-separated tokens, none empty, no wildcards
+/// and no white space, at most 256 bytes.
+pub(crate) fn valid_subject(subject: &str) -> bool {
+    subject.len() <= 256
+        && subject.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
         })
 }
 

@@ -19,6 +19,9 @@ use tracing::Instrument as _;
 
 use super::{PriceChanged, SPANS, enqueue_committed, ready};
 
+mod broker_down;
+mod cli;
+
 /// Each suite, on each transport, with the service's store on SQLite and on PostgreSQL. The
 /// local transport keeps its tables in the service's database here.
 macro_rules! on_every_transport {
@@ -276,7 +279,7 @@ async fn a_delivery_left_unsettled_comes_again_and_has_no_second_effect<T: Trans
     enqueue_committed(database, &["a"]).await;
     relay_all(database, &transport).await;
     let config =
-        ConsumerConfig::new("search", &["catalog.events"]).ack_wait(Duration::from_millis(200));
+        ConsumerConfig::new("search", &["catalog.events"]).ack_wait(Duration::from_secs(1));
     let search = consumer(database, &transport, config, Script::with(&[]));
     let mut deliveries = transport.consumer(search.config()).await.unwrap();
 
@@ -615,7 +618,7 @@ async fn a_message_never_settled_ends_in_the_dead_letters_with_its_count<T: Tran
     relay_all(database, &transport).await;
     let config = ConsumerConfig::new("search", &["catalog.events"])
         .max_deliver(2)
-        .ack_wait(Duration::from_millis(200));
+        .ack_wait(Duration::from_secs(1));
     let search = consumer(database, &transport, config, Script::with(&[]));
     let mut deliveries = transport.consumer(search.config()).await.unwrap();
     // Taken twice by a consumer that dies each time before it settles.
@@ -626,11 +629,7 @@ async fn a_message_never_settled_ends_in_the_dead_letters_with_its_count<T: Tran
     }
     // The next look finds it spent: the transport, or the consumer when it is handed a third
     // delivery, makes it a dead letter without running the handler.
-    for delivery in deliveries
-        .fetch(1, Duration::from_millis(600))
-        .await
-        .unwrap()
-    {
+    for delivery in deliveries.fetch(1, Duration::from_secs(3)).await.unwrap() {
         assert_eq!(delivery.delivered, 3);
         search.deliver(delivery).await;
     }
@@ -720,4 +719,66 @@ async fn a_late_settle_leaves_the_later_delivery_alone() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// JetStream keeps a consumer as it was created: one reopened on other subjects is refused,
+/// not silently left on the old ones; and headers the server would act on never pass through.
+#[tokio::test]
+async fn jetstream_refuses_a_consumer_moved_to_other_subjects_and_server_headers() {
+    let Some(jetstream) = jetstream().await else {
+        return;
+    };
+    let first = ConsumerConfig::new("search", &["catalog.events"]);
+    jetstream.consumer(&first).await.unwrap();
+    jetstream.consumer(&first).await.unwrap();
+    let moved = ConsumerConfig::new("search", &["orders.events"]);
+    let refused = jetstream.consumer(&moved).await.err().expect("refused");
+    assert!(
+        matches!(&refused, shop_messaging::TransportError::Invalid(m) if m.contains("exists on")),
+        "{refused}"
+    );
+
+    // A publisher's Nats-Expected-Stream would make the dead-letter stream refuse its copy.
+    let pending = Pending {
+        seq: 1,
+        id: MessageId::new(),
+        subject: "catalog.events".into(),
+        key: "a".into(),
+        headers: [
+            ("Nats-Expected-Stream".to_owned(), "ELSEWHERE".to_owned()),
+            (
+                "traceparent".to_owned(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            ),
+        ]
+        .into(),
+        payload: b"{}".to_vec(),
+        attempts: 0,
+    };
+    shop_messaging::Publisher::publish(&*jetstream, &[pending])
+        .await
+        .unwrap();
+    let mut deliveries = jetstream.consumer(&first).await.unwrap();
+    let delivery = deliveries.fetch(1, SOON).await.unwrap().pop().unwrap();
+    assert!(delivery.headers.contains_key("traceparent"));
+    assert!(
+        !delivery
+            .headers
+            .keys()
+            .any(|k| k.to_ascii_lowercase().starts_with("nats-")),
+        "{:?}",
+        delivery.headers
+    );
+    delivery
+        .settle(Settlement::DeadLetter {
+            reason: "poison".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(jetstream.dead_letters("search", 10).await.unwrap().len(), 1);
+    assert!(matches!(
+        jetstream.dead_letters("no such*", 10).await,
+        Err(shop_messaging::TransportError::Invalid(_))
+    ));
+    jetstream.delete().await.unwrap();
 }
