@@ -14,6 +14,8 @@
 //!   migrations), and the kit's own migrations.
 //! * [`idempotency`]: `Idempotency-Key` on `POST` and `PATCH`, answered once and given again
 //!   ([`Kit::with_idempotency`]).
+//! * [`tasks`]: the background tasks (relay, consumers, sweepers) started with the service,
+//!   watched by readiness, and stopped in order after the last request ([`Kit::tasks`]).
 //! * [`bus`]: the event bus trait and its in-process implementation.
 //! * `testing` (feature `testing`): a fresh PostgreSQL database per test.
 //!
@@ -48,6 +50,7 @@ pub mod registry;
 mod serve;
 mod stack;
 pub mod store;
+pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -13,7 +13,9 @@ use crate::stack::Kit;
 
 /// Serves `app` on the configured address until SIGTERM or Ctrl-C, then drains: readiness turns
 /// 503 (while new connections are still accepted for `DRAIN_DELAY_MS`), then no new connections
-/// are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to finish. Flush telemetry after it returns (drop the `TelemetryGuard`).
+/// are accepted, and in-flight requests get `SHUTDOWN_GRACE_MS` to finish; then the kit's
+/// background tasks stop, stage by stage ([`crate::tasks`]), each stage within the same grace.
+/// Flush telemetry after it returns (drop the `TelemetryGuard`).
 ///
 /// In production mode (`CONSUL_HTTP_ADDR` set) the service registers with the local Consul
 /// agent once it listens, heartbeats while it runs, and deregisters as soon as shutdown begins,
@@ -101,16 +103,18 @@ where
         kit.keyed_requests_finished().await;
         result
     };
-    tokio::select! {
-        result = work => {
-            tracing::info!("stopped");
-            result
-        }
+    let served = tokio::select! {
+        result = work => result,
         () = grace_over => {
             tracing::warn!(grace_ms = grace.as_millis(), "grace period over: dropping the requests still running");
             Ok(())
         }
-    }
+    };
+    // No request runs any more: the background tasks stop, in order (consumers, then the
+    // relay, which publishes what the last requests enqueued, then the sweepers).
+    kit.tasks.shutdown(grace).await;
+    tracing::info!("stopped");
+    served
 }
 
 /// Completes on SIGTERM or Ctrl-C (SIGINT).

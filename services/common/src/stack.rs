@@ -28,6 +28,9 @@ pub struct Kit {
     pub resilience: ResilienceCollector,
     /// The readiness checks `/health/ready` runs; add the service's dependencies to it.
     pub health: Health,
+    /// The service's background tasks (relay, consumers, sweepers): started by the service,
+    /// watched by readiness, stopped in order by [`serve`](crate::serve) after the last request.
+    pub tasks: crate::tasks::Supervisor,
     /// `Idempotency-Key` on the service's `POST`s and `PATCH`es, once it has a database.
     idempotency: Option<IdempotencyLayer>,
     /// The server's adaptive concurrency limit: one per service, whatever serves its routes.
@@ -49,11 +52,13 @@ impl Kit {
         metrics.register_collector(Box::new(resilience.clone()));
         let limit = AdaptiveLimitLayer::new(Aimd::default());
         resilience.adaptive_limit(&config.name, &limit);
+        let health = Health::new();
         Self {
             config,
             metrics,
             resilience,
-            health: Health::new(),
+            tasks: crate::tasks::Supervisor::reporting_to(&health),
+            health,
             idempotency: None,
             limit,
         }

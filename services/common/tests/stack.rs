@@ -189,23 +189,39 @@ async fn probes_and_metrics_are_served_by_the_stack() {
 }
 
 #[tokio::test]
-async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
+async fn shutdown_lets_an_in_flight_request_finish_then_stops_the_tasks() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let mut kit = kit();
     kit.config.shutdown_grace = Duration::from_secs(30);
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
-    let (in_handler, go) = (started.clone(), release.clone());
+    let answered = Arc::new(AtomicBool::new(false));
+    let (in_handler, go, done) = (started.clone(), release.clone(), answered.clone());
     let app = kit.stack(Router::new().route(
         "/work",
         get(move || {
-            let (in_handler, go) = (in_handler.clone(), go.clone());
+            let (in_handler, go, done) = (in_handler.clone(), go.clone(), done.clone());
             async move {
                 in_handler.notify_one();
                 go.notified().await;
+                done.store(true, Ordering::SeqCst);
                 "done"
             }
         }),
     ));
+    // A relay: stopped only once no request can enqueue any more.
+    let stopped_after_the_request = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (seen, answered) = (stopped_after_the_request.clone(), answered.clone());
+        kit.tasks.spawn(
+            "relay",
+            shop_common::tasks::Stage::Relay,
+            move |stop| async move {
+                stop.cancelled().await;
+                *seen.lock().unwrap() = Some(answered.load(Ordering::SeqCst));
+            },
+        );
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -240,6 +256,11 @@ async fn shutdown_lets_an_in_flight_request_finish_and_turns_readiness_off() {
     assert!(response.ends_with("done"), "{response}");
     server.await.unwrap().unwrap();
     assert!(!kit.health.readiness().await.is_ready());
+    assert_eq!(
+        *stopped_after_the_request.lock().unwrap(),
+        Some(true),
+        "the task was stopped, after the request was answered"
+    );
 }
 
 #[tokio::test]

@@ -219,17 +219,39 @@ impl Consumer {
     /// an outage shorter than `ack_wait × max_deliver` dead-letters nothing. A transport that
     /// fails is tried again after a back-off too.
     ///
+    /// A transport that cannot be reached at start is tried again after a back-off too.
+    ///
     /// # Errors
     ///
-    /// The consumer could not be opened (an invalid configuration, or the transport down at
-    /// start).
+    /// The consumer's configuration is invalid, or conflicts with the consumer as it exists
+    /// ([`TransportError::Invalid`]): trying again would not help.
     pub async fn run(
         self,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<(), TransportError> {
-        let mut deliveries = self.transport.consumer(&self.config).await?;
         let mut backoff = Duration::ZERO;
         tokio::pin!(stop);
+        let mut deliveries = loop {
+            let opened = tokio::select! {
+                biased;
+                () = &mut stop => return Ok(()),
+                opened = self.transport.consumer(&self.config) => opened,
+            };
+            match opened {
+                Ok(deliveries) => break deliveries,
+                Err(error @ TransportError::Invalid(_)) => return Err(error),
+                Err(error) => {
+                    backoff = backoff_after(backoff);
+                    tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = backoff.as_millis(), "cannot open the consumer");
+                    tokio::select! {
+                        biased;
+                        () = &mut stop => return Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        };
+        backoff = Duration::ZERO;
         loop {
             let fetched = tokio::select! {
                 biased;

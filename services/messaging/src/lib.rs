@@ -73,3 +73,59 @@ pub async fn migrate(database: &Database) -> Result<(), StoreError> {
         .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
         .await
 }
+
+/// How long the outbox keeps what it published and the inbox what it received, by default:
+/// longer than JetStream keeps a message ([`jetstream::EVENTS_MAX_AGE`]), so that no message
+/// the broker can still deliver is forgotten by an inbox.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 3_600);
+
+/// Starts the service's part of the backbone under its supervisor (`kit.tasks`): the relay of
+/// `database`'s outbox to `transport`, each of `consumers`, and the sweeper that prunes the
+/// outbox and the inbox past [`RETENTION`] every hour. `serve` stops them in order: the
+/// consumers, then the relay, then the sweeper.
+pub fn start(
+    tasks: &shop_common::tasks::Supervisor,
+    relay: Relay,
+    consumers: Vec<Consumer>,
+    database: &Database,
+) {
+    use shop_common::tasks::Stage;
+    tasks.spawn("outbox-relay", Stage::Relay, move |stop| async move {
+        relay.run(stop.cancelled_owned()).await;
+    });
+    for consumer in consumers {
+        let name = format!("consumer {}", consumer.config().name);
+        tasks.spawn(name, Stage::Consumers, move |stop| async move {
+            if let Err(error) = consumer.run(stop.cancelled_owned()).await {
+                // The task ends, and readiness says so.
+                tracing::error!(%error, "the consumer cannot run");
+            }
+        });
+    }
+    let database = database.clone();
+    tasks.spawn(
+        "messaging-sweeper",
+        Stage::Sweepers,
+        move |stop| async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3_600));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                let before = shop_common::unix_millis()
+                    - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+                match Outbox::prune(&database, before).await {
+                    Ok(pruned) if pruned > 0 => tracing::info!(pruned, "outbox pruned"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "could not prune the outbox"),
+                }
+                match Inbox::prune(&database, before).await {
+                    Ok(pruned) if pruned > 0 => tracing::info!(pruned, "inbox pruned"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "could not prune the inbox"),
+                }
+            }
+        },
+    );
+}

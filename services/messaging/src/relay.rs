@@ -246,7 +246,8 @@ impl Relay {
         self
     }
 
-    /// Relays until `stop` completes, then returns (a round in hand is finished first). A
+    /// Relays until `stop` completes, then does one last round and returns (a round in hand is
+    /// finished first). A
     /// round runs at once when a transaction that enqueued on this relay's database commits in
     /// this process, at least every [`poll`](Self::poll), and again straight away while rounds
     /// come back full or set a message aside. After a failed round it waits
@@ -256,6 +257,11 @@ impl Relay {
         let woken = woken_by(self.database.key());
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         drive(|| self.relay_once(), batch, self.poll, woken, stop).await;
+        // A last round for what the last requests enqueued (the service stops its relay once
+        // no request runs), bounded by the publish timeout.
+        if let Err(error) = self.relay_once().await {
+            tracing::warn!(%error, "the last outbox round failed: published at the next start");
+        }
     }
 
     /// One round: publishes the oldest unpublished messages and marks those the broker took.

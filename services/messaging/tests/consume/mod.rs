@@ -782,3 +782,66 @@ async fn jetstream_refuses_a_consumer_moved_to_other_subjects_and_server_headers
     ));
     jetstream.delete().await.unwrap();
 }
+
+/// Started under the service's supervisor, the relay and a consumer run until the service stops;
+/// then they stop in order, and what was enqueued last is published on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backbone_runs_under_the_supervisor_and_publishes_the_last_messages_at_shutdown() {
+    let dir = std::env::temp_dir().join(format!("supervised-{}", MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("shop.db").display());
+    let database = Database::connect(&url).await.unwrap();
+    let transport = local(&database).await;
+    let tasks = shop_common::tasks::Supervisor::new();
+    let search = consumer(
+        &database,
+        &transport,
+        ConsumerConfig::new("search", &["catalog.events"]),
+        Script::with(&[]),
+    );
+    shop_messaging::start(
+        &tasks,
+        Relay::new(database.clone(), transport.clone()).poll(Duration::from_secs(3_600)),
+        vec![search],
+        &database,
+    );
+    enqueue_committed(&database, &["a"]).await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while effect_count(&database).await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tasks.ended().is_empty(), "{:?}", tasks.ended());
+
+    // Written through another pool (another process, say): no commit of this one wakes the
+    // relay, which polls once an hour. At shutdown the consumers stop first, and the relay's
+    // last round publishes it.
+    let writer = Database::connect(&url).await.unwrap();
+    let last = enqueue_committed(&writer, &["b"]).await;
+    tasks.shutdown(SOON).await;
+    assert!(Outbox::pending(&database, 10).await.unwrap().is_empty());
+    assert_eq!(effect_count(&database).await, 1, "the consumer had stopped");
+    let mut later = transport
+        .consumer(&ConsumerConfig::new("search", &["catalog.events"]))
+        .await
+        .unwrap();
+    let delivered: Vec<String> = later
+        .fetch(10, SOON)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.broker_id.clone())
+        .collect();
+    assert_eq!(
+        delivered,
+        [last[0].to_string()],
+        "in the log for the next start"
+    );
+    drop(later);
+    for pool in [database, writer] {
+        if let Database::Sqlite(pool) = pool {
+            pool.close().await;
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
