@@ -11,13 +11,10 @@
 //! the row (and serializes the same JSON).
 #![allow(missing_docs)]
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use criterion::Criterion;
 use http::Request;
 use shop_catalog::{Catalog, CatalogConfig, router};
-use shop_common::bus::InProcessBus;
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
 use tower::{Service, ServiceExt};
@@ -35,9 +32,7 @@ fn main() {
         let config = CatalogConfig::from_vars(service, &vars).unwrap();
         let (_issuer, validator) = shop_common::testing::users_tokens();
         let database = Database::connect("sqlite::memory:").await.unwrap();
-        let catalog = Catalog::start(&config, &database, validator, Arc::new(InProcessBus::new()))
-            .await
-            .unwrap();
+        let catalog = Catalog::start(&config, &database, validator).await.unwrap();
         (catalog.clone(), router(catalog).into_service::<Body>())
     });
     let mut group = c.benchmark_group("catalog/get_product");

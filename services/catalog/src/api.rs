@@ -13,11 +13,12 @@ use bytes::Bytes;
 use mainstay_auth::{JwtLayer, RequireRoleLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shop_common::bus::Envelope;
 use shop_common::{FieldErrors, Json, Problem};
+use shop_messaging::Outbox;
+use shop_messaging::contracts::ProductPriceChanged;
 
-use crate::store::{Listing, Product, Sort, Write};
-use crate::{Catalog, EVENTS};
+use crate::Catalog;
+use crate::store::{CatalogStore, Listing, Product, Sort, Write};
 
 /// The API routes, without the server stack (see `shop_common::Kit::stack`).
 pub fn router(catalog: Catalog) -> Router {
@@ -355,39 +356,40 @@ async fn update(
         return Err(Problem::not_found(format!("no product {id:?}")));
     };
     let product = validated(input, id, before.version, before.created_at)?;
-    let updated = match catalog
+    // The change and the event that announces it commit together, or neither does.
+    let mut tx = catalog
         .0
         .store
-        .update(&product)
+        .database()
+        .begin()
+        .await
+        .map_err(|e| internal(&e))?;
+    let (before, updated) = match CatalogStore::update_in(&mut tx, &product)
         .await
         .map_err(|e| internal(&e))?
     {
-        Write::Done(Some(updated)) => updated,
+        Write::Done(Some(changed)) => changed,
         Write::Done(None) => {
             return Err(Problem::not_found(format!("no product {:?}", product.id)));
         }
         Write::UnknownCategory => return Err(unknown_category()),
         Write::Exists => return Err(Problem::conflict("conflicting product")),
     };
+    if before.price_minor != updated.price_minor || before.currency != updated.currency {
+        let event = ProductPriceChanged {
+            product_id: updated.id.clone(),
+            old_price_minor: before.price_minor,
+            new_price_minor: updated.price_minor,
+            currency: updated.currency.clone(),
+            version: updated.version,
+        };
+        Outbox::enqueue(&mut tx, &event)
+            .await
+            .map_err(|e| internal(&e))?;
+    }
+    tx.commit().await.map_err(|e| internal(&e))?;
     catalog.0.products.invalidate(&updated.id).await;
     catalog.0.pages.invalidate_local();
-    if before.price_minor != updated.price_minor || before.currency != updated.currency {
-        let event = Envelope::new(
-            "ProductPriceChanged",
-            &json!({
-                "product_id": updated.id,
-                "old_price_minor": before.price_minor,
-                "new_price_minor": updated.price_minor,
-                "currency": updated.currency,
-                "version": updated.version,
-            }),
-        );
-        // The change is committed; a lost event is logged, not a failed request. (The outbox
-        // makes this durable once it lands.)
-        if let Err(error) = catalog.0.bus.publish(EVENTS, event).await {
-            tracing::warn!(%error, product = %updated.id, "ProductPriceChanged not published");
-        }
-    }
     Ok(Json(updated).into_response())
 }
 

@@ -15,6 +15,10 @@ use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars}
 /// | `REDIS_KEY_PREFIX` | `catalog` | the prefix of its keys and invalidation channel |
 /// | `PRODUCT_CACHE_TTL_MS` | 30000 | how long a cached product is fresh (and then served stale as long again while it refreshes) |
 /// | `SEED_DEMO_CATALOG` | `true` on SQLite, else `false` | load the 120 demo products into an empty catalog |
+///
+/// Where its events go is the event backbone's configuration
+/// (`shop_messaging::config::TransportConfig`): `NATS_URL` (or `NATS_URL_FILE`) and
+/// `MESSAGING_NAMESPACE` for NATS JetStream, otherwise the local bus at `BUS_DATABASE_URL`.
 #[derive(Debug, Clone)]
 pub struct CatalogConfig {
     /// The common part.

@@ -27,7 +27,6 @@ use std::time::Duration;
 use mainstay_auth::Validator;
 use mainstay_cache::Cache;
 use mainstay_cache::redis::{RedisBus, RedisTier};
-use shop_common::bus::EventBus;
 use shop_common::store::{Database, StoreError};
 
 pub use self::api::router;
@@ -35,7 +34,7 @@ pub use self::config::CatalogConfig;
 use self::store::{CatalogStore, Product};
 
 /// The subject catalog events are published on.
-pub const EVENTS: &str = "catalog.events";
+pub const EVENTS: &str = shop_messaging::contracts::CATALOG_EVENTS;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +58,6 @@ struct Inner {
     /// short-lived (a write clears this replica's, other replicas' expire within the TTL).
     pages: Cache<String, bytes::Bytes>,
     validator: Validator,
-    bus: Arc<dyn EventBus>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -71,8 +69,10 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    /// Opens the store (migrating it), seeds an empty catalog when configured to, and builds
-    /// the product cache. Admin routes trust tokens `validator` accepts; events go to `bus`.
+    /// Opens the store (migrating it, and the outbox beside it), seeds an empty catalog when
+    /// configured to, and builds the product cache. Admin routes trust tokens `validator`
+    /// accepts. Events are written to the outbox in the transaction of the change they announce
+    /// (`ProductPriceChanged`); the service's relay publishes them.
     ///
     /// # Errors
     ///
@@ -81,9 +81,9 @@ impl Catalog {
         config: &CatalogConfig,
         database: &Database,
         validator: Validator,
-        bus: Arc<dyn EventBus>,
     ) -> Result<Self, StartError> {
         let store = CatalogStore::open(database).await?;
+        shop_messaging::migrate(database).await?;
         if config.seed_demo_catalog && store.count().await? == 0 {
             for category in seed::categories() {
                 store.add_category(&category).await?;
@@ -123,7 +123,6 @@ impl Catalog {
             products: products.build(),
             pages,
             validator,
-            bus,
         })))
     }
 

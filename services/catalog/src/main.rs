@@ -1,12 +1,11 @@
 //! `shop-catalog`: the catalog service, on the environment's configuration.
 
-use std::sync::Arc;
-
 use shop_catalog::{Catalog, CatalogConfig, router};
 use shop_common::Kit;
-use shop_common::bus::InProcessBus;
 use shop_common::config::or_exit;
 use shop_common::store::Database;
+use shop_messaging::config::TransportConfig;
+use shop_messaging::{MessagingMetrics, Relay};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -21,9 +20,19 @@ async fn main() -> std::io::Result<()> {
         .with_idempotency(&database)
         .await
         .map_err(std::io::Error::other)?;
-    let catalog = Catalog::start(&config, &database, validator, Arc::new(InProcessBus::new()))
+    let catalog = Catalog::start(&config, &database, validator)
         .await
         .map_err(std::io::Error::other)?;
+    // The outbox's relay, to NATS JetStream (NATS_URL) or the local bus (BUS_DATABASE_URL),
+    // under the kit's supervisor: serve stops it after the last request.
+    let transport = or_exit(TransportConfig::from_env())
+        .open()
+        .await
+        .map_err(std::io::Error::other)?;
+    let messaging = MessagingMetrics::new();
+    messaging.register(&kit.metrics);
+    let relay = Relay::new(database.clone(), transport).metrics(messaging);
+    shop_messaging::start(&kit.tasks, relay, Vec::new(), &database);
     kit.metrics
         .register_collector(Box::new(catalog.product_cache().collector()));
     let db = database.clone();

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
-use shop_common::on_db;
-use shop_common::store::{Database, Dialect, StoreError};
+use shop_common::store::{Database, Dialect, StoreError, Tx};
+use shop_common::{on_db, on_tx};
 use sqlx::migrate::Migrator;
 
 /// Migrations for SQLite.
@@ -280,12 +280,47 @@ impl CatalogStore {
     ///
     /// The database fails.
     pub async fn update(&self, product: &Product) -> Result<Write<Option<Product>>, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let written = Self::update_in(&mut tx, product).await?;
+        if matches!(written, Write::Done(Some(_))) {
+            tx.commit().await?;
+        }
+        Ok(match written {
+            Write::Done(changed) => Write::Done(changed.map(|(_, after)| after)),
+            Write::UnknownCategory => Write::UnknownCategory,
+            Write::Exists => Write::Exists,
+        })
+    }
+
+    /// [`update`](Self::update) within `tx`, returning the product before and after: the row
+    /// is locked first (on PostgreSQL), so that what the caller writes beside it (an outbox
+    /// message) is ordered with the product's other changes. After
+    /// [`Write::UnknownCategory`] the transaction is spent: roll it back.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn update_in(
+        tx: &mut Tx,
+        product: &Product,
+    ) -> Result<Write<Option<(Product, Product)>>, StoreError> {
+        let lock = match tx.dialect() {
+            Dialect::Postgres => format!("SELECT {COLUMNS} FROM products WHERE id = $1 FOR UPDATE"),
+            Dialect::Sqlite => format!("SELECT {COLUMNS} FROM products WHERE id = $1"),
+        };
+        let before: Option<Product> = on_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(lock))
+            .bind(&product.id)
+            .fetch_optional(&mut **conn)
+            .await)?;
+        let Some(before) = before else {
+            return Ok(Write::Done(None));
+        };
         let sql = format!(
             "UPDATE products SET name = $2, description = $3, category_id = $4, \
              price_minor = $5, currency = $6, stock = $7, version = version + 1, \
              updated_at = $8 WHERE id = $1 RETURNING {COLUMNS}"
         );
-        let result = on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let result: Result<Product, sqlx::Error> = on_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&product.id)
             .bind(&product.name)
             .bind(&product.description)
@@ -294,9 +329,9 @@ impl CatalogStore {
             .bind(&product.currency)
             .bind(product.stock)
             .bind(product.updated_at)
-            .fetch_optional(pool)
+            .fetch_one(&mut **conn)
             .await);
-        classify(result)
+        classify(result.map(|after| Some((before, after))))
     }
 
     /// Deletes a product; whether it existed.

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod contracts;
 pub mod inbox;
 pub mod jetstream;
 pub mod local;
