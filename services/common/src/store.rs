@@ -123,7 +123,7 @@ macro_rules! on_db {
 macro_rules! on_tx {
     ($tx:expr, $conn:ident => $body:expr) => {{
         let tx: &mut $crate::store::Tx = $tx;
-        let result = match $crate::store::Tx::conn(tx) {
+        let result = match $crate::store::Tx::tracked_conn(tx) {
             $crate::store::TxConn::Sqlite($conn) => $body,
             $crate::store::TxConn::Postgres($conn) => $body,
         };
@@ -154,6 +154,8 @@ pub struct Tx {
     database: DatabaseKey,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
     failed: bool,
+    /// Whether the connection was handed out for statements the transaction is not told of.
+    untracked: bool,
 }
 
 impl std::fmt::Debug for Tx {
@@ -186,6 +188,14 @@ impl Tx {
     /// that runs statements on it directly passes their results through [`track`](Self::track)
     /// (or returns their errors without committing).
     pub fn conn(&mut self) -> &mut TxConn {
+        self.untracked = true;
+        &mut self.conn
+    }
+
+    /// The connection, for [`on_tx!`](crate::on_tx), which passes every result through
+    /// [`track`](Self::track).
+    #[doc(hidden)]
+    pub fn tracked_conn(&mut self) -> &mut TxConn {
         &mut self.conn
     }
 
@@ -221,8 +231,9 @@ impl Tx {
     ///
     /// Nothing was written, and no hook runs, when: a statement of the transaction failed
     /// ([`StoreError::Aborted`], after a rollback); or the database refused the commit. On
-    /// PostgreSQL, one round trip before the `COMMIT` makes sure the transaction has not
-    /// failed, whatever ran on its connection.
+    /// PostgreSQL, when the connection was handed out by [`conn`](Self::conn) (statements the
+    /// transaction was not told of), one round trip before the `COMMIT` makes sure the
+    /// transaction has not failed; statements run through [`on_tx!`](crate::on_tx) need none.
     pub async fn commit(self) -> Result<(), StoreError> {
         if self.failed {
             self.rollback().await?;
@@ -233,7 +244,12 @@ impl Tx {
             TxConn::Postgres(mut tx) => {
                 // In a failed transaction PostgreSQL answers any statement with 25P02, and
                 // `COMMIT` with a rollback that sqlx takes for success.
-                if let Err(error) = sqlx::query("SELECT 1").execute(&mut *tx).await {
+                let probe = if self.untracked {
+                    sqlx::query("SELECT 1").execute(&mut *tx).await.err()
+                } else {
+                    None
+                };
+                if let Some(error) = probe {
                     let aborted = error
                         .as_database_error()
                         .and_then(sqlx::error::DatabaseError::code)
@@ -329,6 +345,7 @@ impl Database {
             database: self.key(),
             after_commit: Vec::new(),
             failed: false,
+            untracked: false,
         }
     }
 
