@@ -167,20 +167,7 @@ fn main() {
             let (raw, subject) = (raw.clone(), raw_subject.clone());
             let stream_name = format!("RAW{}", namespace.to_ascii_uppercase());
             async move {
-                let stream = raw.get_stream(&stream_name).await.unwrap();
-                let consumer: jetstream::consumer::PullConsumer = stream
-                    .get_or_create_consumer(
-                        "raw",
-                        pull::Config {
-                            durable_name: Some("raw".to_owned()),
-                            filter_subject: subject.clone(),
-                            ..pull::Config::default()
-                        },
-                    )
-                    .await
-                    .unwrap();
-                // What the publish group left: drained before the clock starts.
-                drain(&consumer).await;
+                let consumer = drained_consumer(&raw, &stream_name, "raw", &subject).await;
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     publish_raw(&raw, &subject).await;
@@ -214,19 +201,7 @@ fn main() {
                         .execute(&pool)
                         .await
                         .unwrap();
-                    let stream = raw.get_stream(&stream_name).await.unwrap();
-                    let consumer: jetstream::consumer::PullConsumer = stream
-                        .get_or_create_consumer(
-                            "raw-tx",
-                            pull::Config {
-                                durable_name: Some("raw-tx".to_owned()),
-                                filter_subject: subject.clone(),
-                                ..pull::Config::default()
-                            },
-                        )
-                        .await
-                        .unwrap();
-                    drain(&consumer).await;
+                    let consumer = drained_consumer(&raw, &stream_name, "raw-tx", &subject).await;
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         publish_raw(&raw, &subject).await;
@@ -311,6 +286,30 @@ async fn publish_raw(raw: &jetstream::Context, subject: &str) {
     for ack in acks {
         ack.await.unwrap();
     }
+}
+
+/// The durable pull consumer `name` of the raw stream on `subject`, with what earlier groups
+/// left on it acknowledged before any clock starts.
+async fn drained_consumer(
+    raw: &jetstream::Context,
+    stream_name: &str,
+    name: &str,
+    subject: &str,
+) -> jetstream::consumer::PullConsumer {
+    let stream = raw.get_stream(stream_name).await.unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: subject.to_owned(),
+                ..pull::Config::default()
+            },
+        )
+        .await
+        .unwrap();
+    drain(&consumer).await;
+    consumer
 }
 
 /// Fetches and acknowledges whatever `consumer` has now.
