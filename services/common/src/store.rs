@@ -119,8 +119,19 @@ macro_rules! on_db {
 /// `&mut sqlx::Transaction`, executed on as `&mut **$conn`. `$body` is a `Result`, of the same
 /// type for both dialects, as with [`on_db!`](crate::on_db); an `Err` marks the transaction
 /// failed ([`Tx::track`]), so that it can no longer commit.
+///
+/// For the few statements that differ by dialect, give each its own body (still tracked):
+/// `on_tx!(tx, sqlite conn => …, postgres conn => …)`.
 #[macro_export]
 macro_rules! on_tx {
+    ($tx:expr, sqlite $sqlite:ident => $sqlite_body:expr, postgres $postgres:ident => $postgres_body:expr $(,)?) => {{
+        let tx: &mut $crate::store::Tx = $tx;
+        let result = match $crate::store::Tx::tracked_conn(tx) {
+            $crate::store::TxConn::Sqlite($sqlite) => $sqlite_body,
+            $crate::store::TxConn::Postgres($postgres) => $postgres_body,
+        };
+        $crate::store::Tx::track(tx, result)
+    }};
     ($tx:expr, $conn:ident => $body:expr) => {{
         let tx: &mut $crate::store::Tx = $tx;
         let result = match $crate::store::Tx::tracked_conn(tx) {

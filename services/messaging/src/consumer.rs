@@ -217,9 +217,7 @@ impl Consumer {
     /// the inbox cannot be written, the commit fails), the consumer holds the delivery and
     /// tries it again after a back-off until the database answers, rather than send it back:
     /// an outage shorter than `ack_wait × max_deliver` dead-letters nothing. A transport that
-    /// fails is tried again after a back-off too.
-    ///
-    /// A transport that cannot be reached at start is tried again after a back-off too.
+    /// fails, at start or later, is tried again after a back-off too.
     ///
     /// # Errors
     ///
@@ -243,10 +241,8 @@ impl Consumer {
                 Err(error) => {
                     backoff = backoff_after(backoff);
                     tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = backoff.as_millis(), "cannot open the consumer");
-                    tokio::select! {
-                        biased;
-                        () = &mut stop => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                    if sleep_unless_stopped(stop.as_mut(), backoff).await {
+                        return Ok(());
                     }
                 }
             }
@@ -266,10 +262,8 @@ impl Consumer {
                 Err(error) => {
                     backoff = backoff_after(backoff);
                     tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = backoff.as_millis(), "fetch failed");
-                    tokio::select! {
-                        biased;
-                        () = &mut stop => return Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                    if sleep_unless_stopped(stop.as_mut(), backoff).await {
+                        return Ok(());
                     }
                     continue;
                 }
@@ -283,18 +277,13 @@ impl Consumer {
                         Attempt::StoreDown(error) => {
                             held = backoff_after(held);
                             tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = held.as_millis(), "the database failed: holding the delivery");
-                            tokio::select! {
-                                biased;
-                                () = &mut stop => return Ok(()),
-                                () = tokio::time::sleep(held) => {}
+                            if sleep_unless_stopped(stop.as_mut(), held).await {
+                                return Ok(());
                             }
                         }
                     }
                 };
-                if let Err(error) = delivery.settle(settlement).await {
-                    // Delivered again after ack_wait, and the inbox absorbs it.
-                    tracing::warn!(consumer = %self.config.name, %error, "could not settle a delivery");
-                }
+                self.settle(delivery, settlement).await;
                 tokio::select! {
                     biased;
                     () = &mut stop => return Ok(()),
@@ -307,6 +296,10 @@ impl Consumer {
     /// Handles one delivery and settles it.
     pub async fn deliver(&self, delivery: Delivery) {
         let settlement = self.process(&delivery).await;
+        self.settle(delivery, settlement).await;
+    }
+
+    async fn settle(&self, delivery: Delivery, settlement: Settlement) {
         if let Err(error) = delivery.settle(settlement).await {
             // Delivered again after ack_wait, and the inbox absorbs it.
             tracing::warn!(consumer = %self.config.name, %error, "could not settle a delivery");
@@ -449,6 +442,18 @@ impl Consumer {
     fn dead(&self, delivery: &Delivery, reason: String) -> Settlement {
         tracing::warn!(consumer = %self.config.name, subject = %clip(&delivery.subject), delivered = delivery.delivered, reason = %clip(&reason), "dead letter");
         Settlement::DeadLetter { reason }
+    }
+}
+
+/// Sleeps `wait`, or less if `stop` completes first: whether it did.
+async fn sleep_unless_stopped<F: std::future::Future<Output = ()>>(
+    stop: std::pin::Pin<&mut F>,
+    wait: Duration,
+) -> bool {
+    tokio::select! {
+        biased;
+        () = stop => true,
+        () = tokio::time::sleep(wait) => false,
     }
 }
 

@@ -62,17 +62,6 @@ const IN_FLIGHT: usize = 1_000;
 /// The most dead letters one call lists or replays (call again for more).
 const MAX_LISTED: usize = 10_000;
 
-fn check_consumer(consumer: &str) -> Result<(), TransportError> {
-    if crate::transport::valid_consumer_name(consumer) {
-        Ok(())
-    } else {
-        Err(TransportError::Invalid(format!(
-            "consumer name {:?}",
-            consumer.chars().take(80).collect::<String>()
-        )))
-    }
-}
-
 fn valid_namespace(namespace: &str) -> bool {
     (1..=32).contains(&namespace.len())
         && namespace
@@ -95,6 +84,42 @@ fn unavailable(error: impl Into<BoxError>) -> TransportError {
 struct Inner {
     context: jetstream::Context,
     namespace: String,
+    /// The messages' stream, as opened.
+    events: stream::Stream,
+    /// The dead letters' stream, as opened.
+    dead: stream::Stream,
+}
+
+/// The stream `name` on `subjects`, created when missing.
+///
+/// # Errors
+///
+/// The server failed, or a stream of that name exists on other subjects (made by something
+/// else: not ours to write into).
+async fn open_stream(
+    context: &jetstream::Context,
+    name: String,
+    subjects: String,
+    max_age: Duration,
+) -> Result<stream::Stream, TransportError> {
+    let stream = context
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subjects.clone()],
+            duplicate_window: Duration::from_secs(120),
+            max_age,
+            storage: StorageType::File,
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let existing = &stream.cached_info().config.subjects;
+    if *existing != [subjects.clone()] {
+        return Err(TransportError::Invalid(format!(
+            "stream {name} exists on {existing:?}, not on {subjects:?}"
+        )));
+    }
+    Ok(stream)
 }
 
 impl Inner {
@@ -153,40 +178,28 @@ impl JetStreamTransport {
                 namespace.chars().take(40).collect::<String>()
             )));
         }
+        let context = jetstream::new(client);
+        let upper = namespace.to_ascii_uppercase();
+        let events = open_stream(
+            &context,
+            upper.clone(),
+            format!("{namespace}.>"),
+            EVENTS_MAX_AGE,
+        )
+        .await?;
+        let dead = open_stream(
+            &context,
+            format!("{upper}_DLQ"),
+            format!("dlq.{namespace}.>"),
+            DEAD_LETTERS_MAX_AGE,
+        )
+        .await?;
         let inner = Inner {
-            context: jetstream::new(client),
+            context,
             namespace: namespace.to_owned(),
+            events,
+            dead,
         };
-        let streams = [
-            (inner.stream(), format!("{namespace}.>"), EVENTS_MAX_AGE),
-            (
-                inner.dlq_stream(),
-                format!("dlq.{namespace}.>"),
-                DEAD_LETTERS_MAX_AGE,
-            ),
-        ];
-        for (name, subjects, max_age) in streams {
-            let mut stream = inner
-                .context
-                .get_or_create_stream(stream::Config {
-                    name: name.clone(),
-                    subjects: vec![subjects.clone()],
-                    duplicate_window: Duration::from_secs(120),
-                    max_age,
-                    storage: StorageType::File,
-                    ..stream::Config::default()
-                })
-                .await
-                .map_err(unavailable)?;
-            // A stream of that name made by something else is not ours to write into.
-            let info = stream.info().await.map_err(unavailable)?;
-            if info.config.subjects != [subjects.clone()] {
-                return Err(TransportError::Invalid(format!(
-                    "stream {name} exists on {:?}, not on {subjects:?}",
-                    info.config.subjects
-                )));
-            }
-        }
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -327,11 +340,7 @@ impl Transport for JetStreamTransport {
     ) -> Result<Box<dyn Deliveries>, TransportError> {
         config.validate()?;
         let inner = &self.inner;
-        let stream = inner
-            .context
-            .get_stream(inner.stream())
-            .await
-            .map_err(unavailable)?;
+        let stream = &inner.events;
         // One filter per consumer before nats-server 2.10: several subjects are filtered here.
         let filter_subject = match config.subjects.as_slice() {
             [one] => inner.subject(one),
@@ -379,7 +388,7 @@ impl Transport for JetStreamTransport {
         consumer: &str,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, TransportError> {
-        check_consumer(consumer)?;
+        crate::transport::check_consumer_name(consumer)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -407,16 +416,12 @@ impl Transport for JetStreamTransport {
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
-        check_consumer(consumer)?;
+        crate::transport::check_consumer_name(consumer)?;
         if seq.is_some_and(|seq| seq <= 0) {
             return Err(TransportError::Invalid(format!("dead letter {seq:?}")));
         }
         let inner = &self.inner;
-        let dlq = inner
-            .context
-            .get_stream(inner.dlq_stream())
-            .await
-            .map_err(unavailable)?;
+        let dlq = &inner.dead;
         let sequences: Vec<u64> = match seq {
             Some(seq) => vec![u64::try_from(seq).unwrap_or(0)],
             None => self
@@ -480,11 +485,7 @@ impl JetStreamTransport {
         limit: usize,
     ) -> Result<Vec<jetstream::message::StreamMessage>, TransportError> {
         let inner = &self.inner;
-        let dlq = inner
-            .context
-            .get_stream(inner.dlq_stream())
-            .await
-            .map_err(unavailable)?;
+        let dlq = &inner.dead;
         let reader: PullConsumer = dlq
             .create_consumer(pull::Config {
                 filter_subject: inner.dlq_subject(consumer),

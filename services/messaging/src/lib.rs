@@ -28,6 +28,7 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;
+mod shared;
 pub mod transport;
 
 use std::sync::LazyLock;

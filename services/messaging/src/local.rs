@@ -13,7 +13,7 @@
 //! again within their fetch's wait. It works on PostgreSQL too, which its tests use; production uses JetStream.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,9 +25,10 @@ use tokio::time::Instant;
 
 use crate::outbox::{Outbox, Pending};
 use crate::relay::{PublishError, Publisher};
+use crate::shared::PerKey;
 use crate::transport::{
     ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport,
-    TransportError, valid_consumer_name, valid_subject,
+    TransportError, check_consumer_name, valid_subject,
 };
 
 /// The table the local transport's migrations are recorded in.
@@ -59,19 +60,7 @@ struct Inner {
 }
 
 /// The change signals of the databases local transports are open on in this process.
-static CHANGED: LazyLock<Mutex<HashMap<DatabaseKey, Weak<watch::Sender<u64>>>>> =
-    LazyLock::new(Mutex::default);
-
-fn changed_of(database: &Database) -> Arc<watch::Sender<u64>> {
-    let mut signals = CHANGED.lock().unwrap_or_else(PoisonError::into_inner);
-    signals.retain(|_, signal| signal.strong_count() > 0);
-    if let Some(signal) = signals.get(&database.key()).and_then(Weak::upgrade) {
-        return signal;
-    }
-    let signal = Arc::new(watch::Sender::new(0));
-    signals.insert(database.key(), Arc::downgrade(&signal));
-    signal
-}
+static CHANGED: LazyLock<PerKey<DatabaseKey, watch::Sender<u64>>> = LazyLock::new(PerKey::new);
 
 impl Inner {
     fn bump(&self) {
@@ -106,7 +95,7 @@ impl LocalTransport {
             .await?;
         Ok(Self {
             inner: Arc::new(Inner {
-                changed: changed_of(&database),
+                changed: CHANGED.get_or_make(database.key()),
                 database,
             }),
         })
@@ -207,12 +196,7 @@ impl Transport for LocalTransport {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, TransportError> {
         type Row = (i64, String, String, Vec<u8>, String, i32, i64);
-        if !valid_consumer_name(consumer) {
-            return Err(TransportError::Invalid(format!(
-                "consumer name {:?}",
-                consumer.chars().take(80).collect::<String>()
-            )));
-        }
+        check_consumer_name(consumer)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<Row> = on_db!(&self.inner.database, pool => sqlx::query_as(
             "SELECT d.dead_seq, m.id, m.subject, m.payload, d.reason, d.delivered, d.dead_at_ms \
@@ -241,12 +225,7 @@ impl Transport for LocalTransport {
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
-        if !valid_consumer_name(consumer) {
-            return Err(TransportError::Invalid(format!(
-                "consumer name {:?}",
-                consumer.chars().take(80).collect::<String>()
-            )));
-        }
+        check_consumer_name(consumer)?;
         let database = &self.inner.database;
         let mut tx = database.begin_read_committed().await?;
         let now = shop_common::unix_millis();

@@ -16,19 +16,19 @@
 //! message after it; its key's later messages go on without it (an operator's alert, since a
 //! refused message is a bug: the outbox already refuses what is too large at enqueue).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use shop_common::on_tx;
-use shop_common::store::{Database, DatabaseKey, StoreError, Tx, TxConn};
+use shop_common::store::{Database, DatabaseKey, StoreError, Tx};
 use tokio::sync::watch;
 
 use crate::metrics::MessagingMetrics;
 use crate::outbox::{Outbox, OutboxError, Pending};
+use crate::shared::PerKey;
 
 /// An error from a broker, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -115,47 +115,26 @@ pub struct Round {
 /// Per database, bumped when a transaction that enqueued commits: that database's relays in
 /// this process wake (a counter, so that a wake while a relay is busy is seen when it next
 /// waits).
-static WAKE: LazyLock<Mutex<HashMap<DatabaseKey, watch::Sender<u64>>>> =
-    LazyLock::new(Mutex::default);
+static WAKE: LazyLock<PerKey<DatabaseKey, watch::Sender<u64>>> = LazyLock::new(PerKey::new);
 
 /// Wakes the relays of `database` in this process (the outbox's after-commit hook).
 pub(crate) fn wake(database: DatabaseKey) {
-    let wakers = WAKE.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(sender) = wakers.get(&database) {
+    if let Some(sender) = WAKE.get(&database) {
         sender.send_modify(|count| *count = count.wrapping_add(1));
     }
-}
-
-fn woken_by(database: DatabaseKey) -> watch::Receiver<u64> {
-    let mut wakers = WAKE.lock().unwrap_or_else(PoisonError::into_inner);
-    // Forget databases whose relays have all stopped (a pool's key may be reused once it is
-    // gone).
-    wakers.retain(|_, sender| sender.receiver_count() > 0);
-    wakers
-        .entry(database)
-        .or_insert_with(|| watch::Sender::new(0))
-        .subscribe()
 }
 
 /// The turn of the relays of one SQLite file in this process (SQLite has no advisory lock, and
 /// two relays reading the same rows would publish them twice).
 type SqliteTurn = Arc<tokio::sync::Mutex<()>>;
 
-static SQLITE_TURNS: LazyLock<Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>> =
-    LazyLock::new(Mutex::default);
+static SQLITE_TURNS: LazyLock<PerKey<PathBuf, tokio::sync::Mutex<()>>> = LazyLock::new(PerKey::new);
 
 fn sqlite_turn(pool: &sqlx::SqlitePool) -> SqliteTurn {
     let options = pool.connect_options();
     let file = options.get_filename();
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
-    let mut turns = SQLITE_TURNS.lock().unwrap_or_else(PoisonError::into_inner);
-    turns.retain(|_, turn| turn.strong_count() > 0);
-    if let Some(turn) = turns.get(&file).and_then(Weak::upgrade) {
-        return turn;
-    }
-    let turn = SqliteTurn::default();
-    turns.insert(file, Arc::downgrade(&turn));
-    turn
+    SQLITE_TURNS.get_or_make(file)
 }
 
 /// The wait after a failed round: doubling from 100 ms, at most 30 s.
@@ -254,7 +233,9 @@ impl Relay {
     /// [`backoff_after`] the previous wait before trying again, whatever wakes it: the broker
     /// is down, and every message waits in the outbox.
     pub async fn run(self, stop: impl Future<Output = ()>) {
-        let woken = woken_by(self.database.key());
+        // Held while the relay runs: commits on its database wake it.
+        let wake = WAKE.get_or_make(self.database.key());
+        let woken = wake.subscribe();
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
         drive(|| self.relay_once(), batch, self.poll, woken, stop).await;
         // A last round for what the last requests enqueued (the service stops its relay once
@@ -413,29 +394,26 @@ async fn mark(
     // row of a lower `seq` may commit after the batch was read, and must stay unpublished).
     let seqs: Vec<i64> = batch[..held].iter().map(|pending| pending.seq).collect();
     if !seqs.is_empty() {
-        let marked = match tx.conn() {
-            TxConn::Sqlite(conn) => {
-                let seqs = serde_json::to_string(&seqs).map_err(OutboxError::from)?;
-                sqlx::query(
-                    "UPDATE messaging_outbox SET published_at_ms = $1 \
-                     WHERE seq IN (SELECT value FROM json_each($2))",
-                )
-                .bind(now)
-                .bind(seqs)
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected())
-            }
-            TxConn::Postgres(conn) => {
-                sqlx::query("UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)")
-                    .bind(now)
-                    .bind(&seqs)
-                    .execute(&mut **conn)
-                    .await
-                    .map(|done| done.rows_affected())
-            }
-        };
-        tx.track(marked)?;
+        on_tx!(tx,
+            sqlite conn => sqlx::query(
+                "UPDATE messaging_outbox SET published_at_ms = $1 \
+                 WHERE seq IN (SELECT value FROM json_each($2))",
+            )
+            .bind(now)
+            // A list of integers always serializes.
+            .bind(serde_json::to_string(&seqs).unwrap_or_default())
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()),
+            postgres conn => sqlx::query(
+                "UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)",
+            )
+            .bind(now)
+            .bind(&seqs)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()),
+        )?;
         if let Some(metrics) = metrics {
             for pending in &batch[..held] {
                 metrics.published(&pending.subject);

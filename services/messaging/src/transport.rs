@@ -89,12 +89,7 @@ impl ConsumerConfig {
     ///
     /// [`TransportError::Invalid`], saying what is wrong.
     pub fn validate(&self) -> Result<(), TransportError> {
-        if !valid_consumer_name(&self.name) {
-            return Err(TransportError::Invalid(format!(
-                "consumer name {:?}: 1 to 64 of A-Z a-z 0-9 _ -",
-                self.name.chars().take(80).collect::<String>()
-            )));
-        }
+        check_consumer_name(&self.name)?;
         if self.subjects.is_empty() {
             return Err(TransportError::Invalid(format!(
                 "consumer {}: no subjects",
@@ -143,6 +138,18 @@ pub(crate) fn valid_consumer_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// [`TransportError::Invalid`] unless `name` is a consumer name.
+pub(crate) fn check_consumer_name(name: &str) -> Result<(), TransportError> {
+    if valid_consumer_name(name) {
+        Ok(())
+    } else {
+        Err(TransportError::Invalid(format!(
+            "consumer name {:?}: 1 to 64 of A-Z a-z 0-9 _ -",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
 }
 
 /// A subject as NATS takes one to publish on: `.`-separated tokens, none empty, no wildcards
