@@ -93,6 +93,8 @@ struct Stored {
     stored_at: Instant,
     fresh_until: Instant,
     stale_until: Instant,
+    /// The [`Shared::epoch`] it was stored in: served only in that one.
+    epoch: u64,
 }
 
 /// What the origin's `Cache-Control` allows.
@@ -202,6 +204,9 @@ struct Shared {
     /// before the write). Striped so that memory is fixed, whatever the keys.
     generations: Box<[std::sync::atomic::AtomicU64]>,
     hasher: std::hash::RandomState,
+    /// Bumped by [`ResponseCacheLayer::invalidate_all`]: what was stored in an earlier epoch
+    /// is not served, and a load that began in one is not kept.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// How many generation stripes: a write costs other keys of its stripe one store each.
@@ -255,9 +260,16 @@ impl Shared {
         &self.generations[(hash % GENERATION_STRIPES as u64) as usize]
     }
 
-    /// The write generation of `key`, read before its origin request starts.
+    /// The write generation of `key`, read before its origin request starts: its stripe's
+    /// count plus the epoch, so that a bump of either changes it (neither goes down).
     fn generation(&self, key: &str) -> u64 {
-        self.stripe(key).load(std::sync::atomic::Ordering::Acquire)
+        self.stripe(key)
+            .load(std::sync::atomic::Ordering::Acquire)
+            .wrapping_add(self.epoch())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// After a successful write of `key`: loads that began before it are neither kept nor
@@ -348,6 +360,7 @@ impl ResponseCacheLayer {
                     .map(|_| std::sync::atomic::AtomicU64::new(0))
                     .collect(),
                 hasher: std::hash::RandomState::new(),
+                epoch: std::sync::atomic::AtomicU64::new(0),
             }),
             make_key: Arc::new(UriKey),
         }
@@ -381,6 +394,28 @@ impl<M> ResponseCacheLayer<M> {
     #[must_use]
     pub fn stats(&self) -> crate::Stats {
         self.shared.cache.stats()
+    }
+
+    /// Drops the response stored for `key` (what the layer's [`MakeCacheKey`] names a request
+    /// by: its path and query by default), as a successful write to it would: a load of it
+    /// in flight is answered but not kept. For a change the cache hears of from elsewhere.
+    pub async fn invalidate(&self, key: &str) {
+        self.shared.written(&key.to_owned()).await;
+    }
+
+    /// Drops every stored response at once: none is served again, and a load in flight is
+    /// answered but not kept (nor joined). For a change the cache hears of from elsewhere that
+    /// may touch any entry, or for a gap in which one may have been missed. The entries'
+    /// memory is reclaimed as they are replaced or expire.
+    pub fn invalidate_all(&self) {
+        self.shared
+            .epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared
+            .loading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -465,6 +500,7 @@ where
                 stored_at: now,
                 fresh_until: now,
                 stale_until: now,
+                epoch: shared.epoch(),
             }));
         }
     };
@@ -477,6 +513,7 @@ where
         stored_at: now,
         fresh_until: now + ttl,
         stale_until: now + ttl + grace,
+        epoch: shared.epoch(),
     });
     if stored.status == StatusCode::OK && shared.generation(&key) == generation {
         shared.cache.insert(key.clone(), stored.clone()).await;
@@ -572,6 +609,7 @@ where
             let mut looking = !(asked.no_store || asked.no_cache);
             while looking {
                 if let Some(stored) = shared.cache.get(&key).await
+                    && stored.epoch == shared.epoch()
                     && serves(&stored, request.headers())
                 {
                     let now = Instant::now();

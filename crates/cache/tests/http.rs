@@ -47,6 +47,10 @@ async fn product(
 }
 
 fn app(origin: &Origin) -> Router {
+    app_with(origin, ResponseCacheLayer::new(1 << 20))
+}
+
+fn app_with(origin: &Origin, cache: ResponseCacheLayer) -> Router {
     Router::new()
         .route("/products/1", get(product).post(product))
         .route(
@@ -70,7 +74,7 @@ fn app(origin: &Origin) -> Router {
                 ([(header::CACHE_CONTROL, "max-age=60")], "feed")
             }),
         )
-        .layer(ResponseCacheLayer::new(1 << 20))
+        .layer(cache)
         .with_state(origin.clone())
 }
 
@@ -224,6 +228,10 @@ async fn a_varying_response_is_served_only_to_matching_requests() {
 /// An origin that takes 50 ms per answer: `/slow` is cacheable (and a `POST` to it answers at
 /// once), `/slow-cart` is not.
 fn slow_app(origin: &Origin) -> Router {
+    slow_app_with(origin, ResponseCacheLayer::new(1 << 20))
+}
+
+fn slow_app_with(origin: &Origin, cache: ResponseCacheLayer) -> Router {
     async fn answer(
         origin: Origin,
         cache_control: &'static str,
@@ -251,7 +259,7 @@ fn slow_app(origin: &Origin) -> Router {
             "/slow-cart",
             get(|State(o): State<Origin>| answer(o, "no-store")),
         )
-        .layer(ResponseCacheLayer::new(1 << 20))
+        .layer(cache)
         .with_state(origin.clone())
 }
 
@@ -355,4 +363,55 @@ async fn a_read_that_raced_a_write_is_neither_kept_nor_joined() {
     assert_eq!(before.await.unwrap().2, "answer 1");
     assert_eq!(send(&app, get_req("/slow")).await.2, "answer 3");
     assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidation_from_outside_drops_one_key_or_all_of_them() {
+    let origin = Origin::default();
+    let cache = ResponseCacheLayer::new(1 << 20);
+    let app = app_with(&origin, cache.clone());
+    let product = || async { send(&app, get_req("/products/1")).await.2 };
+    let feed = || async { send(&app, get_req("/feed")).await.2 };
+    assert_eq!(product().await, "product v1 (en)");
+    assert_eq!(feed().await, "feed");
+    assert_eq!(
+        (product().await, feed().await, origin.calls()),
+        ("product v1 (en)".to_owned(), "feed".to_owned(), 2)
+    );
+
+    // One key: the next read of it goes to the origin, the others are still served.
+    cache.invalidate("/products/1").await;
+    assert_eq!(product().await, "product v3 (en)");
+    assert_eq!(feed().await, "feed");
+    assert_eq!(origin.calls(), 3);
+
+    // Every key.
+    cache.invalidate_all();
+    assert_eq!(product().await, "product v4 (en)");
+    assert_eq!(feed().await, "feed");
+    assert_eq!(origin.calls(), 5);
+    // And stored again.
+    assert_eq!(
+        (product().await, origin.calls()),
+        ("product v4 (en)".to_owned(), 5)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_load_in_flight_when_all_is_invalidated_is_neither_kept_nor_joined() {
+    let origin = Origin::default();
+    let cache = ResponseCacheLayer::new(1 << 20);
+    let app = slow_app_with(&origin, cache.clone());
+    let before = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, get_req("/slow")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    cache.invalidate_all();
+    let after = send(&app, get_req("/slow")).await;
+    assert_eq!(after.2, "answer 2");
+    assert!(!before.is_finished());
+    assert_eq!(before.await.unwrap().2, "answer 1");
+    assert_eq!(send(&app, get_req("/slow")).await.2, "answer 2");
+    assert_eq!(origin.calls(), 2);
 }
