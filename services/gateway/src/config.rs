@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mainstay_discovery::Endpoint;
 use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars};
+use shop_messaging::config::TransportConfig;
 
 /// The services the gateway routes to, with the port each listens on by default.
 ///
@@ -61,8 +62,13 @@ pub struct GatewayConfig {
     pub max_concurrent: usize,
     /// `HOME_PART_TIMEOUT_MS`: each part of `/api/v1/home` (default 800 ms).
     pub home_part_timeout: Duration,
-    /// `CATALOG_CACHE_ENTRIES`: catalog responses kept (default 10,000).
-    pub catalog_cache_entries: u64,
+    /// `RESPONSE_CACHE_BYTES`: the most bytes of responses kept for each service with cached
+    /// routes, bodies and keys counted (default 64 MiB).
+    pub response_cache_bytes: u64,
+    /// Where the services announce their changes, which drop the cached answers: `NATS_URL`
+    /// and `MESSAGING_NAMESPACE`, or the local bus at `BUS_DATABASE_URL` (see
+    /// [`TransportConfig`]).
+    pub messaging: TransportConfig,
 }
 
 impl GatewayConfig {
@@ -136,11 +142,12 @@ impl GatewayConfig {
             max_concurrent: vars.parse_or("UPSTREAM_MAX_CONCURRENT", 512, "a number of calls")?,
             home_part_timeout: vars
                 .millis_or("HOME_PART_TIMEOUT_MS", Duration::from_millis(800))?,
-            catalog_cache_entries: vars.parse_or(
-                "CATALOG_CACHE_ENTRIES",
-                10_000,
-                "a number of entries",
+            response_cache_bytes: vars.parse_or(
+                "RESPONSE_CACHE_BYTES",
+                64 << 20,
+                "a number of bytes",
             )?,
+            messaging: TransportConfig::from_vars(vars)?,
         })
     }
 }

@@ -52,7 +52,13 @@ use mainstay_cache::http::{ResponseCacheLayer, UriKey};
 use mainstay_discovery::Snapshot;
 use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
 use mainstay_telemetry::ServerTelemetry;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use shop_common::tasks::Stage;
 use shop_common::{Kit, Limits};
+use shop_messaging::config::TransportConfig;
+use shop_messaging::{Followed, follow};
 use tokio::sync::watch;
 use tower::util::{BoxCloneSyncService, Either, MapResponse, MapResponseLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -69,6 +75,8 @@ use shop_common::client::{self as upstream, ClientSettings};
 
 struct Inner {
     upstreams: Arc<Upstreams>,
+    /// The response cache of each service with cached routes.
+    caches: Vec<(&'static str, ResponseCacheLayer)>,
     admission: AdmissionLayer,
     trace_trust: TraceTrustLayer,
     body_limit: usize,
@@ -127,6 +135,7 @@ impl Gateway {
             max_concurrent: config.max_concurrent,
         };
         let mut upstreams = Upstreams::default();
+        let mut caches = Vec::new();
         for (name, _) in config::SERVICES {
             let source = sources.get(name).ok_or(StartError::NoDiscovery(name))?;
             let client = upstream::upstream(
@@ -141,7 +150,8 @@ impl Gateway {
                 .iter()
                 .any(|route| route.cached && route.service == name)
                 .then(|| {
-                    let cache = ResponseCacheLayer::new(config.catalog_cache_entries);
+                    let cache = ResponseCacheLayer::new(config.response_cache_bytes);
+                    caches.push((name, cache.clone()));
                     let stats = cache.clone();
                     kit.metrics.register_collector(Box::new(CacheCollector::new(
                         format!("gateway_{name}_responses"),
@@ -167,6 +177,7 @@ impl Gateway {
         kit.resilience.keyed_rate_limit("gateway_per_ip", &per_ip);
         Ok(Self(Arc::new(Inner {
             upstreams: Arc::new(upstreams),
+            caches,
             trace_trust: TraceTrustLayer::new(&config.trusted_proxies),
             admission: AdmissionLayer::new(
                 validator,
@@ -178,6 +189,82 @@ impl Gateway {
             home_part_timeout: config.home_part_timeout,
         })))
     }
+}
+
+impl Gateway {
+    /// Keeps the response caches true to their services: each service with cached routes
+    /// announces its changes on `<service>.events`, and any message there drops that
+    /// service's cached responses (a change to one product touches every listing it is in).
+    /// A gap in which one may have been missed (the subscription opened, or opened again after
+    /// it was lost) drops them all.
+    ///
+    /// It runs under `kit.tasks` (stopped by `serve` after the last request), and opens
+    /// `transport` itself, again with back-off until it can: the gateway serves meanwhile, its
+    /// cached answers bounded by their `max-age` alone.
+    ///
+    /// Each drop is counted in `gateway_cache_invalidations_total{service, cause}`, where
+    /// `cause` is `event` or `gap`.
+    pub fn invalidate_on_events(&self, kit: &Kit, transport: TransportConfig) {
+        if self.0.caches.is_empty() {
+            return;
+        }
+        let invalidations = Family::<InvalidationLabels, Counter>::default();
+        kit.metrics.register(
+            "gateway_cache_invalidations",
+            "Response caches dropped, by service and cause (an event, or a gap in the events)",
+            invalidations.clone(),
+        );
+        let caches = self.0.caches.clone();
+        let subjects: Vec<String> = caches
+            .iter()
+            .map(|(service, _)| format!("{service}.events"))
+            .collect();
+        kit.tasks
+            .spawn("cache-invalidation", Stage::Consumers, move |stop| async move {
+                let mut backoff = shop_messaging::subscription::FIRST_BACKOFF;
+                let transport = loop {
+                    match transport.open().await {
+                        Ok(transport) => break transport,
+                        Err(error) => {
+                            tracing::warn!(%error, retry_in = ?backoff, "cannot open the transport: cached answers expire by age alone");
+                        }
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(shop_messaging::subscription::MAX_BACKOFF);
+                };
+                follow(transport, subjects, stop.cancelled_owned(), move |followed| {
+                    for (service, cache) in &caches {
+                        let cause = match followed {
+                            Followed::Gap => "gap",
+                            Followed::Message(message)
+                                if message
+                                    .subject
+                                    .strip_prefix(service)
+                                    .is_some_and(|rest| rest == ".events") =>
+                            {
+                                "event"
+                            }
+                            Followed::Message(_) => continue,
+                        };
+                        cache.invalidate_all();
+                        invalidations
+                            .get_or_create(&InvalidationLabels { service, cause })
+                            .inc();
+                    }
+                })
+                .await;
+            });
+    }
+}
+
+/// Labels of a dropped response cache.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvalidationLabels {
+    service: &'static str,
+    cause: &'static str,
 }
 
 /// The security headers every response carries, unless the upstream set its own.

@@ -675,6 +675,91 @@ async fn catalog_gets_are_answered_from_the_cache() {
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
 }
 
+/// A change catalog announces on the bus drops the gateway's cached catalog answers at once
+/// (the local bus here, a SQLite file as on the embedded default; JetStream keeps the same
+/// subscription contract, tested in shop-messaging).
+#[tokio::test]
+async fn a_change_catalog_announces_drops_the_cached_answers() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let bus = std::env::temp_dir().join(format!(
+        "gateway-bus-{}.db",
+        shop_messaging::MessageId::new()
+    ));
+    let bus_url = format!("sqlite://{}?mode=rwc", bus.display());
+    let vars: HashMap<String, String> = [
+        ("CATALOG_URLS".to_owned(), url(catalog)),
+        ("BUS_DATABASE_URL".to_owned(), bus_url.clone()),
+    ]
+    .into();
+    let config = GatewayConfig::from_vars(&Vars(|k: &str| vars.get(k).cloned())).unwrap();
+    let (_, validator) = shop_common::testing::users_tokens();
+    let kit = Kit::new(config.service.clone());
+    let sources = discover(&config).unwrap();
+    let gateway = Gateway::new(&config, &kit, validator, &sources).unwrap();
+    gateway.invalidate_on_events(&kit, config.messaging.clone());
+    let app = app(gateway, &kit, &config.cors_origins);
+    let hits = || upstream.hits.load(Ordering::SeqCst);
+    let products = || call(&app, Method::GET, "/api/v1/products", None, None, None);
+    let counted = |cause: &str| {
+        let line =
+            format!("gateway_cache_invalidations_total{{service=\"catalog\",cause=\"{cause}\"}} ");
+        kit.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line).map(|n| n.parse::<u64>().unwrap()))
+            .unwrap_or(0)
+    };
+    // The subscription opens, a gap in which the cache is dropped; then answers are kept.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counted("gap") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bus_transport = shop_messaging::LocalTransport::open(
+        shop_common::store::Database::connect(&bus_url)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    products().await;
+    products().await;
+    assert_eq!(hits(), 1, "kept");
+    let cached = hits();
+
+    // Catalog announces a change: the next read goes to catalog, and is kept again.
+    use shop_messaging::Publisher as _;
+    let change = shop_messaging::Pending {
+        seq: 0,
+        id: shop_messaging::MessageId::new(),
+        subject: "catalog.events".to_owned(),
+        key: "kettle".to_owned(),
+        headers: HashMap::new(),
+        payload: b"{}".to_vec(),
+        attempts: 0,
+    };
+    bus_transport.publish(&[change]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hits() == cached {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never dropped the cached answer"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        products().await;
+    }
+    let fresh = hits();
+    products().await;
+    products().await;
+    assert_eq!(hits(), fresh, "kept again after the change");
+    assert_eq!((counted("event"), counted("gap")), (1, 1));
+    kit.tasks.shutdown(Duration::from_secs(5)).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", bus.display()));
+    }
+}
+
 // Paused time: the slow upstream's 30 s and the gateway's timeouts run on the test's clock,
 // which moves only when every task waits, so the 504 is checked to come at the request
 // timeout exactly, not "within a few seconds".

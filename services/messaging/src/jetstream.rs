@@ -14,13 +14,18 @@
 //! - a replay publishes a dead letter again on its subject with `Shop-Replay-For: <consumer>`,
 //!   which every other consumer acknowledges unseen, and deletes it from the dead letters.
 //!
+//! - a subscription is an ordered push consumer per subject filter: ephemeral, in memory,
+//!   unacknowledged, starting after the stream's last message. A lost connection ends it
+//!   within two idle heartbeats (10 s; async-nats reports them missed), and
+//!   [`follow`](crate::follow) reports a gap and subscribes again.
+//!
 //! Nothing here needs a server newer than 2.9.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull, push};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, AckKind};
@@ -31,7 +36,8 @@ use futures_util::StreamExt as _;
 use crate::outbox::Pending;
 use crate::relay::{BoxError, PublishError, Publisher};
 use crate::transport::{
-    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport, TransportError,
+    Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Subscription,
+    Transport, TransportError, check_subscribed,
 };
 
 /// The header that names the one consumer a replayed message is for.
@@ -133,6 +139,15 @@ impl Inner {
 
     fn subject(&self, subject: &str) -> String {
         format!("{}.{subject}", self.namespace)
+    }
+
+    /// A subject as the broker has it, without the namespace.
+    fn unqualified(&self, subject: &str) -> String {
+        subject
+            .strip_prefix(self.namespace.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .unwrap_or(subject)
+            .to_owned()
     }
 
     fn dlq_subject(&self, consumer: &str) -> String {
@@ -474,6 +489,77 @@ impl Transport for JetStreamTransport {
         }
         Ok(replayed)
     }
+
+    async fn subscribe(
+        &self,
+        subjects: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        check_subscribed(subjects)?;
+        let inner = &self.inner;
+        let after = inner
+            .events
+            .get_info()
+            .await
+            .map_err(unavailable)?
+            .state
+            .last_sequence;
+        let client = inner.context.client();
+        let mut messages = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            let consumer = inner
+                .events
+                .create_consumer(push::OrderedConfig {
+                    deliver_subject: client.new_inbox(),
+                    filter_subject: inner.subject(subject),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                    ..push::OrderedConfig::default()
+                })
+                .await
+                .map_err(unavailable)?;
+            messages.push(consumer.messages().await.map_err(unavailable)?);
+        }
+        Ok(Box::new(JetStreamSubscription {
+            inner: inner.clone(),
+            messages: futures_util::stream::select_all(messages),
+            after,
+        }))
+    }
+}
+
+/// A subscription of the JetStream transport: one ordered consumer per filter, merged.
+struct JetStreamSubscription {
+    inner: Arc<Inner>,
+    messages: futures_util::stream::SelectAll<push::Ordered>,
+    /// The stream's last sequence when it was opened: a consumer that async-nats recreates
+    /// before its first message starts from the stream's first, and what came before this is
+    /// skipped.
+    after: u64,
+}
+
+#[async_trait]
+impl Subscription for JetStreamSubscription {
+    async fn next(&mut self) -> Result<Broadcast, TransportError> {
+        loop {
+            let message = match self.messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Err(unavailable(error)),
+                None => return Err(unavailable("the subscription ended")),
+            };
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            let headers = message.headers.as_ref();
+            if sequence <= self.after || header(headers, REPLAY_FOR).is_some() {
+                continue;
+            }
+            let subject = self.inner.unqualified(message.subject.as_str());
+            return Ok(Broadcast {
+                subject,
+                headers: map_of(headers),
+                payload: message.payload.to_vec(),
+            });
+        }
+    }
 }
 
 impl JetStreamTransport {
@@ -576,12 +662,7 @@ impl Deliveries for JetStreamDeliveries {
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
             let headers = message.headers.as_ref();
-            let subject = message
-                .subject
-                .as_str()
-                .strip_prefix(&format!("{}.", self.inner.namespace))
-                .unwrap_or(message.subject.as_str())
-                .to_owned();
+            let subject = self.inner.unqualified(message.subject.as_str());
             let for_another = header(headers, REPLAY_FOR).is_some_and(|c| c != self.config.name);
             if for_another || !self.config.receives(&subject) {
                 // Not this consumer's: settled unseen.

@@ -13,7 +13,8 @@
 //! [`LocalTransport`] on the embedded default, a durable log in a database of its own. A
 //! service consumes by writing a [`Handler`] and running a [`Consumer`], which records the
 //! inbox, runs the handler in the same transaction, and settles each delivery: acknowledged,
-//! retried with back-off, or a dead letter with the reason, replayable.
+//! retried with back-off, or a dead letter with the reason, replayable. A cache that change
+//! events invalidate [`follow`]s their subjects instead: every replica sees every message.
 //!
 //! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
 //! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod relay;
 mod shared;
+pub mod subscription;
 pub mod transport;
 
 use std::sync::LazyLock;
@@ -44,8 +46,10 @@ pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::metrics::{DeliveryOutcome, MessagingMetrics};
 pub use self::outbox::{Context, Lag, Outbox, OutboxError, Pending, SetAside};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
+pub use self::subscription::{Followed, follow};
 pub use self::transport::{
-    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Transport, TransportError,
+    Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Subscription,
+    Transport, TransportError,
 };
 
 /// The table this crate's migrations are recorded in.

@@ -27,8 +27,9 @@ use crate::outbox::{Outbox, Pending};
 use crate::relay::{PublishError, Publisher};
 use crate::shared::PerKey;
 use crate::transport::{
-    ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Transport,
-    TransportError, check_consumer_name, valid_subject,
+    Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, Settle, Settlement, Subscription,
+    Transport, TransportError, check_consumer_name, check_subscribed, subject_matches,
+    valid_subject,
 };
 
 /// The table the local transport's migrations are recorded in.
@@ -51,6 +52,13 @@ const PUBLISH_LOCK: i64 = 0x6d73_6275_7370_7562; // "msbuspub"
 
 /// How many log entries one fetch looks through for a consumer's subjects.
 const SCAN: i64 = 1_000;
+
+/// How many log entries a subscription reads at once.
+const SUBSCRIPTION_PAGE: i64 = 100;
+
+/// How often a waiting subscription looks at the log for what another process published
+/// (this process's publishes wake it at once).
+const SUBSCRIPTION_POLL: Duration = Duration::from_secs(1);
 
 struct Inner {
     database: Database,
@@ -266,6 +274,80 @@ impl Transport for LocalTransport {
         tx.commit().await?;
         self.inner.bump();
         Ok(u64::try_from(dead.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn subscribe(
+        &self,
+        subjects: &[String],
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        check_subscribed(subjects)?;
+        // From the end of the log: publishers to it take turns, so every seq below the last
+        // is already visible, and none is skipped.
+        let end: Option<i64> = on_db!(&self.inner.database, pool => sqlx::query_scalar(
+            "SELECT MAX(seq) FROM bus_messages",
+        )
+        .fetch_one(pool)
+        .await)?;
+        Ok(Box::new(LocalSubscription {
+            changed: self.inner.changed.subscribe(),
+            inner: self.inner.clone(),
+            subjects: subjects.to_vec(),
+            cursor: end.unwrap_or(0),
+            ready: std::collections::VecDeque::new(),
+        }))
+    }
+}
+
+/// A subscription of the local transport: a reader that follows the log from where it was
+/// opened.
+struct LocalSubscription {
+    inner: Arc<Inner>,
+    changed: watch::Receiver<u64>,
+    subjects: Vec<String>,
+    /// The last seq read.
+    cursor: i64,
+    /// Read and not yet returned.
+    ready: std::collections::VecDeque<Broadcast>,
+}
+
+#[async_trait]
+impl Subscription for LocalSubscription {
+    async fn next(&mut self) -> Result<Broadcast, TransportError> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(message);
+            }
+            self.changed.borrow_and_update();
+            let rows: Vec<(i64, String, String, Vec<u8>)> = on_db!(&self.inner.database, pool => sqlx::query_as(
+                    "SELECT seq, subject, headers, payload FROM bus_messages WHERE seq > $1 \
+                     ORDER BY seq LIMIT $2",
+                )
+                .bind(self.cursor)
+                .bind(SUBSCRIPTION_PAGE)
+                .fetch_all(pool)
+                .await)?;
+            if rows.is_empty() {
+                tokio::select! {
+                    _ = self.changed.changed() => {}
+                    () = tokio::time::sleep(SUBSCRIPTION_POLL) => {}
+                }
+                continue;
+            }
+            for (seq, subject, headers, payload) in rows {
+                self.cursor = seq;
+                if self
+                    .subjects
+                    .iter()
+                    .any(|filter| subject_matches(filter, &subject))
+                {
+                    self.ready.push_back(Broadcast {
+                        subject,
+                        headers: serde_json::from_str(&headers).unwrap_or_default(),
+                        payload,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,11 @@
 //!   count. A delivery not settled within the consumer's `ack_wait` (its handler crashed or
 //!   hung) is delivered again; past `max_deliver` deliveries, it becomes a dead letter.
 //! - Dead letters are listed and **replayed** to their consumer alone.
+//! - A **subscription** ([`Transport::subscribe`]) is the other way to receive: every
+//!   subscriber sees every message published on its subjects after it subscribed, with no
+//!   acknowledgement and nothing kept for it. It is for state that can be dropped and rebuilt, a
+//!   cache that change events invalidate: an error says messages may have been missed, and
+//!   [`follow`](crate::subscription::follow) then tells its caller to start over.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -300,6 +305,50 @@ pub trait Deliveries: Send {
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, TransportError>;
 }
 
+/// A message as a [`Subscription`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broadcast {
+    /// Where it was published.
+    pub subject: String,
+    /// Transport headers (the trace context).
+    pub headers: HashMap<String, String>,
+    /// The envelope, JSON.
+    pub payload: Vec<u8>,
+}
+
+/// A subscription to subjects: every message published on them after it was opened, in the
+/// order the transport stored them, not shared with other subscribers and never acknowledged.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next message, when one comes.
+    ///
+    /// # Errors
+    ///
+    /// Messages may have been missed (the broker went away, or the subscription fell behind):
+    /// drop what was built from earlier ones, and subscribe again.
+    async fn next(&mut self) -> Result<Broadcast, TransportError>;
+}
+
+/// The most subject filters one subscription takes.
+pub const MAX_SUBSCRIBED_SUBJECTS: usize = 16;
+
+/// [`TransportError::Invalid`] unless `subjects` are 1 to [`MAX_SUBSCRIBED_SUBJECTS`] filters.
+pub(crate) fn check_subscribed(subjects: &[String]) -> Result<(), TransportError> {
+    if subjects.is_empty() || subjects.len() > MAX_SUBSCRIBED_SUBJECTS {
+        return Err(TransportError::Invalid(format!(
+            "a subscription takes 1 to {MAX_SUBSCRIBED_SUBJECTS} subject filters, not {}",
+            subjects.len()
+        )));
+    }
+    match subjects.iter().find(|s| !valid_filter(s)) {
+        Some(bad) => Err(TransportError::Invalid(format!(
+            "subject filter {:?}",
+            bad.chars().take(80).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A transport: publishes for the relay, delivers to consumers, keeps their dead letters.
 #[async_trait]
 pub trait Transport: Publisher {
@@ -322,6 +371,17 @@ pub trait Transport: Publisher {
     /// again, and removes it from the dead letters; returns how many. Other consumers of the
     /// subject are not sent it again.
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError>;
+
+    /// Subscribes to `subjects` (filters, as [`ConsumerConfig::subjects`]): every message
+    /// published on them from now on, except the replays of dead letters, which are for one
+    /// consumer.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Invalid`] for no filters, more than [`MAX_SUBSCRIBED_SUBJECTS`], or one
+    /// that is not a filter; [`TransportError::Unavailable`] when the transport cannot be reached.
+    async fn subscribe(&self, subjects: &[String])
+    -> Result<Box<dyn Subscription>, TransportError>;
 }
 
 #[cfg(test)]

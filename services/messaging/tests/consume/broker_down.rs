@@ -9,10 +9,11 @@ use std::time::Duration;
 use shop_common::on_db;
 use shop_common::store::Database;
 use shop_messaging::{
-    ConsumerConfig, DeliveryOutcome, JetStreamTransport, MessageId, MessagingMetrics, Outbox, Relay,
+    ConsumerConfig, DeliveryOutcome, Followed, JetStreamTransport, MessageId, MessagingMetrics,
+    Outbox, Publisher, Relay, Transport, follow,
 };
 
-use super::{Script, consumer, enqueue_committed, prepare};
+use super::{Script, consumer, enqueue_committed, prepare, raw};
 
 /// A private nats-server with JetStream on a free port, killed on drop (its store removed).
 struct PrivateNats {
@@ -204,6 +205,137 @@ async fn the_broker_down_loses_nothing_and_drains_in_order_when_back() {
     stop.send(true).unwrap();
     relay.await.unwrap();
     consuming.await.unwrap().unwrap();
+    transport.delete().await.unwrap();
+    drop(nats);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sees_each_later_message_once_across_a_broker_restart() {
+    let Some(mut nats) = PrivateNats::start().await else {
+        return;
+    };
+    let transport = Arc::new(
+        JetStreamTransport::connect(&nats.url(), "follow")
+            .await
+            .unwrap(),
+    );
+    transport
+        .publish(&[raw("catalog.events", "before")])
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let following = tokio::spawn({
+        let seen = seen.clone();
+        let transport: Arc<dyn Transport> = transport.clone();
+        let mut stopped = stopped.clone();
+        follow(
+            transport,
+            vec!["catalog.events".to_owned()],
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+            move |followed| {
+                seen.lock().unwrap().push(match followed {
+                    Followed::Gap => "gap".to_owned(),
+                    Followed::Message(message) => {
+                        String::from_utf8(message.payload.clone()).unwrap()
+                    }
+                });
+            },
+        )
+    });
+    let wait_for = |body: &'static str| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !seen.lock().unwrap().iter().any(|seen| seen == body) {
+                assert!(tokio::time::Instant::now() < deadline, "{body} never seen");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for("gap").await;
+
+    // Published once the client is back, as the relay would: the same message (one id, which
+    // the stream de-duplicates) until it is acknowledged.
+    let publish = |body: &'static str| {
+        let transport = transport.clone();
+        async move {
+            let message = [raw("catalog.events", body)];
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while transport.publish(&message).await.is_err() {
+                assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // What the contract promises across an outage: each message published is seen, or a gap
+    // is reported after it was published (and the cache starts over).
+    let covered = |body: &'static str, published_at: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                {
+                    let seen = seen.lock().unwrap();
+                    if seen.iter().any(|seen| seen == body)
+                        || seen[published_at..].iter().any(|seen| seen == "gap")
+                    {
+                        return;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{body} neither seen nor a gap after it"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // Restarted before the subscription saw anything, then after it saw a message.
+    for body in ["one", "two"] {
+        nats.restart().await;
+        let published_at = seen.lock().unwrap().len();
+        publish(body).await;
+        covered(body, published_at).await;
+    }
+    // Once the broker stays up, messages are seen again (not only gaps).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = "";
+    for body in [
+        "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    ] {
+        publish(body).await;
+        last = body;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < until && !seen.lock().unwrap().iter().any(|s| s == body)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if seen.lock().unwrap().iter().any(|s| s == body) || tokio::time::Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|s| s == last),
+        "{last} never seen: {seen:?}"
+    );
+    assert_eq!(seen[0], "gap", "{seen:?}");
+    assert!(!seen.iter().any(|s| s == "before"), "{seen:?}");
+    for body in ["one", "two", "three"] {
+        assert!(seen.iter().filter(|s| *s == body).count() <= 1, "{seen:?}");
+    }
+    eprintln!("followed across two restarts: {seen:?}");
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), following)
+        .await
+        .expect("stopped when told")
+        .unwrap();
     transport.delete().await.unwrap();
     drop(nats);
 }

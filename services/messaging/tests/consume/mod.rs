@@ -13,7 +13,7 @@ use shop_common::store::{Database, Tx};
 use shop_common::{on_db, on_tx};
 use shop_messaging::{
     Consumer, ConsumerConfig, HandleError, Handler, Inbound, JetStreamTransport, LocalTransport,
-    MessageId, Outbox, Outcome, Pending, Relay, Settlement, Transport,
+    MessageId, Outbox, Outcome, Pending, Relay, Settlement, Subscription, Transport,
 };
 use tracing::Instrument as _;
 
@@ -100,6 +100,7 @@ on_every_transport!(
     a_replay_goes_to_its_consumer_alone,
     a_message_never_settled_ends_in_the_dead_letters_with_its_count,
     a_running_consumer_handles_what_comes_and_stops_when_told,
+    a_subscription_sees_every_later_message_on_its_subjects_and_no_replay,
 );
 
 /// What the scripted handler does with the next message.
@@ -844,4 +845,106 @@ async fn the_backbone_runs_under_the_supervisor_and_publishes_the_last_messages_
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A message published as is (not an envelope), with a trace header.
+fn raw(subject: &str, body: &str) -> Pending {
+    Pending {
+        seq: 0,
+        id: MessageId::new(),
+        subject: subject.to_owned(),
+        key: body.to_owned(),
+        headers: [("traceparent".to_owned(), format!("trace-of-{body}"))].into(),
+        payload: body.as_bytes().to_vec(),
+        attempts: 0,
+    }
+}
+
+/// The next message of `subscription`, as `subject body`, its header checked.
+async fn next_of(subscription: &mut Box<dyn Subscription>) -> String {
+    let message = tokio::time::timeout(SOON, subscription.next())
+        .await
+        .expect("a message within 10 s")
+        .unwrap();
+    let body = String::from_utf8(message.payload).unwrap();
+    assert_eq!(
+        message.headers.get("traceparent"),
+        Some(&format!("trace-of-{body}"))
+    );
+    format!("{} {body}", message.subject)
+}
+
+async fn a_subscription_sees_every_later_message_on_its_subjects_and_no_replay<T: Transport>(
+    _: &Database,
+    transport: Arc<T>,
+) {
+    let subjects = |filters: &[&str]| filters.iter().map(|&f| f.to_owned()).collect::<Vec<_>>();
+    transport
+        .publish(&[raw("catalog.events", "before")])
+        .await
+        .unwrap();
+    // Two subscribers of one subject: each sees every message (unlike a consumer's replicas).
+    let mut first = transport
+        .subscribe(&subjects(&["catalog.events"]))
+        .await
+        .unwrap();
+    let mut second = transport
+        .subscribe(&subjects(&["catalog.*"]))
+        .await
+        .unwrap();
+    let mut others = transport
+        .subscribe(&subjects(&["orders.events", "payments.>"]))
+        .await
+        .unwrap();
+    transport
+        .publish(&[
+            raw("catalog.events", "one"),
+            raw("orders.events", "two"),
+            raw("catalog.events", "three"),
+            raw("payments.replies.x", "four"),
+        ])
+        .await
+        .unwrap();
+    for subscription in [&mut first, &mut second] {
+        assert_eq!(next_of(subscription).await, "catalog.events one");
+        assert_eq!(next_of(subscription).await, "catalog.events three");
+    }
+    let mut on_two = vec![next_of(&mut others).await, next_of(&mut others).await];
+    on_two.sort();
+    assert_eq!(on_two, ["orders.events two", "payments.replies.x four"]);
+
+    // A replayed dead letter is for its consumer alone: subscribers do not see it again.
+    let mut deliveries = transport
+        .consumer(&ConsumerConfig::new("dead", &["catalog.events"]))
+        .await
+        .unwrap();
+    let mut dead = 0;
+    while dead < 3 {
+        for delivery in deliveries.fetch(10, SOON).await.unwrap() {
+            delivery
+                .settle(Settlement::DeadLetter {
+                    reason: "for the replay".into(),
+                })
+                .await
+                .unwrap();
+            dead += 1;
+        }
+    }
+    assert_eq!(transport.replay("dead", None).await.unwrap(), 3);
+    transport
+        .publish(&[raw("catalog.events", "after")])
+        .await
+        .unwrap();
+    for subscription in [&mut first, &mut second] {
+        assert_eq!(next_of(subscription).await, "catalog.events after");
+    }
+
+    assert!(matches!(
+        transport.subscribe(&[]).await,
+        Err(shop_messaging::TransportError::Invalid(_))
+    ));
+    assert!(matches!(
+        transport.subscribe(&subjects(&["catalog..events"])).await,
+        Err(shop_messaging::TransportError::Invalid(_))
+    ));
 }
