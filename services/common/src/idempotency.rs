@@ -32,7 +32,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::digest::{self, SHA256};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -46,6 +45,7 @@ use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument as _;
 
 use crate::Problem;
+use crate::seal::SealKey;
 use crate::store::{Database, StoreError};
 
 /// The request header.
@@ -448,7 +448,7 @@ where
                 .into_response();
         }
         Claim::Done(sealed) => {
-            return match open(&seal, sealed).and_then(|plain| decode(&plain)) {
+            return match open(&seal, &sealed).and_then(|plain| decode(&plain)) {
                 Some(mut response) => {
                     response
                         .headers_mut()
@@ -570,40 +570,13 @@ fn sealing_key(key: &[u8], method: &[u8], target: &[u8], body: &[u8]) -> [u8; 32
     sha256(&[b"seal", key, method, target, body])
 }
 
-fn aead(key: &[u8; 32]) -> Option<LessSafeKey> {
-    UnboundKey::new(&AES_256_GCM, key)
-        .ok()
-        .map(LessSafeKey::new)
-}
-
 fn seal_answer(key: &[u8; 32], response: &Response, body: &[u8]) -> Option<Vec<u8>> {
-    let mut plain = encode(response, body);
-    let mut nonce = [0u8; NONCE_LEN];
-    aws_lc_rs::rand::fill(&mut nonce).ok()?;
-    aead(key)?
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::empty(),
-            &mut plain,
-        )
-        .ok()?;
-    let mut sealed = nonce.to_vec();
-    sealed.extend_from_slice(&plain);
-    Some(sealed)
+    let plain = encode(response, body);
+    Some(SealKey::from_bytes(key).ok()?.seal(&plain, b""))
 }
 
-fn open(key: &[u8; 32], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
-    if sealed.len() < NONCE_LEN {
-        return None;
-    }
-    let mut ciphertext = sealed.split_off(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(&sealed).ok()?;
-    let plain = aead(key)?
-        .open_in_place(nonce, Aad::empty(), &mut ciphertext)
-        .ok()?
-        .len();
-    ciphertext.truncate(plain);
-    Some(ciphertext)
+fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+    SealKey::from_bytes(key).ok()?.open(sealed, b"").ok()
 }
 
 /// Headers an answer is given again without: they describe the first exchange only.
@@ -683,13 +656,13 @@ mod tests {
             "the answer is stored readable"
         );
 
-        let opened = decode(&open(&key, sealed.clone()).unwrap()).unwrap();
+        let opened = decode(&open(&key, &sealed).unwrap()).unwrap();
         assert_eq!(opened.status(), StatusCode::CREATED);
         assert_eq!(opened.headers()["content-type"], "application/json");
         assert!(!opened.headers().contains_key("x-request-id"));
 
         let other = sealing_key(b"k1", b"POST", b"/products", br#"{"name":"teapot"}"#);
-        assert!(open(&other, sealed).is_none());
+        assert!(open(&other, &sealed).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   ([`Kit::with_idempotency`]).
 //! * [`tasks`]: the background tasks (relay, consumers, sweepers) started with the service,
 //!   watched by readiness, and stopped in order after the last request ([`Kit::tasks`]).
-//! * [`bus`]: the event bus trait and its in-process implementation.
+//! * [`seal`]: small secrets sealed (AES-256-GCM) for whoever holds one key.
 //! * `testing` (feature `testing`): a fresh PostgreSQL database per test.
 //!
 //! A service's `main.rs` is then:
@@ -39,7 +39,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod bus;
 pub mod client;
 pub mod config;
 pub mod domain;
@@ -47,6 +46,7 @@ pub mod fields;
 pub mod idempotency;
 mod problem;
 pub mod registry;
+pub mod seal;
 mod serve;
 mod stack;
 pub mod store;

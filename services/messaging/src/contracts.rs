@@ -39,3 +39,118 @@ impl Message for ProductPriceChanged {
         Cow::Borrowed(&self.product_id)
     }
 }
+
+/// The users service's events.
+pub const USERS_EVENTS: &str = "users.events";
+
+/// The notifications service's commands: the mails other services ask it to send.
+pub const NOTIFICATIONS_COMMANDS: &str = "notifications.commands";
+
+/// The [`Message`] of a users message: its kind is the type's name, its key the account.
+macro_rules! users_message {
+    ($($message:ident on $subject:ident),* $(,)?) => {
+        $(
+            impl Message for $message {
+                const KIND: &'static str = stringify!($message);
+                const VERSION: u16 = 1;
+
+                fn subject(&self) -> Cow<'static, str> {
+                    Cow::Borrowed($subject)
+                }
+
+                fn key(&self) -> Cow<'_, str> {
+                    Cow::Borrowed(&self.user_id)
+                }
+            }
+        )*
+    };
+}
+
+users_message!(
+    UserRegistered on USERS_EVENTS,
+    AddressClaimAttempted on USERS_EVENTS,
+    EmailChangeRequested on USERS_EVENTS,
+    EmailChanged on USERS_EVENTS,
+    SendEmailConfirmation on NOTIFICATIONS_COMMANDS,
+);
+
+/// A new account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    /// The account's id.
+    pub user_id: String,
+    /// Its email address.
+    pub email: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// How an address was claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimedBy {
+    /// A registration with the address.
+    Registration,
+    /// Another account asked to move to the address.
+    EmailChange,
+}
+
+/// Someone tried to register with, or move another account to, an address that already has an
+/// account: mail its owner (who may have forgotten the account, or may be targeted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressClaimAttempted {
+    /// The account that owns the address.
+    pub user_id: String,
+    /// The address.
+    pub email: String,
+    /// How it was claimed.
+    pub by: ClaimedBy,
+}
+
+/// An account asked to change its email to a free address, pending confirmation. (Neither
+/// the address nor the token: the mailer gets those in [`SendEmailConfirmation`].)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailChangeRequested {
+    /// The account.
+    pub user_id: String,
+    /// Unix seconds after which the change can no longer be confirmed.
+    pub expires_at: i64,
+}
+
+/// A command on [`NOTIFICATIONS_COMMANDS`]: mail `email` the token that confirms the change
+/// (`POST /email/confirm`).
+///
+/// The token is a secret of that mailbox, and this command rests in the users service's
+/// outbox and in the broker's stream, where others can read. So it travels **sealed**
+/// (`shop_common::seal`) with the mail key (`MAIL_TOKEN_KEY`) that the users service and the
+/// mailer share, in the context [`SendEmailConfirmation::seal_context`]: only the mailer opens
+/// it, and only for this account and address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendEmailConfirmation {
+    /// The account.
+    pub user_id: String,
+    /// The new address, to mail.
+    pub email: String,
+    /// The confirmation token, sealed (unpadded base64url).
+    pub sealed_token: String,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: i64,
+}
+
+impl SendEmailConfirmation {
+    /// The context the token is sealed in: the account and the address, so that a sealed
+    /// token cannot be moved to another mail.
+    #[must_use]
+    pub fn seal_context(user_id: &str, email: &str) -> Vec<u8> {
+        format!("SendEmailConfirmation\n{user_id}\n{email}").into_bytes()
+    }
+}
+
+/// An account's email changed (confirmed by the new address's owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailChanged {
+    /// The account.
+    pub user_id: String,
+    /// The new address.
+    pub email: String,
+}

@@ -24,7 +24,7 @@ use crate::events::{
     UserRegistered,
 };
 use crate::input;
-use crate::store::{EmailChange, User, Write};
+use crate::store::{EmailChange, User, UserStore, Write};
 use crate::{Users, stored};
 
 type Reply = Result<Response, Refusal>;
@@ -52,6 +52,17 @@ impl From<Problem> for Refusal {
 
 fn internal(error: &dyn std::error::Error) -> Refusal {
     Problem::internal(error).into()
+}
+
+/// A transaction on the service's database: for a change and the messages announcing it.
+async fn begin(users: &Users) -> Result<shop_common::store::Tx, Refusal> {
+    users
+        .0
+        .store
+        .database()
+        .begin()
+        .await
+        .map_err(|e| internal(&e))
 }
 
 /// The API routes, without the server stack (see `shop_common::Kit::stack`).
@@ -182,18 +193,20 @@ async fn register(
     {
         let _discarded = users.0.passwords.hash(body.password).await;
         tracing::info!(user = %existing.id, "registration attempted for an existing account");
-        users
-            .publish_mail(
-                &email,
-                crate::events::SUBJECT,
-                "AddressClaimAttempted",
+        if users.may_mail(&email, "AddressClaimAttempted") {
+            let mut tx = begin(&users).await?;
+            Users::announce(
+                &mut tx,
                 &AddressClaimAttempted {
                     user_id: existing.id,
                     email: email.clone(),
                     by: ClaimedBy::Registration,
                 },
             )
-            .await;
+            .await
+            .map_err(|e| internal(&e))?;
+            tx.commit().await.map_err(|e| internal(&e))?;
+        }
         return Ok(registered(&limit));
     }
 
@@ -213,25 +226,25 @@ async fn register(
         created_at: now,
         updated_at: now,
     };
-    match users
-        .0
-        .store
-        .create(&user)
+    // The account and the event that announces it, in one transaction.
+    let mut tx = begin(&users).await?;
+    match UserStore::create_in(&mut tx, &user)
         .await
         .map_err(|e| internal(&e))?
     {
         Write::Done(user) => {
+            Users::announce(
+                &mut tx,
+                &UserRegistered {
+                    user_id: user.id.clone(),
+                    email: user.email,
+                    name: user.name,
+                },
+            )
+            .await
+            .map_err(|e| internal(&e))?;
+            tx.commit().await.map_err(|e| internal(&e))?;
             tracing::info!(user = %user.id, "registered");
-            users
-                .publish(
-                    "UserRegistered",
-                    &UserRegistered {
-                        user_id: user.id,
-                        email: user.email,
-                        name: user.name,
-                    },
-                )
-                .await;
         }
         // Taken between the lookup and the insert: the same answer.
         Write::EmailTaken => {
@@ -538,53 +551,53 @@ async fn request_email_change(
     // tells the caller whether the address has an account.
     let token = RefreshToken::generate();
     let expires_at = now + EMAIL_CHANGE_TTL;
-    users
-        .0
-        .store
-        .request_email_change(&token.digest(), &user.id, email, expires_at, now)
+    // The pending change and the messages about it, in one transaction.
+    let mut tx = begin(users).await?;
+    UserStore::request_email_change_in(&mut tx, &token.digest(), &user.id, email, expires_at, now)
         .await
         .map_err(|e| internal(&e))?;
     // The fact, alike for a taken address and a free one.
-    users
-        .publish(
-            "EmailChangeRequested",
-            &EmailChangeRequested {
-                user_id: user.id.clone(),
-                expires_at,
-            },
-        )
-        .await;
+    Users::announce(
+        &mut tx,
+        &EmailChangeRequested {
+            user_id: user.id.clone(),
+            expires_at,
+        },
+    )
+    .await
+    .map_err(|e| internal(&e))?;
     if let Some(owner) = owner {
         tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
-        users
-            .publish_mail(
-                email,
-                crate::events::SUBJECT,
-                "AddressClaimAttempted",
+        if users.may_mail(email, "AddressClaimAttempted") {
+            Users::announce(
+                &mut tx,
                 &AddressClaimAttempted {
                     user_id: owner.id,
                     email: email.to_owned(),
                     by: ClaimedBy::EmailChange,
                 },
             )
-            .await;
-        return Ok(());
+            .await
+            .map_err(|e| internal(&e))?;
+        }
+    } else {
+        tracing::info!(user = %user.id, "email change requested");
+        // The token only to the mailer, as a command, sealed for it.
+        if users.may_mail(email, "SendEmailConfirmation") {
+            Users::announce(
+                &mut tx,
+                &SendEmailConfirmation {
+                    user_id: user.id.clone(),
+                    email: email.to_owned(),
+                    sealed_token: users.seal_token(token.as_str(), &user.id, email),
+                    expires_at,
+                },
+            )
+            .await
+            .map_err(|e| internal(&e))?;
+        }
     }
-    tracing::info!(user = %user.id, "email change requested");
-    // The token only to the mailer, as a command.
-    users
-        .publish_mail(
-            email,
-            crate::events::MAIL_SUBJECT,
-            "SendEmailConfirmation",
-            &SendEmailConfirmation {
-                user_id: user.id.clone(),
-                email: email.to_owned(),
-                token: token.as_str().to_owned(),
-                expires_at,
-            },
-        )
-        .await;
+    tx.commit().await.map_err(|e| internal(&e))?;
     Ok(())
 }
 
@@ -602,24 +615,10 @@ async fn confirm_email(State(users): State<Users>, Json(body): Json<ConfirmBody>
             "a confirmation token is 43 characters of base64url",
         ))
     })?;
-    let change = users
-        .0
-        .store
-        .confirm_email_change(&token.digest(), shop_common::unix_seconds())
-        .await
-        .map_err(|e| internal(&e))?;
+    let change = confirm(&users, &token.digest()).await?;
     match change {
         EmailChange::Changed(user) => {
             tracing::info!(user = %user.id, "email changed");
-            users
-                .publish(
-                    "EmailChanged",
-                    &EmailChanged {
-                        user_id: user.id.clone(),
-                        email: user.email.clone(),
-                    },
-                )
-                .await;
             Ok(Json(UserView::from(user)).into_response())
         }
         EmailChange::Unknown => Err(Problem::not_found(
@@ -630,6 +629,38 @@ async fn confirm_email(State(users): State<Users>, Json(body): Json<ConfirmBody>
         EmailChange::Taken => {
             Err(Problem::conflict("another account took this address meanwhile").into())
         }
+    }
+}
+
+/// Spends the token of `digest` and applies its change, with the event that announces it, in
+/// one transaction. A race lost to another account for the address (PostgreSQL's unique
+/// violation, which spoils the transaction) is run again, and then answers `Taken`.
+async fn confirm(users: &Users, digest: &str) -> Result<EmailChange, Refusal> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut tx = begin(users).await?;
+        let change =
+            match UserStore::confirm_email_change_in(&mut tx, digest, shop_common::unix_seconds())
+                .await
+            {
+                Ok(change) => change,
+                Err(error) if attempt == 1 && crate::store::unique_violation(&error) => continue,
+                Err(error) => return Err(internal(&error)),
+            };
+        if let EmailChange::Changed(user) = &change {
+            Users::announce(
+                &mut tx,
+                &EmailChanged {
+                    user_id: user.id.clone(),
+                    email: user.email.clone(),
+                },
+            )
+            .await
+            .map_err(|e| internal(&e))?;
+        }
+        tx.commit().await.map_err(|e| internal(&e))?;
+        return Ok(change);
     }
 }
 

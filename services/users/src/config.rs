@@ -22,6 +22,7 @@ use shop_common::config::{ConfigError, Secret, ServiceConfig, Vars};
 /// | `EMAIL_CHANGE_PER_ACCOUNT` | `5/86400` | email change requests per account |
 /// | `MAIL_PER_ADDRESS` | `3/3600` | mails to one address (confirmations, notices to its owner); beyond it, requests are answered alike and nothing is sent |
 /// | `TRUSTED_PROXIES` | `127.0.0.1,::1` | peers whose `X-Forwarded-For` names the client (the gateway) |
+/// | `MAIL_TOKEN_KEY` (or `MAIL_TOKEN_KEY_FILE`) | the file `mail-token.key` in the working directory, created on first start | the key, shared with the mailer, that seals the email-confirmation tokens in `SendEmailConfirmation`: 32 bytes as unpadded base64url |
 #[derive(Debug, Clone)]
 pub struct UsersConfig {
     /// The common part.
@@ -53,7 +54,14 @@ pub struct UsersConfig {
     /// Peers whose `X-Forwarded-For` is believed: by default loopback, where the gateway runs
     /// beside the services (and only local processes can reach the default listener).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `MAIL_TOKEN_KEY`: the key that seals the tokens mailed to confirm an email change, which
+    /// the mailer opens; `None`: the one in [`MAIL_KEY_FILE`], created on first start.
+    pub mail_key: Option<Secret>,
 }
+
+/// The mail key's file when `MAIL_TOKEN_KEY` is not set: in the working directory, beside the
+/// services' own files, where the mailer of the embedded system finds it too.
+pub const MAIL_KEY_FILE: &str = "mail-token.key";
 
 fn error(var: &str, value: String, expected: &str) -> ConfigError {
     ConfigError {
@@ -118,7 +126,18 @@ impl UsersConfig {
                 "a password of 12 to 128 characters",
             ));
         }
+        let mail_key = vars.secret("MAIL_TOKEN_KEY")?;
+        if let Some(key) = &mail_key
+            && shop_common::seal::SealKey::parse(key.expose()).is_err()
+        {
+            return Err(error(
+                "MAIL_TOKEN_KEY",
+                "(hidden)".to_owned(),
+                "32 bytes as unpadded base64url (43 characters)",
+            ));
+        }
         Ok(Self {
+            mail_key,
             issuer: vars
                 .raw("TOKEN_ISSUER")
                 .unwrap_or_else(|| "shop-users".to_owned()),

@@ -44,8 +44,9 @@ use async_trait::async_trait;
 use mainstay_auth::jsonwebtoken::Algorithm;
 use mainstay_auth::{FetchError, FetchJwks, Fetched, Jwks, SigningKey, TokenIssuer, Validator};
 use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
-use shop_common::bus::{Envelope, EventBus};
-use shop_common::store::{Database, StoreError};
+use shop_common::seal::SealKey;
+use shop_common::store::{Database, StoreError, Tx};
+use shop_messaging::{Message, Outbox, OutboxError};
 
 pub use self::api::router;
 pub use self::config::UsersConfig;
@@ -76,6 +77,12 @@ pub enum StartError {
     /// Hashing a seed password failed.
     #[error("seeding: {0}")]
     Seed(String),
+    /// The mail key's file cannot be read or created, or holds no key.
+    #[error("mail key: {0}")]
+    MailKey(#[from] shop_common::seal::SealError),
+    /// The messaging tables cannot be migrated.
+    #[error("messaging tables: {0}")]
+    Messaging(StoreError),
 }
 
 /// The service's state, shared by its handlers.
@@ -100,8 +107,8 @@ struct Inner {
     /// Registrations hashing at once: fewer than the hashing threads, so that logins always
     /// have one.
     registrations: Arc<tokio::sync::Semaphore>,
-    /// Where [`events`] go.
-    bus: Arc<dyn EventBus>,
+    /// Seals the tokens mailed to confirm an email change, for the mailer.
+    mail_key: SealKey,
 }
 
 impl std::fmt::Debug for Users {
@@ -166,52 +173,52 @@ fn stored(key: &SigningKey) -> StoredKey {
 }
 
 impl Users {
-    /// Publishes a message that mails `address` (a confirmation, a notice to its owner) on
-    /// `subject`, unless that address was mailed its allowance already: then nothing is sent,
-    /// and the caller's answer is the same.
-    async fn publish_mail(
-        &self,
-        address: &str,
-        subject: &str,
-        kind: &str,
-        message: &impl serde::Serialize,
-    ) {
-        if self.0.mail_per_address.check(&address.to_owned()).is_err() {
+    /// Whether `address` may be mailed once more (a confirmation, a notice to its owner):
+    /// past its allowance nothing is sent, and the caller's answer is the same.
+    fn may_mail(&self, address: &str, kind: &str) -> bool {
+        let allowed = self.0.mail_per_address.check(&address.to_owned()).is_ok();
+        if !allowed {
             tracing::warn!(kind, "mails to one address over their limit: not sent");
-            return;
         }
-        self.publish_on(subject, kind, message).await;
+        allowed
     }
 
-    /// Publishes `event` as `kind` on [`events::SUBJECT`].
-    async fn publish(&self, kind: &str, event: &impl serde::Serialize) {
-        self.publish_on(events::SUBJECT, kind, event).await;
+    /// Writes `message` to the outbox within `tx`: it is published once `tx` commits, and
+    /// never if it does not.
+    async fn announce<M: Message>(tx: &mut Tx, message: &M) -> Result<(), OutboxError> {
+        Outbox::enqueue(tx, message).await.map(drop)
     }
 
-    /// A failure is logged, not returned: the change a message reports is already written.
-    async fn publish_on(&self, subject: &str, kind: &str, message: &impl serde::Serialize) {
-        if let Err(error) = self
-            .0
-            .bus
-            .publish(subject, Envelope::new(kind, message))
-            .await
-        {
-            tracing::error!(%error, subject, kind, "cannot publish a users message");
-        }
+    /// Seals an email-confirmation token for the mailer ([`events::SendEmailConfirmation`]).
+    fn seal_token(&self, token: &str, user_id: &str, email: &str) -> String {
+        self.0.mail_key.seal_text(
+            token.as_bytes(),
+            &events::SendEmailConfirmation::seal_context(user_id, email),
+        )
     }
 
-    /// Opens the store (migrating it), loads or creates the signing key, and seeds the demo
-    /// accounts when configured to. [`events`] are published on `bus`.
+    /// The key that seals confirmation tokens: what the mailer must be given.
+    #[must_use]
+    pub fn mail_key(&self) -> &SealKey {
+        &self.0.mail_key
+    }
+
+    /// Opens the store and the outbox (migrating them), loads or creates the signing key and
+    /// the mail key, and seeds the demo accounts when configured to. [`events`] are written to
+    /// the outbox, for a relay (`shop_messaging::Relay`) to publish.
     ///
     /// # Errors
     ///
     /// The database fails, or a stored key cannot be read.
-    pub async fn start(
-        config: UsersConfig,
-        database: &Database,
-        bus: Arc<dyn EventBus>,
-    ) -> Result<Self, StartError> {
+    pub async fn start(config: UsersConfig, database: &Database) -> Result<Self, StartError> {
         let store = UserStore::open(database).await?;
+        shop_messaging::migrate(database)
+            .await
+            .map_err(StartError::Messaging)?;
+        let mail_key = match &config.mail_key {
+            Some(key) => SealKey::parse(key.expose())?,
+            None => SealKey::load_or_create(std::path::Path::new(config::MAIL_KEY_FILE))?,
+        };
         let now = shop_common::unix_seconds();
         let keys = store.signing_keys(now).await?;
         let current = match keys.iter().find(|k| k.retire_at.is_none()) {
@@ -270,7 +277,7 @@ impl Users {
             email_changes,
             mail_per_address,
             registrations: Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1))),
-            bus,
+            mail_key,
             config,
         });
         let _ = this.set(Arc::downgrade(&inner));

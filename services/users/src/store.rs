@@ -70,8 +70,10 @@ pub enum EmailChange {
     Taken,
 }
 
-fn unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+/// Whether `error` is a unique violation (another row holds the value).
+#[must_use]
+pub fn unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(e)) if e.is_unique_violation())
 }
 
 /// Accounts, refresh tokens and signing keys, on the service's database. Cheap to clone.
@@ -172,7 +174,7 @@ impl UserStore {
     }
 
     /// Changes the name; `None` when the user does not exist. (An email changes only by
-    /// [`confirm_email_change`](Self::confirm_email_change).)
+    /// [`confirm_email_change_in`](Self::confirm_email_change_in).)
     ///
     /// # Errors
     ///
@@ -188,29 +190,28 @@ impl UserStore {
         .await)?)
     }
 
-    /// Records `user_id`'s pending change to `email`, confirmed by the token whose digest is
-    /// `digest` until `expires_at`; it replaces the user's earlier pending change, and expired
-    /// ones are forgotten.
+    /// Records, within `tx`, `user_id`'s pending change to `email`, confirmed by the token
+    /// whose digest is `digest` until `expires_at`; it replaces the user's earlier pending
+    /// change, and expired ones are forgotten.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn request_email_change(
-        &self,
+    pub async fn request_email_change_in(
+        tx: &mut Tx,
         digest: &str,
         user_id: &str,
         email: &str,
         expires_at: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.begin().await?;
-        on_tx!(&mut tx, conn => sqlx::query("DELETE FROM email_changes WHERE expires_at <= $1")
+        on_tx!(tx, conn => sqlx::query("DELETE FROM email_changes WHERE expires_at <= $1")
             .bind(now)
             .execute(&mut **conn)
             .await.map(|done| done.rows_affected()))?;
         // An upsert, so that two requests at once by one user leave one pending change (the
         // later), where a delete-then-insert would meet the unique user id.
-        on_tx!(&mut tx, conn => sqlx::query(
+        on_tx!(tx, conn => sqlx::query(
             "INSERT INTO email_changes (digest, user_id, email, expires_at) \
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id) DO UPDATE SET digest = excluded.digest, \
@@ -222,23 +223,24 @@ impl UserStore {
         .bind(expires_at)
         .execute(&mut **conn)
         .await.map(|done| done.rows_affected()))?;
-        tx.commit().await
+        Ok(())
     }
 
-    /// Spends the token whose digest is `digest` and applies its change, if it has not expired.
+    /// Spends, within `tx`, the token whose digest is `digest` and applies its change, if it
+    /// has not expired. The token is spent whatever the outcome, once `tx` commits: of two
+    /// confirmations, one applies it.
     ///
     /// # Errors
     ///
-    /// The database fails.
-    pub async fn confirm_email_change(
-        &self,
+    /// The database fails; or, on PostgreSQL, another account took the address in a
+    /// transaction that committed after this one looked (a unique violation, which spoils
+    /// `tx`: run it again, and it answers [`EmailChange::Taken`]).
+    pub async fn confirm_email_change_in(
+        tx: &mut Tx,
         digest: &str,
         now: i64,
     ) -> Result<EmailChange, StoreError> {
-        // One transaction spends the token and applies it: of two confirmations, one applies
-        // it, and a failure on the way leaves the token unspent.
-        let mut tx = self.db.begin().await?;
-        let pending: Option<(String, String)> = on_tx!(&mut tx, conn => sqlx::query_as(
+        let pending: Option<(String, String)> = on_tx!(tx, conn => sqlx::query_as(
             "DELETE FROM email_changes WHERE digest = $1 AND expires_at > $2 \
              RETURNING user_id, email",
         )
@@ -249,31 +251,26 @@ impl UserStore {
         let Some((user_id, email)) = pending else {
             return Ok(EmailChange::Unknown);
         };
-        let updated = on_tx!(&mut tx, conn => sqlx::query_as(
+        // Taken meanwhile: the change can never apply, and the token stays spent.
+        let taken: Option<i32> = on_tx!(tx, conn => sqlx::query_scalar(
+            "SELECT 1 FROM users WHERE email = $1 AND id <> $2",
+        )
+        .bind(&email)
+        .bind(&user_id)
+        .fetch_optional(&mut **conn)
+        .await)?;
+        if taken.is_some() {
+            return Ok(EmailChange::Taken);
+        }
+        let updated = on_tx!(tx, conn => sqlx::query_as(
             "UPDATE users SET email = $2, updated_at = $3 WHERE id = $1 RETURNING *",
         )
         .bind(&user_id)
         .bind(&email)
         .bind(now)
         .fetch_optional(&mut **conn)
-        .await);
-        match updated {
-            Ok(Some(user)) => {
-                tx.commit().await?;
-                Ok(EmailChange::Changed(user))
-            }
-            Ok(None) => Ok(EmailChange::Unknown),
-            Err(e) if unique_violation(&e) => {
-                // Taken meanwhile: the change can never apply, so the token is spent.
-                tx.rollback().await?;
-                on_db!(&self.db, pool => sqlx::query("DELETE FROM email_changes WHERE digest = $1")
-                    .bind(digest)
-                    .execute(pool)
-                    .await.map(|done| done.rows_affected()))?;
-                Ok(EmailChange::Taken)
-            }
-            Err(e) => Err(e.into()),
-        }
+        .await)?;
+        Ok(updated.map_or(EmailChange::Unknown, EmailChange::Changed))
     }
 
     /// A page of users by creation time, and the total.

@@ -4,7 +4,6 @@ mod common;
 
 use http::{Method, Request, StatusCode, header};
 use serde_json::json;
-use shop_common::bus::EventBus as _;
 use shop_common::store::Database;
 
 use common::*;
@@ -40,7 +39,7 @@ async fn a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_
 ) {
     let client = Client::start(database, config(url, &[])).await;
     let (token, _) = client.login(ALICE.0, ALICE.1).await;
-    let mut mails = client.bus.subscribe(shop_users::events::MAIL_SUBJECT);
+    let mut mails = client.watch(shop_users::events::MAIL_SUBJECT).await;
     for next in [ADMIN.0, "somebody-new@example.com"] {
         let first = client
             .call(
@@ -51,9 +50,9 @@ async fn a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_
             )
             .await;
         assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-        let (kind, requested) = next_event(&mut mails);
+        let (kind, requested) = client.next(&mut mails).await;
         assert_eq!(kind, "SendEmailConfirmation");
-        let first_token = requested["token"].as_str().unwrap().to_owned();
+        let first_token = client.token_of(&requested);
 
         let second = client
             .call(
@@ -65,7 +64,7 @@ async fn a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_
             .await;
         assert_eq!(second.status, StatusCode::OK, "{}", second.body);
         assert_eq!(second.body["pending_email"], next);
-        while mails.try_recv().is_ok() {}
+        client.skip(&mut mails).await;
 
         let confirm = client
             .post("/email/confirm", json!({ "token": first_token }))
@@ -84,7 +83,7 @@ async fn a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_
 async fn concurrent_email_changes_leave_one_pending(database: &Database, url: &str) {
     let client = Client::start(database, config(url, &[])).await;
     let (token, _) = client.login(ALICE.0, ALICE.1).await;
-    let mut mails = client.bus.subscribe(shop_users::events::MAIL_SUBJECT);
+    let mut mails = client.watch(shop_users::events::MAIL_SUBJECT).await;
     let change = |email: &'static str| {
         client.call(
             Method::PATCH,
@@ -104,9 +103,9 @@ async fn concurrent_email_changes_leave_one_pending(database: &Database, url: &s
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
     let mut confirmed = 0;
-    while let Ok(event) = mails.try_recv() {
-        assert_eq!(event.kind, "SendEmailConfirmation");
-        let token = event.payload["token"].as_str().unwrap().to_owned();
+    while let Some((kind, command)) = client.try_next(&mut mails).await {
+        assert_eq!(kind, "SendEmailConfirmation");
+        let token = client.token_of(&command);
         let reply = client
             .post("/email/confirm", json!({ "token": token }))
             .await;
@@ -198,8 +197,8 @@ async fn register_login_and_profile(database: &Database, url: &str) {
 
     // A new email waits for its owner's confirmation, and the answer is the same whether the
     // address is alice's or free: nobody learns who has an account.
-    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
-    let mut mails = client.bus.subscribe(shop_users::events::MAIL_SUBJECT);
+    let mut events = client.watch(shop_users::events::SUBJECT).await;
+    let mut mails = client.watch(shop_users::events::MAIL_SUBJECT).await;
     let change = |email: &'static str| {
         client.call(
             Method::PATCH,
@@ -221,27 +220,40 @@ async fn register_login_and_profile(database: &Database, url: &str) {
     // Both requests are facts alike; Alice is told; the free address, and only the mailer,
     // gets the token that confirms the change: no secret on the event stream.
     let bob_id = client.get("/me", token).await.body["id"].clone();
-    assert_eq!(next_event(&mut events).0, "EmailChangeRequested");
-    let (kind, owner_word) = next_event(&mut events);
+    assert_eq!(client.next(&mut events).await.0, "EmailChangeRequested");
+    let (kind, owner_word) = client.next(&mut events).await;
     assert_eq!(kind, "AddressClaimAttempted");
     assert_eq!(
         owner_word,
         json!({"user_id": alice_id, "email": ALICE.0, "by": "email_change"})
     );
-    let (kind, fact) = next_event(&mut events);
+    let (kind, fact) = client.next(&mut events).await;
     assert_eq!(kind, "EmailChangeRequested");
     assert_eq!(fact["user_id"], bob_id);
     assert!(
         fact.get("token").is_none() && fact.get("email").is_none(),
         "{fact}"
     );
-    assert!(events.try_recv().is_err(), "one event each");
-    let (kind, requested) = next_event(&mut mails);
+    assert!(
+        client.try_next(&mut events).await.is_none(),
+        "one event each"
+    );
+    let (kind, requested) = client.next(&mut mails).await;
     assert_eq!(kind, "SendEmailConfirmation");
     assert_eq!(requested["email"], "robert@example.com");
-    let confirmation = requested["token"].as_str().unwrap().to_owned();
+    // Sealed for the mailer: the outbox and the stream never hold the token in the clear, and
+    // the mail key opens it for this account and address only.
+    let confirmation = client.token_of(&requested);
+    assert!(requested.get("token").is_none(), "{requested}");
     assert!(
-        mails.try_recv().is_err(),
+        !requested.to_string().contains(&confirmation),
+        "{requested}"
+    );
+    let mut moved = requested.clone();
+    moved["email"] = json!("mallory@example.com");
+    assert!(client.open_token(&moved).is_err());
+    assert!(
+        client.try_next(&mut mails).await.is_none(),
         "the taken address is not sent a token"
     );
     assert_eq!(
@@ -253,7 +265,7 @@ async fn register_login_and_profile(database: &Database, url: &str) {
     let confirmed = confirm(confirmation.clone()).await;
     assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.body);
     assert_eq!(confirmed.body["email"], "robert@example.com");
-    assert_eq!(next_event(&mut events).0, "EmailChanged");
+    assert_eq!(client.next(&mut events).await.0, "EmailChanged");
     // A token confirms once; a made-up one, never.
     for (token, status) in [
         (confirmation, StatusCode::NOT_FOUND),
@@ -269,13 +281,13 @@ async fn register_login_and_profile(database: &Database, url: &str) {
 
     // An address taken between the request and the confirmation: the token's holder is told.
     change("carol@example.com").await;
-    let (_, requested) = next_event(&mut mails);
+    let (_, requested) = client.next(&mut mails).await;
     let carol = json!({"email": "carol@example.com", "password": "a long enough password", "name": "Carol"});
     assert_eq!(
         client.post("/register", carol).await.status,
         StatusCode::ACCEPTED
     );
-    let late = confirm(requested["token"].as_str().unwrap().to_owned()).await;
+    let late = confirm(client.token_of(&requested)).await;
     assert_eq!(late.status, StatusCode::CONFLICT, "{}", late.body);
     assert_eq!(
         client.get("/me", token).await.body["email"],
@@ -732,7 +744,7 @@ async fn registration_is_limited_per_address_and_tells_nobody_who_has_an_account
         shop_common::testing::send(&app, request)
     };
     // A taken email and a free one: the same status, body and headers a client can read.
-    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
+    let mut events = client.watch(shop_users::events::SUBJECT).await;
     let hashed = client.users.passwords_hashed();
     let taken = register(ALICE.0).await;
     // The same work, on the same queue: a taken email is hashed too, so no timing tells.
@@ -740,11 +752,11 @@ async fn registration_is_limited_per_address_and_tells_nobody_who_has_an_account
     let free = register("new@example.com").await;
     assert_eq!(client.users.passwords_hashed(), hashed + 2);
     // Alice is told by mail; the new account is announced.
-    let (kind, payload) = next_event(&mut events);
+    let (kind, payload) = client.next(&mut events).await;
     assert_eq!(kind, "AddressClaimAttempted");
     assert_eq!(payload["by"], "registration");
     assert_eq!(payload["email"], ALICE.0);
-    let (kind, payload) = next_event(&mut events);
+    let (kind, payload) = client.next(&mut events).await;
     assert_eq!(kind, "UserRegistered");
     assert_eq!(payload["email"], "new@example.com");
     assert_eq!(taken.status, StatusCode::ACCEPTED);
@@ -899,8 +911,8 @@ async fn email_changes_are_limited_per_account_and_mails_per_address() {
     )
     .await;
     let (token, _) = client.login(ALICE.0, ALICE.1).await;
-    let mut events = client.bus.subscribe(shop_users::events::SUBJECT);
-    let mut mails = client.bus.subscribe(shop_users::events::MAIL_SUBJECT);
+    let mut events = client.watch(shop_users::events::SUBJECT).await;
+    let mut mails = client.watch(shop_users::events::MAIL_SUBJECT).await;
     let change = |email: &'static str| {
         client.call(
             Method::PATCH,
@@ -915,9 +927,12 @@ async fn email_changes_are_limited_per_account_and_mails_per_address() {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         assert_eq!(reply.body["pending_email"], "target@example.com");
     }
-    assert_eq!(next_event(&mut mails).0, "SendEmailConfirmation");
-    assert!(mails.try_recv().is_err(), "the address was mailed twice");
-    while events.try_recv().is_ok() {}
+    assert_eq!(client.next(&mut mails).await.0, "SendEmailConfirmation");
+    assert!(
+        client.try_next(&mut mails).await.is_none(),
+        "the address was mailed twice"
+    );
+    client.skip(&mut events).await;
     // A registration that would notify the same address's owner is throttled alike: the admin
     // was told once, by the first.
     let register = |email: &'static str| {
@@ -929,8 +944,8 @@ async fn email_changes_are_limited_per_account_and_mails_per_address() {
     for _ in 0..2 {
         assert_eq!(register(ADMIN.0).await.status, StatusCode::ACCEPTED);
     }
-    assert_eq!(next_event(&mut events).0, "AddressClaimAttempted");
-    assert!(events.try_recv().is_err());
+    assert_eq!(client.next(&mut events).await.0, "AddressClaimAttempted");
+    assert!(client.try_next(&mut events).await.is_none());
 
     // The account's third change is its last this hour; the fourth is refused, changing nothing.
     assert_eq!(change("other@example.com").await.status, StatusCode::OK);

@@ -31,13 +31,7 @@ async fn another_service_validates_what_users_issues() {
         .with_idempotency(&database)
         .await
         .unwrap();
-    let users = Users::start(
-        config,
-        &database,
-        std::sync::Arc::new(shop_common::bus::InProcessBus::new()),
-    )
-    .await
-    .unwrap();
+    let users = Users::start(config, &database).await.unwrap();
     let (listener, users_url) = listen().await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn({

@@ -6,7 +6,6 @@ use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use serde_json::Value;
 use shop_common::Kit;
-use shop_common::bus::InProcessBus;
 use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
 pub use shop_common::testing::Reply;
@@ -20,6 +19,10 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
         .collect();
     pairs.push(("DATABASE_URL".into(), database_url.into()));
     pairs.push(("SEED_DEMO_USERS".into(), "true".into()));
+    if !pairs.iter().any(|(k, _)| k == "MAIL_TOKEN_KEY") {
+        let key = shop_common::seal::SealKey::generate();
+        pairs.push(("MAIL_TOKEN_KEY".into(), key.expose().to_owned()));
+    }
     if !pairs.iter().any(|(k, _)| k == "ADMIN_PASSWORD") {
         pairs.push(("ADMIN_PASSWORD".into(), "admin-change-me-now".into()));
     }
@@ -31,8 +34,15 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
 pub struct Client {
     pub app: Router,
     pub users: Users,
-    /// The bus the service publishes its events on.
-    pub bus: InProcessBus,
+    /// The service's database, whose outbox holds what it announced (nothing relays it here).
+    pub database: Database,
+}
+
+/// Where a test has read a subject's messages up to.
+#[derive(Debug)]
+pub struct Watch {
+    subject: &'static str,
+    seen: usize,
 }
 
 impl Client {
@@ -41,15 +51,79 @@ impl Client {
             .with_idempotency(database)
             .await
             .unwrap();
-        let bus = InProcessBus::new();
-        let users = Users::start(config, database, std::sync::Arc::new(bus.clone()))
-            .await
-            .unwrap();
+        let users = Users::start(config, database).await.unwrap();
         Self {
             app: kit.stack(router(users.clone())),
             users,
-            bus,
+            database: database.clone(),
         }
+    }
+
+    /// Every message on `subject` the service wrote to its outbox, in order: kind and body.
+    pub async fn messages(&self, subject: &str) -> Vec<(String, Value)> {
+        shop_messaging::Outbox::pending(&self.database, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|pending| pending.subject == subject)
+            .map(|pending| {
+                let envelope: Value = serde_json::from_slice(&pending.payload).unwrap();
+                (
+                    envelope["kind"].as_str().unwrap().to_owned(),
+                    envelope["body"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// A watch of `subject` from now on.
+    pub async fn watch(&self, subject: &'static str) -> Watch {
+        Watch {
+            subject,
+            seen: self.messages(subject).await.len(),
+        }
+    }
+
+    /// The next message on the watched subject, if one was written.
+    pub async fn try_next(&self, watch: &mut Watch) -> Option<(String, Value)> {
+        let next = self
+            .messages(watch.subject)
+            .await
+            .into_iter()
+            .nth(watch.seen)?;
+        watch.seen += 1;
+        Some(next)
+    }
+
+    /// The next message on the watched subject, which must have been written.
+    pub async fn next(&self, watch: &mut Watch) -> (String, Value) {
+        self.try_next(watch)
+            .await
+            .unwrap_or_else(|| panic!("a message on {}", watch.subject))
+    }
+
+    /// Skips what was written on the watched subject so far.
+    pub async fn skip(&self, watch: &mut Watch) {
+        watch.seen = self.messages(watch.subject).await.len();
+    }
+
+    /// The token a `SendEmailConfirmation` carries, opened with the mail key as the mailer
+    /// does.
+    pub fn token_of(&self, command: &Value) -> String {
+        self.open_token(command).unwrap()
+    }
+
+    /// [`token_of`](Self::token_of), or why it does not open.
+    pub fn open_token(&self, command: &Value) -> Result<String, shop_common::seal::SealError> {
+        let context = shop_users::events::SendEmailConfirmation::seal_context(
+            command["user_id"].as_str().unwrap_or_default(),
+            command["email"].as_str().unwrap_or_default(),
+        );
+        let opened = self.users.mail_key().open_text(
+            command["sealed_token"].as_str().unwrap_or_default(),
+            &context,
+        )?;
+        Ok(String::from_utf8(opened).unwrap())
     }
 
     pub async fn raw(&self, request: Request<Body>) -> Reply {
@@ -88,12 +162,4 @@ impl Client {
             reply.body["refresh_token"].as_str().unwrap().to_owned(),
         )
     }
-}
-
-/// The next users event, which must come at once: its kind and payload.
-pub fn next_event(
-    events: &mut tokio::sync::broadcast::Receiver<shop_common::bus::Envelope>,
-) -> (String, Value) {
-    let event = events.try_recv().expect("an event was published");
-    (event.kind, event.payload)
 }

@@ -1,0 +1,263 @@
+//! Sealing a small secret for whoever holds one key: AES-256-GCM (aws-lc-rs) with a random
+//! nonce, bound to a context that must be given again to open it.
+//!
+//! A sealed secret may rest where others can read (an outbox row, a broker's stream, a stored
+//! answer): without the key it tells nothing, and with the key it opens only in its context, so
+//! it cannot be moved to another record.
+//!
+//! ```
+//! use shop_common::seal::SealKey;
+//!
+//! let key = SealKey::generate();
+//! let sealed = key.seal_text(b"a confirmation token", b"user-1\nnew@example.com");
+//! assert_eq!(
+//!     key.open_text(&sealed, b"user-1\nnew@example.com").unwrap(),
+//!     b"a confirmation token"
+//! );
+//! assert!(key.open_text(&sealed, b"user-2\nnew@example.com").is_err());
+//! ```
+
+use std::path::Path;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The length of a key, in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Sealing failed, or what was given cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// A key that is not 32 bytes, written as unpadded base64url (43 characters).
+    #[error("a sealing key is 32 bytes as unpadded base64url (43 characters)")]
+    BadKey,
+    /// Not sealed by this key in this context, or altered.
+    #[error("cannot be opened: another key, another context, or altered")]
+    Unopenable,
+    /// The key file could not be read or written.
+    #[error("key file {path}: {error}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// An AES-256-GCM key. Its `Debug` shows nothing of it.
+pub struct SealKey {
+    key: LessSafeKey,
+    /// The key as unpadded base64url, to write it down once.
+    text: String,
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealKey(..)")
+    }
+}
+
+impl SealKey {
+    /// The key of these 32 bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::BadKey`] for another length.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
+        if bytes.len() != KEY_LEN {
+            return Err(SealError::BadKey);
+        }
+        let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| SealError::BadKey)?;
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            text: URL_SAFE_NO_PAD.encode(bytes),
+        })
+    }
+
+    /// The key written as 32 bytes of unpadded base64url (surrounding white space ignored).
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::BadKey`] for anything else.
+    pub fn parse(text: &str) -> Result<Self, SealError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| SealError::BadKey)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The key as unpadded base64url, to write it down or hand it to its other holder. Never
+    /// log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// A new random key.
+    ///
+    /// # Panics
+    ///
+    /// When the system's random source fails.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; KEY_LEN];
+        aws_lc_rs::rand::fill(&mut bytes).expect("the system's random source");
+        Self::from_bytes(&bytes).expect("32 bytes")
+    }
+
+    /// The key in `path`, as [`parse`](Self::parse) reads it; when there is no such file, a new
+    /// key written there first, readable by its owner alone. Two processes that start at once
+    /// end with the same key (the file is created only if absent).
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or created, or holds no key.
+    pub fn load_or_create(path: &Path) -> Result<Self, SealError> {
+        let file_error = |error| SealError::File {
+            path: path.display().to_string(),
+            error,
+        };
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(mut file) => {
+                let key = Self::generate();
+                std::io::Write::write_all(&mut file, key.text.as_bytes()).map_err(file_error)?;
+                file.sync_all().map_err(file_error)?;
+                Ok(key)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Written by another process a moment ago, perhaps: wait for its contents.
+                for _ in 0..50 {
+                    let text = std::fs::read_to_string(path).map_err(file_error)?;
+                    if !text.trim().is_empty() {
+                        return Self::parse(&text);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(SealError::BadKey)
+            }
+            Err(error) => Err(file_error(error)),
+        }
+    }
+
+    /// `plain`, sealed in `context`: the nonce, the ciphertext and the tag.
+    ///
+    /// # Panics
+    ///
+    /// When the system's random source fails.
+    #[must_use]
+    pub fn seal(&self, plain: &[u8], context: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+        sealed.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut body,
+            )
+            .expect("AES-256-GCM seals any length a process can hold");
+        sealed.extend_from_slice(&body);
+        sealed
+    }
+
+    /// What [`seal`](Self::seal) sealed in `context`.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Unopenable`]: another key or context, or altered.
+    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(SealError::Unopenable);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Unopenable)?;
+        let mut body = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(context), &mut body)
+            .map_err(|_| SealError::Unopenable)?
+            .len();
+        body.truncate(plain);
+        Ok(body)
+    }
+
+    /// [`seal`](Self::seal), as unpadded base64url, for a text field.
+    #[must_use]
+    pub fn seal_text(&self, plain: &[u8], context: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(self.seal(plain, context))
+    }
+
+    /// [`open`](Self::open) of what [`seal_text`](Self::seal_text) wrote.
+    ///
+    /// # Errors
+    ///
+    /// [`SealError::Unopenable`]: not base64url, another key or context, or altered.
+    pub fn open_text(&self, sealed: &str, context: &[u8]) -> Result<Vec<u8>, SealError> {
+        let sealed = URL_SAFE_NO_PAD
+            .decode(sealed)
+            .map_err(|_| SealError::Unopenable)?;
+        self.open(&sealed, context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_secret_opens_with_its_key_in_its_context_only() {
+        let key = SealKey::generate();
+        let sealed = key.seal(b"secret", b"context");
+        assert_eq!(key.open(&sealed, b"context").unwrap(), b"secret");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        // Random nonces: sealing twice gives two texts.
+        assert_ne!(key.seal(b"secret", b"context"), sealed);
+        assert!(key.open(&sealed, b"other").is_err());
+        assert!(SealKey::generate().open(&sealed, b"context").is_err());
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(key.open(&altered, b"context").is_err());
+        assert!(key.open(&sealed[..5], b"context").is_err());
+        assert!(key.open_text("not base64!", b"context").is_err());
+    }
+
+    #[test]
+    fn keys_are_32_bytes_of_base64url_and_never_shown() {
+        let key = SealKey::generate();
+        let again = SealKey::parse(&format!(" {}\n", key.text)).unwrap();
+        assert_eq!(again.open(&key.seal(b"x", b""), b"").unwrap(), b"x");
+        assert_eq!(format!("{key:?}"), "SealKey(..)");
+        assert!(matches!(SealKey::parse("c2hvcnQ"), Err(SealError::BadKey)));
+        assert!(matches!(
+            SealKey::from_bytes(&[0; 16]),
+            Err(SealError::BadKey)
+        ));
+    }
+
+    #[test]
+    fn a_key_file_is_created_once_and_read_after() {
+        let path = std::env::temp_dir().join(format!("seal-{}.key", uuid::Uuid::new_v4()));
+        let first = SealKey::load_or_create(&path).unwrap();
+        let second = SealKey::load_or_create(&path).unwrap();
+        assert_eq!(second.open(&first.seal(b"x", b"c"), b"c").unwrap(), b"x");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(matches!(
+            SealKey::load_or_create(&path),
+            Err(SealError::BadKey)
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
