@@ -721,7 +721,7 @@ async fn rotate_keys(State(users): State<Users>, principal: Principal) -> Reply 
     users
         .0
         .store
-        .rotate_key(&stored(&next), retire_at)
+        .rotate_key(&stored(&next, &users.0.kek), retire_at)
         .await
         .map_err(|e| internal(&e))?;
     users.0.issuer.rotate(next.clone());

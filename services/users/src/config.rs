@@ -22,6 +22,7 @@ use shop_common::config::{ConfigError, Secret, ServiceConfig, Vars};
 /// | `EMAIL_CHANGE_PER_ACCOUNT` | `5/86400` | email change requests per account |
 /// | `MAIL_PER_ADDRESS` | `3/3600` | mails to one address (confirmations, notices to its owner); beyond it, requests are answered alike and nothing is sent |
 /// | `TRUSTED_PROXIES` | `127.0.0.1,::1` | peers whose `X-Forwarded-For` names the client (the gateway) |
+/// | `SIGNING_KEY_KEK` (or `SIGNING_KEY_KEK_FILE`) | on SQLite, the file `signing-kek.key` in the working directory, created on first start; on PostgreSQL, required | the key-encryption key the signing keys are wrapped with at rest (AES-256-GCM): 32 bytes as unpadded base64url |
 /// | `MAIL_TOKEN_KEY` (or `MAIL_TOKEN_KEY_FILE`) | the file `mail-token.key` in the working directory, created on first start | the key, shared with the mailer, that seals the email-confirmation tokens in `SendEmailConfirmation`: 32 bytes as unpadded base64url |
 #[derive(Debug, Clone)]
 pub struct UsersConfig {
@@ -57,7 +58,15 @@ pub struct UsersConfig {
     /// `MAIL_TOKEN_KEY`: the key that seals the tokens mailed to confirm an email change, which
     /// the mailer opens; `None`: the one in [`MAIL_KEY_FILE`], created on first start.
     pub mail_key: Option<Secret>,
+    /// `SIGNING_KEY_KEK`: the key-encryption key of the signing keys at rest; `None` (on
+    /// SQLite only): the one in [`KEK_FILE`], created on first start.
+    pub signing_kek: Option<Secret>,
 }
+
+/// The signing keys' key-encryption key's file on the embedded default, when
+/// `SIGNING_KEY_KEK` is not set. On PostgreSQL the variable is required: a file in a
+/// container's working directory would be lost with it, and every key with it.
+pub const KEK_FILE: &str = "signing-kek.key";
 
 /// The mail key's file when `MAIL_TOKEN_KEY` is not set: in the working directory, beside the
 /// services' own files, where the mailer of the embedded system finds it too.
@@ -126,18 +135,32 @@ impl UsersConfig {
                 "a password of 12 to 128 characters",
             ));
         }
-        let mail_key = vars.secret("MAIL_TOKEN_KEY")?;
-        if let Some(key) = &mail_key
-            && shop_common::seal::SealKey::parse(key.expose()).is_err()
-        {
+        let sealing_key = |var: &str| -> Result<Option<Secret>, ConfigError> {
+            let key = vars.secret(var)?;
+            if let Some(key) = &key
+                && shop_common::seal::SealKey::parse(key.expose()).is_err()
+            {
+                return Err(error(
+                    var,
+                    "(hidden)".to_owned(),
+                    "32 bytes as unpadded base64url (43 characters)",
+                ));
+            }
+            Ok(key)
+        };
+        let mail_key = sealing_key("MAIL_TOKEN_KEY")?;
+        let signing_kek = sealing_key("SIGNING_KEY_KEK")?;
+        if signing_kek.is_none() && !embedded {
             return Err(error(
-                "MAIL_TOKEN_KEY",
-                "(hidden)".to_owned(),
-                "32 bytes as unpadded base64url (43 characters)",
+                "SIGNING_KEY_KEK",
+                "(unset)".to_owned(),
+                "a key-encryption key for the signing keys (32 bytes as unpadded base64url), \
+                 required on PostgreSQL",
             ));
         }
         Ok(Self {
             mail_key,
+            signing_kek,
             issuer: vars
                 .raw("TOKEN_ISSUER")
                 .unwrap_or_else(|| "shop-users".to_owned()),
@@ -190,8 +213,26 @@ mod tests {
         assert!(embedded.seed_demo_users);
         assert_eq!(embedded.algorithm, Algorithm::EdDSA);
         assert_eq!(embedded.login_per_account, (5, Duration::from_secs(60)));
-        let production = config(&[("DATABASE_URL", "postgres://db/users")]).unwrap();
+        assert!(embedded.signing_kek.is_none() && embedded.mail_key.is_none());
+        let kek = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY";
+        let production = config(&[
+            ("DATABASE_URL", "postgres://db/users"),
+            ("SIGNING_KEY_KEK", kek),
+        ])
+        .unwrap();
         assert!(!production.seed_demo_users);
+        assert_eq!(production.signing_kek.unwrap().expose(), kek);
+    }
+
+    #[test]
+    fn production_needs_a_key_encryption_key_and_keys_are_checked_unshown() {
+        let missing = config(&[("DATABASE_URL", "postgres://db/users")]).unwrap_err();
+        assert_eq!(missing.var, "SIGNING_KEY_KEK");
+        for var in ["SIGNING_KEY_KEK", "MAIL_TOKEN_KEY"] {
+            let bad = config(&[(var, "not-a-key-but-a-secret")]).unwrap_err();
+            assert_eq!(bad.var, var);
+            assert!(!bad.to_string().contains("not-a-key"), "{bad}");
+        }
     }
 
     #[test]

@@ -26,6 +26,11 @@
 //! email answers `pending_email` either way, and only the new address's owner can confirm it.
 //! The owner of a taken address is told instead, by mail ([`events::AddressClaimAttempted`]). The first admin, `admin@example.com`, is created on first start with
 //! `ADMIN_PASSWORD`, or with a generated password printed once.
+//!
+//! Secrets at rest: the signing keys are wrapped with the key-encryption key `SIGNING_KEY_KEK`
+//! (AES-256-GCM, bound to each key's `kid`; a key found plain, from before, is wrapped at
+//! start), and the token of an email confirmation rests in the outbox sealed for the mailer
+//! with `MAIL_TOKEN_KEY` ([`config::UsersConfig`]).
 
 #![forbid(unsafe_code)]
 
@@ -77,9 +82,19 @@ pub enum StartError {
     /// Hashing a seed password failed.
     #[error("seeding: {0}")]
     Seed(String),
-    /// The mail key's file cannot be read or created, or holds no key.
-    #[error("mail key: {0}")]
-    MailKey(#[from] shop_common::seal::SealError),
+    /// The mail key's or the key-encryption key's file cannot be read or created, or holds no
+    /// key.
+    #[error("key file: {0}")]
+    KeyFile(#[from] shop_common::seal::SealError),
+    /// A stored signing key does not open with the key-encryption key.
+    #[error(
+        "stored signing key {kid} does not open with SIGNING_KEY_KEK: another key-encryption \
+         key, or the row was altered"
+    )]
+    Unwrap {
+        /// The key.
+        kid: String,
+    },
     /// The messaging tables cannot be migrated.
     #[error("messaging tables: {0}")]
     Messaging(StoreError),
@@ -109,6 +124,8 @@ struct Inner {
     registrations: Arc<tokio::sync::Semaphore>,
     /// Seals the tokens mailed to confirm an email change, for the mailer.
     mail_key: SealKey,
+    /// Wraps the signing keys at rest.
+    kek: SealKey,
 }
 
 impl std::fmt::Debug for Users {
@@ -146,7 +163,19 @@ fn algorithm_name(algorithm: Algorithm) -> String {
     format!("{algorithm:?}")
 }
 
-fn restore(stored: &StoredKey) -> Result<SigningKey, StartError> {
+/// How a signing key wrapped with the key-encryption key begins, at rest. (A plain PKCS#8
+/// key, from before keys were wrapped, begins with a DER sequence, `0x30`.)
+const WRAPPED: &[u8] = b"kek1:";
+
+/// The context a signing key is wrapped in: its `kid`, so that a wrapped key cannot be moved
+/// to another row.
+fn wrap_context(kid: &str) -> Vec<u8> {
+    format!("signing-key\n{kid}").into_bytes()
+}
+
+/// The key `stored` holds, unwrapped with `kek`; and whether it was stored plain (from before
+/// keys were wrapped), to be wrapped now.
+fn restore(stored: &StoredKey, kek: &SealKey) -> Result<(SigningKey, bool), StartError> {
     let fail = |error| StartError::Key {
         kid: stored.kid.clone(),
         error,
@@ -155,18 +184,36 @@ fn restore(stored: &StoredKey) -> Result<SigningKey, StartError> {
         .algorithm
         .parse()
         .map_err(|_| fail(mainstay_auth::KeyError::NoAlgorithm))?;
-    SigningKey::from_pkcs8_der(algorithm, &stored.pkcs8).map_err(fail)
+    let (pkcs8, plain) = match stored.pkcs8.strip_prefix(WRAPPED) {
+        Some(wrapped) => (
+            kek.open(wrapped, &wrap_context(&stored.kid))
+                .map_err(|_| StartError::Unwrap {
+                    kid: stored.kid.clone(),
+                })?,
+            false,
+        ),
+        None => (stored.pkcs8.clone(), true),
+    };
+    let key = SigningKey::from_pkcs8_der(algorithm, &pkcs8).map_err(fail)?;
+    Ok((key, plain))
 }
 
 fn retire_time(stored: &StoredKey) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(stored.retire_at.unwrap_or(0)).unwrap_or(0))
 }
 
-fn stored(key: &SigningKey) -> StoredKey {
+/// `key` as stored: wrapped with `kek` in the context of its `kid`.
+fn wrapped(key: &SigningKey, kek: &SealKey) -> Vec<u8> {
+    let mut at_rest = WRAPPED.to_vec();
+    at_rest.extend(kek.seal(key.pkcs8_der(), &wrap_context(key.kid())));
+    at_rest
+}
+
+fn stored(key: &SigningKey, kek: &SealKey) -> StoredKey {
     StoredKey {
         kid: key.kid().to_owned(),
         algorithm: algorithm_name(key.algorithm()),
-        pkcs8: key.pkcs8_der().to_vec(),
+        pkcs8: wrapped(key, kek),
         created_at: shop_common::unix_seconds(),
         retire_at: None,
     }
@@ -219,25 +266,41 @@ impl Users {
             Some(key) => SealKey::parse(key.expose())?,
             None => SealKey::load_or_create(std::path::Path::new(config::MAIL_KEY_FILE))?,
         };
+        let kek = match &config.signing_kek {
+            Some(key) => SealKey::parse(key.expose())?,
+            None => SealKey::load_or_create(std::path::Path::new(config::KEK_FILE))?,
+        };
         let now = shop_common::unix_seconds();
         let keys = store.signing_keys(now).await?;
-        let current = match keys.iter().find(|k| k.retire_at.is_none()) {
-            Some(current) => restore(current)?,
+        // Keys stored plain, from before keys were wrapped, are wrapped now.
+        let mut restored = Vec::with_capacity(keys.len());
+        for stored in &keys {
+            let (key, plain) = restore(stored, &kek)?;
+            if plain {
+                store
+                    .wrap_key(&stored.kid, &stored.pkcs8, &wrapped(&key, &kek))
+                    .await?;
+                tracing::info!(kid = key.kid(), "wrapped a signing key stored plain");
+            }
+            restored.push((stored, key));
+        }
+        let current = match restored.iter().find(|(s, _)| s.retire_at.is_none()) {
+            Some((_, current)) => current.clone(),
             None => {
                 let key =
                     SigningKey::generate(config.algorithm).map_err(|error| StartError::Key {
                         kid: "new".to_owned(),
                         error,
                     })?;
-                store.rotate_key(&stored(&key), now).await?;
+                store.rotate_key(&stored(&key, &kek), now).await?;
                 tracing::info!(kid = key.kid(), "created the first signing key");
                 key
             }
         };
         let mut issuer = TokenIssuer::new(&config.issuer, &config.audience, current)
             .access_ttl(config.access_ttl);
-        for retiring in keys.iter().filter(|k| k.retire_at.is_some()) {
-            issuer = issuer.with_retiring(restore(retiring)?, retire_time(retiring));
+        for (stored, key) in restored.iter().filter(|(s, _)| s.retire_at.is_some()) {
+            issuer = issuer.with_retiring(key.clone(), retire_time(stored));
         }
         let issuer = Arc::new(issuer);
         // A rate the configuration parsed is never zero, so `new` accepts it.
@@ -278,6 +341,7 @@ impl Users {
             mail_per_address,
             registrations: Arc::new(tokio::sync::Semaphore::new((cpus / 2).max(1))),
             mail_key,
+            kek,
             config,
         });
         let _ = this.set(Arc::downgrade(&inner));
@@ -315,10 +379,10 @@ impl Users {
         let Some(current) = keys.iter().find(|k| k.retire_at.is_none()) else {
             return Ok(());
         };
-        let current = restore(current)?;
+        let (current, _) = restore(current, &self.0.kek)?;
         let mut retiring = Vec::new();
         for key in keys.iter().filter(|k| k.retire_at.is_some()) {
-            retiring.push((restore(key)?, retire_time(key)));
+            retiring.push((restore(key, &self.0.kek)?.0, retire_time(key)));
         }
         if current.kid() != self.0.issuer.current().kid() {
             tracing::info!(

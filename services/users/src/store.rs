@@ -42,7 +42,9 @@ pub struct StoredKey {
     pub kid: String,
     /// `EdDSA`, `ES256`, …
     pub algorithm: String,
-    /// The private key, PKCS#8 DER.
+    /// The private key at rest: `kek1:` and the PKCS#8 DER sealed with the key-encryption key
+    /// (`SIGNING_KEY_KEK`) in the context of its `kid`; or, from before keys were wrapped, the
+    /// PKCS#8 DER itself, which the service wraps when it starts.
     pub pkcs8: Vec<u8>,
     /// Seconds since the epoch.
     pub created_at: i64,
@@ -305,6 +307,30 @@ impl UserStore {
         .bind(now)
         .fetch_all(pool)
         .await)?)
+    }
+
+    /// Replaces the key `kid` stored as `plain` with `wrapped`; a replica that wrapped it first
+    /// wins, and this does nothing.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn wrap_key(
+        &self,
+        kid: &str,
+        plain: &[u8],
+        wrapped: &[u8],
+    ) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+        )
+        .bind(kid)
+        .bind(plain)
+        .bind(wrapped)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(())
     }
 
     /// Stores `next` as current and retires the current key at `retire_at`, atomically.

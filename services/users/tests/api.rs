@@ -28,7 +28,65 @@ shop_common::on_both_stores!(
     a_rotation_on_one_replica_reaches_the_others,
     a_pending_email_change_ends_alike_whether_the_next_address_is_taken_or_free,
     concurrent_email_changes_leave_one_pending,
+    signing_keys_rest_wrapped_and_plain_ones_are_wrapped_at_start,
 );
+
+/// The signing keys rest wrapped with the key-encryption key; a key stored plain (from before
+/// keys were wrapped) is wrapped when the service starts and keeps signing; and another
+/// key-encryption key cannot start the service.
+async fn signing_keys_rest_wrapped_and_plain_ones_are_wrapped_at_start(
+    database: &Database,
+    url: &str,
+) {
+    use shop_common::seal::SealKey;
+    let kek = SealKey::generate();
+    let client = Client::start(database, config(url, &[("SIGNING_KEY_KEK", kek.expose())])).await;
+    let (token, _) = client.login(ALICE.0, ALICE.1).await;
+    let at_rest = || async {
+        let rows: Vec<(String, Vec<u8>)> = shop_common::on_db!(database, pool => sqlx::query_as(
+            "SELECT kid, pkcs8 FROM signing_keys",
+        )
+        .fetch_all(pool)
+        .await)
+        .unwrap();
+        rows
+    };
+    let rows = at_rest().await;
+    assert_eq!(rows.len(), 1);
+    let (kid, wrapped) = &rows[0];
+    let sealed = wrapped.strip_prefix(b"kek1:").expect("wrapped at rest");
+    let pkcs8 = kek
+        .open(sealed, format!("signing-key\n{kid}").as_bytes())
+        .unwrap();
+    let key = mainstay_auth::SigningKey::from_pkcs8_der(
+        mainstay_auth::jsonwebtoken::Algorithm::EdDSA,
+        &pkcs8,
+    )
+    .unwrap();
+    assert_eq!(key.kid(), kid);
+    assert!(!wrapped.windows(pkcs8.len()).any(|w| w == pkcs8.as_slice()));
+
+    // As a service before wrapping left it: plain.
+    shop_common::on_db!(database, pool => sqlx::query("UPDATE signing_keys SET pkcs8 = $1")
+        .bind(&pkcs8)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
+    .unwrap();
+    let again = Client::start(database, config(url, &[("SIGNING_KEY_KEK", kek.expose())])).await;
+    let rows = at_rest().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0].0, kid);
+    assert!(rows[0].1.starts_with(b"kek1:"), "wrapped at start");
+    assert_eq!(again.get("/me", &token).await.status, StatusCode::OK);
+    assert!(!again.login(ALICE.0, ALICE.1).await.0.is_empty());
+
+    let other = config(url, &[("SIGNING_KEY_KEK", SealKey::generate().expose())]);
+    match shop_users::Users::start(other, database).await {
+        Err(shop_users::StartError::Unwrap { kid: refused }) => assert_eq!(&refused, kid),
+        other => panic!("started with another key-encryption key: {other:?}"),
+    }
+}
 
 /// A pending change is replaced by the next request, to a free address or a taken one alike:
 /// otherwise the old token's fate (still confirmable or not) tells whether an address has an

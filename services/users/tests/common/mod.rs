@@ -19,9 +19,14 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
         .collect();
     pairs.push(("DATABASE_URL".into(), database_url.into()));
     pairs.push(("SEED_DEMO_USERS".into(), "true".into()));
-    if !pairs.iter().any(|(k, _)| k == "MAIL_TOKEN_KEY") {
-        let key = shop_common::seal::SealKey::generate();
-        pairs.push(("MAIL_TOKEN_KEY".into(), key.expose().to_owned()));
+    // One key each for every replica of a test (as production gives every replica the same).
+    for (var, key) in [
+        ("MAIL_TOKEN_KEY", "bWFpbC10b2tlbi1rZXktZm9yLXRoZS10ZXN0cy0wMDA"),
+        ("SIGNING_KEY_KEK", "c2lnbmluZy1rZXkta2VrLWZvci10aGUtdGVzdHMtMDA"),
+    ] {
+        if !pairs.iter().any(|(k, _)| k == var) {
+            pairs.push((var.into(), key.into()));
+        }
     }
     if !pairs.iter().any(|(k, _)| k == "ADMIN_PASSWORD") {
         pairs.push(("ADMIN_PASSWORD".into(), "admin-change-me-now".into()));
