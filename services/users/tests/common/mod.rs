@@ -21,8 +21,14 @@ pub fn config(database_url: &str, extra: &[(&str, &str)]) -> UsersConfig {
     pairs.push(("SEED_DEMO_USERS".into(), "true".into()));
     // One key each for every replica of a test (as production gives every replica the same).
     for (var, key) in [
-        ("MAIL_TOKEN_KEY", "bWFpbC10b2tlbi1rZXktZm9yLXRoZS10ZXN0cy0wMDA"),
-        ("SIGNING_KEY_KEK", "c2lnbmluZy1rZXkta2VrLWZvci10aGUtdGVzdHMtMDA"),
+        (
+            "MAIL_TOKEN_KEY",
+            "bWFpbC10b2tlbi1rZXktZm9yLXRoZS10ZXN0cy0wMDA",
+        ),
+        (
+            "SIGNING_KEY_KEK",
+            "c2lnbmluZy1rZXkta2VrLWZvci10aGUtdGVzdHMtMDA",
+        ),
     ] {
         if !pairs.iter().any(|(k, _)| k == var) {
             pairs.push((var.into(), key.into()));
