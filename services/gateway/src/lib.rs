@@ -192,9 +192,11 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Keeps the response caches true to their services: each service with cached routes
-    /// announces its changes on `<service>.events`, and any message there drops that
-    /// service's cached responses (a change to one product touches every listing it is in).
+    /// Keeps the response caches true to their services: any message a service with cached
+    /// routes publishes on `<service>.events` drops that service's cached responses (a change
+    /// to one product touches every listing it is in). What a service does not announce
+    /// (catalog announces price changes) expires with the answers' `max-age` (5 to 10 s for
+    /// catalog).
     /// A gap in which one may have been missed (the subscription opened, or opened again after
     /// it was lost) drops them all.
     ///
@@ -222,11 +224,21 @@ impl Gateway {
         kit.tasks
             .spawn("cache-invalidation", Stage::Consumers, move |stop| async move {
                 let mut backoff = shop_messaging::subscription::FIRST_BACKOFF;
+                let on = match &transport {
+                    TransportConfig::JetStream { namespace, .. } => {
+                        format!("NATS JetStream, namespace {namespace}")
+                    }
+                    TransportConfig::Local { .. } => "the local bus (BUS_DATABASE_URL)".to_owned(),
+                };
                 let transport = loop {
-                    match transport.open().await {
+                    let opened = tokio::select! {
+                        () = stop.cancelled() => return,
+                        opened = transport.open() => opened,
+                    };
+                    match opened {
                         Ok(transport) => break transport,
                         Err(error) => {
-                            tracing::warn!(%error, retry_in = ?backoff, "cannot open the transport: cached answers expire by age alone");
+                            tracing::warn!(%error, on, retry_in = ?backoff, "cannot open the transport: cached answers expire by age alone");
                         }
                     }
                     tokio::select! {
@@ -235,6 +247,7 @@ impl Gateway {
                     }
                     backoff = (backoff * 2).min(shop_messaging::subscription::MAX_BACKOFF);
                 };
+                tracing::info!(on, ?subjects, "response caches follow their services' events");
                 follow(transport, subjects, stop.cancelled_owned(), move |followed| {
                     for (service, cache) in &caches {
                         let cause = match followed {

@@ -18,7 +18,7 @@ async fn main() -> std::io::Result<()> {
     let kit = Kit::new(config.service.clone());
     let gateway =
         Gateway::new(&config, &kit, validator, &sources).map_err(std::io::Error::other)?;
-    // Catalog's changes drop its cached answers at once, not at their max-age.
+    // What catalog announces (price changes) drops its cached answers at once, not at max-age.
     gateway.invalidate_on_events(&kit, config.messaging.clone());
     // In production mode, `serve` registers the gateway with Consul too.
     shop_common::serve(app(gateway, &kit, &config.cors_origins), &kit).await?;

@@ -15,9 +15,9 @@
 //!   which every other consumer acknowledges unseen, and deletes it from the dead letters.
 //!
 //! - a subscription is an ordered push consumer per subject filter: ephemeral, in memory,
-//!   unacknowledged, starting after the stream's last message. A lost connection ends it
-//!   within two idle heartbeats (10 s; async-nats reports them missed), and
-//!   [`follow`](crate::follow) reports a gap and subscribes again.
+//!   unacknowledged, starting after the stream's last message. A reconnect of the client ends
+//!   it (seen within a second), as do missed idle heartbeats, and [`follow`](crate::follow)
+//!   reports a gap and subscribes again.
 //!
 //! Nothing here needs a server newer than 2.9.
 
@@ -504,6 +504,10 @@ impl Transport for JetStreamTransport {
             .state
             .last_sequence;
         let client = inner.context.client();
+        let statistics = client.statistics();
+        let connects = statistics
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
         let mut messages = Vec::with_capacity(subjects.len());
         for subject in subjects {
             let consumer = inner
@@ -518,34 +522,79 @@ impl Transport for JetStreamTransport {
                 })
                 .await
                 .map_err(unavailable)?;
-            messages.push(consumer.messages().await.map_err(unavailable)?);
+            let feed: Feed = consumer
+                .messages()
+                .await
+                .map_err(unavailable)?
+                .map(|message| message.map_err(unavailable))
+                // One filter's end ends the subscription: its messages would be missed.
+                .chain(futures_util::stream::once(async {
+                    Err(unavailable("a filter's consumer ended"))
+                }))
+                .boxed();
+            messages.push(feed);
         }
+        let mut check = tokio::time::interval(RECONNECT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Box::new(JetStreamSubscription {
             inner: inner.clone(),
             messages: futures_util::stream::select_all(messages),
             after,
+            statistics,
+            connects,
+            check,
         }))
     }
 }
 
+/// One filter's messages; the stream's end is an error.
+type Feed = futures_util::stream::BoxStream<'static, Result<jetstream::Message, TransportError>>;
+
+/// How often a subscription waiting for a message looks whether the client reconnected.
+const RECONNECT_CHECK: Duration = Duration::from_secs(1);
+
 /// A subscription of the JetStream transport: one ordered consumer per filter, merged.
+///
+/// async-nats rebuilds an ordered consumer by itself after a reconnect, from where it left off
+/// by its own count, and says nothing: across a server that lost its store, or a stream made
+/// again, that count is wrong and messages would be skipped unseen. So any reconnect of the
+/// client ends the subscription with an error (a gap, for [`follow`](crate::follow)), and it is
+/// opened again from the stream as it is then.
 struct JetStreamSubscription {
     inner: Arc<Inner>,
-    messages: futures_util::stream::SelectAll<push::Ordered>,
-    /// The stream's last sequence when it was opened: a consumer that async-nats recreates
-    /// before its first message starts from the stream's first, and what came before this is
-    /// skipped.
+    messages: futures_util::stream::SelectAll<Feed>,
+    /// The stream's last sequence when it was opened: what came before is skipped.
     after: u64,
+    /// The client's connection count, and its value when this was opened.
+    statistics: Arc<async_nats::Statistics>,
+    connects: u64,
+    check: tokio::time::Interval,
+}
+
+impl JetStreamSubscription {
+    fn reconnected(&self) -> bool {
+        self.statistics
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != self.connects
+    }
 }
 
 #[async_trait]
 impl Subscription for JetStreamSubscription {
     async fn next(&mut self) -> Result<Broadcast, TransportError> {
         loop {
-            let message = match self.messages.next().await {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => return Err(unavailable(error)),
-                None => return Err(unavailable("the subscription ended")),
+            if self.reconnected() {
+                return Err(unavailable(
+                    "the client reconnected: messages may have been missed",
+                ));
+            }
+            let message = tokio::select! {
+                next = self.messages.next() => match next {
+                    Some(message) => message?,
+                    None => return Err(unavailable("the subscription ended")),
+                },
+                _ = self.check.tick() => continue,
             };
             let sequence = message.info().map_or(0, |info| info.stream_sequence);
             let headers = message.headers.as_ref();

@@ -53,8 +53,8 @@ const PUBLISH_LOCK: i64 = 0x6d73_6275_7370_7562; // "msbuspub"
 /// How many log entries one fetch looks through for a consumer's subjects.
 const SCAN: i64 = 1_000;
 
-/// How many log entries a subscription reads at once.
-const SUBSCRIPTION_PAGE: i64 = 100;
+/// How many of its messages a subscription holds read ahead (at most 1 MiB each).
+const SUBSCRIPTION_PAGE: usize = 16;
 
 /// How often a waiting subscription looks at the log for what another process published
 /// (this process's publishes wake it at once).
@@ -318,34 +318,43 @@ impl Subscription for LocalSubscription {
                 return Ok(message);
             }
             self.changed.borrow_and_update();
-            let rows: Vec<(i64, String, String, Vec<u8>)> = on_db!(&self.inner.database, pool => sqlx::query_as(
-                    "SELECT seq, subject, headers, payload FROM bus_messages WHERE seq > $1 \
-                     ORDER BY seq LIMIT $2",
-                )
-                .bind(self.cursor)
-                .bind(SUBSCRIPTION_PAGE)
-                .fetch_all(pool)
-                .await)?;
-            if rows.is_empty() {
+            // Subjects first: the bodies of other subjects' messages are never read.
+            let scanned: Vec<(i64, String)> = on_db!(&self.inner.database, pool => sqlx::query_as(
+                "SELECT seq, subject FROM bus_messages WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(self.cursor)
+            .bind(SCAN)
+            .fetch_all(pool)
+            .await)?;
+            if scanned.is_empty() {
                 tokio::select! {
                     _ = self.changed.changed() => {}
                     () = tokio::time::sleep(SUBSCRIPTION_POLL) => {}
                 }
                 continue;
             }
-            for (seq, subject, headers, payload) in rows {
-                self.cursor = seq;
+            for (seq, subject) in scanned {
+                if self.ready.len() == SUBSCRIPTION_PAGE {
+                    break;
+                }
                 if self
                     .subjects
                     .iter()
                     .any(|filter| subject_matches(filter, &subject))
                 {
+                    let (headers, payload): (String, Vec<u8>) = on_db!(&self.inner.database, pool => sqlx::query_as(
+                            "SELECT headers, payload FROM bus_messages WHERE seq = $1",
+                        )
+                        .bind(seq)
+                        .fetch_one(pool)
+                        .await)?;
                     self.ready.push_back(Broadcast {
                         subject,
                         headers: serde_json::from_str(&headers).unwrap_or_default(),
                         payload,
                     });
                 }
+                self.cursor = seq;
             }
         }
     }

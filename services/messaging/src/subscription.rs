@@ -36,12 +36,15 @@ pub enum Followed<'a> {
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait before subscribing again.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a subscription must have lived for the back-off to start over when it is lost.
+pub const STEADY: Duration = Duration::from_secs(30);
 
 /// Follows `subjects` on `transport` until `stop` completes, calling `on` with
 /// [`Followed::Gap`] each time the subscription is opened (first, and again after it is lost)
 /// and [`Followed::Message`] for each message. A subscription refused or lost is opened again
-/// after a back-off from [`FIRST_BACKOFF`], doubling to [`MAX_BACKOFF`], that a message
-/// received starts over. Invalid `subjects` are logged, and end it at once.
+/// after a back-off from [`FIRST_BACKOFF`], doubling to [`MAX_BACKOFF`], which starts over
+/// once a subscription has lived [`STEADY`]: one that keeps failing at once does not clear a
+/// cache ten times a second. Invalid `subjects` are logged, and end it at once.
 pub async fn follow<F>(
     transport: Arc<dyn Transport>,
     subjects: Vec<String>,
@@ -60,6 +63,7 @@ pub async fn follow<F>(
         };
         match opened {
             Ok(mut subscription) => {
+                let opened_at = tokio::time::Instant::now();
                 on(Followed::Gap);
                 loop {
                     let next = tokio::select! {
@@ -68,11 +72,11 @@ pub async fn follow<F>(
                         next = subscription.next() => next,
                     };
                     match next {
-                        Ok(message) => {
-                            backoff = FIRST_BACKOFF;
-                            on(Followed::Message(&message));
-                        }
+                        Ok(message) => on(Followed::Message(&message)),
                         Err(error) => {
+                            if opened_at.elapsed() >= STEADY {
+                                backoff = FIRST_BACKOFF;
+                            }
                             tracing::warn!(%error, ?subjects, retry_in = ?backoff, "subscription lost");
                             break;
                         }
@@ -87,7 +91,7 @@ pub async fn follow<F>(
                 tracing::warn!(%error, ?subjects, retry_in = ?backoff, "cannot subscribe");
             }
         }
-        // Lost or refused: again after the back-off, which a message received resets.
+        // Lost or refused: again after the back-off.
         tokio::select! {
             biased;
             () = &mut stop => return,
@@ -109,8 +113,8 @@ mod tests {
     use crate::relay::{PublishError, Publisher};
     use crate::transport::{ConsumerConfig, DeadLetter, Deliveries, Subscription};
 
-    /// What one subscribe gives: refused, or a subscription that yields these (a message, or
-    /// `None` for an error), then waits forever.
+    /// What one subscribe gives: refused, or a subscription that yields these (a message,
+    /// `"wait"` to wait 31 s first, or `None` for an error), then waits forever.
     type Opening = Option<Vec<Option<&'static str>>>;
 
     struct Scripted {
@@ -123,6 +127,10 @@ mod tests {
     #[async_trait]
     impl Subscription for ScriptedSubscription {
         async fn next(&mut self) -> Result<Broadcast, TransportError> {
+            if self.0.front() == Some(&Some("wait")) {
+                self.0.pop_front();
+                tokio::time::sleep(Duration::from_secs(31)).await;
+            }
             match self.0.pop_front() {
                 Some(Some(body)) => Ok(Broadcast {
                     subject: "catalog.events".to_owned(),
@@ -179,6 +187,7 @@ mod tests {
                 None,
                 None,
                 Some(vec![Some("a"), None]),
+                Some(vec![Some("wait"), None]),
                 Some(vec![Some("b")]),
             ])),
             opened_at: Mutex::new(Vec::new()),
@@ -210,9 +219,10 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(*seen.lock().unwrap(), ["gap", "a", "gap", "b"]);
-        // Refused twice: again after 100 ms, then 200 ms; lost after a message: again after
-        // 100 ms (the message started the back-off over).
+        assert_eq!(*seen.lock().unwrap(), ["gap", "a", "gap", "gap", "b"]);
+        // Refused twice: again after 100 ms, then 200 ms; lost at once after a message: again
+        // after 400 ms (it did not live long enough to start the back-off over); lost after
+        // living 31 s: again after 100 ms.
         let opened = transport.opened_at.lock().unwrap().clone();
         let gaps: Vec<Duration> = opened.windows(2).map(|w| w[1] - w[0]).collect();
         assert_eq!(
@@ -220,7 +230,8 @@ mod tests {
             [
                 Duration::from_millis(100),
                 Duration::from_millis(200),
-                Duration::from_millis(100)
+                Duration::from_millis(400),
+                Duration::from_millis(31_100),
             ]
         );
         stop.0.send_replace(true);

@@ -317,7 +317,9 @@ pub struct Broadcast {
 }
 
 /// A subscription to subjects: every message published on them after it was opened, in the
-/// order the transport stored them, not shared with other subscribers and never acknowledged.
+/// order the transport stored them within each subject filter (across filters, JetStream may
+/// interleave them otherwise; a message on two filters may come twice), not shared with other
+/// subscribers and never acknowledged.
 #[async_trait]
 pub trait Subscription: Send {
     /// The next message, when one comes.
