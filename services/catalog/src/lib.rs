@@ -8,7 +8,8 @@
 //! | `GET /products/{id}` | — | one product, through the cache, with `ETag` and `304` |
 //! | `POST /products`, `PUT /products/{id}`, `DELETE /products/{id}` | role `admin` | changes; they invalidate the cache, and a new price publishes `ProductPriceChanged` on `catalog.events` |
 //!
-//! Listing and search pages are cached for 5 s per replica (a write clears the replica's).
+//! Listing and search pages are cached for 5 s per replica: a write clears the replica's, and
+//! every replica's once it is announced on `catalog.events` ([`Catalog::follow_events`]).
 //! Reads of single products go through [`mainstay_cache::Cache`]: single-flight loads,
 //! stale-while-revalidate, 404s remembered for 5 s, and with `REDIS_URL` a Redis second tier
 //! whose invalidations reach every replica. Prices are integer minor units plus an ISO 4217
@@ -130,6 +131,30 @@ impl Catalog {
     #[must_use]
     pub fn product_cache(&self) -> &Cache<String, Product> {
         &self.0.products
+    }
+
+    /// Drops this replica's listing and search pages whenever a replica announces a change on
+    /// [`EVENTS`], and at every gap in the events, under `tasks` (stopped by `serve` after the
+    /// last request): a price changed through another replica is not listed stale here for
+    /// the pages' lifetime.
+    pub fn follow_events(
+        &self,
+        tasks: &shop_common::tasks::Supervisor,
+        transport: Arc<dyn shop_messaging::Transport>,
+    ) {
+        let pages = self.0.pages.clone();
+        tasks.spawn(
+            "page-cache-invalidation",
+            shop_common::tasks::Stage::Consumers,
+            move |stop| {
+                shop_messaging::follow(
+                    transport,
+                    vec![EVENTS.to_owned()],
+                    stop.cancelled_owned(),
+                    move |_| pages.invalidate_local(),
+                )
+            },
+        );
     }
 
     /// The listing and search page cache (for its metrics).

@@ -31,6 +31,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let messaging = MessagingMetrics::new();
     messaging.register(&kit.metrics);
+    catalog.follow_events(&kit.tasks, transport.clone());
     let relay = Relay::new(database.clone(), transport).metrics(messaging);
     shop_messaging::start(&kit.tasks, relay, Vec::new(), &database);
     kit.metrics

@@ -79,7 +79,104 @@ shop_common::on_both_stores!(
     writes_need_the_admin_role_and_validate_their_fields,
     a_price_change_invalidates_the_cache_and_writes_its_event_with_it,
     with_redis_a_change_on_one_replica_reaches_the_others,
+    a_price_changed_through_one_replica_is_listed_at_once_by_another,
 );
+
+/// `id`'s price as its category's listing shows it.
+async fn listed_price(shop: &Shop, id: &str) -> Value {
+    let page = shop
+        .get("/products?category=garden&per_page=100")
+        .await
+        .body;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id)
+        .unwrap()["price_minor"]
+        .clone()
+}
+
+/// Two replicas, the local bus on their database: B's cached listing is dropped when A's change
+/// is published, well before the page's 5 s (and 5 s stale) would let it go.
+async fn a_price_changed_through_one_replica_is_listed_at_once_by_another(
+    database: &Database,
+    url: &str,
+) {
+    use std::time::Duration;
+    let a = Shop::start(database, url).await;
+    let b = Shop::start(database, url).await;
+    let bus = std::sync::Arc::new(
+        shop_messaging::LocalTransport::open(database.clone())
+            .await
+            .unwrap(),
+    );
+    let tasks = shop_common::tasks::Supervisor::new();
+    b.catalog.follow_events(&tasks, bus.clone());
+    let pages = || async {
+        let cache = b.catalog.page_cache();
+        cache.run_pending_tasks().await;
+        cache.stats().entries
+    };
+    let cleared = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while pages().await > 0 {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    };
+    let relay = shop_messaging::Relay::new(database.clone(), bus.clone());
+    // Until B's subscription is open: a page cached, then a message (or the subscription's
+    // opening gap) clears it.
+    let mut probes = 0;
+    loop {
+        b.get("/products?sort=price_asc").await;
+        assert_eq!(pages().await, 1);
+        use shop_messaging::Publisher as _;
+        let probe = shop_messaging::Pending {
+            seq: 0,
+            id: shop_messaging::MessageId::new(),
+            subject: EVENTS.to_owned(),
+            key: "probe".to_owned(),
+            headers: std::collections::HashMap::new(),
+            payload: b"{}".to_vec(),
+            attempts: 0,
+        };
+        bus.publish(&[probe]).await.unwrap();
+        if cleared().await {
+            break;
+        }
+        probes += 1;
+        assert!(probes < 5, "B never followed the events");
+    }
+
+    let before = listed_price(&b, "garden-001").await;
+    assert_eq!(pages().await, 1, "cached");
+    let mut changed = a.get("/products/garden-001").await.body;
+    for field in ["version", "created_at", "updated_at"] {
+        changed.as_object_mut().unwrap().remove(field);
+    }
+    changed["price_minor"] = json!(before.as_i64().unwrap() + 100);
+    let reply = a
+        .call(
+            Method::PUT,
+            "/products/garden-001",
+            Some(&a.admin),
+            Some(changed.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // Not yet published: B still lists the old price from its page.
+    assert_eq!(listed_price(&b, "garden-001").await, before);
+    assert!(relay.relay_once().await.unwrap().published >= 1);
+    assert!(cleared().await, "B kept its stale page");
+    assert_eq!(listed_price(&b, "garden-001").await, changed["price_minor"]);
+    tasks.shutdown(Duration::from_secs(5)).await;
+}
 
 /// Production mode: two replicas on one database and one Redis (a unique key prefix).
 async fn with_redis_a_change_on_one_replica_reaches_the_others(database: &Database, url: &str) {
