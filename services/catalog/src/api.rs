@@ -235,8 +235,6 @@ struct ProductInput {
     #[serde(deserialize_with = "shop_common::fields::whole_number")]
     price_minor: i64,
     currency: String,
-    #[serde(deserialize_with = "shop_common::fields::whole_number")]
-    stock: i64,
 }
 
 /// The product a valid input describes, or a 422 listing every bad field.
@@ -269,9 +267,6 @@ fn validated(
     if shop_common::domain::Currency::new(&input.currency).is_err() {
         errors.add("currency", "must be an ISO 4217 code such as EUR");
     }
-    if !(0..=1_000_000_000).contains(&input.stock) {
-        errors.add("stock", "must be from 0 to 10^9");
-    }
     if !slug_ok(&id) {
         errors.add(
             "id",
@@ -290,7 +285,6 @@ fn validated(
         category_id: input.category_id,
         price_minor: input.price_minor,
         currency: input.currency,
-        stock: input.stock,
         version,
         created_at,
         updated_at: now,

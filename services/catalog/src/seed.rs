@@ -1,5 +1,5 @@
-//! The demo catalog: 6 categories, 120 products, one of them (`kitchen-000`, the Copper Kettle)
-//! out of stock.
+//! The demo catalog: 6 categories, 120 products. (Stock is the inventory service's: it will
+//! seed `kitchen-000`, the Copper Kettle, with none on hand, for the out-of-stock demo.)
 
 use crate::store::{Category, Product};
 
@@ -79,11 +79,6 @@ pub fn products(now: i64) -> Vec<Product> {
                 category_id: (*category).to_owned(),
                 price_minor: 499 + (seed * 7_919) % 24_000,
                 currency: "EUR".to_owned(),
-                stock: if id == "kitchen-000" {
-                    0
-                } else {
-                    5 + (seed * 13) % 95
-                },
                 version: 1,
                 created_at: now - seed * 3600,
                 updated_at: now - seed * 3600,
@@ -103,9 +98,8 @@ mod tests {
         let products = products(1_000_000);
         assert_eq!(products.len(), 120);
         assert_eq!(categories().len(), 6);
-        let out: Vec<_> = products.iter().filter(|p| p.stock == 0).collect();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].name, "Copper Kettle");
+        let kettle = products.iter().find(|p| p.id == "kitchen-000").unwrap();
+        assert_eq!(kettle.name, "Copper Kettle");
         assert!(products.iter().all(|p| p.price_minor > 0));
     }
 }

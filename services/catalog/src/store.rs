@@ -38,8 +38,6 @@ pub struct Product {
     pub price_minor: i64,
     /// ISO 4217 currency.
     pub currency: String,
-    /// Units in stock.
-    pub stock: i64,
     /// Bumped on every change; the `ETag`.
     pub version: i64,
     /// Seconds since the epoch.
@@ -101,7 +99,8 @@ pub enum Write<T> {
     Exists,
 }
 
-const COLUMNS: &str = "id, name, description, category_id, price_minor, currency, stock, version, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, description, category_id, price_minor, currency, version, created_at, updated_at";
 
 /// Search on SQLite: FTS5, best rank first.
 static SQLITE_SEARCH: LazyLock<String> = LazyLock::new(|| {
@@ -254,9 +253,8 @@ impl CatalogStore {
     ///
     /// The database fails.
     pub async fn create(&self, product: &Product) -> Result<Write<Product>, StoreError> {
-        let sql = format!(
-            "INSERT INTO products ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-        );
+        let sql =
+            format!("INSERT INTO products ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
         let result = on_db!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&product.id)
             .bind(&product.name)
@@ -264,7 +262,6 @@ impl CatalogStore {
             .bind(&product.category_id)
             .bind(product.price_minor)
             .bind(&product.currency)
-            .bind(product.stock)
             .bind(product.version)
             .bind(product.created_at)
             .bind(product.updated_at)
@@ -317,8 +314,8 @@ impl CatalogStore {
         };
         let sql = format!(
             "UPDATE products SET name = $2, description = $3, category_id = $4, \
-             price_minor = $5, currency = $6, stock = $7, version = version + 1, \
-             updated_at = $8 WHERE id = $1 RETURNING {COLUMNS}"
+             price_minor = $5, currency = $6, version = version + 1, \
+             updated_at = $7 WHERE id = $1 RETURNING {COLUMNS}"
         );
         let result: Result<Product, sqlx::Error> = on_tx!(tx, conn => sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(&product.id)
@@ -327,7 +324,6 @@ impl CatalogStore {
             .bind(&product.category_id)
             .bind(product.price_minor)
             .bind(&product.currency)
-            .bind(product.stock)
             .bind(product.updated_at)
             .fetch_one(&mut **conn)
             .await);

@@ -260,13 +260,14 @@ async fn listing_pages_filters_and_sorts(database: &Database, url: &str) {
             .iter()
             .all(|p| p["category_id"] == "kitchen")
     );
-    let out_of_stock: Vec<_> = kitchen.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["stock"] == 0)
-        .collect();
-    assert_eq!(out_of_stock.len(), 1);
+    // Stock is the inventory service's: no product carries it.
+    assert!(
+        kitchen.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.get("stock").is_none())
+    );
 
     let cheap_first = shop
         .get("/products?sort=price_asc&min_price=1000&max_price=5000&per_page=100")
@@ -348,7 +349,6 @@ async fn a_product_is_served_through_the_cache_with_etags(database: &Database, u
     let first = shop.get("/products/kitchen-000").await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body["name"], "Copper Kettle");
-    assert_eq!(first.body["stock"], 0);
     let tag = first.headers[header::ETAG].to_str().unwrap().to_owned();
     assert_eq!(tag, "\"kitchen-000-1\"");
     shop.get("/products/kitchen-000").await;
@@ -408,7 +408,7 @@ async fn search_finds_by_words_and_ignores_query_syntax(database: &Database, url
 
 fn teapot() -> Value {
     json!({"id": "kitchen-teapot-x", "name": "Glass Teapot", "description": "See the leaves unfurl.",
-           "category_id": "kitchen", "price_minor": 2999, "currency": "EUR", "stock": 12})
+           "category_id": "kitchen", "price_minor": 2999, "currency": "EUR"})
 }
 
 async fn writes_need_the_admin_role_and_validate_their_fields(database: &Database, url: &str) {
@@ -495,7 +495,7 @@ async fn writes_need_the_admin_role_and_validate_their_fields(database: &Databas
     assert_eq!(reply.body["errors"][0]["field"], "category_id");
 
     let bad = json!({"id": "Bad Id", "name": "", "description": "", "category_id": "kitchen",
-                     "price_minor": -5, "currency": "euro", "stock": -1});
+                     "price_minor": -5, "currency": "euro"});
     let reply = shop
         .call(
             Method::POST,
@@ -512,7 +512,25 @@ async fn writes_need_the_admin_role_and_validate_their_fields(database: &Databas
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    assert_eq!(fields, ["name", "price_minor", "currency", "stock", "id"]);
+    assert_eq!(fields, ["name", "price_minor", "currency", "id"]);
+    // Stock is not the catalog's: a product that carries it is refused, not stored in part.
+    let mut stocked = teapot();
+    stocked["stock"] = json!(12);
+    let reply = shop
+        .call(
+            Method::POST,
+            "/products",
+            Some(&shop.admin),
+            Some(stocked),
+            None,
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.body
+    );
     // A float price is the wrong shape, not a rounding.
     let mut float = teapot();
     float["price_minor"] = json!(29.99);
@@ -614,7 +632,7 @@ async fn a_price_change_invalidates_the_cache_and_writes_its_event_with_it(
     assert_eq!(event.version, 2);
 
     // A change that keeps the price publishes nothing.
-    changed["stock"] = json!(1);
+    changed["name"] = json!("Renamed Watering Can");
     shop.call(
         Method::PUT,
         "/products/garden-001",

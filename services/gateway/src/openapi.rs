@@ -158,8 +158,6 @@ pub(crate) struct Product {
     price_minor: i64,
     /// ISO 4217 currency code.
     currency: String,
-    /// Units in stock.
-    stock: i64,
     /// Incremented by every change (the `ETag` is `"<id>-<version>"`).
     version: i64,
     /// Unix seconds.
@@ -192,9 +190,6 @@ pub(crate) struct ProductInput {
     /// ISO 4217 code.
     #[schema(pattern = "^[A-Z]{3}$")]
     currency: String,
-    /// Units in stock, from 0 to 10^9.
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
-    stock: i64,
 }
 
 /// The orders of a product listing.
