@@ -281,20 +281,23 @@ impl Publisher for JetStreamTransport {
         // Sent one after another without waiting, the acknowledgements awaited in order: one
         // round trip for many messages, and the held prefix known exactly. Never two messages
         // of one key in flight: were the first lost and the second stored, the first would be
-        // stored after it when published again. So a key seen in flight, or too many in flight,
-        // first waits for what is in flight.
-        let mut in_flight = Vec::new();
-        let mut keys = std::collections::HashSet::new();
-        let mut held = 0;
-        for pending in batch {
-            if keys.contains(pending.key.as_str()) || in_flight.len() >= IN_FLIGHT {
-                held = settle(std::mem::take(&mut in_flight), held).await?;
-                keys.clear();
+        // stored after it when published again. So a key still in flight first waits for the
+        // acknowledgements up to its previous message (not for everything in flight), and at
+        // most IN_FLIGHT are in flight.
+        let mut acks = Acks::default();
+        let mut last_of_key: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::new();
+        for (position, pending) in batch.iter().enumerate() {
+            if let Some(&previous) = last_of_key.get(pending.key.as_str()) {
+                acks.until_held(previous + 1).await?;
+            }
+            if acks.in_flight.len() >= IN_FLIGHT {
+                acks.until_held(acks.held + 1).await?;
             }
             if !crate::transport::valid_subject(&pending.subject) {
-                let held = settle(in_flight, held).await?;
+                acks.until_held(position).await?;
                 return Err(PublishError::refused(
-                    held,
+                    position,
                     format!(
                         "{:?} is not a subject",
                         pending.subject.chars().take(64).collect::<String>()
@@ -310,41 +313,49 @@ impl Publisher for JetStreamTransport {
                 .await
             {
                 Ok(ack) => {
-                    in_flight.push(ack);
-                    keys.insert(pending.key.as_str());
+                    acks.in_flight.push_back(ack);
+                    last_of_key.insert(pending.key.as_str(), position);
                 }
                 Err(error) => {
-                    let held = settle(in_flight, held).await?;
+                    acks.until_held(position).await?;
                     // Too large is the message's fault, for good; anything else is the
                     // connection's.
                     return Err(
                         if error.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded
                         {
-                            PublishError::refused(held, error)
+                            PublishError::refused(position, error)
                         } else {
-                            PublishError::unavailable(held, error)
+                            PublishError::unavailable(position, error)
                         },
                     );
                 }
             }
         }
-        settle(in_flight, held).await?;
-        Ok(())
+        acks.until_held(batch.len()).await
     }
 }
 
-/// Awaits the acknowledgements in flight, in order: `held` more for each, or the error with the
-/// count held before it.
-async fn settle(
-    in_flight: Vec<jetstream::context::PublishAckFuture>,
-    mut held: usize,
-) -> Result<usize, PublishError> {
-    for ack in in_flight {
-        ack.await
-            .map_err(|error| PublishError::unavailable(held, error))?;
-        held += 1;
+/// The acknowledgements in flight, in the order sent, after the `held` already awaited.
+#[derive(Default)]
+struct Acks {
+    in_flight: std::collections::VecDeque<jetstream::context::PublishAckFuture>,
+    held: usize,
+}
+
+impl Acks {
+    /// Awaits acknowledgements in order until `count` messages are held (or none is in flight);
+    /// the first failure is the error, with the count held before it.
+    async fn until_held(&mut self, count: usize) -> Result<(), PublishError> {
+        while self.held < count {
+            let Some(ack) = self.in_flight.pop_front() else {
+                break;
+            };
+            ack.await
+                .map_err(|error| PublishError::unavailable(self.held, error))?;
+            self.held += 1;
+        }
+        Ok(())
     }
-    Ok(held)
 }
 
 #[async_trait]
