@@ -4,8 +4,6 @@ use shop_catalog::{Catalog, CatalogConfig, router};
 use shop_common::Kit;
 use shop_common::config::or_exit;
 use shop_common::store::Database;
-use shop_messaging::config::TransportConfig;
-use shop_messaging::{MessagingMetrics, Relay};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -25,15 +23,10 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     // The outbox's relay, to NATS JetStream (NATS_URL) or the local bus (BUS_DATABASE_URL),
     // under the kit's supervisor: serve stops it after the last request.
-    let transport = or_exit(TransportConfig::from_env())
-        .open()
+    let transport = shop_messaging::start_from_env(&kit, &database, |_, _| Vec::new())
         .await
         .map_err(std::io::Error::other)?;
-    let messaging = MessagingMetrics::new();
-    messaging.register(&kit.metrics);
-    catalog.follow_events(&kit.tasks, transport.clone());
-    let relay = Relay::new(database.clone(), transport).metrics(messaging);
-    shop_messaging::start(&kit.tasks, relay, Vec::new(), &database);
+    catalog.follow_events(&kit.tasks, transport);
     kit.metrics
         .register_collector(Box::new(catalog.product_cache().collector()));
     let db = database.clone();

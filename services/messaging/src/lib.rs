@@ -85,6 +85,31 @@ pub async fn migrate(database: &Database) -> Result<(), StoreError> {
 /// the broker can still deliver is forgotten by an inbox.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 3_600);
 
+/// A service's part of the backbone, as its environment names the transport
+/// ([`config::TransportConfig::from_env`]; a bad value ends the process, naming the variable):
+/// opens the transport, registers the backbone's metrics with `kit.metrics`, and [`start`]s the
+/// relay of `database`'s outbox and `consumers` (made with the transport and the metrics) under
+/// `kit.tasks`. Returns the transport, for subscriptions.
+///
+/// # Errors
+///
+/// The transport cannot be opened.
+pub async fn start_from_env(
+    kit: &shop_common::Kit,
+    database: &Database,
+    consumers: impl FnOnce(&std::sync::Arc<dyn Transport>, &MessagingMetrics) -> Vec<Consumer>,
+) -> Result<std::sync::Arc<dyn Transport>, TransportError> {
+    let transport = shop_common::config::or_exit(config::TransportConfig::from_env())
+        .open()
+        .await?;
+    let metrics = MessagingMetrics::new();
+    metrics.register(&kit.metrics);
+    let consumers = consumers(&transport, &metrics);
+    let relay = Relay::new(database.clone(), transport.clone()).metrics(metrics);
+    start(&kit.tasks, relay, consumers, database);
+    Ok(transport)
+}
+
 /// Starts the service's part of the backbone under its supervisor (`kit.tasks`): the relay of
 /// `database`'s outbox to `transport`, each of `consumers`, and the sweeper that prunes the
 /// outbox and the inbox past [`RETENTION`] every hour. `serve` stops them in order: the

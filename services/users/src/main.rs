@@ -3,8 +3,6 @@
 use shop_common::Kit;
 use shop_common::config::or_exit;
 use shop_common::store::Database;
-use shop_messaging::config::TransportConfig;
-use shop_messaging::{MessagingMetrics, Relay};
 use shop_users::{Users, UsersConfig, router};
 
 #[tokio::main]
@@ -24,14 +22,9 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     // The outbox's relay, to NATS JetStream (NATS_URL) or the local bus (BUS_DATABASE_URL),
     // under the kit's supervisor: serve stops it after the last request.
-    let transport = or_exit(TransportConfig::from_env())
-        .open()
+    shop_messaging::start_from_env(&kit, &database, |_, _| Vec::new())
         .await
         .map_err(std::io::Error::other)?;
-    let messaging = MessagingMetrics::new();
-    messaging.register(&kit.metrics);
-    let relay = Relay::new(database.clone(), transport).metrics(messaging);
-    shop_messaging::start(&kit.tasks, relay, Vec::new(), &database);
     let db = database.clone();
     kit.health.add_check("database", move || {
         let db = db.clone();
