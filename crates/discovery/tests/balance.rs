@@ -317,12 +317,18 @@ async fn an_open_breaker_ejects_its_endpoint_at_once_with_a_retryable_error() {
     assert!(counts["10.0.0.1:1"] >= 30, "{counts:?}");
 }
 
-/// An endpoint that answers with its id.
-fn answering(endpoint: &Endpoint) -> BoxService<(), String, BoxError> {
+/// An endpoint that answers with its id after 1 ms of real time, as a real one would. Answered
+/// at once, the endpoints first tried would measure microseconds against the untried one's
+/// 1 ms `default_rtt`, and PeakEWMA would leave that one alone until its estimate decayed
+/// (seconds): the test would then see two endpoints of three, now and then.
+fn answering_in_a_millisecond(endpoint: &Endpoint) -> BoxService<(), String, BoxError> {
     let id = endpoint.id.clone();
     BoxService::new(service_fn(move |()| {
         let id = id.clone();
-        async move { Ok::<_, BoxError>(id) }
+        async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok::<_, BoxError>(id)
+        }
     }))
 }
 
@@ -334,7 +340,7 @@ async fn a_shared_balancer_serves_many_concurrent_callers() {
     let shared = tower::util::BoxCloneSyncService::new(Shared::new(Balanced::new(
         "catalog",
         receiver,
-        answering,
+        answering_in_a_millisecond,
         ErrorsFail,
         options(5),
     )));
