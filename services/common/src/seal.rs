@@ -153,17 +153,19 @@ impl SealKey {
     pub fn seal(&self, plain: &[u8], context: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("the system's random source");
-        let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
+        // One buffer: the nonce, then the plaintext sealed where it lies, then the tag.
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
         sealed.extend_from_slice(&nonce);
-        let mut body = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(
+        sealed.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(context),
-                &mut body,
+                &mut sealed[NONCE_LEN..],
             )
             .expect("AES-256-GCM seals any length a process can hold");
-        sealed.extend_from_slice(&body);
+        sealed.extend_from_slice(tag.as_ref());
         sealed
     }
 

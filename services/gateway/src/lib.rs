@@ -58,7 +58,7 @@ use prometheus_client::metrics::family::Family;
 use shop_common::tasks::Stage;
 use shop_common::{Kit, Limits};
 use shop_messaging::config::TransportConfig;
-use shop_messaging::{Followed, follow};
+use shop_messaging::{Followed, follow_config};
 use tokio::sync::watch;
 use tower::util::{BoxCloneSyncService, Either, MapResponse, MapResponseLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -222,53 +222,32 @@ impl Gateway {
             .map(|(service, _)| format!("{service}.events"))
             .collect();
         kit.tasks
-            .spawn("cache-invalidation", Stage::Consumers, move |stop| async move {
-                let mut backoff = shop_messaging::subscription::FIRST_BACKOFF;
-                let on = match &transport {
-                    TransportConfig::JetStream { namespace, .. } => {
-                        format!("NATS JetStream, namespace {namespace}")
-                    }
-                    TransportConfig::Local { .. } => "the local bus (BUS_DATABASE_URL)".to_owned(),
-                };
-                let transport = loop {
-                    let opened = tokio::select! {
-                        () = stop.cancelled() => return,
-                        opened = transport.open() => opened,
-                    };
-                    match opened {
-                        Ok(transport) => break transport,
-                        Err(error) => {
-                            tracing::warn!(%error, on, retry_in = ?backoff, "cannot open the transport: cached answers expire by age alone");
+            .spawn("cache-invalidation", Stage::Consumers, move |stop| {
+                follow_config(
+                    transport,
+                    subjects,
+                    stop.cancelled_owned(),
+                    move |followed| {
+                        for (service, cache) in &caches {
+                            let cause = match followed {
+                                Followed::Gap => "gap",
+                                Followed::Message(message)
+                                    if message
+                                        .subject
+                                        .strip_prefix(service)
+                                        .is_some_and(|rest| rest == ".events") =>
+                                {
+                                    "event"
+                                }
+                                Followed::Message(_) => continue,
+                            };
+                            cache.invalidate_all();
+                            invalidations
+                                .get_or_create(&InvalidationLabels { service, cause })
+                                .inc();
                         }
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(shop_messaging::subscription::MAX_BACKOFF);
-                };
-                tracing::info!(on, ?subjects, "response caches follow their services' events");
-                follow(transport, subjects, stop.cancelled_owned(), move |followed| {
-                    for (service, cache) in &caches {
-                        let cause = match followed {
-                            Followed::Gap => "gap",
-                            Followed::Message(message)
-                                if message
-                                    .subject
-                                    .strip_prefix(service)
-                                    .is_some_and(|rest| rest == ".events") =>
-                            {
-                                "event"
-                            }
-                            Followed::Message(_) => continue,
-                        };
-                        cache.invalidate_all();
-                        invalidations
-                            .get_or_create(&InvalidationLabels { service, cause })
-                            .inc();
-                    }
-                })
-                .await;
+                    },
+                )
             });
     }
 }

@@ -46,7 +46,7 @@ pub use self::message::{Envelope, Message, MessageId, SagaRef};
 pub use self::metrics::{DeliveryOutcome, MessagingMetrics};
 pub use self::outbox::{Context, Lag, Outbox, OutboxError, Pending, SetAside};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
-pub use self::subscription::{Followed, follow};
+pub use self::subscription::{Followed, follow, follow_config};
 pub use self::transport::{
     Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Subscription,
     Transport, TransportError,

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::TransportConfig;
 use crate::transport::{Broadcast, Transport, TransportError};
 
 /// What [`follow`] reports.
@@ -99,6 +100,47 @@ pub async fn follow<F>(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// [`follow`], on the transport `config` names, which it opens itself: again with the same
+/// back-off until it can (the caller runs meanwhile, with nothing followed), or until `stop`.
+pub async fn follow_config<F>(
+    config: TransportConfig,
+    subjects: Vec<String>,
+    stop: impl Future<Output = ()>,
+    on: F,
+) where
+    F: FnMut(Followed<'_>) + Send,
+{
+    let bus = match &config {
+        TransportConfig::JetStream { namespace, .. } => {
+            format!("NATS JetStream, namespace {namespace}")
+        }
+        TransportConfig::Local { .. } => "the local bus (BUS_DATABASE_URL)".to_owned(),
+    };
+    tokio::pin!(stop);
+    let mut backoff = FIRST_BACKOFF;
+    let transport = loop {
+        let opened = tokio::select! {
+            biased;
+            () = &mut stop => return,
+            opened = config.open() => opened,
+        };
+        match opened {
+            Ok(transport) => break transport,
+            Err(error) => {
+                tracing::warn!(%error, bus, retry_in = ?backoff, "cannot open the transport");
+            }
+        }
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    };
+    tracing::info!(bus, ?subjects, "following");
+    follow(transport, subjects, stop, on).await;
 }
 
 #[cfg(test)]

@@ -95,18 +95,11 @@ impl ConsumerConfig {
     /// [`TransportError::Invalid`], saying what is wrong.
     pub fn validate(&self) -> Result<(), TransportError> {
         check_consumer_name(&self.name)?;
-        if self.subjects.is_empty() {
-            return Err(TransportError::Invalid(format!(
-                "consumer {}: no subjects",
-                self.name
-            )));
-        }
-        if let Some(bad) = self.subjects.iter().find(|s| !valid_filter(s)) {
-            return Err(TransportError::Invalid(format!(
-                "consumer {}: subject filter {bad:?}",
-                self.name
-            )));
-        }
+        check_filters(
+            &format!("consumer {}", self.name),
+            &self.subjects,
+            usize::MAX,
+        )?;
         if self.max_deliver == 0 || self.ack_wait.is_zero() {
             return Err(TransportError::Invalid(format!(
                 "consumer {}: max_deliver and ack_wait must be positive",
@@ -336,15 +329,23 @@ pub const MAX_SUBSCRIBED_SUBJECTS: usize = 16;
 
 /// [`TransportError::Invalid`] unless `subjects` are 1 to [`MAX_SUBSCRIBED_SUBJECTS`] filters.
 pub(crate) fn check_subscribed(subjects: &[String]) -> Result<(), TransportError> {
-    if subjects.is_empty() || subjects.len() > MAX_SUBSCRIBED_SUBJECTS {
+    check_filters("a subscription", subjects, MAX_SUBSCRIBED_SUBJECTS)
+}
+
+/// [`TransportError::Invalid`], naming `whose` they are, unless `subjects` are 1 to `max`
+/// subject filters.
+fn check_filters(whose: &str, subjects: &[String], max: usize) -> Result<(), TransportError> {
+    if subjects.is_empty() {
+        return Err(TransportError::Invalid(format!("{whose}: no subjects")));
+    }
+    if subjects.len() > max {
         return Err(TransportError::Invalid(format!(
-            "a subscription takes 1 to {MAX_SUBSCRIBED_SUBJECTS} subject filters, not {}",
-            subjects.len()
+            "{whose}: more than {max} subject filters"
         )));
     }
     match subjects.iter().find(|s| !valid_filter(s)) {
         Some(bad) => Err(TransportError::Invalid(format!(
-            "subject filter {:?}",
+            "{whose}: subject filter {:?}",
             bad.chars().take(80).collect::<String>()
         ))),
         None => Ok(()),

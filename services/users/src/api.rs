@@ -18,6 +18,7 @@ use mainstay_resilience::rate_limit::Status;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shop_common::{FieldErrors, Json, Problem};
+use shop_messaging::Outbox;
 
 use crate::events::{
     AddressClaimAttempted, ClaimedBy, EmailChangeRequested, EmailChanged, SendEmailConfirmation,
@@ -195,7 +196,7 @@ async fn register(
         tracing::info!(user = %existing.id, "registration attempted for an existing account");
         if users.may_mail(&email, "AddressClaimAttempted") {
             let mut tx = begin(&users).await?;
-            Users::announce(
+            Outbox::enqueue(
                 &mut tx,
                 &AddressClaimAttempted {
                     user_id: existing.id,
@@ -233,7 +234,7 @@ async fn register(
         .map_err(|e| internal(&e))?
     {
         Write::Done(user) => {
-            Users::announce(
+            Outbox::enqueue(
                 &mut tx,
                 &UserRegistered {
                     user_id: user.id.clone(),
@@ -557,7 +558,7 @@ async fn request_email_change(
         .await
         .map_err(|e| internal(&e))?;
     // The fact, alike for a taken address and a free one.
-    Users::announce(
+    Outbox::enqueue(
         &mut tx,
         &EmailChangeRequested {
             user_id: user.id.clone(),
@@ -569,7 +570,7 @@ async fn request_email_change(
     if let Some(owner) = owner {
         tracing::info!(user = %user.id, owner = %owner.id, "email change to a taken address");
         if users.may_mail(email, "AddressClaimAttempted") {
-            Users::announce(
+            Outbox::enqueue(
                 &mut tx,
                 &AddressClaimAttempted {
                     user_id: owner.id,
@@ -584,7 +585,7 @@ async fn request_email_change(
         tracing::info!(user = %user.id, "email change requested");
         // The token only to the mailer, as a command, sealed for it.
         if users.may_mail(email, "SendEmailConfirmation") {
-            Users::announce(
+            Outbox::enqueue(
                 &mut tx,
                 &SendEmailConfirmation {
                     user_id: user.id.clone(),
@@ -649,7 +650,7 @@ async fn confirm(users: &Users, digest: &str) -> Result<EmailChange, Refusal> {
                 Err(error) => return Err(internal(&error)),
             };
         if let EmailChange::Changed(user) = &change {
-            Users::announce(
+            Outbox::enqueue(
                 &mut tx,
                 &EmailChanged {
                     user_id: user.id.clone(),

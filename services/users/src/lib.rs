@@ -50,8 +50,7 @@ use mainstay_auth::jsonwebtoken::Algorithm;
 use mainstay_auth::{FetchError, FetchJwks, Fetched, Jwks, SigningKey, TokenIssuer, Validator};
 use mainstay_resilience::rate_limit::KeyedRateLimitLayer;
 use shop_common::seal::SealKey;
-use shop_common::store::{Database, StoreError, Tx};
-use shop_messaging::{Message, Outbox, OutboxError};
+use shop_common::store::{Database, StoreError};
 
 pub use self::api::router;
 pub use self::config::UsersConfig;
@@ -228,12 +227,6 @@ impl Users {
             tracing::warn!(kind, "mails to one address over their limit: not sent");
         }
         allowed
-    }
-
-    /// Writes `message` to the outbox within `tx`: it is published once `tx` commits, and
-    /// never if it does not.
-    async fn announce<M: Message>(tx: &mut Tx, message: &M) -> Result<(), OutboxError> {
-        Outbox::enqueue(tx, message).await.map(drop)
     }
 
     /// Seals an email-confirmation token for the mailer ([`events::SendEmailConfirmation`]).
