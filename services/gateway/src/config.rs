@@ -8,18 +8,6 @@ use mainstay_discovery::Endpoint;
 use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars};
 use shop_messaging::config::TransportConfig;
 
-/// The services the gateway routes to, with the port each listens on by default.
-///
-/// A service that has not landed yet has no default address: until `<NAME>_URLS`, Consul or
-/// DNS names one, its routes answer 503 naming it.
-pub const SERVICES: [(&str, Option<u16>); 5] = [
-    ("users", Some(8081)),
-    ("catalog", Some(8082)),
-    ("carts", None),
-    ("orders", None),
-    ("recommendations", None),
-];
-
 /// The gateway's default `DEADLINE_FLOOR_MS`: the shortest deadline a client may ask for.
 pub const DEFAULT_DEADLINE_FLOOR: Duration = Duration::from_millis(100);
 
@@ -96,7 +84,12 @@ impl GatewayConfig {
             .raw("CONSUL_HTTP_ADDR")
             .filter(|a| !a.trim().is_empty());
         let mut discovery = BTreeMap::new();
-        for (name, port) in SERVICES {
+        for &crate::routes::Backend {
+            name,
+            default_port: port,
+            ..
+        } in crate::routes::BACKENDS
+        {
             let upper = name.to_ascii_uppercase();
             let source = if let Some(urls) = vars.raw(&format!("{upper}_URLS")) {
                 Discovery::Static(Endpoint::parse_list(&urls).map_err(|e| ConfigError {

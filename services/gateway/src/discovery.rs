@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use crate::StartError;
 use crate::config::{Discovery, GatewayConfig};
 
-/// Starts discovery for every service in [`SERVICES`](crate::config::SERVICES), as `config` says: a static
+/// Starts discovery for every service in [`BACKENDS`](crate::BACKENDS), as `config` says: a static
 /// list, Consul's passing instances (`CONSUL_HTTP_ADDR`), or DNS SRV records.
 ///
 /// # Errors

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | CORS, security headers | here ([`app`]) | an explicit origin allow-list; `Strict-Transport-Security`, `X-Content-Type-Options`, `Content-Security-Policy`, `Referrer-Policy` on every response |
 //! | [`TraceTrustLayer`] | [`trust`] | a client's `traceparent`, `tracestate` and `baggage` dropped unless it is a trusted proxy: the gateway's sampling decides |
-//! | [`RouteLayer`] | [`routes`] | the route and upstream target, resolved once against the route table and the API document, with the document's template as the route label; what the gateway answers itself (its page, the document, probes, metrics) goes to its own router instead |
+//! | [`RouteLayer`] | [`routes`](mod@routes) | the route and upstream target, resolved once against the route table and the API document, with the document's template as the route label; what the gateway answers itself (its page, the document, probes, metrics) goes to its own router instead |
 //! | server layer | `shop_common::Kit::server_layer` | request id, sampling, span, RED metrics |
 //! | limits | `shop_common::Kit::limits` | the deadline (the caller's, floored, or the request timeout) and its enforcement, adaptive concurrency, their failures as problems |
 //! | [`AdmissionLayer`] | [`admission`] | the client address, the bearer token as the route's [`Access`] says, one request from the caller's rate limit, `RateLimit` headers |
@@ -67,9 +67,12 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 pub use self::admission::{Admission, AdmissionLayer, Caller};
 pub use self::config::{Discovery, GatewayConfig};
 pub use self::discovery::discover;
+pub use self::proxy::Proxy;
 use self::proxy::Upstreams;
-pub use self::proxy::{HONOUR_IDEMPOTENCY_KEYS, Proxy};
-pub use self::routes::{Access, ROUTES, Resolved, Route, RouteLayer, Routed, Unrouted, resolve};
+pub use self::routes::{
+    Access, BACKENDS, Backend, Mount, Resolved, Route, RouteLayer, Routed, Unrouted, resolve,
+    routes,
+};
 pub use self::trust::{TraceTrust, TraceTrustLayer};
 use shop_common::client::{self as upstream, ClientSettings};
 
@@ -113,7 +116,7 @@ pub enum StartError {
 }
 
 impl Gateway {
-    /// A gateway over `sources` (one per service in [`config::SERVICES`]), validating tokens
+    /// A gateway over `sources` (one per service in [`BACKENDS`]), validating tokens
     /// with `validator` and recording upstream calls into `kit`'s metrics.
     ///
     /// # Errors
@@ -136,7 +139,7 @@ impl Gateway {
         };
         let mut upstreams = Upstreams::default();
         let mut caches = Vec::new();
-        for (name, _) in config::SERVICES {
+        for &Backend { name, .. } in BACKENDS {
             let source = sources.get(name).ok_or(StartError::NoDiscovery(name))?;
             let client = upstream::upstream(
                 name,
@@ -146,7 +149,7 @@ impl Gateway {
                 &kit.resilience,
             );
             // A service with cached routes gets a second client, through its response cache.
-            let cached = ROUTES
+            let cached = routes()
                 .iter()
                 .any(|route| route.cached && route.service == name)
                 .then(|| {

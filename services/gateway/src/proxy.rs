@@ -35,11 +35,6 @@ use crate::problems;
 use crate::routes::{Resolved, Unrouted};
 use shop_common::client::{Upstream, UpstreamRequest};
 
-/// The services that honour `Idempotency-Key` on their `POST`s and `PATCH`es (they run the
-/// kit's idempotency layer): only to these is a keyed `POST` retried. A service joins the list
-/// when it lands with `Kit::with_idempotency`.
-pub const HONOUR_IDEMPOTENCY_KEYS: &[&str] = &["users", "catalog"];
-
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded. A static, not a constant: its
 /// custom name would be built and dropped on each use.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -158,7 +153,7 @@ fn upstream_request(
     // the route template the client stack reads are already there, and no second map is built.
     *request.extensions_mut() = parts.extensions;
     // Only a method that is not idempotent needs the key to be replayed.
-    if !idempotent && HONOUR_IDEMPOTENCY_KEYS.contains(&resolved.route.service) {
+    if !idempotent && resolved.route.honours_idempotency_keys {
         request.extensions_mut().insert(KeyHonoured);
     }
     request

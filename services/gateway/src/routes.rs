@@ -1,7 +1,7 @@
 //! The public API's routes: which service answers a path, who may call it, and which methods
 //! the API document allows on it, resolved once per request by [`RouteLayer`].
 //!
-//! The route table ([`ROUTES`]) maps path prefixes to services; the API document
+//! The route table ([`BACKENDS`]) maps path prefixes to services; the API document
 //! (`openapi.json`) bounds what is forwarded: a path it does not describe is a 404 problem (a
 //! trailing slash, a deeper path: whatever else a service routes stays private), a method it
 //! does not list on a path it describes a 405 with `Allow`. Both are read once, at start-up,
@@ -37,8 +37,129 @@ pub enum Access {
     SignedIn,
 }
 
-/// A route of the public API: requests under `prefix` go to `service`, with `prefix` replaced
-/// by `upstream`.
+/// A service behind the gateway, and what of it the public API exposes: adding a service is
+/// one entry in [`BACKENDS`] (with its operations in the API document, `openapi.rs`, which
+/// bounds what is forwarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    /// Its name: in discovery (`<NAME>_URLS`, `<NAME>_SRV`, Consul), metrics and problems.
+    pub name: &'static str,
+    /// The port it listens on by default on this host (the embedded default). `None` for a
+    /// service that has not landed yet: until `<NAME>_URLS`, Consul or DNS names one, its
+    /// routes answer 503 naming it.
+    pub default_port: Option<u16>,
+    /// Whether it runs the kit's idempotency layer (`Kit::with_idempotency`): only to such a
+    /// service is a `POST` or `PATCH` with an `Idempotency-Key` retried.
+    pub honours_idempotency_keys: bool,
+    /// Its public path prefixes.
+    pub mounts: &'static [Mount],
+}
+
+/// A public path prefix of a [`Backend`]: requests under `prefix` go to the service, with
+/// `prefix` replaced by `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mount {
+    /// The public path prefix (matched on segment boundaries).
+    pub prefix: &'static str,
+    /// The service's own path prefix.
+    pub upstream: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Whether its `GET`s are answered from the gateway's shared response cache (and its
+    /// writes drop what they change from it).
+    pub cached: bool,
+}
+
+const fn mount(prefix: &'static str, upstream: &'static str, access: Access) -> Mount {
+    Mount {
+        prefix,
+        upstream,
+        access,
+        cached: false,
+    }
+}
+
+const fn cached(mount: Mount) -> Mount {
+    Mount {
+        cached: true,
+        ..mount
+    }
+}
+
+const fn backend(
+    name: &'static str,
+    default_port: Option<u16>,
+    honours_idempotency_keys: bool,
+    mounts: &'static [Mount],
+) -> Backend {
+    Backend {
+        name,
+        default_port,
+        honours_idempotency_keys,
+        mounts,
+    }
+}
+
+/// The services behind the gateway, and their public routes.
+pub const BACKENDS: &[Backend] = &[
+    backend(
+        "users",
+        Some(8081),
+        true,
+        &[
+            // The sign-in routes one by one: the rest of users stays behind its own prefixes.
+            mount("/api/v1/auth/register", "/register", Access::Public),
+            mount("/api/v1/auth/login", "/login", Access::Public),
+            mount(
+                "/api/v1/auth/token/refresh",
+                "/token/refresh",
+                Access::Public,
+            ),
+            mount("/api/v1/auth/logout", "/logout", Access::Public),
+            mount(
+                "/api/v1/auth/email/confirm",
+                "/email/confirm",
+                Access::Public,
+            ),
+            mount(
+                "/api/v1/auth/.well-known/jwks.json",
+                "/.well-known/jwks.json",
+                Access::Public,
+            ),
+            mount("/api/v1/me", "/me", Access::SignedIn),
+            mount("/api/v1/admin/users", "/users", Access::SignedIn),
+            mount("/api/v1/admin/keys", "/admin/keys", Access::SignedIn),
+        ],
+    ),
+    backend(
+        "catalog",
+        Some(8082),
+        true,
+        &[
+            cached(mount("/api/v1/products", "/products", Access::Open)),
+            cached(mount("/api/v1/categories", "/categories", Access::Open)),
+        ],
+    ),
+    backend(
+        "carts",
+        None,
+        false,
+        &[mount("/api/v1/cart", "/cart", Access::SignedIn)],
+    ),
+    backend(
+        "orders",
+        None,
+        false,
+        &[
+            mount("/api/v1/orders", "/orders", Access::SignedIn),
+            mount("/api/v1/checkout", "/checkout", Access::SignedIn),
+        ],
+    ),
+    backend("recommendations", None, false, &[]),
+];
+
+/// A route of the public API, as the gateway resolves requests by it: a [`Mount`] with its
+/// service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route {
     /// The public path prefix (matched on segment boundaries).
@@ -49,86 +170,37 @@ pub struct Route {
     pub upstream: &'static str,
     /// Who may call it.
     pub access: Access,
-    /// Whether its `GET`s are answered from the gateway's shared response cache (and its
-    /// writes drop what they change from it).
+    /// Whether its `GET`s are answered from the gateway's shared response cache.
     pub cached: bool,
+    /// Whether its service honours `Idempotency-Key` ([`Backend::honours_idempotency_keys`]).
+    pub honours_idempotency_keys: bool,
 }
 
-const fn route(
-    prefix: &'static str,
-    service: &'static str,
-    upstream: &'static str,
-    access: Access,
-) -> Route {
-    Route {
-        prefix,
-        service,
-        upstream,
-        access,
-        cached: false,
-    }
-}
+/// Every route of [`BACKENDS`], the longest prefix first (so that the first match is the most
+/// specific).
+static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
+    let mut routes: Vec<Route> = BACKENDS
+        .iter()
+        .flat_map(|backend| {
+            backend.mounts.iter().map(|mount| Route {
+                prefix: mount.prefix,
+                service: backend.name,
+                upstream: mount.upstream,
+                access: mount.access,
+                cached: mount.cached,
+                honours_idempotency_keys: backend.honours_idempotency_keys,
+            })
+        })
+        .collect();
+    routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+    routes
+});
 
-const fn cached(route: Route) -> Route {
-    Route {
-        cached: true,
-        ..route
-    }
+/// Every route of the public API, the most specific first.
+#[must_use]
+pub fn routes() -> &'static [Route] {
+    &ROUTES
 }
-
-/// The route table, most specific prefixes first.
-pub const ROUTES: &[Route] = &[
-    // The sign-in routes one by one: the rest of users stays behind its own prefixes.
-    route(
-        "/api/v1/auth/register",
-        "users",
-        "/register",
-        Access::Public,
-    ),
-    route("/api/v1/auth/login", "users", "/login", Access::Public),
-    route(
-        "/api/v1/auth/token/refresh",
-        "users",
-        "/token/refresh",
-        Access::Public,
-    ),
-    route("/api/v1/auth/logout", "users", "/logout", Access::Public),
-    route(
-        "/api/v1/auth/email/confirm",
-        "users",
-        "/email/confirm",
-        Access::Public,
-    ),
-    route(
-        "/api/v1/auth/.well-known/jwks.json",
-        "users",
-        "/.well-known/jwks.json",
-        Access::Public,
-    ),
-    route("/api/v1/me", "users", "/me", Access::SignedIn),
-    route("/api/v1/admin/users", "users", "/users", Access::SignedIn),
-    route(
-        "/api/v1/admin/keys",
-        "users",
-        "/admin/keys",
-        Access::SignedIn,
-    ),
-    cached(route(
-        "/api/v1/products",
-        "catalog",
-        "/products",
-        Access::Open,
-    )),
-    cached(route(
-        "/api/v1/categories",
-        "catalog",
-        "/categories",
-        Access::Open,
-    )),
-    route("/api/v1/cart", "carts", "/cart", Access::SignedIn),
-    route("/api/v1/orders", "orders", "/orders", Access::SignedIn),
-    route("/api/v1/checkout", "orders", "/checkout", Access::SignedIn),
-];
 
 /// Whether `path` has a `.` or `..` segment, plain or percent-encoded, a `\\` plain or
 /// encoded, or an encoded `/` or NUL: a proxy that forwards one lets a server that normalises
@@ -450,6 +522,48 @@ mod tests {
         assert_eq!(
             resolved(&Method::GET, "/api/v1/home"),
             Err(Unrouted::Gateway)
+        );
+    }
+
+    #[test]
+    fn each_service_and_prefix_is_named_once_and_each_prefix_reaches_its_own_service() {
+        let mut names: Vec<&str> = BACKENDS.iter().map(|backend| backend.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), BACKENDS.len(), "a service named twice");
+        let mut prefixes: Vec<&str> = routes().iter().map(|route| route.prefix).collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        assert_eq!(prefixes.len(), routes().len(), "a prefix mounted twice");
+        for backend in BACKENDS {
+            for mount in backend.mounts {
+                let (route, upstream) = resolve(mount.prefix).unwrap();
+                assert_eq!(
+                    (route.service, upstream.as_str()),
+                    (backend.name, mount.upstream),
+                    "{}",
+                    mount.prefix
+                );
+                assert_eq!(
+                    route.honours_idempotency_keys,
+                    backend.honours_idempotency_keys
+                );
+            }
+        }
+        // The longer prefix wins, whatever the table's order.
+        assert!(
+            routes()
+                .windows(2)
+                .all(|pair| pair[0].prefix.len() >= pair[1].prefix.len())
+        );
+        assert_eq!(
+            resolve("/api/v1/admin/keys/rotate").unwrap().0.service,
+            "users"
+        );
+        assert_eq!(
+            resolve("/api/v1/auth/login").unwrap().1,
+            "/login",
+            "not under a shorter prefix"
         );
     }
 
