@@ -341,6 +341,12 @@ pub struct TokenConfig {
 }
 
 impl TokenConfig {
+    /// Reads the three variables from the process environment, with their defaults.
+    #[must_use]
+    pub fn from_env() -> Self {
+        Self::from_vars(&Vars(|var: &str| std::env::var(var).ok()))
+    }
+
     /// Reads the three variables, with their defaults.
     pub fn from_vars<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Self {
         let or = |var: &str, default: &str| vars.raw(var).unwrap_or_else(|| default.to_owned());

@@ -74,6 +74,13 @@ impl From<crate::outbox::OutboxError> for HandleError {
     }
 }
 
+/// JSON that does not encode or decode will not do so on another delivery either: poison.
+impl From<serde_json::Error> for HandleError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Poison(format!("JSON: {error}"))
+    }
+}
+
 impl From<Poison> for HandleError {
     fn from(poison: Poison) -> Self {
         Self::Poison(poison.0)
@@ -140,6 +147,14 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, message: &Inbound, tx: &mut Tx) -> Result<Outcome, HandleError>;
 }
 
+/// A shared handler is a handler.
+#[async_trait]
+impl<H: Handler + ?Sized> Handler for Arc<H> {
+    async fn handle(&self, message: &Inbound, tx: &mut Tx) -> Result<Outcome, HandleError> {
+        (**self).handle(message, tx).await
+    }
+}
+
 /// The id in an envelope's JSON, if it is one.
 pub(crate) fn envelope_id(payload: &[u8]) -> Option<MessageId> {
     #[derive(serde::Deserialize)]
@@ -148,6 +163,9 @@ pub(crate) fn envelope_id(payload: &[u8]) -> Option<MessageId> {
     }
     serde_json::from_slice::<Id>(payload).ok().map(|id| id.id)
 }
+
+/// How often a running consumer reads the depth of its dead letters into its metrics.
+pub const DEPTH_EVERY: Duration = Duration::from_secs(15);
 
 /// Runs a [`Handler`] over a durable consumer of a [`Transport`].
 #[derive(Clone)]
@@ -197,7 +215,9 @@ impl Consumer {
         self
     }
 
-    /// Counts its deliveries in `metrics` (`messaging_deliveries_total`).
+    /// Counts its deliveries in `metrics` (`messaging_deliveries_total`), and, while it runs,
+    /// the depth of its dead letters (`messaging_dead_letters`, read every [`DEPTH_EVERY`]
+    /// and after each new one).
     #[must_use]
     pub fn metrics(mut self, metrics: MessagingMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -248,7 +268,11 @@ impl Consumer {
             }
         };
         backoff = Duration::ZERO;
+        // The depth of the dead letters, read into the metrics now, after a delivery becomes
+        // one, and every DEPTH_EVERY (an operator's replay lowers it).
+        let mut depth_read_at: Option<tokio::time::Instant> = None;
         loop {
+            self.read_depth(&mut depth_read_at).await;
             let fetched = tokio::select! {
                 biased;
                 () = &mut stop => return Ok(()),
@@ -283,12 +307,33 @@ impl Consumer {
                         }
                     }
                 };
+                if matches!(settlement, Settlement::DeadLetter { .. }) {
+                    depth_read_at = None;
+                }
                 self.settle(delivery, settlement).await;
                 tokio::select! {
                     biased;
                     () = &mut stop => return Ok(()),
                     () = std::future::ready(()) => {}
                 }
+            }
+        }
+    }
+
+    /// Reads the depth of the consumer's dead letters into its metrics, when it has metrics
+    /// and the last reading is older than [`DEPTH_EVERY`] (or there is none).
+    async fn read_depth(&self, read_at: &mut Option<tokio::time::Instant>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        if read_at.is_some_and(|at| at.elapsed() < DEPTH_EVERY) {
+            return;
+        }
+        *read_at = Some(tokio::time::Instant::now());
+        match self.transport.dead_letter_count(&self.config.name).await {
+            Ok(depth) => metrics.dead_letters(&self.config.name, depth),
+            Err(error) => {
+                tracing::debug!(consumer = %self.config.name, %error, "cannot read the dead letters' depth");
             }
         }
     }

@@ -441,6 +441,19 @@ impl Transport for JetStreamTransport {
             .collect())
     }
 
+    async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError> {
+        crate::transport::check_consumer_name(consumer)?;
+        // A reader that has read nothing has every message of its filter pending.
+        let reader = self.dead_reader(consumer).await?;
+        let pending = reader.cached_info().num_pending;
+        let _ = self
+            .inner
+            .dead
+            .delete_consumer(&reader.cached_info().name)
+            .await;
+        Ok(pending)
+    }
+
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
         crate::transport::check_consumer_name(consumer)?;
         if seq.is_some_and(|seq| seq <= 0) {
@@ -625,14 +638,12 @@ impl Subscription for JetStreamSubscription {
 impl JetStreamTransport {
     /// `consumer`'s dead letters as stored, read through a consumer of the dead-letter stream
     /// that lives for this call.
-    async fn dead_messages(
-        &self,
-        consumer: &str,
-        limit: usize,
-    ) -> Result<Vec<jetstream::message::StreamMessage>, TransportError> {
+    /// An ephemeral reader of `consumer`'s dead letters, from the first (delete it when done;
+    /// the server does a minute after its last use).
+    async fn dead_reader(&self, consumer: &str) -> Result<PullConsumer, TransportError> {
         let inner = &self.inner;
-        let dlq = &inner.dead;
-        let reader: PullConsumer = dlq
+        inner
+            .dead
             .create_consumer(pull::Config {
                 filter_subject: inner.dlq_subject(consumer),
                 ack_policy: AckPolicy::None,
@@ -641,7 +652,16 @@ impl JetStreamTransport {
                 ..pull::Config::default()
             })
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)
+    }
+
+    async fn dead_messages(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<jetstream::message::StreamMessage>, TransportError> {
+        let dlq = &self.inner.dead;
+        let reader = self.dead_reader(consumer).await?;
         let mut messages = reader
             .fetch()
             .max_messages(limit.max(1))

@@ -19,6 +19,7 @@
 //! The outbox lives in the service's database, in tables this crate migrates ([`migrate`]) and
 //! records in [`MIGRATIONS_TABLE`], apart from the service's own migrations and the kit's.
 
+pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod contracts;
@@ -29,6 +30,8 @@ pub mod message;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;
+pub mod saga;
+pub mod service;
 mod shared;
 pub mod subscription;
 pub mod transport;
@@ -85,40 +88,17 @@ pub async fn migrate(database: &Database) -> Result<(), StoreError> {
 /// the broker can still deliver is forgotten by an inbox.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 3_600);
 
-/// A service's part of the backbone, as its environment names the transport
-/// ([`config::TransportConfig::from_env`]; a bad value ends the process, naming the variable):
-/// opens the transport, registers the backbone's metrics with `kit.metrics`, and [`start`]s the
-/// relay of `database`'s outbox and `consumers` (made with the transport and the metrics) under
-/// `kit.tasks`. Returns the transport, for subscriptions.
-///
-/// # Errors
-///
-/// The transport cannot be opened.
-pub async fn start_from_env(
-    kit: &shop_common::Kit,
-    database: &Database,
-    consumers: impl FnOnce(&std::sync::Arc<dyn Transport>, &MessagingMetrics) -> Vec<Consumer>,
-) -> Result<std::sync::Arc<dyn Transport>, TransportError> {
-    let transport = shop_common::config::or_exit(config::TransportConfig::from_env())
-        .open()
-        .await?;
-    let metrics = MessagingMetrics::new();
-    metrics.register(&kit.metrics);
-    let consumers = consumers(&transport, &metrics);
-    let relay = Relay::new(database.clone(), transport.clone()).metrics(metrics);
-    start(&kit.tasks, relay, consumers, database);
-    Ok(transport)
-}
-
 /// Starts the service's part of the backbone under its supervisor (`kit.tasks`): the relay of
-/// `database`'s outbox to `transport`, each of `consumers`, and the sweeper that prunes the
-/// outbox and the inbox past [`RETENTION`] every hour. `serve` stops them in order: the
+/// `database`'s outbox, each of `consumers`, and the sweeper that prunes the outbox, the inbox
+/// and the saga steps past [`RETENTION`] every hour, and what `transport` keeps past its own
+/// ([`Transport::prune_expired`]). `serve` stops them in order: the
 /// consumers, then the relay, then the sweeper.
 pub fn start(
     tasks: &shop_common::tasks::Supervisor,
     relay: Relay,
     consumers: Vec<Consumer>,
     database: &Database,
+    transport: &std::sync::Arc<dyn Transport>,
 ) {
     use shop_common::tasks::Stage;
     tasks.spawn("outbox-relay", Stage::Relay, move |stop| async move {
@@ -134,6 +114,7 @@ pub fn start(
         });
     }
     let database = database.clone();
+    let transport = transport.clone();
     tasks.spawn(
         "messaging-sweeper",
         Stage::Sweepers,
@@ -155,6 +136,16 @@ pub fn start(
                     Ok(pruned) if pruned > 0 => tracing::info!(pruned, "inbox pruned"),
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "could not prune the inbox"),
+                }
+                match saga::prune(&database, before).await {
+                    Ok(pruned) if pruned > 0 => tracing::info!(pruned, "saga steps pruned"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "could not prune the saga steps"),
+                }
+                match transport.prune_expired().await {
+                    Ok(pruned) if pruned > 0 => tracing::info!(pruned, "message log pruned"),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "could not prune the message log"),
                 }
             }
         },

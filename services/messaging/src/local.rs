@@ -110,6 +110,54 @@ impl LocalTransport {
     }
 }
 
+impl LocalTransport {
+    /// Forgets the dead letters made before `dead_before_ms`, then the messages stored before
+    /// `messages_before_ms` that no consumer has still to settle nor keeps as a dead letter
+    /// (milliseconds since the epoch); returns how many of each. A consumer whose cursor is
+    /// behind a forgotten message never sees it, as on JetStream past a stream's `max_age`;
+    /// [`prune_expired`](Transport::prune_expired) keeps JetStream's ages
+    /// ([`EVENTS_MAX_AGE`](crate::jetstream::EVENTS_MAX_AGE),
+    /// [`DEAD_LETTERS_MAX_AGE`](crate::jetstream::DEAD_LETTERS_MAX_AGE)).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn prune(
+        &self,
+        messages_before_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<(u64, u64), TransportError> {
+        const BATCH: i64 = 10_000;
+        let database = &self.inner.database;
+        let dead = on_db!(database, pool => sqlx::query(
+            "DELETE FROM bus_dead_letters WHERE dead_at_ms < $1",
+        )
+        .bind(dead_before_ms)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        let mut messages = 0;
+        loop {
+            let deleted = on_db!(database, pool => sqlx::query(
+                "DELETE FROM bus_messages WHERE seq IN (SELECT m.seq FROM bus_messages m \
+                 WHERE m.stored_at_ms < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM bus_deliveries d WHERE d.seq = m.seq) \
+                 AND NOT EXISTS (SELECT 1 FROM bus_dead_letters l WHERE l.seq = m.seq) \
+                 ORDER BY m.seq LIMIT $2)",
+            )
+            .bind(messages_before_ms)
+            .bind(BATCH)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+            messages += deleted;
+            if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
+                return Ok((messages, dead));
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Publisher for LocalTransport {
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
@@ -230,6 +278,29 @@ impl Transport for LocalTransport {
                 },
             )
             .collect())
+    }
+
+    async fn prune_expired(&self) -> Result<u64, TransportError> {
+        let now = shop_common::unix_millis();
+        let before = |age: Duration| now - i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let (messages, dead) = self
+            .prune(
+                before(crate::jetstream::EVENTS_MAX_AGE),
+                before(crate::jetstream::DEAD_LETTERS_MAX_AGE),
+            )
+            .await?;
+        Ok(messages + dead)
+    }
+
+    async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError> {
+        check_consumer_name(consumer)?;
+        let count: i64 = on_db!(&self.inner.database, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM bus_dead_letters WHERE consumer = $1",
+        )
+        .bind(consumer)
+        .fetch_one(pool)
+        .await)?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {

@@ -8,8 +8,11 @@
 //! | `messaging_deliveries_total` | `consumer`, `outcome` | deliveries settled: `ack`, `duplicate` (seen before, no effect), `retry`, `dead_letter` |
 //! | `messaging_outbox_pending` | | messages waiting in the outbox |
 //! | `messaging_outbox_lag_seconds` | | age of the oldest of them |
+//! | `messaging_dead_letters` | `consumer` | the depth of each consumer's dead letters |
 //!
-//! The outbox figures are read by the relay after each round, at most once a second.
+//! The outbox figures are read by the relay after each round, at most once a second; each
+//! running consumer reads its dead letters' depth every
+//! [`DEPTH_EVERY`](crate::consumer::DEPTH_EVERY) and after each new one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,6 +27,12 @@ use prometheus_client::metrics::gauge::Gauge;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubjectLabels {
     subject: String,
+}
+
+/// Labels of a consumer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    consumer: String,
 }
 
 /// Labels of a settled delivery.
@@ -70,6 +79,7 @@ pub struct MessagingMetrics {
     deliveries: Family<DeliveryLabels, Counter>,
     outbox_pending: Gauge,
     outbox_lag_ms: Gauge,
+    dead_letters: Family<ConsumerLabels, Gauge>,
     /// When the relay last read the outbox's lag, in ms since the epoch.
     lag_read_at_ms: Arc<AtomicI64>,
 }
@@ -128,6 +138,29 @@ impl MessagingMetrics {
             "Age of the oldest message waiting in the outbox",
             OutboxLagSeconds(self.outbox_lag_ms.clone()),
         );
+        metrics.register(
+            "messaging_dead_letters",
+            "Dead letters waiting for an operator, by consumer",
+            self.dead_letters.clone(),
+        );
+    }
+
+    pub(crate) fn dead_letters(&self, consumer: &str, depth: u64) {
+        self.dead_letters
+            .get_or_create(&ConsumerLabels {
+                consumer: consumer.to_owned(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// The depth of `consumer`'s dead letters, as last read (for the ops console and tests).
+    #[must_use]
+    pub fn dead_letter_depth(&self, consumer: &str) -> i64 {
+        self.dead_letters
+            .get(&ConsumerLabels {
+                consumer: consumer.to_owned(),
+            })
+            .map_or(0, |gauge| gauge.get())
     }
 
     pub(crate) fn published(&self, subject: &str) {

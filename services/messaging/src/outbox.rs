@@ -43,6 +43,15 @@ pub struct Context {
     pub causation_id: Option<MessageId>,
 }
 
+/// A message's parts, as [`Outbox::enqueue_parts`] writes them.
+pub(crate) struct Parts<'a, B: ?Sized> {
+    pub(crate) kind: &'a str,
+    pub(crate) version: u16,
+    pub(crate) subject: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) body: &'a B,
+}
+
 /// A message the broker does not have yet, as the relay reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -166,18 +175,38 @@ impl Outbox {
         message: &M,
         context: Context,
     ) -> Result<MessageId, OutboxError> {
+        Self::enqueue_parts(
+            tx,
+            Parts {
+                kind: M::KIND,
+                version: M::VERSION,
+                subject: &message.subject(),
+                key: &message.key(),
+                body: message,
+            },
+            context,
+        )
+        .await
+    }
+
+    /// Writes a message given by its parts (a typed [`Message`], or one stored as JSON and
+    /// sent again, such as a saga step's reply).
+    pub(crate) async fn enqueue_parts<B: serde::Serialize + ?Sized>(
+        tx: &mut Tx,
+        parts: Parts<'_, B>,
+        context: Context,
+    ) -> Result<MessageId, OutboxError> {
         let id = MessageId::new();
         let now = shop_common::unix_millis();
-        let key = message.key();
         let envelope = Envelope {
             id,
-            kind: M::KIND.to_owned(),
-            version: M::VERSION,
+            kind: parts.kind.to_owned(),
+            version: parts.version,
             occurred_at_ms: now,
-            key: key.clone().into_owned(),
+            key: parts.key.to_owned(),
             saga: context.saga,
             causation_id: context.causation_id,
-            body: message,
+            body: parts.body,
         };
         let payload = serde_json::to_vec(&envelope)?;
         if payload.len() > Self::MAX_PAYLOAD {
@@ -195,10 +224,10 @@ impl Outbox {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id.to_string())
-        .bind(message.subject().as_ref())
-        .bind(M::KIND)
-        .bind(i32::from(M::VERSION))
-        .bind(key.as_ref())
+        .bind(parts.subject)
+        .bind(parts.kind)
+        .bind(i32::from(parts.version))
+        .bind(parts.key)
         .bind(&headers)
         .bind(&payload)
         .bind(now)

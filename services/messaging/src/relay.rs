@@ -9,6 +9,10 @@
 //! again, which the broker's de-duplication (the message id is `Nats-Msg-Id`) and the
 //! consumers' inbox absorb.
 //!
+//! A running relay ([`Relay::run`]) is woken by the commits that enqueue on its database in its
+//! own process, on PostgreSQL by those of other processes too (`LISTEN` on
+//! [`NOTIFY_CHANNEL`], which a trigger on the outbox notifies), and polls as a fallback.
+//!
 //! A broker that does not answer within the relay's [`publish_timeout`](Relay::publish_timeout)
 //! counts as down: the round ends, its turn and connection are given back, and the batch is
 //! published again after a back-off. A message the broker refuses for what it is
@@ -237,7 +241,18 @@ impl Relay {
         let wake = WAKE.get_or_make(self.database.key());
         let woken = wake.subscribe();
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
-        drive(|| self.relay_once(), batch, self.poll, woken, stop).await;
+        // On PostgreSQL, commits in other processes wake it too (LISTEN); the poll remains
+        // the bound when a notification is lost.
+        let listening = async {
+            match &self.database {
+                Database::Postgres(pool) => listen(pool, self.database.key()).await,
+                Database::Sqlite(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = drive(|| self.relay_once(), batch, self.poll, woken, stop) => {}
+            () = listening => {}
+        }
         // A last round for what the last requests enqueued (the service stops its relay once
         // no request runs), bounded by the publish timeout.
         if let Err(error) = self.relay_once().await {
@@ -325,6 +340,48 @@ impl Relay {
                     ),
                 ))
             })
+    }
+}
+
+/// The channel the outbox's trigger notifies after each statement that inserts into it
+/// (PostgreSQL; the notification is sent when the transaction commits).
+pub const NOTIFY_CHANNEL: &str = "messaging_outbox";
+
+/// Wakes the relays of `database` in this process on every notification on
+/// [`NOTIFY_CHANNEL`]: rows committed by other processes. Also wakes them after a lost
+/// connection is back (notifications sent meanwhile are lost). Never returns.
+async fn listen(pool: &sqlx::PgPool, database: DatabaseKey) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listener.await {
+            Ok(listener) => listener,
+            Err(error) => {
+                backoff = backoff_after(backoff);
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "cannot LISTEN for outbox commits: polling meanwhile");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        backoff = Duration::ZERO;
+        // What was committed before the LISTEN took effect.
+        wake(database);
+        loop {
+            match listener.try_recv().await {
+                // A notification, or the connection lost (the next call reconnects).
+                Ok(_) => wake(database),
+                Err(error) => {
+                    backoff = backoff_after(backoff);
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "LISTEN for outbox commits failed: polling meanwhile");
+                    tokio::time::sleep(backoff).await;
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -203,6 +203,9 @@ mod tests {
         async fn dead_letters(&self, _: &str, _: usize) -> Result<Vec<DeadLetter>, TransportError> {
             Ok(Vec::new())
         }
+        async fn dead_letter_count(&self, _: &str) -> Result<u64, TransportError> {
+            Ok(0)
+        }
         async fn replay(&self, _: &str, _: Option<i64>) -> Result<u64, TransportError> {
             Ok(0)
         }

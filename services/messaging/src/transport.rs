@@ -370,6 +370,16 @@ pub trait Transport: Publisher {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, TransportError>;
 
+    /// Forgets what the transport keeps past its retention, where the transport does not do
+    /// so itself (a JetStream stream does, by its `max_age`: nothing to do); returns how many
+    /// entries it forgot. The backbone's sweeper calls it hourly.
+    async fn prune_expired(&self) -> Result<u64, TransportError> {
+        Ok(0)
+    }
+
+    /// How many dead letters `consumer` has (the depth of its dead-letter queue).
+    async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError>;
+
     /// Delivers `consumer`'s dead letter `seq` (or every one, with `None`) to that consumer
     /// again, and removes it from the dead letters; returns how many. Other consumers of the
     /// subject are not sent it again.

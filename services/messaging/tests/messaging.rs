@@ -555,24 +555,62 @@ async fn a_commit_wakes_the_running_relay_and_stop_ends_it(database: &Database, 
     }));
     for round in 1..=3 {
         let sent = enqueue_committed(database, &["a"]).await;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !broker
-            .taken
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(id, _)| *id == sent[0])
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "round {round}: never relayed"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until_relayed(&broker, sent[0], round).await;
     }
     assert_eq!(broker.taken.lock().unwrap().len(), 3);
     stop.send(()).unwrap();
     running.await.unwrap();
+}
+
+/// Waits (up to 10 s) until `broker` holds `id`, sent in `round`.
+async fn until_relayed(broker: &Broker, id: MessageId, round: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !broker
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(taken, _)| *taken == id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "round {round}: never relayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// A relay on PostgreSQL is woken by what another process commits (`LISTEN`/`NOTIFY`), not
+/// only by its own process's commits.
+#[tokio::test]
+async fn a_postgresql_relay_is_woken_by_the_commits_of_other_processes() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("notify").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    ready(&database).await;
+    let broker = Arc::new(Broker::default());
+    // Polling once an hour: only a notification can wake it within the test.
+    let relay =
+        Relay::new(database.clone(), broker.clone()).poll(std::time::Duration::from_secs(3600));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(relay.run(async {
+        let _ = stopped.await;
+    }));
+    // Another process: a pool of its own, whose commits wake nothing in this one.
+    let other = Database::connect(&db.url).await.unwrap();
+    for round in 1..=3 {
+        let sent = enqueue_committed(&other, &["a"]).await;
+        until_relayed(&broker, sent[0], round).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    for database in [database, other] {
+        if let Database::Postgres(pool) = database {
+            pool.close().await;
+        }
+    }
+    db.drop_database().await.unwrap();
 }
 
 /// A consumer's handling of `message`: its inbox record and its effect, in one transaction.

@@ -237,6 +237,13 @@ impl Users {
         )
     }
 
+    /// The validator of this service's own tokens (its keys read in process), for the routes
+    /// that ask for one, such as the backbone's admin routes.
+    #[must_use]
+    pub fn validator(&self) -> Validator {
+        self.0.validator.clone()
+    }
+
     /// The key that seals confirmation tokens: what the mailer must be given.
     #[must_use]
     pub fn mail_key(&self) -> &SealKey {

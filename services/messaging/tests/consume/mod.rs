@@ -19,8 +19,13 @@ use tracing::Instrument as _;
 
 use super::{PriceChanged, SPANS, enqueue_committed, ready};
 
+mod admin;
 mod broker_down;
 mod cli;
+mod saga;
+mod service;
+
+use saga::a_saga_step_is_carried_out_once_and_answered_alike_each_time;
 
 /// Each suite, on each transport, with the service's store on SQLite and on PostgreSQL. The
 /// local transport keeps its tables in the service's database here.
@@ -101,6 +106,7 @@ on_every_transport!(
     a_message_never_settled_ends_in_the_dead_letters_with_its_count,
     a_running_consumer_handles_what_comes_and_stops_when_told,
     a_subscription_sees_every_later_message_on_its_subjects_and_no_replay,
+    a_saga_step_is_carried_out_once_and_answered_alike_each_time,
 );
 
 /// What the scripted handler does with the next message.
@@ -345,6 +351,8 @@ async fn retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again
     let dead = transport.dead_letters("search", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, Some(sent[0]));
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 1);
+    assert_eq!(transport.dead_letter_count("mailer").await.unwrap(), 0);
     assert_eq!(dead[0].delivered, 3);
     assert_eq!(dead[0].subject, "catalog.events");
     assert!(
@@ -372,6 +380,7 @@ async fn retries_back_off_then_end_in_the_dead_letters_and_replay_delivers_again
     assert_eq!(replayed.delivered, 1);
     search.deliver(replayed).await;
     assert_eq!(effect_count(database).await, 1);
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 0);
     assert!(
         transport
             .dead_letters("search", 10)
@@ -427,6 +436,7 @@ async fn poison_is_a_dead_letter_at_once<T: Transport>(database: &Database, tran
         .map(|d| (d.reason.as_str(), d.delivered))
         .collect();
     assert_eq!(dead.len(), 5, "{reasons:?}");
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 5);
     assert!(dead.iter().all(|d| d.delivered == 1), "{reasons:?}");
     assert!(
         reasons[0]
@@ -805,6 +815,7 @@ async fn the_backbone_runs_under_the_supervisor_and_publishes_the_last_messages_
         Relay::new(database.clone(), transport.clone()).poll(Duration::from_secs(3_600)),
         vec![search],
         &database,
+        &(transport.clone() as Arc<dyn Transport>),
     );
     enqueue_committed(&database, &["a"]).await;
     let deadline = tokio::time::Instant::now() + SOON;
@@ -947,4 +958,59 @@ async fn a_subscription_sees_every_later_message_on_its_subjects_and_no_replay<T
         transport.subscribe(&subjects(&["catalog..events"])).await,
         Err(shop_messaging::TransportError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn the_local_log_forgets_what_no_consumer_still_needs_once_it_is_old() {
+    let database = Database::connect("sqlite::memory:").await.unwrap();
+    let transport = local(&database).await;
+    enqueue_committed(&database, &["a", "b", "c"]).await;
+    relay_all(&database, &transport).await;
+    let config =
+        ConsumerConfig::new("search", &["catalog.events"]).ack_wait(Duration::from_secs(1));
+    let search = consumer(
+        &database,
+        &transport,
+        config,
+        Script::with(&[Step::Ack, Step::Reject]),
+    );
+    let mut deliveries = transport.consumer(search.config()).await.unwrap();
+    let mut batch = deliveries.fetch(3, SOON).await.unwrap();
+    assert_eq!(batch.len(), 3);
+    let unsettled = batch.pop().unwrap();
+    for delivery in batch {
+        search.deliver(delivery).await;
+    }
+    drop(unsettled);
+    let logged = async || -> i64 {
+        on_db!(&database, pool => sqlx::query_scalar("SELECT COUNT(*) FROM bus_messages")
+            .fetch_one(pool)
+            .await)
+        .unwrap()
+    };
+    assert_eq!(logged().await, 3);
+
+    // Young, nothing goes; old, the acknowledged one goes, the dead letter and the unsettled
+    // delivery keep theirs.
+    let now = shop_common::unix_millis();
+    assert_eq!(transport.prune(now - 60_000, 0).await.unwrap(), (0, 0));
+    assert_eq!(transport.prune(now + 1_000, 0).await.unwrap(), (1, 0));
+    assert_eq!(logged().await, 2);
+    let dead = transport.dead_letters("search", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "unknown product");
+    // The dead letter past its own age goes, and its message with it.
+    assert_eq!(
+        transport.prune(now + 1_000, now + 1_000).await.unwrap(),
+        (1, 1)
+    );
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 0);
+    assert_eq!(logged().await, 1);
+    // The unsettled one is still delivered again, whole.
+    let again = deliveries.fetch(1, SOON).await.unwrap().pop().unwrap();
+    assert_eq!(again.delivered, 2);
+    search.deliver(again).await;
+    assert_eq!(effects(&database).await, ["a", "c"]);
+    // And the sweeper's call keeps JetStream's ages: nothing here is a week old.
+    assert_eq!(transport.prune_expired().await.unwrap(), 0);
 }
