@@ -2,7 +2,9 @@
 //!
 //! - `messaging/publish`: 1 000 messages into the stream, acknowledged by it. The peer publishes
 //!   them with async-nats, pipelined (the physical ceiling here); ours is the relay publishing
-//!   1 000 committed outbox rows and marking them (enqueued before the clock starts).
+//!   1 000 committed outbox rows and deleting them (enqueued before the clock starts), then
+//!   the same keeping them (marked), then the relay's two parts alone: its database work with a
+//!   publisher that takes everything, and the transport's publish of rows already in memory.
 //! - `messaging/consume`: 1 000 messages out of the stream, each acknowledged. The peer is a
 //!   pull consumer that acknowledges what it fetches; ours is the `Consumer`, which writes each
 //!   message's inbox record in its own PostgreSQL transaction before acknowledging it.
@@ -22,7 +24,7 @@ use serde::Serialize;
 use shop_common::store::{Database, Tx};
 use shop_messaging::{
     Consumer, ConsumerConfig, HandleError, Handler, Inbound, JetStreamTransport, Message,
-    MessageId, Outbox, Outcome, Relay, Transport,
+    MessageId, Outbox, Outcome, Pending, PublishError, Publisher, Relay, Transport,
 };
 use tokio::time::Instant;
 
@@ -49,6 +51,16 @@ impl Message for Tick {
     }
 }
 
+/// A publisher that holds every batch at once: what is left of a relay's turn is the database's.
+struct Discard;
+
+#[async_trait]
+impl Publisher for Discard {
+    async fn publish(&self, _: &[Pending]) -> Result<(), PublishError> {
+        Ok(())
+    }
+}
+
 /// A handler that acknowledges: what is measured is the consumer's own cost.
 struct Accept;
 
@@ -67,6 +79,26 @@ async fn enqueue(database: &Database, count: usize, subject: &'static str) {
             .unwrap();
         tx.commit().await.unwrap();
     }
+}
+
+/// `iters` times: `MESSAGES` committed on `subject` (not timed), then relayed (timed).
+async fn time_relay(
+    relay: &Relay,
+    database: &Database,
+    iters: u64,
+    subject: &'static str,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        enqueue(database, MESSAGES, subject).await;
+        let start = Instant::now();
+        let mut published = 0;
+        while published < MESSAGES {
+            published += relay.relay_once().await.unwrap().published;
+        }
+        total += start.elapsed();
+    }
+    total
 }
 
 fn main() {
@@ -139,34 +171,69 @@ fn main() {
             }
         });
     });
-    // Turns of 256 (the default), and of 1 024: one turn for the whole iteration, to see how
-    // much of the gap to the raw publish is the database's work per turn.
-    for turn in [256_u16, 1_024] {
-        let name = if turn == 256 {
-            "mainstay outbox relay (PostgreSQL)".to_owned()
+    // The relay as it runs (published rows deleted), and keeping published rows until the
+    // sweeper prunes them (each marked by an UPDATE).
+    for keep in [false, true] {
+        let name = if keep {
+            "mainstay outbox relay (PostgreSQL), keeping published rows"
         } else {
-            format!("mainstay outbox relay (PostgreSQL), turns of {turn}")
+            "mainstay outbox relay (PostgreSQL)"
         };
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter_custom(|iters| {
                 let (database, transport) = (database.clone(), transport.clone());
                 async move {
-                    let relay = Relay::new(database.clone(), transport).batch(turn);
+                    let relay = Relay::new(database.clone(), transport).keep_published(keep);
+                    time_relay(&relay, &database, iters, "bench.published").await
+                }
+            });
+        });
+    }
+    // The relay's turn in its two parts, to see where its time goes: the database's work
+    // (lock, read, mark, commit) with a publisher that holds every batch at once, and the
+    // transport's publish of batches already in memory.
+    group.bench_function(
+        "relay's database work alone (publisher that takes each batch at once)",
+        |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let database = database.clone();
+                async move {
+                    let relay = Relay::new(database.clone(), Arc::new(Discard));
+                    time_relay(&relay, &database, iters, "bench.discarded").await
+                }
+            });
+        },
+    );
+    group.bench_function(
+        "JetStreamTransport::publish alone (batches of 256 in memory)",
+        |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let transport = transport.clone();
+                async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        enqueue(&database, MESSAGES, "bench.published").await;
+                        let batch: Vec<Pending> = (0..MESSAGES)
+                            .map(|n| Pending {
+                                seq: i64::try_from(n).unwrap(),
+                                id: MessageId::new(),
+                                subject: "bench.published".to_owned(),
+                                key: (n % 64).to_string(),
+                                headers: std::collections::HashMap::new(),
+                                payload: serde_json::to_vec(&Tick { n, subject: "" }).unwrap(),
+                                attempts: 0,
+                            })
+                            .collect();
                         let start = Instant::now();
-                        let mut published = 0;
-                        while published < MESSAGES {
-                            published += relay.relay_once().await.unwrap().published;
+                        for chunk in batch.chunks(256) {
+                            transport.publish(chunk).await.unwrap();
                         }
                         total += start.elapsed();
                     }
                     total
                 }
             });
-        });
-    }
+        },
+    );
     group.finish();
 
     let mut group = c.benchmark_group("messaging/consume");

@@ -77,6 +77,10 @@ const PENDING_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attem
     FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL \
     ORDER BY seq LIMIT $1";
 
+const PENDING_AFTER_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
+    FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL AND seq > $2 \
+    ORDER BY seq LIMIT $1";
+
 fn parse_id(id: &str) -> Result<MessageId, StoreError> {
     id.parse()
         .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
@@ -258,8 +262,22 @@ impl Outbox {
     ///
     /// The database fails, or a row is not one this crate wrote.
     pub async fn pending_in(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, OutboxError> {
-        let rows: Vec<PendingRow> = on_tx!(tx, conn => sqlx::query_as(PENDING_SQL)
+        Self::pending_after_in(tx, 0, limit).await
+    }
+
+    /// [`pending_in`](Self::pending_in), of the messages after `seq` only.
+    ///
+    /// # Errors
+    ///
+    /// The database fails, or a row is not one this crate wrote.
+    pub async fn pending_after_in(
+        tx: &mut Tx,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Pending>, OutboxError> {
+        let rows: Vec<PendingRow> = on_tx!(tx, conn => sqlx::query_as(PENDING_AFTER_SQL)
             .bind(limit)
+            .bind(seq)
             .fetch_all(&mut **conn)
             .await)?;
         decode(rows)

@@ -1,10 +1,12 @@
-//! The relay: publishes what the outbox holds, in order, and marks what the broker has.
+//! The relay: publishes what the outbox holds, in order, and deletes (or marks) what the broker
+//! has.
 //!
 //! One relay is active per database at a time. On PostgreSQL, each round takes a
 //! transaction-scoped advisory lock, so that replicas' relays take turns rather than publish a
 //! row twice or a key's rows out of order; a relay that finds the lock taken does nothing that
 //! round. On SQLite (the embedded default), the relays of one database file in one process
-//! take turns on a lock of the process. A row is marked published only once the broker has
+//! take turns on a lock of the process. A row is deleted (or, with
+//! [`keep_published`](Relay::keep_published), marked published) only once the broker has
 //! acknowledged it; a relay that dies between the acknowledgement and the mark publishes it
 //! again, which the broker's de-duplication (the message id is `Nats-Msg-Id`) and the
 //! consumers' inbox absorb.
@@ -110,10 +112,19 @@ impl From<StoreError> for RelayError {
 /// What one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Round {
-    /// Messages the broker took, now marked published.
+    /// Messages the broker took, now out of the outbox (or marked published).
     pub published: usize,
     /// Messages the broker refused, now set aside ([`Outbox::failed`]).
     pub set_aside: usize,
+}
+
+impl Round {
+    fn add(self, other: Self) -> Self {
+        Self {
+            published: self.published + other.published,
+            set_aside: self.set_aside + other.set_aside,
+        }
+    }
 }
 
 /// Per database, bumped when a transaction that enqueued commits: that database's relays in
@@ -166,7 +177,11 @@ pub struct Relay {
     publish_timeout: Duration,
     sqlite_turn: Option<SqliteTurn>,
     metrics: Option<MessagingMetrics>,
+    keep_published: bool,
 }
+
+/// The most batches one turn of a PostgreSQL relay publishes before it gives its turn back.
+const BATCHES_PER_TURN: usize = 16;
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,7 +209,20 @@ impl Relay {
             publish_timeout: Duration::from_secs(10),
             sqlite_turn,
             metrics: None,
+            keep_published: false,
         }
+    }
+
+    /// Keeps what the broker holds in the outbox, marked published, until the sweeper prunes it
+    /// past [`RETENTION`](crate::RETENTION), rather than delete it at once (the default). The
+    /// broker keeps every message for its own retention either way; keeping them here too is
+    /// for an operator who wants the outbox to say what was sent, and it costs the relay on
+    /// PostgreSQL (an `UPDATE` writes a new version of the row into every index, where a
+    /// `DELETE` writes none; BENCHMARKS.md).
+    #[must_use]
+    pub fn keep_published(mut self, keep: bool) -> Self {
+        self.keep_published = keep;
+        self
     }
 
     /// How often [`run`](Self::run) looks for messages without being woken (default 1 s):
@@ -260,7 +288,8 @@ impl Relay {
         }
     }
 
-    /// One round: publishes the oldest unpublished messages and marks those the broker took.
+    /// One round (on PostgreSQL, a turn of up to 16 batches): publishes the oldest unpublished
+    /// messages and deletes (or marks) those the broker took.
     /// Returns what it did: nothing when there was nothing to do, or another relay of the
     /// database holds the turn.
     ///
@@ -301,7 +330,7 @@ impl Relay {
                 }
                 let result = self.publish(&batch).await;
                 let mut tx = self.database.begin().await?;
-                let round = mark(&mut tx, &batch, result, now, self.metrics.as_ref()).await;
+                let round = self.mark(&mut tx, &batch, result, now).await;
                 tx.commit().await?;
                 round
             }
@@ -316,16 +345,65 @@ impl Relay {
                 if !turn {
                     return Ok(Round::default());
                 }
-                let batch = Outbox::pending_in(&mut tx, self.batch).await?;
-                if batch.is_empty() {
-                    return Ok(Round::default()); // the transaction rolls back, and the turn is given up
-                }
-                let result = self.publish(&batch).await;
-                let round = mark(&mut tx, &batch, result, now, self.metrics.as_ref()).await;
+                let round = self.pipelined(&mut tx, now).await;
+                // What was marked stands even when the broker failed partway: commit.
                 tx.commit().await?;
                 round
             }
         }
+    }
+
+    /// A PostgreSQL turn: batches published one after another (never two of one key in flight),
+    /// each batch marked while the next is published, up to [`BATCHES_PER_TURN`] batches while
+    /// they come full. The database's work and the broker's overlap, and the turn's one
+    /// transaction holds the advisory lock throughout. A row committed meanwhile with a lower
+    /// `seq` than the batches read is left for the next turn.
+    async fn pipelined(&self, tx: &mut Tx, now: i64) -> Result<Round, RelayError> {
+        let full = |batch: &[Pending]| i64::try_from(batch.len()).unwrap_or(i64::MAX) >= self.batch;
+        let mut total = Round::default();
+        let mut batch = Outbox::pending_in(tx, self.batch).await?;
+        if batch.is_empty() {
+            return Ok(total);
+        }
+        let mut result = self.publish(&batch).await;
+        for turn in 1.. {
+            let more = result.is_ok() && full(&batch) && turn < BATCHES_PER_TURN;
+            let next = if more {
+                let after = batch.last().map_or(0, |last| last.seq);
+                Outbox::pending_after_in(tx, after, self.batch).await?
+            } else {
+                Vec::new()
+            };
+            if next.is_empty() {
+                let round = self.mark(tx, &batch, result, now).await?;
+                return Ok(total.add(round));
+            }
+            // The next batch goes to the broker while this one is marked.
+            let (marked, published) =
+                tokio::join!(self.mark(tx, &batch, result, now), self.publish(&next));
+            total = total.add(marked?);
+            batch = next;
+            result = published;
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn mark(
+        &self,
+        tx: &mut Tx,
+        batch: &[Pending],
+        result: Result<(), PublishError>,
+        now: i64,
+    ) -> Result<Round, RelayError> {
+        mark(
+            tx,
+            batch,
+            result,
+            now,
+            self.metrics.as_ref(),
+            self.keep_published,
+        )
+        .await
     }
 
     async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
@@ -442,6 +520,7 @@ async fn mark(
     result: Result<(), PublishError>,
     now: i64,
     metrics: Option<&MessagingMetrics>,
+    keep: bool,
 ) -> Result<Round, RelayError> {
     let held = match &result {
         Ok(()) => batch.len(),
@@ -451,20 +530,29 @@ async fn mark(
     // row of a lower `seq` may commit after the batch was read, and must stay unpublished).
     let seqs: Vec<i64> = batch[..held].iter().map(|pending| pending.seq).collect();
     if !seqs.is_empty() {
-        on_tx!(tx,
-            sqlite conn => sqlx::query(
+        // Deleted by default: an UPDATE writes a new version of the row into every index.
+        let (sqlite, postgres) = if keep {
+            (
                 "UPDATE messaging_outbox SET published_at_ms = $1 \
                  WHERE seq IN (SELECT value FROM json_each($2))",
+                "UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)",
             )
+        } else {
+            (
+                "DELETE FROM messaging_outbox WHERE $1 IS NOT NULL \
+                 AND seq IN (SELECT value FROM json_each($2))",
+                "DELETE FROM messaging_outbox WHERE $1::BIGINT IS NOT NULL AND seq = ANY($2)",
+            )
+        };
+        on_tx!(tx,
+            sqlite conn => sqlx::query(sqlite)
             .bind(now)
             // A list of integers always serializes.
             .bind(serde_json::to_string(&seqs).unwrap_or_default())
             .execute(&mut **conn)
             .await
             .map(|done| done.rows_affected()),
-            postgres conn => sqlx::query(
-                "UPDATE messaging_outbox SET published_at_ms = $1 WHERE seq = ANY($2)",
-            )
+            postgres conn => sqlx::query(postgres)
             .bind(now)
             .bind(&seqs)
             .execute(&mut **conn)

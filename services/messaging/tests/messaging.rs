@@ -353,6 +353,63 @@ async fn the_relay_publishes_in_order_and_loses_nothing_when_the_broker_fails_pa
     assert!(Outbox::pending(database, 100).await.unwrap().is_empty());
 }
 
+/// Takes every batch, except that the `fail_on`-th publish holds one message and then fails.
+struct FailsOnce {
+    fail_on: usize,
+    calls: std::sync::atomic::AtomicUsize,
+    taken: Mutex<Vec<MessageId>>,
+}
+
+#[async_trait]
+impl Publisher for FailsOnce {
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut taken = self.taken.lock().unwrap();
+        if call == self.fail_on {
+            taken.push(batch[0].id);
+            return Err(PublishError::unavailable(1, "connection reset by broker"));
+        }
+        taken.extend(batch.iter().map(|pending| pending.id));
+        Ok(())
+    }
+}
+
+/// A PostgreSQL turn publishes batch after batch (marking one while the next is published),
+/// in order, and a failure ends it with what the broker took marked.
+#[tokio::test]
+async fn a_postgresql_turn_publishes_batch_after_batch_and_stops_at_a_failure() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("turns").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    ready(&database).await;
+    let sent = enqueue_committed(&database, &["a", "b", "a", "c", "b", "a", "c"]).await;
+    let broker = Arc::new(FailsOnce {
+        fail_on: 3,
+        calls: std::sync::atomic::AtomicUsize::new(0),
+        taken: Mutex::new(Vec::new()),
+    });
+    let relay = Relay::new(database.clone(), broker.clone()).batch(2);
+    // Two full batches, then the third holds one of its two and fails: one turn.
+    let failed = relay.relay_once().await.unwrap_err();
+    assert!(
+        matches!(failed, RelayError::Publish(ref e) if e.held == 1),
+        "{failed:?}"
+    );
+    let pending = Outbox::pending(&database, 100).await.unwrap();
+    let waiting: Vec<MessageId> = pending.iter().map(|p| p.id).collect();
+    assert_eq!(waiting, sent[5..], "the five taken are gone, the rest wait");
+    assert_eq!(pending[0].attempts, 1);
+    // The next turn: the rest (one batch and a short one), then nothing.
+    assert_eq!(relay.relay_once().await.unwrap().published, 2);
+    assert_eq!(relay.relay_once().await.unwrap(), Round::default());
+    assert_eq!(*broker.taken.lock().unwrap(), sent, "once each, in order");
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_of_one_postgresql_database_take_turns() {
     let Some(db) = shop_common::testing::PgTestDb::create_or_skip("relays").await else {
@@ -527,7 +584,9 @@ async fn published_messages_are_pruned_and_the_rest_kept(database: &Database, _:
     let sent = enqueue_committed(database, &["a", "b", "c"]).await;
     let broker = Arc::new(Broker::default());
     *broker.refuse.lock().unwrap() = Some(sent[1]);
-    let relay = Relay::new(database.clone(), broker.clone()).batch(2);
+    let relay = Relay::new(database.clone(), broker.clone())
+        .batch(2)
+        .keep_published(true);
     // The first published, the second set aside; the third still waits.
     assert_eq!(
         relay.relay_once().await.unwrap(),
@@ -541,6 +600,20 @@ async fn published_messages_are_pruned_and_the_rest_kept(database: &Database, _:
     assert_eq!(Outbox::prune(database, later).await.unwrap(), 1);
     assert_eq!(Outbox::failed(database, 10).await.unwrap()[0].id, sent[1]);
     assert_eq!(Outbox::pending(database, 10).await.unwrap()[0].id, sent[2]);
+    assert_eq!(outbox_rows(database).await, 2);
+
+    // By default, what the broker holds leaves the outbox at once.
+    let relay = Relay::new(database.clone(), broker.clone());
+    assert_eq!(relay.relay_once().await.unwrap().published, 1);
+    assert_eq!(outbox_rows(database).await, 1, "the set-aside one stays");
+    assert_eq!(Outbox::prune(database, later).await.unwrap(), 0);
+}
+
+async fn outbox_rows(database: &Database) -> i64 {
+    on_db!(database, pool => sqlx::query_scalar("SELECT COUNT(*) FROM messaging_outbox")
+        .fetch_one(pool)
+        .await)
+    .unwrap()
 }
 
 async fn a_commit_wakes_the_running_relay_and_stop_ends_it(database: &Database, _: &str) {
