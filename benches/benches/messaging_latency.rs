@@ -9,6 +9,9 @@
 //!   effect written in one PostgreSQL transaction, then acknowledged. Latency: from the
 //!   publish to that commit.
 //!
+//! - **mainstay on the embedded default**: the same on SQLite files and the local transport
+//!   (its log in a SQLite file of its own), at half of its own maximum.
+//!
 //! First each pipeline's maximum is measured (a burst of `BURST` messages, enqueued or published
 //! at once, until the last is handled); then `PACED` messages are sent, one every
 //! 1 / (half of mainstay's maximum) seconds, through both, and p50, p99 and the maximum are
@@ -132,9 +135,9 @@ fn percentile(sorted: &[u128], p: f64) -> u128 {
     sorted[index]
 }
 
-fn report(name: &str, rate: f64, latencies: &[u128]) {
+fn report(name: &str, maximum: f64, rate: f64, latencies: &[u128]) {
     println!(
-        "| {name} | {rate:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms |",
+        "| {name} | {maximum:.0}/s | {rate:.0}/s | {:.2} ms | {:.2} ms | {:.2} ms |",
         ms(percentile(latencies, 0.50)),
         ms(percentile(latencies, 0.99)),
         ms(*latencies.last().unwrap()),
@@ -175,8 +178,79 @@ async fn run(
     start.elapsed()
 }
 
+/// mainstay's pipeline, as a service runs it: a running relay of `database`'s outbox to
+/// `transport`, and a running consumer of it handling in `database`.
+struct Backbone {
+    database: Database,
+    current: Current,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Backbone {
+    fn start(database: &Database, transport: Arc<dyn shop_messaging::Transport>) -> Self {
+        let current: Current = Arc::new(Mutex::new(Clock::new(0)));
+        let (stop, stopped) = stop_signal();
+        let relay = Relay::new(database.clone(), transport.clone());
+        let consumer = Consumer::new(
+            ConsumerConfig::new("latency", &["bench.latency"]),
+            transport,
+            database.clone(),
+            Arc::new(Timed(current.clone())),
+        );
+        let tasks = vec![
+            tokio::spawn(relay.run(stopped.clone().wait())),
+            tokio::spawn(async move { consumer.run(stopped.wait()).await.unwrap() }),
+        ];
+        Self {
+            database: database.clone(),
+            current,
+            stop,
+            tasks,
+        }
+    }
+
+    /// `count` messages, each enqueued in its own committed transaction, paced at `rate`.
+    async fn run(&self, count: usize, rate: f64) -> (Arc<Clock>, Duration) {
+        let clock = Clock::new(count);
+        *self.current.lock().unwrap() = clock.clone();
+        let elapsed = run(&clock, count, rate, async |n| {
+            let mut tx = self.database.begin().await.unwrap();
+            Outbox::enqueue(&mut tx, &Tick { n }).await.unwrap();
+            tx.commit().await.unwrap();
+            clock.sent(n);
+        })
+        .await;
+        (clock, elapsed)
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // The embedded default first: SQLite files for the service and the local bus.
+    let dir = std::env::temp_dir().join(format!("latency-{}", MessageId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sqlite = |name: &str| format!("sqlite://{}?mode=rwc", dir.join(name).display());
+    let embedded_db = Database::connect(&sqlite("shop.db")).await.unwrap();
+    shop_messaging::migrate(&embedded_db).await.unwrap();
+    let bus = Database::connect(&sqlite("bus.db")).await.unwrap();
+    let local = Arc::new(shop_messaging::LocalTransport::open(bus).await.unwrap());
+    let embedded = Backbone::start(&embedded_db, local);
+    embedded.run(200, 0.0).await;
+    let (_, elapsed) = embedded.run(BURST, 0.0).await;
+    let embedded_max = per_second(BURST, elapsed);
+    let (clock, _) = embedded.run(PACED / 4, embedded_max / 2.0).await;
+    let embedded_latencies = clock.latencies();
+    embedded.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
     let db = shop_common::testing::PgTestDb::create_or_skip("latency")
         .await
         .expect("PostgreSQL at 127.0.0.1:5432");
@@ -195,30 +269,9 @@ async fn main() {
             .unwrap(),
     );
 
-    // mainstay: a running relay and a running consumer, as a service runs them.
-    let current: Current = Arc::new(Mutex::new(Clock::new(0)));
-    let stop = stop_signal();
-    let relay = Relay::new(database.clone(), transport.clone());
-    let relaying = tokio::spawn(relay.run(stop.1.clone().wait()));
-    let consumer = Consumer::new(
-        ConsumerConfig::new("latency", &["bench.latency"]),
-        transport.clone(),
-        database.clone(),
-        Arc::new(Timed(current.clone())),
-    );
-    let consuming = tokio::spawn(consumer.run(stop.1.clone().wait()));
-    let mainstay = async |count: usize, rate: f64| {
-        let clock = Clock::new(count);
-        *current.lock().unwrap() = clock.clone();
-        let elapsed = run(&clock, count, rate, async |n| {
-            let mut tx = database.begin().await.unwrap();
-            Outbox::enqueue(&mut tx, &Tick { n }).await.unwrap();
-            tx.commit().await.unwrap();
-            clock.sent(n);
-        })
-        .await;
-        (clock, elapsed)
-    };
+    // Production: PostgreSQL and JetStream.
+    let production = Backbone::start(&database, transport.clone());
+    let mainstay = async |count: usize, rate: f64| production.run(count, rate).await;
 
     // raw async-nats: a publisher, and a pull consumer writing each effect in a transaction.
     let raw = jetstream::new(client.clone());
@@ -292,31 +345,40 @@ async fn main() {
     let mainstay_max = per_second(BURST, elapsed);
     let (_, elapsed) = raw_run(BURST, 0.0).await;
     let raw_max = per_second(BURST, elapsed);
-    println!(
-        "maximum, a burst of {BURST}: mainstay {mainstay_max:.0}/s, raw async-nats {raw_max:.0}/s"
-    );
-
     let rate = mainstay_max / 2.0;
     let (clock, _) = mainstay(PACED, rate).await;
     let ours = clock.latencies();
     let (clock, _) = raw_run(PACED, rate).await;
     let theirs = clock.latencies();
-    println!("| {PACED} messages | rate | p50 | p99 | max |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| pipeline | maximum (a burst of {BURST}) | rate | p50 | p99 | max |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     report(
-        "raw async-nats: publish → pull consumer, effect in a PostgreSQL transaction",
+        &format!(
+            "raw async-nats: publish → pull consumer, effect in a PostgreSQL transaction ({PACED} paced)"
+        ),
+        raw_max,
         rate,
         &theirs,
     );
     report(
-        "mainstay: enqueue commit → relay → JetStream → Consumer with inbox",
+        &format!(
+            "mainstay, PostgreSQL + JetStream: enqueue commit → relay → JetStream → Consumer with inbox ({PACED} paced)"
+        ),
+        mainstay_max,
         rate,
         &ours,
     );
+    report(
+        &format!(
+            "mainstay, embedded default (SQLite + local bus): enqueue commit → relay → local log → Consumer with inbox ({} paced)",
+            PACED / 4
+        ),
+        embedded_max,
+        embedded_max / 2.0,
+        &embedded_latencies,
+    );
 
-    stop.0.send(true).unwrap();
-    relaying.await.unwrap();
-    consuming.await.unwrap().unwrap();
+    production.stop().await;
     raw_consuming.abort();
     transport.delete().await.unwrap();
     raw.delete_stream(raw_stream).await.unwrap();

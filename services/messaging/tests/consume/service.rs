@@ -32,6 +32,7 @@ async fn change_price(State(database): State<Database>, Path(product): Path<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_from_its_configuration_relays_consumes_and_reports_its_backbone() {
+    std::sync::LazyLock::force(&crate::SPANS);
     let vars = Vars(|var: &str| (var == "DATABASE_URL").then(|| "sqlite::memory:".to_owned()));
     let config = ServiceConfig::from_vars("pricing", 0, &vars).unwrap();
     let transport = TransportConfig::Local {
@@ -58,8 +59,19 @@ async fn a_service_started_from_its_configuration_relays_consumes_and_reports_it
         .token;
     let (kit, app) = service.launch(api, validator);
 
-    // A change enqueued by a route is relayed (woken by its commit) and consumed.
-    let changed = call(&app, Method::POST, "/prices/a", None, None, None).await;
+    // A change enqueued by a route is relayed (woken by its commit) and consumed, in the trace
+    // of the request that made it.
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let changed = call(
+        &app,
+        Method::POST,
+        "/prices/a",
+        None,
+        None,
+        Some(("traceparent", &traceparent)),
+    )
+    .await;
     assert_eq!(changed.status, StatusCode::NO_CONTENT);
     let effects = async || -> Vec<String> {
         shop_common::on_db!(&database, pool => sqlx::query_scalar("SELECT product FROM effects")
@@ -70,6 +82,19 @@ async fn a_service_started_from_its_configuration_relays_consumes_and_reports_it
     eventually("the change reaches the consumer", async || {
         effects().await == ["a"]
     })
+    .await;
+    eventually(
+        "the consumer's span is in the request's trace",
+        async || {
+            crate::SPANS
+                .get_finished_spans()
+                .unwrap()
+                .iter()
+                .any(|span| {
+                    span.name == "consume" && span.span_context.trace_id().to_string() == TRACE
+                })
+        },
+    )
     .await;
 
     // Readiness names the database and the tasks; the metrics carry the backbone's.
