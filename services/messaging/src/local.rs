@@ -127,7 +127,6 @@ impl LocalTransport {
         messages_before_ms: i64,
         dead_before_ms: i64,
     ) -> Result<(u64, u64), TransportError> {
-        const BATCH: i64 = 10_000;
         let database = &self.inner.database;
         let dead = on_db!(database, pool => sqlx::query(
             "DELETE FROM bus_dead_letters WHERE dead_at_ms < $1",
@@ -136,25 +135,17 @@ impl LocalTransport {
         .execute(pool)
         .await
         .map(|done| done.rows_affected()))?;
-        let mut messages = 0;
-        loop {
-            let deleted = on_db!(database, pool => sqlx::query(
-                "DELETE FROM bus_messages WHERE seq IN (SELECT m.seq FROM bus_messages m \
-                 WHERE m.stored_at_ms < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM bus_deliveries d WHERE d.seq = m.seq) \
-                 AND NOT EXISTS (SELECT 1 FROM bus_dead_letters l WHERE l.seq = m.seq) \
-                 ORDER BY m.seq LIMIT $2)",
-            )
-            .bind(messages_before_ms)
-            .bind(BATCH)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-            messages += deleted;
-            if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
-                return Ok((messages, dead));
-            }
-        }
+        let messages = crate::shared::delete_in_batches(
+            database,
+            "DELETE FROM bus_messages WHERE seq IN (SELECT m.seq FROM bus_messages m \
+             WHERE m.stored_at_ms < $1 \
+             AND NOT EXISTS (SELECT 1 FROM bus_deliveries d WHERE d.seq = m.seq) \
+             AND NOT EXISTS (SELECT 1 FROM bus_dead_letters l WHERE l.seq = m.seq) \
+             ORDER BY m.seq LIMIT $2)",
+            messages_before_ms,
+        )
+        .await?;
+        Ok((messages, dead))
     }
 }
 

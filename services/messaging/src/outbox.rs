@@ -365,22 +365,12 @@ impl Outbox {
     ///
     /// The database fails (what was deleted before stays deleted).
     pub async fn prune(database: &Database, before_ms: i64) -> Result<u64, OutboxError> {
-        const BATCH: i64 = 10_000;
-        let mut pruned = 0;
-        loop {
-            let deleted = on_db!(database, pool => sqlx::query(
-                "DELETE FROM messaging_outbox WHERE seq IN (SELECT seq FROM messaging_outbox \
-                 WHERE published_at_ms IS NOT NULL AND published_at_ms < $1 LIMIT $2)",
-            )
-            .bind(before_ms)
-            .bind(BATCH)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-            pruned += deleted;
-            if deleted < u64::try_from(BATCH).unwrap_or(u64::MAX) {
-                return Ok(pruned);
-            }
-        }
+        Ok(crate::shared::delete_in_batches(
+            database,
+            "DELETE FROM messaging_outbox WHERE seq IN (SELECT seq FROM messaging_outbox \
+             WHERE published_at_ms IS NOT NULL AND published_at_ms < $1 LIMIT $2)",
+            before_ms,
+        )
+        .await?)
     }
 }

@@ -32,3 +32,26 @@ impl<K: Hash + Eq, V: Default> PerKey<K, V> {
         values.get(key).and_then(Weak::upgrade)
     }
 }
+
+/// Runs `sql`, a `DELETE` of at most `$2` rows older than `$1` (`before_ms`), until a run
+/// deletes fewer than that: no one statement holds the table for long. Returns how many.
+pub(crate) async fn delete_in_batches(
+    database: &shop_common::store::Database,
+    sql: &'static str,
+    before_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    const BATCH: i64 = 10_000;
+    let mut deleted = 0;
+    loop {
+        let batch = shop_common::on_db!(database, pool => sqlx::query(sql)
+            .bind(before_ms)
+            .bind(BATCH)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+        deleted += batch;
+        if batch < u64::try_from(BATCH).unwrap_or(u64::MAX) {
+            return Ok(deleted);
+        }
+    }
+}
