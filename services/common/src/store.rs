@@ -167,6 +167,18 @@ pub struct Tx {
     failed: bool,
     /// Whether the connection was handed out for statements the transaction is not told of.
     untracked: bool,
+    /// Savepoints set so far (their names are numbered).
+    savepoints: u32,
+}
+
+/// A point within a [`Tx`] that it can roll back to ([`Tx::savepoint`],
+/// [`Tx::rollback_to`]): the statements after it are undone, those before it stand.
+#[derive(Debug)]
+#[must_use = "a savepoint is only of use to roll back to"]
+pub struct Savepoint {
+    name: String,
+    /// Whether the transaction had failed when the savepoint was set.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Tx {
@@ -234,6 +246,45 @@ impl Tx {
     /// say), never if it rolls back. Hooks run in the order given.
     pub fn after_commit(&mut self, hook: impl FnOnce() + Send + 'static) {
         self.after_commit.push(Box::new(hook));
+    }
+
+    /// Sets a savepoint: [`rollback_to`](Self::rollback_to) it undoes what follows, and a
+    /// statement that failed after it no longer stops the transaction from committing.
+    ///
+    /// # Errors
+    ///
+    /// The database refused (the transaction has failed, say).
+    pub async fn savepoint(&mut self) -> Result<Savepoint, StoreError> {
+        self.savepoints += 1;
+        let name = format!("mainstay_savepoint_{}", self.savepoints);
+        self.raw(format!("SAVEPOINT {name}")).await?;
+        Ok(Savepoint {
+            name,
+            failed: self.failed,
+        })
+    }
+
+    /// Undoes everything since `savepoint`, including a failed statement: the transaction is
+    /// then as it was there, and commits if it could then.
+    ///
+    /// # Errors
+    ///
+    /// The database refused; the transaction then never commits.
+    pub async fn rollback_to(&mut self, savepoint: Savepoint) -> Result<(), StoreError> {
+        self.raw(format!("ROLLBACK TO SAVEPOINT {}", savepoint.name))
+            .await?;
+        self.failed = savepoint.failed;
+        Ok(())
+    }
+
+    /// Runs `statement`, built here from a counter (no input reaches it).
+    async fn raw(&mut self, statement: String) -> Result<(), StoreError> {
+        let statement = sqlx::raw_sql(sqlx::AssertSqlSafe(statement));
+        let result = match &mut self.conn {
+            TxConn::Sqlite(tx) => statement.execute(&mut **tx).await.map(drop),
+            TxConn::Postgres(tx) => statement.execute(&mut **tx).await.map(drop),
+        };
+        Ok(self.track(result)?)
     }
 
     /// Commits, then runs the hooks.
@@ -357,6 +408,7 @@ impl Database {
             after_commit: Vec::new(),
             failed: false,
             untracked: false,
+            savepoints: 0,
         }
     }
 

@@ -198,6 +198,24 @@ async fn a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit(
         assert!(things(database).await.is_empty());
     }
 
+    // Rolled back to a savepoint after a failed statement: what came before it commits, what
+    // came after it does not.
+    let mut tx = database.begin().await.unwrap();
+    insert(&mut tx, "s").await;
+    let savepoint = tx.savepoint().await.unwrap();
+    insert(&mut tx, "t").await;
+    let duplicate = on_tx!(&mut tx, conn => sqlx::query("INSERT INTO tx_things (id) VALUES ($1)")
+        .bind("s")
+        .execute(&mut **conn)
+        .await.map(|done| done.rows_affected()));
+    assert!(duplicate.is_err());
+    assert!(tx.failed());
+    tx.rollback_to(savepoint).await.unwrap();
+    assert!(!tx.failed());
+    tx.commit().await.unwrap();
+    assert_eq!(things(database).await, ["s"]);
+    on_db!(database, pool => sqlx::query("DELETE FROM tx_things").execute(pool).await.map(|done| done.rows_affected())).unwrap();
+
     // Committed: both writes, then the hooks, in order.
     let mut tx = database.begin().await.unwrap();
     insert(&mut tx, "e").await;
