@@ -9,6 +9,11 @@
 //!   pull consumer that acknowledges what it fetches; ours is the `Consumer`, which writes each
 //!   message's inbox record in its own PostgreSQL transaction before acknowledging it.
 //!
+//! - `messaging/enqueue`: 8 writers at once, each committing 50 transactions of one outbox
+//!   message. Ours (no trigger) beside the same with the `NOTIFY` trigger of migration 0005,
+//!   withdrawn by 0006: a notifying commit holds the cluster's notify lock, so the writers'
+//!   commits queue behind one another.
+//!
 //! Needs PostgreSQL (127.0.0.1:5432) and NATS with JetStream (127.0.0.1:4222):
 //! `cargo bench -p mainstay-benches --bench messaging`.
 
@@ -339,6 +344,54 @@ fn main() {
     });
     group.finish();
 
+    let mut group = c.benchmark_group("messaging/enqueue");
+    group.throughput(Throughput::Elements((WRITERS * COMMITS) as u64));
+    for notify in [false, true] {
+        if notify {
+            runtime.block_on(notify_trigger(&database, true));
+        }
+        let name = if notify {
+            "8 writers, NOTIFY trigger on commit (migration 0005, withdrawn)"
+        } else {
+            "8 writers, mainstay outbox (no trigger)"
+        };
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let database = database.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        let writers: Vec<_> = (0..WRITERS)
+                            .map(|_| {
+                                let database = database.clone();
+                                tokio::spawn(async move {
+                                    enqueue(&database, COMMITS, "bench.enqueued").await;
+                                })
+                            })
+                            .collect();
+                        for writer in writers {
+                            writer.await.unwrap();
+                        }
+                        total += start.elapsed();
+                        let Database::Postgres(pool) = &database else {
+                            unreachable!("PostgreSQL")
+                        };
+                        sqlx::query("DELETE FROM messaging_outbox")
+                            .execute(pool)
+                            .await
+                            .unwrap();
+                    }
+                    total
+                }
+            });
+        });
+        if notify {
+            runtime.block_on(notify_trigger(&database, false));
+        }
+    }
+    group.finish();
+
     runtime.block_on(async {
         transport.delete().await.unwrap();
         raw.delete_stream(format!("RAW{}", namespace.to_ascii_uppercase()))
@@ -350,6 +403,26 @@ fn main() {
         db.drop_database().await.unwrap();
     });
     c.final_summary();
+}
+
+const WRITERS: usize = 8;
+const COMMITS: usize = 50;
+
+/// Creates (or drops) the outbox's `NOTIFY` trigger of migration 0005.
+async fn notify_trigger(database: &Database, on: bool) {
+    let Database::Postgres(pool) = database else {
+        unreachable!("PostgreSQL")
+    };
+    let sql = if on {
+        "CREATE FUNCTION bench_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('messaging_outbox', ''); RETURN NULL; END $$; \
+         CREATE TRIGGER bench_outbox_notify AFTER INSERT ON messaging_outbox \
+         FOR EACH STATEMENT EXECUTE FUNCTION bench_outbox_notify();"
+    } else {
+        "DROP TRIGGER bench_outbox_notify ON messaging_outbox; \
+         DROP FUNCTION bench_outbox_notify();"
+    };
+    sqlx::raw_sql(sql).execute(pool).await.unwrap();
 }
 
 /// Publishes `MESSAGES` messages on `subject` and waits for the stream to hold them.

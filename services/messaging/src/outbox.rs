@@ -26,6 +26,9 @@ pub enum OutboxError {
         /// [`Outbox::MAX_PAYLOAD`].
         max: usize,
     },
+    /// A saga command's step is not one a participant takes ([`saga::send`](crate::saga::send)).
+    #[error("saga step refused: {0}")]
+    Saga(&'static str),
 }
 
 impl From<sqlx::Error> for OutboxError {
@@ -77,9 +80,13 @@ const PENDING_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attem
     FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL \
     ORDER BY seq LIMIT $1";
 
-const PENDING_AFTER_SQL: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
-    FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL AND seq > $2 \
-    ORDER BY seq LIMIT $1";
+const PENDING_EXCEPT_SQLITE: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
+    FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL \
+    AND seq NOT IN (SELECT value FROM json_each($2)) ORDER BY seq LIMIT $1";
+
+const PENDING_EXCEPT_POSTGRES: &str = "SELECT seq, id, subject, key, headers, payload, attempts \
+    FROM messaging_outbox WHERE published_at_ms IS NULL AND failed_at_ms IS NULL \
+    AND NOT (seq = ANY($2)) ORDER BY seq LIMIT $1";
 
 fn parse_id(id: &str) -> Result<MessageId, StoreError> {
     id.parse()
@@ -262,24 +269,38 @@ impl Outbox {
     ///
     /// The database fails, or a row is not one this crate wrote.
     pub async fn pending_in(tx: &mut Tx, limit: i64) -> Result<Vec<Pending>, OutboxError> {
-        Self::pending_after_in(tx, 0, limit).await
+        let rows: Vec<PendingRow> = on_tx!(tx, conn => sqlx::query_as(PENDING_SQL)
+            .bind(limit)
+            .fetch_all(&mut **conn)
+            .await)?;
+        decode(rows)
     }
 
-    /// [`pending_in`](Self::pending_in), of the messages after `seq` only.
+    /// [`pending_in`](Self::pending_in), leaving out the messages whose `seq` is in `except`
+    /// (a batch in flight). Not "the messages after the last of `except`": a message of a lower
+    /// `seq` may have committed since `except` was read, and comes first.
     ///
     /// # Errors
     ///
     /// The database fails, or a row is not one this crate wrote.
-    pub async fn pending_after_in(
+    pub async fn pending_except_in(
         tx: &mut Tx,
-        seq: i64,
+        except: &[i64],
         limit: i64,
     ) -> Result<Vec<Pending>, OutboxError> {
-        let rows: Vec<PendingRow> = on_tx!(tx, conn => sqlx::query_as(PENDING_AFTER_SQL)
-            .bind(limit)
-            .bind(seq)
-            .fetch_all(&mut **conn)
-            .await)?;
+        let rows: Vec<PendingRow> = on_tx!(tx,
+            sqlite conn => sqlx::query_as(PENDING_EXCEPT_SQLITE)
+                .bind(limit)
+                // A list of integers always serializes.
+                .bind(serde_json::to_string(except).unwrap_or_default())
+                .fetch_all(&mut **conn)
+                .await,
+            postgres conn => sqlx::query_as(PENDING_EXCEPT_POSTGRES)
+                .bind(limit)
+                .bind(except)
+                .fetch_all(&mut **conn)
+                .await,
+        )?;
         decode(rows)
     }
 

@@ -12,8 +12,12 @@
 //! consumers' inbox absorb.
 //!
 //! A running relay ([`Relay::run`]) is woken by the commits that enqueue on its database in its
-//! own process, on PostgreSQL by those of other processes too (`LISTEN` on
-//! [`NOTIFY_CHANNEL`], which a trigger on the outbox notifies), and polls as a fallback.
+//! own process, runs again within [`TURN_TAKEN_RETRY`] when another relay of the database held
+//! the turn (so that a replica's commit is not left to the poll because another replica's relay
+//! was busy), and polls as a fallback: the bound on the delay of a message whose own process
+//! runs no relay. There is no `LISTEN`/`NOTIFY`: a transaction that notifies takes PostgreSQL's
+//! notify lock, one for the whole cluster, through its commit, so every enqueuing transaction
+//! would commit one after another.
 //!
 //! A broker that does not answer within the relay's [`publish_timeout`](Relay::publish_timeout)
 //! counts as down: the round ends, its turn and connection are given back, and the batch is
@@ -116,6 +120,8 @@ pub struct Round {
     pub published: usize,
     /// Messages the broker refused, now set aside ([`Outbox::failed`]).
     pub set_aside: usize,
+    /// Another relay of the database held the turn, so this round did nothing (PostgreSQL).
+    pub turn_taken: bool,
 }
 
 impl Round {
@@ -123,6 +129,7 @@ impl Round {
         Self {
             published: self.published + other.published,
             set_aside: self.set_aside + other.set_aside,
+            turn_taken: self.turn_taken || other.turn_taken,
         }
     }
 }
@@ -233,9 +240,10 @@ impl Relay {
         self
     }
 
-    /// How long a publish may take before the broker counts as down (default 10 s): the
-    /// longest a round holds its turn and its connection, and the longest shutdown waits for
-    /// a round in hand.
+    /// How long a publish may take before the broker counts as down (default 10 s). A
+    /// PostgreSQL turn starts no batch once this long has passed since its first, so that a
+    /// turn holds the lock and its connection at most twice this long (and the database's
+    /// time); the longest shutdown waits for a round in hand is the same.
     #[must_use]
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout.max(Duration::from_millis(1));
@@ -269,18 +277,7 @@ impl Relay {
         let wake = WAKE.get_or_make(self.database.key());
         let woken = wake.subscribe();
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
-        // On PostgreSQL, commits in other processes wake it too (LISTEN); the poll remains
-        // the bound when a notification is lost.
-        let listening = async {
-            match &self.database {
-                Database::Postgres(pool) => listen(pool, self.database.key()).await,
-                Database::Sqlite(_) => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = drive(|| self.relay_once(), batch, self.poll, woken, stop) => {}
-            () = listening => {}
-        }
+        drive(|| self.relay_once(), batch, self.poll, woken, stop).await;
         // A last round for what the last requests enqueued (the service stops its relay once
         // no request runs), bounded by the publish timeout.
         if let Err(error) = self.relay_once().await {
@@ -343,21 +340,40 @@ impl Relay {
                     .fetch_one(&mut **conn)
                     .await)?;
                 if !turn {
-                    return Ok(Round::default());
+                    return Ok(Round {
+                        turn_taken: true,
+                        ..Round::default()
+                    });
                 }
                 let round = self.pipelined(&mut tx, now).await;
-                // What was marked stands even when the broker failed partway: commit.
-                tx.commit().await?;
-                round
+                // What was marked stands even when the broker or the database failed partway
+                // (a failed statement was rolled back to its savepoint): commit. The round's
+                // own error, if any, says more than the commit's.
+                let committed = tx.commit().await;
+                match (round, committed) {
+                    (Err(error), _) => Err(error),
+                    (Ok(_), Err(error)) => Err(error.into()),
+                    (Ok(round), Ok(())) => Ok(round),
+                }
             }
         }
     }
 
     /// A PostgreSQL turn: batches published one after another (never two of one key in flight),
-    /// each batch marked while the next is published, up to [`BATCHES_PER_TURN`] batches while
-    /// they come full. The database's work and the broker's overlap, and the turn's one
-    /// transaction holds the advisory lock throughout. A row committed meanwhile with a lower
-    /// `seq` than the batches read is left for the next turn.
+    /// each batch marked while the next is published, while they come full, up to
+    /// [`BATCHES_PER_TURN`] batches, and starting none once the
+    /// [`publish_timeout`](Self::publish_timeout) has passed since the turn began. The
+    /// database's work and the broker's overlap, and the turn's one transaction holds the
+    /// advisory lock throughout.
+    ///
+    /// Each batch's database work runs under a savepoint: a failed statement undoes that
+    /// batch's marks only (its messages are published again next turn, and the broker drops
+    /// them by id), and the turn ends with that error.
+    ///
+    /// The batch read while another is in flight leaves out that one's rows by their `seq`,
+    /// rather than read past its last: a row of a lower `seq` that committed meanwhile (its
+    /// `seq` was drawn before the batch was read, its commit came after) comes next, before
+    /// any later row of its key.
     async fn pipelined(&self, tx: &mut Tx, now: i64) -> Result<Round, RelayError> {
         let full = |batch: &[Pending]| i64::try_from(batch.len()).unwrap_or(i64::MAX) >= self.batch;
         let mut total = Round::default();
@@ -365,25 +381,45 @@ impl Relay {
         if batch.is_empty() {
             return Ok(total);
         }
+        let started = tokio::time::Instant::now();
         let mut result = self.publish(&batch).await;
         for turn in 1.. {
-            let more = result.is_ok() && full(&batch) && turn < BATCHES_PER_TURN;
-            let next = if more {
-                let after = batch.last().map_or(0, |last| last.seq);
-                Outbox::pending_after_in(tx, after, self.batch).await?
-            } else {
-                Vec::new()
+            let savepoint = tx.savepoint().await?;
+            let more = result.is_ok()
+                && full(&batch)
+                && turn < BATCHES_PER_TURN
+                && started.elapsed() < self.publish_timeout;
+            let step = async {
+                let next = if more {
+                    let in_flight: Vec<i64> = batch.iter().map(|pending| pending.seq).collect();
+                    Outbox::pending_except_in(tx, &in_flight, self.batch).await?
+                } else {
+                    Vec::new()
+                };
+                if next.is_empty() {
+                    let round = self.mark(tx, &batch, result, now).await?;
+                    return Ok::<_, RelayError>((round, None));
+                }
+                // The next batch goes to the broker while this one is marked.
+                let (marked, published) =
+                    tokio::join!(self.mark(tx, &batch, result, now), self.publish(&next));
+                Ok((marked?, Some((next, published))))
             };
-            if next.is_empty() {
-                let round = self.mark(tx, &batch, result, now).await?;
-                return Ok(total.add(round));
+            match step.await {
+                Ok((round, None)) => return Ok(total.add(round)),
+                Ok((round, Some((next, published)))) => {
+                    total = total.add(round);
+                    batch = next;
+                    result = published;
+                }
+                Err(error) => {
+                    // A broker's error leaves the transaction sound; a database's does not.
+                    if matches!(error, RelayError::Outbox(_)) {
+                        tx.rollback_to(savepoint).await?;
+                    }
+                    return Err(error);
+                }
             }
-            // The next batch goes to the broker while this one is marked.
-            let (marked, published) =
-                tokio::join!(self.mark(tx, &batch, result, now), self.publish(&next));
-            total = total.add(marked?);
-            batch = next;
-            result = published;
         }
         unreachable!("the loop returns")
     }
@@ -421,47 +457,10 @@ impl Relay {
     }
 }
 
-/// The channel the outbox's trigger notifies after each statement that inserts into it
-/// (PostgreSQL; the notification is sent when the transaction commits).
-pub const NOTIFY_CHANNEL: &str = "messaging_outbox";
-
-/// Wakes the relays of `database` in this process on every notification on
-/// [`NOTIFY_CHANNEL`]: rows committed by other processes. Also wakes them after a lost
-/// connection is back (notifications sent meanwhile are lost). Never returns.
-async fn listen(pool: &sqlx::PgPool, database: DatabaseKey) {
-    let mut backoff = Duration::ZERO;
-    loop {
-        let listener = async {
-            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-            listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = match listener.await {
-            Ok(listener) => listener,
-            Err(error) => {
-                backoff = backoff_after(backoff);
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "cannot LISTEN for outbox commits: polling meanwhile");
-                tokio::time::sleep(backoff).await;
-                continue;
-            }
-        };
-        backoff = Duration::ZERO;
-        // What was committed before the LISTEN took effect.
-        wake(database);
-        loop {
-            match listener.try_recv().await {
-                // A notification, or the connection lost (the next call reconnects).
-                Ok(_) => wake(database),
-                Err(error) => {
-                    backoff = backoff_after(backoff);
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "LISTEN for outbox commits failed: polling meanwhile");
-                    tokio::time::sleep(backoff).await;
-                    break;
-                }
-            }
-        }
-    }
-}
+/// How soon a relay runs again after finding that another relay of its database held the turn
+/// (rather than wait for the poll): what that relay read before this one's commit is published
+/// by this one.
+pub const TURN_TAKEN_RETRY: Duration = Duration::from_millis(25);
 
 /// The loop of [`Relay::run`], over any round (so that its timing is tested on paused time).
 async fn drive<R, Fut>(
@@ -484,6 +483,8 @@ async fn drive<R, Fut>(
                 backoff = Duration::ZERO;
                 if done.published + done.set_aside >= batch || done.set_aside > 0 {
                     Duration::ZERO
+                } else if done.turn_taken {
+                    TURN_TAKEN_RETRY.min(poll)
                 } else {
                     poll
                 }
@@ -570,6 +571,7 @@ async fn mark(
             return Ok(Round {
                 published: held,
                 set_aside: 0,
+                turn_taken: false,
             });
         }
         Err(error) => error,
@@ -602,6 +604,7 @@ async fn mark(
         return Ok(Round {
             published: held,
             set_aside: 1,
+            turn_taken: false,
         });
     }
     Err(error.into())
@@ -635,6 +638,7 @@ mod tests {
         Ok(Round {
             published: n,
             set_aside: 0,
+            turn_taken: false,
         })
     }
 
@@ -695,6 +699,7 @@ mod tests {
         let set_aside = Ok(Round {
             published: 3,
             set_aside: 1,
+            turn_taken: false,
         });
         assert_eq!(
             rounds_at(
@@ -704,6 +709,20 @@ mod tests {
             )
             .await,
             [0, 0, 0, 0, 1_000]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_finds_the_turn_taken_tries_again_soon() {
+        let taken = || {
+            Ok(Round {
+                turn_taken: true,
+                ..Round::default()
+            })
+        };
+        assert_eq!(
+            rounds_at(vec![taken(), taken(), published(3)], &[], 1_100).await,
+            [0, 25, 50, 1_050]
         );
     }
 

@@ -432,7 +432,10 @@ async fn relays_of_one_postgresql_database_take_turns() {
             .expect("the second relay returned at once");
     assert_eq!(
         second_round.unwrap(),
-        Round::default(),
+        Round {
+            turn_taken: true,
+            ..Round::default()
+        },
         "another relay holds the turn"
     );
     gate.add_permits(10);
@@ -499,7 +502,8 @@ async fn a_message_the_broker_refuses_is_set_aside_and_the_rest_go_on(
         relay.relay_once().await.unwrap(),
         Round {
             published: 1,
-            set_aside: 1
+            set_aside: 1,
+            turn_taken: false,
         }
     );
     assert_eq!(relay.relay_once().await.unwrap().published, 2);
@@ -592,7 +596,8 @@ async fn published_messages_are_pruned_and_the_rest_kept(database: &Database, _:
         relay.relay_once().await.unwrap(),
         Round {
             published: 1,
-            set_aside: 1
+            set_aside: 1,
+            turn_taken: false,
         }
     );
     let later = shop_common::unix_millis() + 1;
@@ -653,37 +658,158 @@ async fn until_relayed(broker: &Broker, id: MessageId, round: usize) {
     }
 }
 
-/// A relay on PostgreSQL is woken by what another process commits (`LISTEN`/`NOTIFY`), not
-/// only by its own process's commits.
-#[tokio::test]
-async fn a_postgresql_relay_is_woken_by_the_commits_of_other_processes() {
-    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("notify").await else {
-        return;
-    };
+/// Takes every batch in order; at its first publish, runs `during` (once).
+struct During {
+    during:
+        tokio::sync::Mutex<Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>>,
+    taken: Mutex<Vec<(MessageId, String)>>,
+    /// How long each publish takes.
+    takes: std::time::Duration,
+}
+
+impl During {
+    fn new(during: impl std::future::Future<Output = ()> + Send + 'static) -> Arc<Self> {
+        Arc::new(Self {
+            during: tokio::sync::Mutex::new(Some(Box::pin(during))),
+            taken: Mutex::new(Vec::new()),
+            takes: std::time::Duration::ZERO,
+        })
+    }
+}
+
+#[async_trait]
+impl Publisher for During {
+    async fn publish(&self, batch: &[Pending]) -> Result<(), PublishError> {
+        if let Some(during) = self.during.lock().await.take() {
+            during.await;
+        }
+        tokio::time::sleep(self.takes).await;
+        let mut taken = self.taken.lock().unwrap();
+        taken.extend(batch.iter().map(|p| (p.id, p.key.clone())));
+        Ok(())
+    }
+}
+
+async fn pg_database(prefix: &str) -> Option<(shop_common::testing::PgTestDb, Database)> {
+    let db = shop_common::testing::PgTestDb::create_or_skip(prefix).await?;
     let database = Database::connect(&db.url).await.unwrap();
     ready(&database).await;
-    let broker = Arc::new(Broker::default());
-    // Polling once an hour: only a notification can wake it within the test.
-    let relay =
-        Relay::new(database.clone(), broker.clone()).poll(std::time::Duration::from_secs(3600));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(relay.run(async {
-        let _ = stopped.await;
-    }));
-    // Another process: a pool of its own, whose commits wake nothing in this one.
-    let other = Database::connect(&db.url).await.unwrap();
-    for round in 1..=3 {
-        let sent = enqueue_committed(&other, &["a"]).await;
-        until_relayed(&broker, sent[0], round).await;
-    }
-    stop.send(()).unwrap();
-    running.await.unwrap();
-    for database in [database, other] {
-        if let Database::Postgres(pool) = database {
-            pool.close().await;
-        }
+    Some((db, database))
+}
+
+async fn pg_done(db: shop_common::testing::PgTestDb, database: Database) {
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
     }
     db.drop_database().await.unwrap();
+}
+
+/// A row whose `seq` was drawn before a batch was read but which committed after it is
+/// published before its key's later rows, in the same turn: the batch read ahead leaves out the
+/// batch in flight rather than read past its last `seq`.
+#[tokio::test]
+async fn a_row_that_commits_late_keeps_its_place_before_its_keys_later_rows() {
+    let Some((db, database)) = pg_database("late_row").await else {
+        return;
+    };
+    // `k`'s first message draws its seq, uncommitted; four others commit after it.
+    let mut late = database.begin().await.unwrap();
+    let first_k = Outbox::enqueue(&mut late, &price("k", 1)).await.unwrap();
+    enqueue_committed(&database, &["a", "b", "c", "d"]).await;
+    // While the first batch is published, `k`'s first commits, then its second.
+    let during = {
+        let database = database.clone();
+        async move {
+            late.commit().await.unwrap();
+            let mut tx = database.begin().await.unwrap();
+            Outbox::enqueue(&mut tx, &price("k", 2)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let broker = During::new(during);
+    let relay = Relay::new(database.clone(), broker.clone()).batch(2);
+    assert_eq!(relay.relay_once().await.unwrap().published, 6, "one turn");
+    let keys: Vec<String> = broker
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, key)| key.clone())
+        .collect();
+    assert_eq!(keys, ["a", "b", "k", "c", "d", "k"]);
+    assert_eq!(broker.taken.lock().unwrap()[2].0, first_k);
+    pg_done(db, database).await;
+}
+
+/// A database error in the middle of a turn undoes that batch's marks only: what the earlier
+/// batches marked stands, and the turn reports the database's error. Enqueuing commits notify
+/// nothing (no trigger: a `NOTIFY` would serialise them on the cluster's notify lock).
+#[tokio::test]
+async fn a_database_error_mid_turn_keeps_the_earlier_batches_and_says_why() {
+    let Some((db, database)) = pg_database("mid_turn").await else {
+        return;
+    };
+    let triggers: i64 = on_db!(&database, pool => sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = 'messaging_outbox'::regclass AND NOT tgisinternal",
+    )
+    .fetch_one(pool)
+    .await)
+    .unwrap();
+    assert_eq!(triggers, 0, "enqueuing commits fire no trigger");
+    // Deleting `boom`'s row fails, as a full disk would.
+    on_db!(&database, pool => sqlx::raw_sql(
+        "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF OLD.key = 'boom' THEN RAISE EXCEPTION 'no space left on device'; END IF; RETURN OLD; \
+         END $$; CREATE TRIGGER refuse_boom BEFORE DELETE ON messaging_outbox \
+         FOR EACH ROW EXECUTE FUNCTION refuse_boom();",
+    )
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected()))
+    .unwrap();
+    let sent = enqueue_committed(&database, &["a", "b", "c", "d", "boom", "e"]).await;
+    let broker = Arc::new(Broker::default());
+    let relay = Relay::new(database.clone(), broker.clone()).batch(2);
+    let failed = relay.relay_once().await.unwrap_err();
+    assert!(
+        failed.to_string().contains("no space left on device"),
+        "the cause, not the aborted transaction: {failed}"
+    );
+    let waiting: Vec<MessageId> = Outbox::pending(&database, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(
+        waiting,
+        sent[4..],
+        "the first two batches are gone, the third waits"
+    );
+    pg_done(db, database).await;
+}
+
+/// A turn starts no batch once the publish timeout has passed since its first: it gives the
+/// lock back, and the next turn goes on.
+#[tokio::test]
+async fn a_turn_starts_no_batch_past_the_publish_timeout() {
+    let Some((db, database)) = pg_database("turn_deadline").await else {
+        return;
+    };
+    enqueue_committed(&database, &["a", "b", "c", "d", "e", "f"]).await;
+    // Each publish takes three quarters of the timeout: the second ends past it.
+    let broker = Arc::new(During {
+        during: tokio::sync::Mutex::new(None),
+        taken: Mutex::new(Vec::new()),
+        takes: std::time::Duration::from_millis(300),
+    });
+    let relay = Relay::new(database.clone(), broker.clone())
+        .batch(2)
+        .publish_timeout(std::time::Duration::from_millis(400));
+    assert_eq!(relay.relay_once().await.unwrap().published, 4);
+    assert_eq!(relay.relay_once().await.unwrap().published, 2);
+    assert_eq!(broker.taken.lock().unwrap().len(), 6);
+    pg_done(db, database).await;
 }
 
 /// A consumer's handling of `message`: its inbox record and its effect, in one transaction.
