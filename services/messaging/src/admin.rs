@@ -6,7 +6,7 @@
 //! | --- | --- |
 //! | `GET /admin/messaging` | the outbox's lag, and each consumer's dead-letter depth |
 //! | `GET /admin/messaging/dead-letters/{consumer}?limit=N` | the consumer's dead letters, oldest first (`limit` 1 to 500, default 100) |
-//! | `POST /admin/messaging/dead-letters/{consumer}/replay?seq=N` | delivers dead letter `N` (or every one) to the consumer again; `{"replayed": count}` |
+//! | `POST /admin/messaging/dead-letters/{consumer}/replay?seq=N` | delivers dead letter `N` (or the oldest up to 1 000) to the consumer again; `{"replayed": count, "remaining": count}` |
 //!
 //! A consumer the service does not run, or a dead letter `N` it does not have, is 404; a bad `limit` or `seq` is 400; a transport
 //! that cannot be reached is 503. Every answer that is not a success is a problem
@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -101,9 +101,18 @@ impl Admin {
 fn unavailable(error: &TransportError) -> Problem {
     match error {
         TransportError::Invalid(detail) => Problem::bad_request(detail.clone()),
-        TransportError::Unavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-            .detail(format!("the message transport cannot be reached: {error}")),
+        // The broker's own words go to the log, not to the client.
+        TransportError::Unavailable(_) => {
+            tracing::warn!(%error, "admin route: the message transport cannot be reached");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                .detail("the message transport cannot be reached")
+        }
     }
+}
+
+fn consumer_name(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    path.map(|Path(consumer)| consumer)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))
 }
 
 fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
@@ -114,8 +123,8 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
 
 async fn summary(State(admin): State<Admin>) -> Result<Response, Problem> {
     let lag = Outbox::lag(&admin.database).await.map_err(|error| {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-            .detail(format!("the outbox cannot be read: {error}"))
+        tracing::warn!(%error, "admin route: the outbox cannot be read");
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE).detail("the outbox cannot be read")
     })?;
     let mut consumers = Vec::with_capacity(admin.consumers.len());
     for name in admin.consumers.iter() {
@@ -144,9 +153,10 @@ struct ListParams {
 
 async fn list(
     State(admin): State<Admin>,
-    Path(consumer): Path<String>,
+    consumer: Result<Path<String>, PathRejection>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    let consumer = consumer_name(consumer)?;
     let params = query(params)?;
     let limit = params.limit.unwrap_or(100);
     if !(1..=MAX_LISTED).contains(&limit) {
@@ -185,9 +195,10 @@ struct ReplayParams {
 
 async fn replay(
     State(admin): State<Admin>,
-    Path(consumer): Path<String>,
+    consumer: Result<Path<String>, PathRejection>,
     params: Result<Query<ReplayParams>, QueryRejection>,
 ) -> Result<Response, Problem> {
+    let consumer = consumer_name(consumer)?;
     let params = query(params)?;
     if params.seq.is_some_and(|seq| seq <= 0) {
         return Err(Problem::bad_request("seq must be positive"));
@@ -204,10 +215,12 @@ async fn replay(
         )));
     }
     tracing::info!(%consumer, seq = ?params.seq, replayed, "dead letters replayed by an admin");
-    if let Some(metrics) = &admin.metrics
-        && let Ok(depth) = admin.transport.dead_letter_count(&consumer).await
-    {
+    let remaining = admin.transport.dead_letter_count(&consumer).await.ok();
+    if let (Some(metrics), Some(depth)) = (&admin.metrics, remaining) {
         metrics.dead_letters(&consumer, depth);
     }
-    Ok(axum::Json(json!({"consumer": consumer, "replayed": replayed})).into_response())
+    Ok(
+        axum::Json(json!({"consumer": consumer, "replayed": replayed, "remaining": remaining}))
+            .into_response(),
+    )
 }

@@ -74,10 +74,15 @@ impl From<crate::outbox::OutboxError> for HandleError {
     }
 }
 
-/// JSON that does not encode or decode will not do so on another delivery either: poison.
+/// JSON that does not encode or decode will not do so on another delivery either: poison. A
+/// reader's or writer's I/O failing under the JSON may pass: transient.
 impl From<serde_json::Error> for HandleError {
     fn from(error: serde_json::Error) -> Self {
-        Self::Poison(format!("JSON: {error}"))
+        if error.is_io() {
+            Self::Transient(Box::new(error))
+        } else {
+            Self::Poison(format!("JSON: {error}"))
+        }
     }
 }
 

@@ -443,15 +443,23 @@ impl Transport for JetStreamTransport {
 
     async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError> {
         crate::transport::check_consumer_name(consumer)?;
-        // A reader that has read nothing has every message of its filter pending.
-        let reader = self.dead_reader(consumer).await?;
-        let pending = reader.cached_info().num_pending;
-        let _ = self
+        // The stream counts its messages per subject, and each consumer has one dead-letter
+        // subject: one request, where a reader would have to be created and deleted.
+        let subject = self.inner.dlq_subject(consumer);
+        let mut subjects = self
             .inner
             .dead
-            .delete_consumer(&reader.cached_info().name)
-            .await;
-        Ok(pending)
+            .info_with_subjects(&subject)
+            .await
+            .map_err(unavailable)?;
+        let mut count = 0_u64;
+        while let Some(counted) = subjects.next().await {
+            let (name, messages) = counted.map_err(unavailable)?;
+            if name == subject {
+                count += u64::try_from(messages).unwrap_or(u64::MAX);
+            }
+        }
+        Ok(count)
     }
 
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError> {
@@ -464,7 +472,7 @@ impl Transport for JetStreamTransport {
         let sequences: Vec<u64> = match seq {
             Some(seq) => vec![u64::try_from(seq).unwrap_or(0)],
             None => self
-                .dead_messages(consumer, MAX_LISTED)
+                .dead_messages(consumer, crate::transport::MAX_REPLAYED)
                 .await?
                 .iter()
                 .map(|message| message.sequence)

@@ -51,8 +51,8 @@ pub use self::outbox::{Context, Lag, Outbox, OutboxError, Pending, SetAside};
 pub use self::relay::{PublishError, Publisher, Relay, RelayError, Round};
 pub use self::subscription::{Followed, follow, follow_config};
 pub use self::transport::{
-    Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, Settlement, Subscription,
-    Transport, TransportError,
+    Broadcast, ConsumerConfig, DeadLetter, Deliveries, Delivery, MAX_REPLAYED, Settlement,
+    Subscription, Transport, TransportError,
 };
 
 /// The table this crate's migrations are recorded in.

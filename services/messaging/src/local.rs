@@ -308,9 +308,11 @@ impl Transport for LocalTransport {
             .fetch_all(&mut **conn)
             .await)?,
             None => on_tx!(&mut tx, conn => sqlx::query_as(
-                "SELECT dead_seq, seq FROM bus_dead_letters WHERE consumer = $1 ORDER BY dead_seq",
+                "SELECT dead_seq, seq FROM bus_dead_letters WHERE consumer = $1 \
+                 ORDER BY dead_seq LIMIT $2",
             )
             .bind(consumer)
+            .bind(i64::try_from(crate::transport::MAX_REPLAYED).unwrap_or(i64::MAX))
             .fetch_all(&mut **conn)
             .await)?,
         };

@@ -86,12 +86,16 @@ pub fn commands_of(service: &str) -> String {
 ///
 /// # Errors
 ///
-/// As [`Outbox::enqueue`].
+/// As [`Outbox::enqueue`]; and [`OutboxError::Saga`] for a saga id or step that is empty or
+/// longer than [`MAX_SAGA_ID`] or [`MAX_STEP`] (a participant would take it for poison).
 pub async fn send<M: Message>(
     tx: &mut Tx,
     saga: SagaRef,
     command: &M,
 ) -> Result<MessageId, OutboxError> {
+    if let Some(problem) = saga_problem(&saga) {
+        return Err(OutboxError::Saga(problem));
+    }
     Outbox::enqueue_with(
         tx,
         command,
@@ -101,6 +105,17 @@ pub async fn send<M: Message>(
         },
     )
     .await
+}
+
+/// What is wrong with `saga`, if anything.
+fn saga_problem(saga: &SagaRef) -> Option<&'static str> {
+    if saga.saga_id.is_empty() || saga.saga_id.len() > MAX_SAGA_ID {
+        Some("the saga id is empty or longer than MAX_SAGA_ID")
+    } else if saga.step.is_empty() || saga.step.len() > MAX_STEP {
+        Some("the step is empty or longer than MAX_STEP")
+    } else {
+        None
+    }
 }
 
 impl Inbound {
@@ -115,11 +130,7 @@ impl Inbound {
             self.envelope.saga.as_ref().ok_or_else(|| {
                 Poison(format!("a {} that names no saga step", self.envelope.kind))
             })?;
-        if saga.saga_id.is_empty()
-            || saga.saga_id.len() > MAX_SAGA_ID
-            || saga.step.is_empty()
-            || saga.step.len() > MAX_STEP
-        {
+        if saga_problem(saga).is_some() {
             return Err(Poison(format!(
                 "a saga id of {} bytes and a step of {} (1 to {MAX_SAGA_ID} and 1 to {MAX_STEP})",
                 saga.saga_id.len(),
@@ -195,7 +206,10 @@ pub trait Participant: Send + Sync + 'static {
     /// and says what to reply: a failure the orchestrator should know of (out of stock, say)
     /// is a reply too. Never commit or roll back `tx`. [`HandleError::Transient`] has the
     /// command delivered again after a back-off; [`HandleError::Poison`] makes it a dead
-    /// letter. Called once per step: the step sent again is answered with this reply.
+    /// letter. Its effects in `tx` happen once per step: the step sent again is answered with
+    /// this reply. It may be *called* more than once for a step, though, when a call's
+    /// transaction rolls back (an error, a failed commit, a crash before it): anything it does
+    /// outside `tx` (a payment provider's call, say) must be idempotent on the step.
     async fn execute(
         &self,
         command: &Inbound,
@@ -208,9 +222,10 @@ pub trait Participant: Send + Sync + 'static {
 ///
 /// Each step's reply is recorded (the table `messaging_saga_steps`, by participant, saga and
 /// step) in the transaction of its effect. A command for a step already carried out is
-/// answered with the recorded reply, and the participant is not called. Of two commands for
-/// one step handled at once, the second fails to record its step, rolls back, and is answered
-/// with the first's reply when it comes again.
+/// answered with the recorded reply, and the participant is not called. The step is claimed
+/// before the participant runs: of two commands for one step handled at once, the second waits
+/// for the first's transaction and answers with its reply (or, if it rolled back, carries the
+/// step out itself).
 pub struct Steps<P> {
     participant: String,
     inner: P,
@@ -241,52 +256,70 @@ type StepRow = (String, i32, String, String, String);
 impl<P: Participant> Handler for Steps<P> {
     async fn handle(&self, message: &Inbound, tx: &mut Tx) -> Result<Outcome, HandleError> {
         let saga = message.saga()?;
-        let done: Option<StepRow> = on_tx!(tx, conn => sqlx::query_as(
-            "SELECT kind, version, subject, key, body FROM messaging_saga_steps \
-             WHERE participant = $1 AND saga_id = $2 AND step = $3",
+        // Claims the step: of two handlers of one step at once, the second waits here for the
+        // first's transaction, then finds its reply (or, if it rolled back, claims the step).
+        let claimed = on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO messaging_saga_steps \
+             (participant, saga_id, step, kind, version, subject, key, body, done_at_ms) \
+             VALUES ($1, $2, $3, '', 0, '', '', '', $4) ON CONFLICT DO NOTHING",
         )
         .bind(&self.participant)
         .bind(&saga.saga_id)
         .bind(&saga.step)
-        .fetch_optional(&mut **conn)
-        .await)?;
-        let reply = match done {
-            Some((kind, version, subject, key, body)) => {
-                tracing::debug!(
-                    saga_id = %saga.saga_id,
-                    step = %saga.step,
-                    "the step was carried out before: its reply again"
-                );
-                Reply {
-                    kind,
-                    version: u16::try_from(version).unwrap_or(u16::MAX),
-                    subject,
-                    key,
-                    body: RawValue::from_string(body).map_err(|error| {
-                        HandleError::Poison(format!("a recorded reply is not JSON: {error}"))
-                    })?,
-                }
-            }
-            None => {
-                let reply = self.inner.execute(message, saga, tx).await?;
-                on_tx!(tx, conn => sqlx::query(
-                    "INSERT INTO messaging_saga_steps \
-                     (participant, saga_id, step, kind, version, subject, key, body, done_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&self.participant)
-                .bind(&saga.saga_id)
-                .bind(&saga.step)
-                .bind(&reply.kind)
-                .bind(i32::from(reply.version))
-                .bind(&reply.subject)
-                .bind(&reply.key)
-                .bind(reply.body.get())
-                .bind(shop_common::unix_millis())
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected()))?;
-                reply
+        .bind(shop_common::unix_millis())
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?
+            == 1;
+        let reply = if claimed {
+            let reply = self.inner.execute(message, saga, tx).await?;
+            on_tx!(tx, conn => sqlx::query(
+                "UPDATE messaging_saga_steps SET kind = $4, version = $5, subject = $6, key = $7, \
+                 body = $8, done_at_ms = $9 WHERE participant = $1 AND saga_id = $2 AND step = $3",
+            )
+            .bind(&self.participant)
+            .bind(&saga.saga_id)
+            .bind(&saga.step)
+            .bind(&reply.kind)
+            .bind(i32::from(reply.version))
+            .bind(&reply.subject)
+            .bind(&reply.key)
+            .bind(reply.body.get())
+            .bind(shop_common::unix_millis())
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))?;
+            reply
+        } else {
+            let done: Option<StepRow> = on_tx!(tx, conn => sqlx::query_as(
+                "SELECT kind, version, subject, key, body FROM messaging_saga_steps \
+                 WHERE participant = $1 AND saga_id = $2 AND step = $3",
+            )
+            .bind(&self.participant)
+            .bind(&saga.saga_id)
+            .bind(&saga.step)
+            .fetch_optional(&mut **conn)
+            .await)?;
+            // Gone between the two statements: pruned, or not visible to this transaction's
+            // snapshot (an isolation above READ COMMITTED). Delivered again later.
+            let Some((kind, version, subject, key, body)) = done else {
+                return Err(HandleError::Transient(
+                    "the step's record was claimed but cannot be read yet".into(),
+                ));
+            };
+            tracing::debug!(
+                saga_id = %saga.saga_id,
+                step = %saga.step,
+                "the step was carried out before: its reply again"
+            );
+            Reply {
+                kind,
+                version: u16::try_from(version).unwrap_or(u16::MAX),
+                subject,
+                key,
+                body: RawValue::from_string(body).map_err(|error| {
+                    HandleError::Poison(format!("a recorded reply is not JSON: {error}"))
+                })?,
             }
         };
         reply.enqueue(tx, saga, message.envelope.id).await?;

@@ -70,6 +70,7 @@ pub struct Service {
     /// The backbone's metrics, registered with the kit's.
     pub metrics: MessagingMetrics,
     consumers: Vec<Consumer>,
+    relay: Option<Box<dyn FnOnce(Relay) -> Relay + Send>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -120,7 +121,16 @@ impl Service {
             transport,
             metrics,
             consumers: Vec::new(),
+            relay: None,
         })
+    }
+
+    /// Configures the outbox relay the service starts (its batch, poll or publish timeout, or
+    /// [`keep_published`](Relay::keep_published)), from the relay of the defaults.
+    #[must_use]
+    pub fn relay(mut self, configure: impl FnOnce(Relay) -> Relay + Send + 'static) -> Self {
+        self.relay = Some(Box::new(configure));
+        self
     }
 
     /// Adds a consumer by `config`, handling with `handler` in the service's database; it
@@ -151,7 +161,11 @@ impl Service {
         let admin = Admin::new(self.transport.clone(), self.database.clone(), names)
             .metrics(self.metrics.clone())
             .router(validator);
-        let relay = Relay::new(self.database.clone(), self.transport.clone()).metrics(self.metrics);
+        let mut relay =
+            Relay::new(self.database.clone(), self.transport.clone()).metrics(self.metrics);
+        if let Some(configure) = self.relay {
+            relay = configure(relay);
+        }
         crate::start(
             &self.kit.tasks,
             relay,

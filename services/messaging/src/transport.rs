@@ -352,6 +352,10 @@ fn check_filters(whose: &str, subjects: &[String], max: usize) -> Result<(), Tra
     }
 }
 
+/// The most dead letters one [`Transport::replay`] of every dead letter delivers again: one
+/// call does bounded work in one transaction or one run of requests.
+pub const MAX_REPLAYED: usize = 1_000;
+
 /// A transport: publishes for the relay, delivers to consumers, keeps their dead letters.
 #[async_trait]
 pub trait Transport: Publisher {
@@ -380,9 +384,10 @@ pub trait Transport: Publisher {
     /// How many dead letters `consumer` has (the depth of its dead-letter queue).
     async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError>;
 
-    /// Delivers `consumer`'s dead letter `seq` (or every one, with `None`) to that consumer
-    /// again, and removes it from the dead letters; returns how many. Other consumers of the
-    /// subject are not sent it again.
+    /// Delivers `consumer`'s dead letter `seq` (or, with `None`, its oldest up to
+    /// [`MAX_REPLAYED`]: call again for the rest) to that consumer again, and removes it from
+    /// the dead letters; returns how many. Other consumers of the subject are not sent it
+    /// again.
     async fn replay(&self, consumer: &str, seq: Option<i64>) -> Result<u64, TransportError>;
 
     /// Subscribes to `subjects` (filters, as [`ConsumerConfig::subjects`]): every message

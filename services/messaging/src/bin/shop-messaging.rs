@@ -112,10 +112,19 @@ async fn main() -> ExitCode {
                         );
                     }
                 }),
-            Command::Replay { consumer, seq } => transport
-                .replay(&consumer, seq)
-                .await
-                .map(|count| println!("replayed {count} to {consumer}")),
+            Command::Replay { consumer, seq } => match transport.replay(&consumer, seq).await {
+                Ok(count) => {
+                    let left = transport.dead_letter_count(&consumer).await;
+                    match left {
+                        Ok(left) if left > 0 => {
+                            println!("replayed {count} to {consumer} ({left} still dead letters)");
+                        }
+                        _ => println!("replayed {count} to {consumer}"),
+                    }
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            },
         };
     match done {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,11 @@ async fn an_admin_lists_and_replays_dead_letters_over_http_and_the_depth_is_a_me
             "/admin/messaging/dead-letters/mailer",
             StatusCode::NOT_FOUND,
         ),
+        // Not UTF-8 once decoded.
+        (
+            "/admin/messaging/dead-letters/%FF%FE",
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let reply = get(path, Some(&admin)).await;
         assert_eq!(reply.status, status, "{path}: {:?}", reply.body);
@@ -135,6 +140,7 @@ async fn an_admin_lists_and_replays_dead_letters_over_http_and_the_depth_is_a_me
     .await;
     assert_eq!(replayed.status, StatusCode::OK, "{:?}", replayed.body);
     assert_eq!(replayed.body["replayed"], 1);
+    assert_eq!(replayed.body["remaining"], 1);
     assert_eq!(metrics.dead_letter_depth("search"), 1);
     eventually("the replayed message is handled", async || {
         effect_count(&database).await == 1
@@ -143,6 +149,7 @@ async fn an_admin_lists_and_replays_dead_letters_over_http_and_the_depth_is_a_me
     // And the rest.
     let rest = post("/admin/messaging/dead-letters/search/replay").await;
     assert_eq!(rest.body["replayed"], 1);
+    assert_eq!(rest.body["remaining"], 0);
     eventually("the other is handled too", async || {
         effect_count(&database).await == 2
     })

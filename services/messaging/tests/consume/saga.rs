@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use shop_common::on_tx;
 use shop_common::store::{Database, Tx};
+use shop_common::{on_db, on_tx};
 use shop_messaging::saga::{self, Participant, Reply, Steps};
 use shop_messaging::{
     Consumer, ConsumerConfig, HandleError, Handler, Inbound, Message, MessageId, Outbox, Outcome,
@@ -195,4 +195,121 @@ pub(super) async fn a_saga_step_is_carried_out_once_and_answered_alike_each_time
         ],
         "each command answered, in order, the step sent again with the first answer"
     );
+}
+
+fn command(saga_id: &str) -> Inbound {
+    Inbound {
+        envelope: shop_messaging::Envelope {
+            id: MessageId::new(),
+            kind: ReserveStock::KIND.to_owned(),
+            version: 1,
+            occurred_at_ms: 0,
+            key: saga_id.to_owned(),
+            saga: Some(step(saga_id)),
+            causation_id: None,
+            body: serde_json::value::to_raw_value(&ReserveStock {
+                order_id: saga_id.to_owned(),
+            })
+            .unwrap(),
+        },
+        subject: saga::commands_of("inventory"),
+        delivered: 1,
+    }
+}
+
+/// Two commands of one step handled at once on PostgreSQL: the second waits for the first's
+/// transaction and answers with its reply, without an error (which would spend a delivery) and
+/// without a second effect; had the first rolled back, the second carries the step out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_commands_of_one_step_at_once_have_one_effect_and_no_error() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("saga_race").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    super::prepare(&database).await;
+    let steps = Arc::new(Steps::new("inventory", Inventory));
+    for first_commits in [true, false] {
+        let saga_id = format!("order-{first_commits}");
+        let mut first = database.begin().await.unwrap();
+        steps.handle(&command(&saga_id), &mut first).await.unwrap();
+        let second = {
+            let (database, steps, saga_id) = (database.clone(), steps.clone(), saga_id.clone());
+            tokio::spawn(async move {
+                let mut tx = database.begin().await.unwrap();
+                let outcome = steps.handle(&command(&saga_id), &mut tx).await;
+                tx.commit().await.unwrap();
+                outcome
+            })
+        };
+        // The second waits on the first's claim.
+        loop {
+            let waiting: i64 = on_db!(&database, pool => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await)
+            .unwrap();
+            if waiting == 1 {
+                break;
+            }
+            assert!(
+                !second.is_finished(),
+                "the second did not wait for the first"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if first_commits {
+            first.commit().await.unwrap();
+        } else {
+            first.rollback().await.unwrap();
+        }
+        assert!(matches!(second.await.unwrap(), Ok(Outcome::Ack)));
+    }
+    // One effect per step: the first's, then (the first rolled back) the second's.
+    assert_eq!(effect_count(&database).await, 2);
+    let replies: Vec<(String, String)> = on_db!(&database, pool => sqlx::query_as(
+        "SELECT saga_id, body FROM messaging_saga_steps ORDER BY saga_id",
+    )
+    .fetch_all(pool)
+    .await)
+    .unwrap();
+    assert_eq!(replies.len(), 2);
+    assert!(
+        replies
+            .iter()
+            .all(|(_, body)| body.contains("\"reservation\""))
+    );
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
+}
+
+/// A step a participant would take for poison is refused when it is sent, where the
+/// orchestrator can still handle it.
+#[tokio::test]
+async fn a_step_no_participant_takes_is_refused_when_sent() {
+    let database = Database::connect("sqlite::memory:").await.unwrap();
+    super::prepare(&database).await;
+    let long = "x".repeat(saga::MAX_SAGA_ID + 1);
+    for (saga_id, step) in [("", "reserve"), (long.as_str(), "reserve"), ("order", "")] {
+        let mut tx = database.begin().await.unwrap();
+        let refused = saga::send(
+            &mut tx,
+            SagaRef {
+                saga_id: saga_id.to_owned(),
+                step: step.to_owned(),
+            },
+            &ReserveStock {
+                order_id: "order".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(refused, shop_messaging::OutboxError::Saga(_)),
+            "{refused:?}"
+        );
+    }
 }
