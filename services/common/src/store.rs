@@ -169,7 +169,12 @@ pub struct Tx {
     untracked: bool,
     /// Savepoints set so far (their names are numbered).
     savepoints: u32,
+    /// Which transaction of the process this is (a savepoint names it).
+    id: u64,
 }
+
+/// The next [`Tx`]'s id.
+static NEXT_TX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A point within a [`Tx`] that it can roll back to ([`Tx::savepoint`],
 /// [`Tx::rollback_to`]): the statements after it are undone, those before it stand.
@@ -177,6 +182,8 @@ pub struct Tx {
 #[must_use = "a savepoint is only of use to roll back to"]
 pub struct Savepoint {
     name: String,
+    /// The transaction it was set in.
+    tx: u64,
     /// Whether the transaction had failed when the savepoint was set.
     failed: bool,
 }
@@ -260,6 +267,7 @@ impl Tx {
         self.raw(format!("SAVEPOINT {name}")).await?;
         Ok(Savepoint {
             name,
+            tx: self.id,
             failed: self.failed,
         })
     }
@@ -269,8 +277,13 @@ impl Tx {
     ///
     /// # Errors
     ///
-    /// The database refused; the transaction then never commits.
+    /// The database refused, or `savepoint` is another transaction's
+    /// ([`StoreError::Aborted`]); the transaction then never commits.
     pub async fn rollback_to(&mut self, savepoint: Savepoint) -> Result<(), StoreError> {
+        if savepoint.tx != self.id {
+            self.failed = true;
+            return Err(StoreError::Aborted);
+        }
         self.raw(format!("ROLLBACK TO SAVEPOINT {}", savepoint.name))
             .await?;
         self.failed = savepoint.failed;
@@ -409,6 +422,7 @@ impl Database {
             failed: false,
             untracked: false,
             savepoints: 0,
+            id: NEXT_TX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -214,6 +214,18 @@ async fn a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit(
     assert!(!tx.failed());
     tx.commit().await.unwrap();
     assert_eq!(things(database).await, ["s"]);
+    // Another transaction's savepoint cannot clear this one's failure.
+    let mut other = database.begin().await.unwrap();
+    let elsewhere = other.savepoint().await.unwrap();
+    other.rollback().await.unwrap();
+    let mut tx = database.begin().await.unwrap();
+    let _own = tx.savepoint().await.unwrap();
+    assert!(matches!(
+        tx.rollback_to(elsewhere).await,
+        Err(StoreError::Aborted)
+    ));
+    assert!(tx.failed());
+    drop(tx);
     on_db!(database, pool => sqlx::query("DELETE FROM tx_things").execute(pool).await.map(|done| done.rows_affected())).unwrap();
 
     // Committed: both writes, then the hooks, in order.

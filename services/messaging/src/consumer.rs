@@ -560,4 +560,24 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 800]);
         assert_eq!(retry_delay(40), Duration::from_secs(30));
     }
+
+    /// A reader that fails.
+    struct Broken;
+
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("connection reset"))
+        }
+    }
+
+    #[test]
+    fn json_that_does_not_decode_is_poison_and_a_failed_read_is_transient() {
+        let bad = serde_json::from_str::<u32>("\"x\"").unwrap_err();
+        assert!(matches!(HandleError::from(bad), HandleError::Poison(_)));
+        let failed = serde_json::from_reader::<_, u32>(Broken).unwrap_err();
+        assert!(matches!(
+            HandleError::from(failed),
+            HandleError::Transient(_)
+        ));
+    }
 }

@@ -444,7 +444,8 @@ impl Transport for JetStreamTransport {
     async fn dead_letter_count(&self, consumer: &str) -> Result<u64, TransportError> {
         crate::transport::check_consumer_name(consumer)?;
         // The stream counts its messages per subject, and each consumer has one dead-letter
-        // subject: one request, where a reader would have to be created and deleted.
+        // subject: a stream-info request (two when there are any: the client asks for a next
+        // page), where a reader would have to be created and deleted.
         let subject = self.inner.dlq_subject(consumer);
         let mut subjects = self
             .inner

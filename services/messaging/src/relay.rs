@@ -328,8 +328,7 @@ impl Relay {
                 let result = self.publish(&batch).await;
                 let mut tx = self.database.begin().await?;
                 let round = self.mark(&mut tx, &batch, result, now).await;
-                tx.commit().await?;
-                round
+                finish(tx, round).await
             }
             Database::Postgres(_) => {
                 // READ COMMITTED whatever the server's default: the rows read after the lock
@@ -347,14 +346,8 @@ impl Relay {
                 }
                 let round = self.pipelined(&mut tx, now).await;
                 // What was marked stands even when the broker or the database failed partway
-                // (a failed statement was rolled back to its savepoint): commit. The round's
-                // own error, if any, says more than the commit's.
-                let committed = tx.commit().await;
-                match (round, committed) {
-                    (Err(error), _) => Err(error),
-                    (Ok(_), Err(error)) => Err(error.into()),
-                    (Ok(round), Ok(())) => Ok(round),
-                }
+                // (a failed statement was rolled back to its savepoint): commit.
+                finish(tx, round).await
             }
         }
     }
@@ -414,8 +407,11 @@ impl Relay {
                 }
                 Err(error) => {
                     // A broker's error leaves the transaction sound; a database's does not.
-                    if matches!(error, RelayError::Outbox(_)) {
-                        tx.rollback_to(savepoint).await?;
+                    if matches!(error, RelayError::Outbox(_))
+                        && let Err(rollback) = tx.rollback_to(savepoint).await
+                    {
+                        // The turn then commits nothing; the cause is still the first error.
+                        tracing::warn!(%rollback, "the relay could not roll back to the batch's savepoint");
                     }
                     return Err(error);
                 }
@@ -457,6 +453,17 @@ impl Relay {
     }
 }
 
+/// Commits a round's transaction: a failed round's error says more than the commit's (which,
+/// after a failed statement, is [`StoreError::Aborted`]).
+async fn finish(tx: Tx, round: Result<Round, RelayError>) -> Result<Round, RelayError> {
+    let committed = tx.commit().await;
+    match (round, committed) {
+        (Err(error), _) => Err(error),
+        (Ok(_), Err(error)) => Err(error.into()),
+        (Ok(round), Ok(())) => Ok(round),
+    }
+}
+
 /// How soon a relay runs again after finding that another relay of its database held the turn
 /// (rather than wait for the poll): what that relay read before this one's commit is published
 /// by this one.
@@ -479,12 +486,19 @@ async fn drive<R, Fut>(
         // Seen now: a commit from here on wakes the next wait.
         woken.borrow_and_update();
         let wait = match round().await {
+            // Says nothing of the broker: a relay that was failing keeps its back-off (the
+            // relay holding the turn may be failing too), one that was not tries again soon.
+            Ok(done) if done.turn_taken => {
+                if backoff.is_zero() {
+                    TURN_TAKEN_RETRY.min(poll)
+                } else {
+                    backoff
+                }
+            }
             Ok(done) => {
                 backoff = Duration::ZERO;
                 if done.published + done.set_aside >= batch || done.set_aside > 0 {
                     Duration::ZERO
-                } else if done.turn_taken {
-                    TURN_TAKEN_RETRY.min(poll)
                 } else {
                     poll
                 }
@@ -723,6 +737,19 @@ mod tests {
         assert_eq!(
             rounds_at(vec![taken(), taken(), published(3)], &[], 1_100).await,
             [0, 25, 50, 1_050]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_relay_that_finds_the_turn_taken_keeps_its_back_off() {
+        let taken = Ok(Round {
+            turn_taken: true,
+            ..Round::default()
+        });
+        // Down (100 ms), the turn taken (100 ms again), down (200 ms), then up.
+        assert_eq!(
+            rounds_at(vec![down(), taken, down(), published(0)], &[], 1_500).await,
+            [0, 100, 200, 400, 1_400]
         );
     }
 

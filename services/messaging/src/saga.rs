@@ -225,7 +225,8 @@ pub trait Participant: Send + Sync + 'static {
 /// answered with the recorded reply, and the participant is not called. The step is claimed
 /// before the participant runs: of two commands for one step handled at once, the second waits
 /// for the first's transaction and answers with its reply (or, if it rolled back, carries the
-/// step out itself).
+/// step out itself). That wait holds at READ COMMITTED, the default of PostgreSQL and what the
+/// consumer's transaction uses unless the server is configured otherwise.
 pub struct Steps<P> {
     participant: String,
     inner: P,
@@ -300,8 +301,9 @@ impl<P: Participant> Handler for Steps<P> {
             .bind(&saga.step)
             .fetch_optional(&mut **conn)
             .await)?;
-            // Gone between the two statements: pruned, or not visible to this transaction's
-            // snapshot (an isolation above READ COMMITTED). Delivered again later.
+            // Gone between the two statements (pruned): delivered again later. (Above READ
+            // COMMITTED, the claim itself fails with a serialization error when another
+            // transaction claimed the step after this one's snapshot: transient too.)
             let Some((kind, version, subject, key, body)) = done else {
                 return Err(HandleError::Transient(
                     "the step's record was claimed but cannot be read yet".into(),

@@ -126,7 +126,8 @@ impl Service {
     }
 
     /// Configures the outbox relay the service starts (its batch, poll or publish timeout, or
-    /// [`keep_published`](Relay::keep_published)), from the relay of the defaults.
+    /// [`keep_published`](Relay::keep_published)), from the relay of the defaults. A second
+    /// call replaces the first.
     #[must_use]
     pub fn relay(mut self, configure: impl FnOnce(Relay) -> Relay + Send + 'static) -> Self {
         self.relay = Some(Box::new(configure));

@@ -796,19 +796,24 @@ async fn a_turn_starts_no_batch_past_the_publish_timeout() {
     let Some((db, database)) = pg_database("turn_deadline").await else {
         return;
     };
-    enqueue_committed(&database, &["a", "b", "c", "d", "e", "f"]).await;
-    // Each publish takes three quarters of the timeout: the second ends past it.
+    let keys: Vec<String> = (0..40).map(|n| format!("k{n}")).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    enqueue_committed(&database, &keys).await;
+    // 200 ms a publish against a timeout of 1 s: about five batches of two a turn, where the
+    // turn would otherwise publish its full 16 (32 messages).
     let broker = Arc::new(During {
         during: tokio::sync::Mutex::new(None),
         taken: Mutex::new(Vec::new()),
-        takes: std::time::Duration::from_millis(300),
+        takes: std::time::Duration::from_millis(200),
     });
     let relay = Relay::new(database.clone(), broker.clone())
         .batch(2)
-        .publish_timeout(std::time::Duration::from_millis(400));
-    assert_eq!(relay.relay_once().await.unwrap().published, 4);
-    assert_eq!(relay.relay_once().await.unwrap().published, 2);
-    assert_eq!(broker.taken.lock().unwrap().len(), 6);
+        .publish_timeout(std::time::Duration::from_secs(1));
+    let first = relay.relay_once().await.unwrap().published;
+    assert!((2..32).contains(&first), "the first turn published {first}");
+    let second = relay.relay_once().await.unwrap().published;
+    assert!(second >= 2, "the next turn goes on");
+    assert_eq!(broker.taken.lock().unwrap().len(), first + second);
     pg_done(db, database).await;
 }
 

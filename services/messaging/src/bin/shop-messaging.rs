@@ -17,7 +17,8 @@ use shop_messaging::config::TransportConfig;
 
 const USAGE: &str = "usage:
   shop-messaging dlq list <consumer> [--limit N]    the consumer's dead letters, oldest first
-  shop-messaging dlq replay <consumer> [--seq N]    deliver them (or dead letter N) again
+  shop-messaging dlq replay <consumer> [--seq N]    deliver dead letter N again, or the oldest
+                                                   1 000 (run it again for the rest)
 
 The transport: NATS_URL (with MESSAGING_NAMESPACE, default shop) for JetStream, otherwise the
 local transport on BUS_DATABASE_URL (default sqlite://bus.db?mode=rwc).";

@@ -1014,3 +1014,39 @@ async fn the_local_log_forgets_what_no_consumer_still_needs_once_it_is_old() {
     // And the sweeper's call keeps JetStream's ages: nothing here is a week old.
     assert_eq!(transport.prune_expired().await.unwrap(), 0);
 }
+
+/// Replaying every dead letter does at most `MAX_REPLAYED` at a time, oldest first, and says
+/// how many there were; the next call does the rest.
+#[tokio::test]
+async fn a_replay_of_every_dead_letter_is_bounded() {
+    let database = Database::connect("sqlite::memory:").await.unwrap();
+    let transport = local(&database).await;
+    let config = ConsumerConfig::new("search", &["catalog.events"]);
+    drop(transport.consumer(&config).await.unwrap());
+    let count = i64::try_from(shop_messaging::MAX_REPLAYED).unwrap() + 1;
+    on_db!(&database, pool => sqlx::raw_sql(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1001) \
+         INSERT INTO bus_messages (id, subject, headers, payload, stored_at_ms) \
+         SELECT 'm' || i, 'catalog.events', '{}', x'7b7d', 0 FROM n; \
+         INSERT INTO bus_dead_letters (consumer, seq, reason, delivered, dead_at_ms) \
+         SELECT 'search', seq, 'unknown product', 5, 0 FROM bus_messages ORDER BY seq;",
+    )
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected()))
+    .unwrap();
+    assert_eq!(
+        transport.dead_letter_count("search").await.unwrap(),
+        u64::try_from(count).unwrap()
+    );
+    assert_eq!(
+        transport.replay("search", None).await.unwrap(),
+        u64::try_from(shop_messaging::MAX_REPLAYED).unwrap()
+    );
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 1);
+    let left = transport.dead_letters("search", 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].broker_id, "m1001", "the oldest were replayed first");
+    assert_eq!(transport.replay("search", None).await.unwrap(), 1);
+    assert_eq!(transport.dead_letter_count("search").await.unwrap(), 0);
+}
