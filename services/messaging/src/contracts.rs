@@ -46,9 +46,10 @@ pub const USERS_EVENTS: &str = "users.events";
 /// The notifications service's commands: the mails other services ask it to send.
 pub const NOTIFICATIONS_COMMANDS: &str = "notifications.commands";
 
-/// The [`Message`] of a users message: its kind is the type's name, its key the account.
-macro_rules! users_message {
-    ($($message:ident on $subject:ident),* $(,)?) => {
+/// The [`Message`] of each type: its kind is the type's name, its key the field `$key` (the
+/// aggregate's id: an account, an order), so that one aggregate's messages keep their order.
+macro_rules! keyed_messages {
+    ($key:ident: $($message:ident on $subject:expr),* $(,)?) => {
         $(
             impl Message for $message {
                 const KIND: &'static str = stringify!($message);
@@ -59,14 +60,15 @@ macro_rules! users_message {
                 }
 
                 fn key(&self) -> Cow<'_, str> {
-                    Cow::Borrowed(&self.user_id)
+                    Cow::Borrowed(&self.$key)
                 }
             }
         )*
     };
 }
 
-users_message!(
+keyed_messages!(
+    user_id:
     UserRegistered on USERS_EVENTS,
     AddressClaimAttempted on USERS_EVENTS,
     EmailChangeRequested on USERS_EVENTS,
@@ -153,4 +155,109 @@ pub struct EmailChanged {
     pub user_id: String,
     /// The new address.
     pub email: String,
+}
+
+/// The inventory's commands: the checkout saga's steps on stock.
+pub const INVENTORY_COMMANDS: &str = "inventory.commands";
+
+/// The inventory's events.
+pub const INVENTORY_EVENTS: &str = "inventory.events";
+
+keyed_messages!(
+    order_id:
+    ReserveStock on INVENTORY_COMMANDS,
+    ReleaseStock on INVENTORY_COMMANDS,
+    CommitStock on INVENTORY_COMMANDS,
+    StockReserved on crate::saga::REPLIES,
+    StockRejected on crate::saga::REPLIES,
+    StockReleased on crate::saga::REPLIES,
+    StockCommitted on crate::saga::REPLIES,
+    ReservationExpired on INVENTORY_EVENTS,
+);
+
+/// One line of a reservation: a quantity of one stock-keeping unit (the catalog's product id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLine {
+    /// The product.
+    pub sku: String,
+    /// How many.
+    pub quantity: u32,
+}
+
+/// Holds every line of an order, or none: answered [`StockReserved`] or [`StockRejected`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveStock {
+    /// The order.
+    pub order_id: String,
+    /// What it takes.
+    pub lines: Vec<StockLine>,
+    /// How long the hold lasts unless committed, in milliseconds: past it, the inventory's
+    /// sweeper releases it ([`ReservationExpired`]). Longer than the saga's deadline.
+    pub hold_ms: u64,
+}
+
+/// Gives back what an order holds (a compensation): answered [`StockReleased`], also when it
+/// holds nothing. A hold released before it was made refuses the reservation that comes later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStock {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Takes what an order holds out of stock for good (after the payment's capture, the pivot):
+/// answered [`StockCommitted`]. Retried until it succeeds; it cannot be refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitStock {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Every line of the order is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReserved {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StockRejection {
+    /// A line asks for more than is available (the lines are in [`StockRejected::short`]).
+    OutOfStock,
+    /// The order's hold was released (or expired) before this reservation came.
+    Released,
+}
+
+/// Nothing of the order is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRejected {
+    /// The order.
+    pub order_id: String,
+    /// Why.
+    pub reason: StockRejection,
+    /// The products there are too few of (for [`StockRejection::OutOfStock`]).
+    pub short: Vec<String>,
+}
+
+/// The order holds nothing (any more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReleased {
+    /// The order.
+    pub order_id: String,
+}
+
+/// What the order held is out of stock for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockCommitted {
+    /// The order.
+    pub order_id: String,
+}
+
+/// The inventory's sweeper released an order's hold that outlived its `hold_ms` (its saga
+/// died, or is late): the orchestrator treats the order's stock as gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationExpired {
+    /// The order.
+    pub order_id: String,
 }
