@@ -39,7 +39,7 @@ use shop_common::store::{Database, StoreError, Tx};
 use shop_common::tasks::{Stage, Supervisor};
 use shop_messaging::contracts::{
     CommitStock, INVENTORY_COMMANDS, ReleaseStock, ReservationExpired, ReserveStock,
-    StockCommitted, StockRejected, StockRejection, StockReleased, StockReserved,
+    StockCommitted, StockRejected, StockRejection, StockReleased, StockReserved, check_order_id,
 };
 use shop_messaging::saga::{self, Participant, Reply};
 use shop_messaging::{ConsumerConfig, HandleError, Inbound, Outbox, OutboxError, Poison, SagaRef};
@@ -54,8 +54,7 @@ pub const MAX_LINES: usize = 100;
 pub const MAX_QUANTITY: u32 = 10_000;
 /// The longest product id, in bytes.
 pub const MAX_SKU: usize = 64;
-/// The longest order id, in bytes.
-pub const MAX_ORDER_ID: usize = 128;
+pub use shop_messaging::contracts::MAX_ORDER_ID;
 /// The longest a hold may be asked to last.
 pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 
@@ -193,17 +192,6 @@ impl Inventory {
 #[derive(Debug, Clone)]
 pub struct StockParticipant(());
 
-fn order_id_ok(order_id: &str) -> Result<(), Poison> {
-    if (1..=MAX_ORDER_ID).contains(&order_id.len()) {
-        Ok(())
-    } else {
-        Err(Poison(format!(
-            "an order id of {} bytes (1 to {MAX_ORDER_ID})",
-            order_id.len()
-        )))
-    }
-}
-
 /// The lines of `reserve`, checked: 1 to [`MAX_LINES`], each of a product id of 1 to
 /// [`MAX_SKU`] bytes and a quantity of 1 to [`MAX_QUANTITY`].
 fn lines_of(reserve: &ReserveStock) -> Result<Vec<(String, i64)>, Poison> {
@@ -244,7 +232,7 @@ impl Participant for StockParticipant {
     ) -> Result<Reply, HandleError> {
         if command.is::<ReserveStock>() {
             let reserve: ReserveStock = command.decode()?;
-            order_id_ok(&reserve.order_id)?;
+            check_order_id(&reserve.order_id)?;
             let lines = lines_of(&reserve)?;
             let hold = Duration::from_millis(reserve.hold_ms).min(MAX_HOLD);
             let expires_at_ms = shop_common::unix_millis()
@@ -266,14 +254,14 @@ impl Participant for StockParticipant {
             Ok(reply)
         } else if command.is::<ReleaseStock>() {
             let release: ReleaseStock = command.decode()?;
-            order_id_ok(&release.order_id)?;
+            check_order_id(&release.order_id)?;
             StockStore::release(tx, &release.order_id, Ending::Released).await?;
             Ok(Reply::of(&StockReleased {
                 order_id: release.order_id,
             })?)
         } else if command.is::<CommitStock>() {
             let commit: CommitStock = command.decode()?;
-            order_id_ok(&commit.order_id)?;
+            check_order_id(&commit.order_id)?;
             match StockStore::commit(tx, &commit.order_id).await? {
                 Commitment::Committed => Ok(Reply::of(&StockCommitted {
                     order_id: commit.order_id,

@@ -17,7 +17,7 @@ use shop_messaging::contracts::{
     CommitStock, ReleaseStock, ReservationExpired, ReserveStock, StockLine, StockRejected,
     StockRejection, StockReserved,
 };
-use shop_messaging::{Envelope, Handler, Inbound, Message, MessageId, Outbox, Outcome, SagaRef};
+use shop_messaging::{Envelope, Handler, Inbound, Message, Outbox, Outcome, SagaRef};
 
 shop_common::on_both_stores!(
     a_reservation_holds_every_line_or_none,
@@ -246,23 +246,11 @@ async fn the_sweeper_releases_holds_past_their_time(database: &Database, url: &s
 }
 
 fn command<M: Message>(message: &M, step: &str) -> Inbound {
-    Inbound {
-        envelope: Envelope {
-            id: MessageId::new(),
-            kind: M::KIND.to_owned(),
-            version: M::VERSION,
-            occurred_at_ms: 0,
-            key: message.key().into_owned(),
-            saga: Some(SagaRef {
-                saga_id: message.key().into_owned(),
-                step: step.to_owned(),
-            }),
-            causation_id: None,
-            body: serde_json::value::to_raw_value(message).unwrap(),
-        },
-        subject: message.subject().into_owned(),
-        delivered: 1,
-    }
+    let saga = SagaRef {
+        saga_id: message.key().into_owned(),
+        step: step.to_owned(),
+    };
+    Inbound::of(message, Some(saga)).unwrap()
 }
 
 /// Hands `inbound` to the participant in a transaction of its own, and returns the reply it

@@ -109,6 +109,32 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// `message` as a handler receives it on its first delivery, with a new id, as the command
+    /// of `saga`'s step if any: for tests of handlers and participants.
+    ///
+    /// # Errors
+    ///
+    /// `message` does not serialize to JSON.
+    pub fn of<M: Message>(
+        message: &M,
+        saga: Option<crate::message::SagaRef>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            envelope: Envelope {
+                id: MessageId::new(),
+                kind: M::KIND.to_owned(),
+                version: M::VERSION,
+                occurred_at_ms: shop_common::unix_millis(),
+                key: message.key().into_owned(),
+                saga,
+                causation_id: None,
+                body: serde_json::value::to_raw_value(message)?,
+            },
+            subject: message.subject().into_owned(),
+            delivered: 1,
+        })
+    }
+
     /// Whether it is a `M`.
     #[must_use]
     pub fn is<M: Message>(&self) -> bool {

@@ -157,6 +157,25 @@ pub struct EmailChanged {
     pub email: String,
 }
 
+/// The longest order id a saga message may carry, in bytes.
+pub const MAX_ORDER_ID: usize = 128;
+
+/// Checks an order id a saga message carries: 1 to [`MAX_ORDER_ID`] bytes.
+///
+/// # Errors
+///
+/// [`Poison`](crate::Poison): the message can never be handled.
+pub fn check_order_id(order_id: &str) -> Result<(), crate::Poison> {
+    if (1..=MAX_ORDER_ID).contains(&order_id.len()) {
+        Ok(())
+    } else {
+        Err(crate::Poison(format!(
+            "an order id of {} bytes (1 to {MAX_ORDER_ID})",
+            order_id.len()
+        )))
+    }
+}
+
 /// The inventory's commands: the checkout saga's steps on stock.
 pub const INVENTORY_COMMANDS: &str = "inventory.commands";
 
@@ -260,4 +279,130 @@ pub struct StockCommitted {
 pub struct ReservationExpired {
     /// The order.
     pub order_id: String,
+}
+
+/// The payments service's commands: the checkout saga's steps on money.
+pub const PAYMENTS_COMMANDS: &str = "payments.commands";
+
+keyed_messages!(
+    order_id:
+    AuthorizePayment on PAYMENTS_COMMANDS,
+    CapturePayment on PAYMENTS_COMMANDS,
+    VoidPayment on PAYMENTS_COMMANDS,
+    RefundPayment on PAYMENTS_COMMANDS,
+    PaymentAuthorized on crate::saga::REPLIES,
+    PaymentDeclined on crate::saga::REPLIES,
+    PaymentCaptured on crate::saga::REPLIES,
+    CaptureFailed on crate::saga::REPLIES,
+    PaymentVoided on crate::saga::REPLIES,
+    PaymentRefunded on crate::saga::REPLIES,
+);
+
+/// Authorises an order's amount on a card: answered [`PaymentAuthorized`] or
+/// [`PaymentDeclined`]. The provider is asked under the key `<order_id>:authorize`, so that
+/// asking again after a lost answer cannot authorise twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizePayment {
+    /// The order.
+    pub order_id: String,
+    /// The amount, in minor units of `currency`.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The card (a test card number on this system; a provider's token in a real one).
+    pub card: String,
+}
+
+/// Captures what was authorised for an order (the saga's pivot): answered [`PaymentCaptured`],
+/// or [`CaptureFailed`] when it can never succeed (the authorisation expired or was voided). A
+/// provider that is down has it retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturePayment {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Gives an authorisation up (a compensation): answered [`PaymentVoided`], also when there is
+/// nothing to void. A void before its authorisation arrives refuses that authorisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidPayment {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Gives a captured payment back (an order cancelled after it was paid): answered
+/// [`PaymentRefunded`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundPayment {
+    /// The order.
+    pub order_id: String,
+}
+
+/// The amount is authorised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAuthorized {
+    /// The order.
+    pub order_id: String,
+    /// The payment.
+    pub payment_id: String,
+}
+
+/// Why a payment was declined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeclineReason {
+    /// The card's issuer said no.
+    Declined,
+    /// Not a card number.
+    InvalidCard,
+    /// The order's payment was voided before this authorisation came.
+    Voided,
+}
+
+/// The amount is not authorised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDeclined {
+    /// The order.
+    pub order_id: String,
+    /// Why.
+    pub reason: DeclineReason,
+}
+
+/// The money is taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    /// The order.
+    pub order_id: String,
+    /// The payment.
+    pub payment_id: String,
+    /// What was captured, in minor units.
+    pub amount_minor: i64,
+}
+
+/// The capture can never succeed: the order must be compensated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFailed {
+    /// The order.
+    pub order_id: String,
+    /// Why (the authorisation expired, was voided, or never was).
+    pub reason: String,
+}
+
+/// The order holds no authorisation (any more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentVoided {
+    /// The order.
+    pub order_id: String,
+    /// Whether an authorisation was voided now (false: there was none, or it was captured, in
+    /// which case only a refund gives the money back).
+    pub voided: bool,
+}
+
+/// The captured money is given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// The order.
+    pub order_id: String,
+    /// What was refunded, in minor units (0: nothing was captured).
+    pub amount_minor: i64,
 }

@@ -198,23 +198,10 @@ pub(super) async fn a_saga_step_is_carried_out_once_and_answered_alike_each_time
 }
 
 fn command(saga_id: &str) -> Inbound {
-    Inbound {
-        envelope: shop_messaging::Envelope {
-            id: MessageId::new(),
-            kind: ReserveStock::KIND.to_owned(),
-            version: 1,
-            occurred_at_ms: 0,
-            key: saga_id.to_owned(),
-            saga: Some(step(saga_id)),
-            causation_id: None,
-            body: serde_json::value::to_raw_value(&ReserveStock {
-                order_id: saga_id.to_owned(),
-            })
-            .unwrap(),
-        },
-        subject: saga::commands_of("inventory"),
-        delivered: 1,
-    }
+    let reserve = ReserveStock {
+        order_id: saga_id.to_owned(),
+    };
+    Inbound::of(&reserve, Some(step(saga_id))).unwrap()
 }
 
 /// Two commands of one step handled at once on PostgreSQL: the second waits for the first's
