@@ -406,3 +406,112 @@ pub struct PaymentRefunded {
     /// What was refunded, in minor units (0: nothing was captured).
     pub amount_minor: i64,
 }
+
+/// The shipping service's commands: the checkout saga's steps on delivery.
+pub const SHIPPING_COMMANDS: &str = "shipping.commands";
+
+/// The shipping service's events: what became of a shipment.
+pub const SHIPPING_EVENTS: &str = "shipping.events";
+
+keyed_messages!(
+    order_id:
+    CreateShipment on SHIPPING_COMMANDS,
+    CancelShipment on SHIPPING_COMMANDS,
+    ShipmentCreated on crate::saga::REPLIES,
+    ShipmentRejected on crate::saga::REPLIES,
+    ShipmentCancelled on crate::saga::REPLIES,
+    OrderShipped on SHIPPING_EVENTS,
+    OrderDelivered on SHIPPING_EVENTS,
+);
+
+/// Where an order goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// Who receives it.
+    pub name: String,
+    /// Street and number.
+    pub line1: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postcode: String,
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: String,
+}
+
+/// Books a shipment of an order's items to an address: answered [`ShipmentCreated`] or, for an
+/// address the carrier does not deliver to, [`ShipmentRejected`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateShipment {
+    /// The order.
+    pub order_id: String,
+    /// Where to.
+    pub address: Address,
+    /// How many items.
+    pub items: u32,
+}
+
+/// Cancels an order's shipment (a compensation): answered [`ShipmentCancelled`], also when
+/// there is none. A cancel before its shipment is booked refuses that booking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelShipment {
+    /// The order.
+    pub order_id: String,
+}
+
+/// The shipment is booked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentCreated {
+    /// The order.
+    pub order_id: String,
+    /// The shipment.
+    pub shipment_id: String,
+    /// The carrier's tracking number.
+    pub tracking_id: String,
+    /// What it costs, in minor units.
+    pub cost_minor: i64,
+}
+
+/// Why a shipment was not booked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ShipmentRejection {
+    /// The carrier does not deliver there.
+    Undeliverable,
+    /// The order's shipment was cancelled before this booking came.
+    Cancelled,
+}
+
+/// The shipment is not booked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentRejected {
+    /// The order.
+    pub order_id: String,
+    /// Why.
+    pub reason: ShipmentRejection,
+}
+
+/// The order has no booked shipment (any more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentCancelled {
+    /// The order.
+    pub order_id: String,
+    /// Whether a booked shipment was cancelled now (false: there was none, or it has left).
+    pub cancelled: bool,
+}
+
+/// The order's parcel left the warehouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    /// The order.
+    pub order_id: String,
+    /// The carrier's tracking number.
+    pub tracking_id: String,
+}
+
+/// The order's parcel was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderDelivered {
+    /// The order.
+    pub order_id: String,
+}

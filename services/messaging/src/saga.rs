@@ -347,3 +347,57 @@ pub async fn prune(
     .await
     .map(|done| done.rows_affected()))?)
 }
+
+/// Helpers for the tests of participants (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing {
+    use serde::de::DeserializeOwned;
+    use shop_common::store::Database;
+
+    use crate::consumer::{HandleError, Handler, Inbound, Outcome};
+    use crate::message::{Envelope, Message, SagaRef};
+    use crate::outbox::Outbox;
+
+    /// Hands `message`, as the command of step `step` of the saga its key names, to `handler`
+    /// in a transaction of its own on `database`, committed when the handler acknowledges;
+    /// returns the reply the handler wrote (the outbox's newest message), as an `R`.
+    ///
+    /// # Errors
+    ///
+    /// The handler's error (its transaction rolled back).
+    ///
+    /// # Panics
+    ///
+    /// The handler settles otherwise than by acknowledging, the database fails, or the reply
+    /// is not an `R`: a test's failure.
+    pub async fn reply_to<R, M, H>(
+        handler: &H,
+        database: &Database,
+        message: &M,
+        step: &str,
+    ) -> Result<R, HandleError>
+    where
+        R: Message + DeserializeOwned,
+        M: Message,
+        H: Handler,
+    {
+        let saga = SagaRef {
+            saga_id: message.key().into_owned(),
+            step: step.to_owned(),
+        };
+        let inbound = Inbound::of(message, Some(saga)).expect("the command serializes");
+        let mut tx = database.begin().await.expect("a transaction");
+        match handler.handle(&inbound, &mut tx).await? {
+            Outcome::Ack => tx.commit().await.expect("the step commits"),
+            other => panic!("the handler answered {other:?}"),
+        }
+        let pending = Outbox::pending(database, i64::MAX)
+            .await
+            .expect("the outbox");
+        let newest = pending.last().expect("a reply");
+        let envelope: Envelope<serde_json::Value> =
+            serde_json::from_slice(&newest.payload).expect("an envelope");
+        assert_eq!(envelope.kind, R::KIND, "the reply: {:?}", envelope.body);
+        Ok(serde_json::from_value(envelope.body).expect("the reply decodes"))
+    }
+}

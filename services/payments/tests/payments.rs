@@ -14,7 +14,8 @@ use shop_messaging::contracts::{
     AuthorizePayment, CaptureFailed, CapturePayment, DeclineReason, PaymentAuthorized,
     PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided, RefundPayment, VoidPayment,
 };
-use shop_messaging::{Envelope, HandleError, Handler, Inbound, Message, Outbox, Outcome, SagaRef};
+use shop_messaging::saga::testing::reply_to;
+use shop_messaging::{HandleError, Message};
 use shop_payments::provider::{
     APPROVED_CARD, Authorization, DECLINED_CARD, Knobs, Provider, ProviderError, TIMEOUT_CARD,
     TestCards,
@@ -110,37 +111,14 @@ async fn start(database: &Database, url: &str, provider: Arc<dyn Provider>) -> P
         .unwrap()
 }
 
-fn command<M: Message>(message: &M, step: &str) -> Inbound {
-    let saga = SagaRef {
-        saga_id: message.key().into_owned(),
-        step: step.to_owned(),
-    };
-    Inbound::of(message, Some(saga)).unwrap()
-}
-
-/// Hands `message` (as step `step`) to the participant in a transaction of its own; returns
-/// the reply it enqueued, as `R`.
+/// Hands `message` (as step `step`) to the participant; returns the reply it wrote, as `R`.
 async fn step<M: Message, R: Message + serde::de::DeserializeOwned>(
     payments: &Payments,
     message: &M,
     step: &str,
 ) -> Result<R, HandleError> {
     let database = payments.store().database();
-    let mut tx = database.begin().await.unwrap();
-    match payments
-        .participant()
-        .handle(&command(message, step), &mut tx)
-        .await
-    {
-        Ok(Outcome::Ack) => tx.commit().await.unwrap(),
-        Ok(other) => panic!("{other:?}"),
-        Err(error) => return Err(error),
-    }
-    let pending = Outbox::pending(database, 1_000).await.unwrap();
-    let envelope: Envelope<serde_json::Value> =
-        serde_json::from_slice(&pending.last().unwrap().payload).unwrap();
-    assert_eq!(envelope.kind, R::KIND, "{:?}", envelope.body);
-    Ok(serde_json::from_value(envelope.body).unwrap())
+    reply_to(&payments.participant(), database, message, step).await
 }
 
 fn authorize(order_id: &str, card: &str) -> AuthorizePayment {
