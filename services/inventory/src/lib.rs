@@ -205,9 +205,9 @@ fn lines_of(reserve: &ReserveStock) -> Result<Vec<(String, i64)>, Poison> {
         .lines
         .iter()
         .map(|line| {
-            if !(1..=MAX_SKU).contains(&line.sku.len()) {
+            if !(1..=MAX_SKU).contains(&line.sku.len()) || line.sku.chars().any(char::is_control) {
                 return Err(Poison(format!(
-                    "a product id of {} bytes (1 to {MAX_SKU})",
+                    "a product id of {} bytes (1 to {MAX_SKU}, no control characters)",
                     line.sku.len()
                 )));
             }
@@ -273,6 +273,13 @@ impl Participant for StockParticipant {
                         "order {}: too few of {} to commit what its expired hold held",
                         commit.order_id,
                         short.join(", ")
+                    )
+                    .into(),
+                )),
+                Commitment::Raced => Err(HandleError::Transient(
+                    format!(
+                        "order {}: committed by another step meanwhile",
+                        commit.order_id
                     )
                     .into(),
                 )),

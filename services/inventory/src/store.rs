@@ -60,6 +60,8 @@ pub enum Commitment {
     Short(Vec<String>),
     /// The order never held anything.
     Nothing,
+    /// Another commit of the order's released hold came first: roll back, and try again.
+    Raced,
 }
 
 /// How a hold ended without being committed.
@@ -190,12 +192,15 @@ impl StockStore {
         lines: &[Line],
         expires_at_ms: i64,
     ) -> Result<Reservation, StoreError> {
-        match status(tx, order_id).await?.as_deref() {
-            Some("RESERVED" | "COMMITTED") => return Ok(Reservation::Reserved),
-            Some(_) => return Ok(Reservation::Released),
-            None => {}
-        }
         let now = shop_common::unix_millis();
+        // The hold first: a release of this order in flight waits for it, or it for the
+        // release (and then finds it). Stock rows are locked after it, in product order.
+        if !claim(tx, order_id, "RESERVED", expires_at_ms, now).await? {
+            return Ok(match status(tx, order_id).await?.as_deref() {
+                Some("RESERVED" | "COMMITTED") => Reservation::Reserved,
+                _ => Reservation::Released,
+            });
+        }
         let lines = merged(lines);
         let (taken, short) = take(
             tx,
@@ -207,18 +212,14 @@ impl StockStore {
         )
         .await?;
         if !short.is_empty() {
+            // As if it never came: the order may be reserved again.
+            on_tx!(tx, conn => sqlx::query("DELETE FROM holds WHERE order_id = $1")
+                .bind(order_id)
+                .execute(&mut **conn)
+                .await
+                .map(|done| done.rows_affected()))?;
             return Ok(Reservation::Short(short));
         }
-        on_tx!(tx, conn => sqlx::query(
-            "INSERT INTO holds (order_id, status, expires_at_ms, updated_at_ms) \
-             VALUES ($1, 'RESERVED', $2, $3)",
-        )
-        .bind(order_id)
-        .bind(expires_at_ms)
-        .bind(now)
-        .execute(&mut **conn)
-        .await
-        .map(|done| done.rows_affected()))?;
         for (sku, quantity) in &taken {
             on_tx!(tx, conn => sqlx::query(
                 "INSERT INTO hold_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
@@ -243,17 +244,11 @@ impl StockStore {
     /// The database fails.
     pub async fn release(tx: &mut Tx, order_id: &str, how: Ending) -> Result<bool, StoreError> {
         let now = shop_common::unix_millis();
+        // Claimed first: a reservation of this order in flight is waited for, then released.
+        if claim(tx, order_id, how.status(), 0, now).await? {
+            return Ok(false);
+        }
         if !moved(tx, order_id, how.status(), now).await? {
-            on_tx!(tx, conn => sqlx::query(
-                "INSERT INTO holds (order_id, status, expires_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, 0, $3) ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(how.status())
-            .bind(now)
-            .execute(&mut **conn)
-            .await
-            .map(|done| done.rows_affected()))?;
             return Ok(false);
         }
         for (sku, quantity) in lines_of(tx, order_id).await? {
@@ -325,14 +320,20 @@ impl StockStore {
                 if !short.is_empty() {
                     return Ok(Commitment::Short(short));
                 }
-                on_tx!(tx, conn => sqlx::query(
-                    "UPDATE holds SET status = 'COMMITTED', updated_at_ms = $2 WHERE order_id = $1",
+                // Once: of two commits of a released hold at once, the second finds it taken
+                // (its transaction rolls back, the stock it took with it, and it is retried).
+                let done = on_tx!(tx, conn => sqlx::query(
+                    "UPDATE holds SET status = 'COMMITTED', updated_at_ms = $2 \
+                     WHERE order_id = $1 AND status IN ('RELEASED', 'EXPIRED')",
                 )
                 .bind(order_id)
                 .bind(now)
                 .execute(&mut **conn)
                 .await
                 .map(|done| done.rows_affected()))?;
+                if done != 1 {
+                    return Ok(Commitment::Raced);
+                }
                 for (sku, quantity) in &taken {
                     ledger(
                         tx,
@@ -454,6 +455,29 @@ async fn take(
         }
     }
     Ok((taken, short))
+}
+
+/// Inserts `order_id`'s hold as `status` unless it has one; whether it was inserted. On
+/// PostgreSQL it waits for a hold of the order being inserted by another transaction.
+async fn claim(
+    tx: &mut Tx,
+    order_id: &str,
+    status: &str,
+    expires_at_ms: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = on_tx!(tx, conn => sqlx::query(
+        "INSERT INTO holds (order_id, status, expires_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(expires_at_ms)
+    .bind(now)
+    .execute(&mut **conn)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(done == 1)
 }
 
 async fn status(tx: &mut Tx, order_id: &str) -> Result<Option<String>, StoreError> {

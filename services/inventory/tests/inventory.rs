@@ -337,6 +337,17 @@ async fn the_saga_commands_are_answered_once_per_step(database: &Database, url: 
         handled(&inventory, database, &command(&too_many, "reserve-stock")).await,
         Err(shop_messaging::HandleError::Poison(_))
     ));
+    // A NUL in an id (PostgreSQL would refuse it for ever) is poison.
+    let nul = command(
+        &CommitStock {
+            order_id: "o\u{0}".into(),
+        },
+        "commit-stock",
+    );
+    assert!(matches!(
+        handled(&inventory, database, &nul).await,
+        Err(shop_messaging::HandleError::Poison(_))
+    ));
     // Committing what an order never held is poison too.
     let never = command(
         &CommitStock {
@@ -393,6 +404,10 @@ async fn the_http_api_reads_stock_and_admins_restock(database: &Database, url: &
     assert_eq!(missing.headers["content-type"], "application/problem+json");
     let long = format!("/stock/{}", "x".repeat(65));
     assert_eq!(get(&long, None).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get("/stock/a%00b", None).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     // Only an admin sees the whole level and restocks.
     assert_eq!(
@@ -431,4 +446,57 @@ async fn the_http_api_reads_stock_and_admins_restock(database: &Database, url: &
         5
     );
     audited(&inventory).await;
+}
+
+/// A release racing the reservation it compensates (PostgreSQL): it waits for the reservation's
+/// claim on the order, then releases what it holds, rather than finding nothing and answering
+/// "released" while the hold stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_racing_its_reservation_waits_and_releases_it() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("inv_race").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    let inventory = stocked(&database, &db.url, &[("kettle", 1)]).await;
+    let mut reserving = database.begin().await.unwrap();
+    let reserved = StockStore::reserve(&mut reserving, "r", &lines(&[("kettle", 1)]), i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(reserved, Reservation::Reserved);
+    let releasing = {
+        let database = database.clone();
+        tokio::spawn(async move {
+            let mut tx = database.begin().await.unwrap();
+            let released = StockStore::release(&mut tx, "r", Ending::Released)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            released
+        })
+    };
+    loop {
+        let Database::Postgres(pool) = &database else {
+            unreachable!("PostgreSQL")
+        };
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(!releasing.is_finished(), "the release did not wait");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    reserving.commit().await.unwrap();
+    assert!(releasing.await.unwrap(), "it released the hold");
+    assert_eq!(level(&inventory, "kettle").await, (1, 0));
+    audited(&inventory).await;
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
 }

@@ -160,17 +160,18 @@ pub struct EmailChanged {
 /// The longest order id a saga message may carry, in bytes.
 pub const MAX_ORDER_ID: usize = 128;
 
-/// Checks an order id a saga message carries: 1 to [`MAX_ORDER_ID`] bytes.
+/// Checks an order id a saga message carries: 1 to [`MAX_ORDER_ID`] bytes, no control
+/// characters (PostgreSQL refuses a NUL in text: the message could never be handled).
 ///
 /// # Errors
 ///
 /// [`Poison`](crate::Poison): the message can never be handled.
 pub fn check_order_id(order_id: &str) -> Result<(), crate::Poison> {
-    if (1..=MAX_ORDER_ID).contains(&order_id.len()) {
+    if (1..=MAX_ORDER_ID).contains(&order_id.len()) && !order_id.chars().any(char::is_control) {
         Ok(())
     } else {
         Err(crate::Poison(format!(
-            "an order id of {} bytes (1 to {MAX_ORDER_ID})",
+            "an order id of {} bytes (1 to {MAX_ORDER_ID}, no control characters)",
             order_id.len()
         )))
     }

@@ -109,10 +109,12 @@ pub async fn send<M: Message>(
 
 /// What is wrong with `saga`, if anything.
 fn saga_problem(saga: &SagaRef) -> Option<&'static str> {
-    if saga.saga_id.is_empty() || saga.saga_id.len() > MAX_SAGA_ID {
-        Some("the saga id is empty or longer than MAX_SAGA_ID")
-    } else if saga.step.is_empty() || saga.step.len() > MAX_STEP {
-        Some("the step is empty or longer than MAX_STEP")
+    // A control character (a NUL, which PostgreSQL refuses in text) could never be recorded.
+    let control = |text: &str| text.chars().any(char::is_control);
+    if saga.saga_id.is_empty() || saga.saga_id.len() > MAX_SAGA_ID || control(&saga.saga_id) {
+        Some("the saga id is empty, longer than MAX_SAGA_ID, or has control characters")
+    } else if saga.step.is_empty() || saga.step.len() > MAX_STEP || control(&saga.step) {
+        Some("the step is empty, longer than MAX_STEP, or has control characters")
     } else {
         None
     }
@@ -132,7 +134,8 @@ impl Inbound {
             })?;
         if saga_problem(saga).is_some() {
             return Err(Poison(format!(
-                "a saga id of {} bytes and a step of {} (1 to {MAX_SAGA_ID} and 1 to {MAX_STEP})",
+                "a saga id of {} bytes and a step of {} (1 to {MAX_SAGA_ID} and 1 to {MAX_STEP}, \
+                 no control characters)",
                 saga.saga_id.len(),
                 saga.step.len()
             )));

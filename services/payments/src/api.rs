@@ -25,7 +25,7 @@ async fn payment(
 ) -> Result<Response, Problem> {
     let Path(order_id) =
         order_id.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
-    if !(1..=MAX_ORDER_ID).contains(&order_id.len()) {
+    if !(1..=MAX_ORDER_ID).contains(&order_id.len()) && !order_id.chars().any(char::is_control) {
         return Err(Problem::bad_request(format!(
             "an order id is 1 to {MAX_ORDER_ID} bytes"
         )));

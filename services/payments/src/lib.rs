@@ -115,12 +115,15 @@ impl Payments {
         saga::Steps::new("payments", PaymentParticipant(self.clone()))
     }
 
-    async fn ask<T>(
+    /// Asks the provider, within the timeout: a provider that fails or does not answer is
+    /// transient (asked again, under the same key); a refusal is the caller's to read.
+    async fn ask_for<T>(
         &self,
         call: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, HandleError> {
+    ) -> Result<Result<T, String>, HandleError> {
         match tokio::time::timeout(self.0.timeout, call).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => Ok(Ok(answer)),
+            Ok(Err(ProviderError::Refused(reason))) => Ok(Err(reason)),
             Ok(Err(error)) => Err(HandleError::Transient(Box::new(error))),
             Err(_) => Err(HandleError::Transient(
                 format!(
@@ -130,6 +133,17 @@ impl Payments {
                 .into(),
             )),
         }
+    }
+
+    /// [`ask_for`](Self::ask_for), where a refusal is transient too (retried, then a dead
+    /// letter for an operator).
+    async fn ask<T>(
+        &self,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, HandleError> {
+        self.ask_for(call).await?.map_err(|reason| {
+            HandleError::Transient(format!("the card provider refused: {reason}").into())
+        })
     }
 
     /// Voids the authorisations given before `before_ms` and never captured, each in its own
@@ -252,10 +266,16 @@ impl PaymentParticipant {
         )
         .await?;
         let Some(payment_id) = recorded else {
-            // Another handler of this order recorded first: answer from its record next time.
-            return Err(HandleError::Transient(
-                "the order's payment was recorded meanwhile".into(),
-            ));
+            // A void of this order came first, meanwhile: give back what the provider just
+            // approved, and decline.
+            if let Authorization::Approved { reference } = &answer {
+                let key = format!("{order_id}:void");
+                self.0.ask(self.0.0.provider.void(&key, reference)).await?;
+            }
+            return Ok(Reply::of(&PaymentDeclined {
+                order_id,
+                reason: DeclineReason::Voided,
+            })?);
         };
         Ok(match answer {
             Authorization::Approved { .. } => Reply::of(&PaymentAuthorized {
@@ -284,9 +304,26 @@ impl PaymentParticipant {
                 }
                 let key = format!("{order_id}:capture");
                 let reference = payment.reference.clone().unwrap_or_default();
-                self.0
-                    .ask(self.0.0.provider.capture(&key, &reference))
+                let captured = self
+                    .0
+                    .ask_for(self.0.0.provider.capture(&key, &reference))
                     .await?;
+                if let Err(refusal) = captured {
+                    // The provider will never capture it (voided or expired there): the
+                    // payment is void, and the orchestrator compensates.
+                    PaymentStore::moved(
+                        tx,
+                        &order_id,
+                        "CAPTURED",
+                        "VOIDED",
+                        Some("capture refused"),
+                    )
+                    .await?;
+                    return Ok(failed(
+                        order_id,
+                        &format!("the provider refused the capture: {refusal}"),
+                    )?);
+                }
             }
             "VOIDED" => {
                 let reason = match payment.reason.as_deref() {
@@ -305,33 +342,41 @@ impl PaymentParticipant {
     }
 
     async fn void(&self, tx: &mut Tx, order_id: String) -> Result<Reply, HandleError> {
-        let voided = match PaymentStore::get_in(tx, &order_id).await? {
-            // A void before its authorisation: refuse the authorisation when it comes.
-            None => {
-                PaymentStore::record(
-                    tx,
-                    &order_id,
-                    0,
-                    "XXX",
-                    "VOIDED",
-                    None,
-                    Some("voided first"),
-                )
+        // Claimed first: an authorisation of this order in flight is waited for, then voided;
+        // with none, the claim refuses a late one.
+        let claimed = PaymentStore::record(
+            tx,
+            &order_id,
+            0,
+            "XXX",
+            "VOIDED",
+            None,
+            Some("voided first"),
+        )
+        .await?
+        .is_some();
+        let voided = if claimed {
+            // An earlier authorisation whose answer was lost may have reached the provider.
+            let key = format!("{order_id}:authorize");
+            self.0
+                .ask(self.0.0.provider.void_authorization(&key))
                 .await?;
-                false
-            }
-            Some(payment) if payment.status == "AUTHORIZED" => {
-                if !PaymentStore::moved(tx, &order_id, "AUTHORIZED", "VOIDED", Some("voided"))
-                    .await?
-                {
-                    return Err(HandleError::Transient("the payment moved meanwhile".into()));
+            false
+        } else {
+            match PaymentStore::get_in(tx, &order_id).await? {
+                Some(payment) if payment.status == "AUTHORIZED" => {
+                    if !PaymentStore::moved(tx, &order_id, "AUTHORIZED", "VOIDED", Some("voided"))
+                        .await?
+                    {
+                        return Err(HandleError::Transient("the payment moved meanwhile".into()));
+                    }
+                    let key = format!("{order_id}:void");
+                    let reference = payment.reference.unwrap_or_default();
+                    self.0.ask(self.0.0.provider.void(&key, &reference)).await?;
+                    true
                 }
-                let key = format!("{order_id}:void");
-                let reference = payment.reference.unwrap_or_default();
-                self.0.ask(self.0.0.provider.void(&key, &reference)).await?;
-                true
+                _ => false,
             }
-            Some(_) => false,
         };
         Ok(Reply::of(&PaymentVoided { order_id, voided })?)
     }

@@ -31,12 +31,16 @@ pub enum Authorization {
     Declined(DeclineReason),
 }
 
-/// The provider could not be asked.
+/// The provider could not be asked, or said no for good.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     /// It failed, or did not answer: ask again, under the same key.
     #[error("the card provider is unavailable: {0}")]
     Unavailable(String),
+    /// It refused the operation for what it is (a capture of a voided authorisation, a void
+    /// of a captured one): asking again cannot succeed.
+    #[error("the card provider refused: {0}")]
+    Refused(String),
 }
 
 /// A card provider.
@@ -56,6 +60,11 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Voids the authorisation `reference`.
     async fn void(&self, key: &str, reference: &str) -> Result<(), ProviderError>;
+
+    /// Voids whatever was authorised under the authorisation key `key`, if anything, and
+    /// refuses any later authorisation under it: for a void whose authorisation's answer was
+    /// lost (a timeout), so that no approval is left behind at the provider.
+    async fn void_authorization(&self, key: &str) -> Result<(), ProviderError>;
 
     /// Refunds `amount_minor` of the captured `reference`.
     async fn refund(
@@ -96,6 +105,21 @@ impl Default for Knobs {
 pub struct TestCards {
     knobs: Knobs,
     answers: Mutex<HashMap<String, Authorization>>,
+    /// What became of each approved authorisation, by reference.
+    states: Mutex<HashMap<String, State>>,
+}
+
+/// An approved authorisation's state at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Approved, not yet captured or voided.
+    Authorized,
+    /// Captured.
+    Captured,
+    /// Voided.
+    Voided,
+    /// Refunded.
+    Refunded,
 }
 
 impl TestCards {
@@ -105,6 +129,47 @@ impl TestCards {
         Self {
             knobs,
             answers: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What became of the authorisation `reference` (for tests and the invariants' checker).
+    pub fn state(&self, reference: &str) -> Option<State> {
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(reference)
+            .copied()
+    }
+
+    /// The references of approved authorisations left neither captured nor voided.
+    pub fn dangling(&self) -> Vec<String> {
+        self.states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(_, state)| **state == State::Authorized)
+            .map(|(reference, _)| reference.clone())
+            .collect()
+    }
+
+    /// Moves `reference` from `from` to `to`; refused when it is in another state (the same
+    /// move twice is allowed: an operation asked again).
+    fn change(&self, reference: &str, from: State, to: State) -> Result<(), ProviderError> {
+        let mut states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match states.get(reference).copied() {
+            Some(state) if state == from => {
+                states.insert(reference.to_owned(), to);
+                Ok(())
+            }
+            Some(state) if state == to => Ok(()),
+            Some(state) => Err(ProviderError::Refused(format!(
+                "the authorisation is {state:?}, not {from:?}"
+            ))),
+            None => Err(ProviderError::Refused("no such authorisation".to_owned())),
         }
     }
 
@@ -171,24 +236,52 @@ impl Provider for TestCards {
         {
             Authorization::Declined(DeclineReason::Declined)
         } else {
-            Authorization::Approved {
-                reference: format!("test_{}", uuid::Uuid::new_v4().simple()),
-            }
+            let reference = format!("test_{}", uuid::Uuid::new_v4().simple());
+            self.states
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(reference.clone(), State::Authorized);
+            Authorization::Approved { reference }
         };
         answers.insert(key.to_owned(), answer.clone());
         Ok(answer)
     }
 
-    async fn capture(&self, _: &str, _: &str) -> Result<(), ProviderError> {
-        self.call().await
+    async fn capture(&self, _: &str, reference: &str) -> Result<(), ProviderError> {
+        self.call().await?;
+        self.change(reference, State::Authorized, State::Captured)
     }
 
-    async fn void(&self, _: &str, _: &str) -> Result<(), ProviderError> {
-        self.call().await
+    async fn void(&self, _: &str, reference: &str) -> Result<(), ProviderError> {
+        self.call().await?;
+        self.change(reference, State::Authorized, State::Voided)
     }
 
-    async fn refund(&self, _: &str, _: &str, _: i64) -> Result<(), ProviderError> {
-        self.call().await
+    async fn void_authorization(&self, key: &str) -> Result<(), ProviderError> {
+        self.call().await?;
+        let mut answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match answers.get(key).cloned() {
+            Some(Authorization::Approved { reference }) => {
+                drop(answers);
+                self.change(&reference, State::Authorized, State::Voided)
+            }
+            Some(Authorization::Declined(_)) => Ok(()),
+            None => {
+                answers.insert(
+                    key.to_owned(),
+                    Authorization::Declined(DeclineReason::Voided),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn refund(&self, _: &str, reference: &str, _: i64) -> Result<(), ProviderError> {
+        self.call().await?;
+        self.change(reference, State::Captured, State::Refunded)
     }
 }
 

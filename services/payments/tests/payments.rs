@@ -86,6 +86,11 @@ impl Provider for Counted {
         self.cards.void(key, reference).await
     }
 
+    async fn void_authorization(&self, key: &str) -> Result<(), ProviderError> {
+        self.called(key)?;
+        self.cards.void_authorization(key).await
+    }
+
     async fn refund(&self, key: &str, reference: &str, amount: i64) -> Result<(), ProviderError> {
         self.called(key)?;
         self.cards.refund(key, reference, amount).await
@@ -165,6 +170,7 @@ async fn a_payment_is_authorised_captured_and_refunded_once(database: &Database,
         ["o1:authorize", "o1:capture", "o1:refund"],
         "each operation once"
     );
+    assert_eq!(provider.cards.dangling(), Vec::<String>::new());
     let payment = payments.store().get("o1").await.unwrap().unwrap();
     assert_eq!(
         (
@@ -224,7 +230,7 @@ async fn declines_and_voids_end_where_the_saga_expects(database: &Database, url:
     assert_eq!(failed.reason, "the authorisation was voided");
 
     // Voided before it was authorised (the orchestrator's deadline passed): the late
-    // authorisation is refused, without asking the provider.
+    // authorisation is refused, and the provider is told to refuse it too.
     let voided: PaymentVoided = step(
         &payments,
         &VoidPayment {
@@ -239,7 +245,77 @@ async fn declines_and_voids_end_where_the_saga_expects(database: &Database, url:
         .await
         .unwrap();
     assert_eq!(refused.reason, DeclineReason::Voided);
-    assert!(!provider.calls().iter().any(|key| key.starts_with("late:")));
+    let late: Vec<String> = provider
+        .calls()
+        .into_iter()
+        .filter(|key| key.starts_with("late:"))
+        .collect();
+    assert_eq!(
+        late,
+        ["late:authorize"],
+        "the void of the key, and no authorisation"
+    );
+
+    // An authorisation whose answer was lost (it timed out after the provider approved), then
+    // the orchestrator's void: the approval is voided at the provider, and the retried
+    // authorisation declines. Nothing is left authorised at the provider.
+    let lost = provider
+        .cards
+        .authorize("lost:authorize", 4_999, "EUR", APPROVED_CARD)
+        .await
+        .unwrap();
+    assert!(matches!(lost, Authorization::Approved { .. }));
+    assert_eq!(provider.cards.dangling().len(), 1);
+    step::<_, PaymentVoided>(
+        &payments,
+        &VoidPayment {
+            order_id: "lost".into(),
+        },
+        "void",
+    )
+    .await
+    .unwrap();
+    let retried: PaymentDeclined = step(&payments, &authorize("lost", APPROVED_CARD), "authorize")
+        .await
+        .unwrap();
+    assert_eq!(retried.reason, DeclineReason::Voided);
+    assert_eq!(provider.cards.dangling(), Vec::<String>::new());
+
+    // The provider refuses a capture (voided there behind our back): the capture fails for
+    // good, and the payment is void.
+    let authorized: PaymentAuthorized =
+        step(&payments, &authorize("gone", APPROVED_CARD), "authorize")
+            .await
+            .unwrap();
+    let reference = payments
+        .store()
+        .get("gone")
+        .await
+        .unwrap()
+        .unwrap()
+        .reference
+        .unwrap();
+    provider.cards.void("x", &reference).await.unwrap();
+    let failed: CaptureFailed = step(
+        &payments,
+        &CapturePayment {
+            order_id: "gone".into(),
+        },
+        "capture",
+    )
+    .await
+    .unwrap();
+    assert!(
+        failed
+            .reason
+            .starts_with("the provider refused the capture"),
+        "{failed:?}"
+    );
+    let gone = payments.store().get("gone").await.unwrap().unwrap();
+    assert_eq!(
+        (gone.status.as_str(), gone.payment_id),
+        ("VOIDED", authorized.payment_id)
+    );
 
     // A malformed command is poison.
     let mut free = authorize("f", APPROVED_CARD);

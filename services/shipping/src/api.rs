@@ -52,7 +52,7 @@ async fn quoted(params: Result<Query<QuoteParams>, QueryRejection>) -> Result<Re
 
 fn order_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     let Path(order_id) = path.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
-    if (1..=MAX_ORDER_ID).contains(&order_id.len()) {
+    if (1..=MAX_ORDER_ID).contains(&order_id.len()) && !order_id.chars().any(char::is_control) {
         Ok(order_id)
     } else {
         Err(Problem::bad_request(format!(

@@ -160,7 +160,7 @@ impl ShipmentParticipant {
                 let undeliverable = self.0.0.undeliverable.contains(&address.postcode);
                 let status = if undeliverable { "REJECTED" } else { "CREATED" };
                 let cost = quote(command.items, &address.country);
-                ShipmentStore::record(
+                let recorded = ShipmentStore::record(
                     tx,
                     &order_id,
                     status,
@@ -168,10 +168,14 @@ impl ShipmentParticipant {
                     &address.country,
                     &address.postcode,
                 )
-                .await?
-                .ok_or_else(|| {
-                    HandleError::Transient("the shipment was recorded meanwhile".into())
-                })?
+                .await?;
+                match recorded {
+                    Some(shipment) => shipment,
+                    // Another transaction recorded one meanwhile (a cancel that came first).
+                    None => ShipmentStore::get_in(tx, &order_id).await?.ok_or_else(|| {
+                        HandleError::Transient("the shipment was recorded meanwhile".into())
+                    })?,
+                }
             }
         };
         let rejected = |reason| {
@@ -194,13 +198,13 @@ impl ShipmentParticipant {
 
     async fn cancel(&self, tx: &mut Tx, order_id: String) -> Result<Reply, HandleError> {
         check_order_id(&order_id)?;
-        let cancelled = if ShipmentStore::moved(tx, &order_id, "CREATED", "CANCELLED").await? {
-            true
-        } else {
-            // None yet: a cancel that comes first refuses the late booking.
-            ShipmentStore::record(tx, &order_id, "CANCELLED", 0, "--", "").await?;
-            false
-        };
+        // Claimed first: a booking of this order in flight is waited for, then cancelled; with
+        // none, the claim refuses a late booking.
+        let claimed = ShipmentStore::record(tx, &order_id, "CANCELLED", 0, "--", "")
+            .await?
+            .is_some();
+        let cancelled =
+            !claimed && ShipmentStore::moved(tx, &order_id, "CREATED", "CANCELLED").await?;
         Ok(Reply::of(&ShipmentCancelled {
             order_id,
             cancelled,

@@ -280,7 +280,12 @@ async fn a_step_no_participant_takes_is_refused_when_sent() {
     let database = Database::connect("sqlite::memory:").await.unwrap();
     super::prepare(&database).await;
     let long = "x".repeat(saga::MAX_SAGA_ID + 1);
-    for (saga_id, step) in [("", "reserve"), (long.as_str(), "reserve"), ("order", "")] {
+    for (saga_id, step) in [
+        ("", "reserve"),
+        (long.as_str(), "reserve"),
+        ("order", ""),
+        ("or\u{0}der", "reserve"),
+    ] {
         let mut tx = database.begin().await.unwrap();
         let refused = saga::send(
             &mut tx,
