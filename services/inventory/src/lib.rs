@@ -55,6 +55,8 @@ pub const MAX_QUANTITY: u32 = 10_000;
 /// The longest product id, in bytes.
 pub const MAX_SKU: usize = 64;
 pub use shop_messaging::contracts::MAX_ORDER_ID;
+/// The shortest a hold may be asked to last.
+pub const MIN_HOLD: Duration = Duration::from_secs(1);
 /// The longest a hold may be asked to last.
 pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 
@@ -152,21 +154,33 @@ impl Inventory {
         let expired = self.0.store.expired(now_ms, SWEEP_BATCH).await?;
         let mut released = 0;
         for order_id in expired {
-            let mut tx = self.0.store.database().begin().await?;
-            if StockStore::release(&mut tx, &order_id, Ending::Expired).await? {
-                Outbox::enqueue(
-                    &mut tx,
-                    &ReservationExpired {
-                        order_id: order_id.clone(),
-                    },
-                )
-                .await?;
-                tracing::warn!(%order_id, "a hold outlived its time: released");
-                released += 1;
+            // One hold that fails does not keep the others from expiring.
+            match self.expire(&order_id).await {
+                Ok(true) => released += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%order_id, %error, "an expired hold could not be released");
+                }
             }
-            tx.commit().await?;
         }
         Ok(released)
+    }
+
+    async fn expire(&self, order_id: &str) -> Result<bool, OutboxError> {
+        let mut tx = self.0.store.database().begin_read_committed().await?;
+        if !StockStore::release(&mut tx, order_id, Ending::Expired).await? {
+            return Ok(false);
+        }
+        Outbox::enqueue(
+            &mut tx,
+            &ReservationExpired {
+                order_id: order_id.to_owned(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(%order_id, "a hold outlived its time: released");
+        Ok(true)
     }
 
     /// Runs [`sweep`](Self::sweep) every `every` under `tasks` until they stop.
@@ -234,7 +248,16 @@ impl Participant for StockParticipant {
             let reserve: ReserveStock = command.decode()?;
             check_order_id(&reserve.order_id)?;
             let lines = lines_of(&reserve)?;
-            let hold = Duration::from_millis(reserve.hold_ms).min(MAX_HOLD);
+            let hold = Duration::from_millis(reserve.hold_ms);
+            if !(MIN_HOLD..=MAX_HOLD).contains(&hold) {
+                return Err(Poison(format!(
+                    "a hold of {} ms ({} to {})",
+                    reserve.hold_ms,
+                    MIN_HOLD.as_millis(),
+                    MAX_HOLD.as_millis()
+                ))
+                .into());
+            }
             let expires_at_ms = shop_common::unix_millis()
                 .saturating_add(i64::try_from(hold.as_millis()).unwrap_or(i64::MAX));
             let order_id = reserve.order_id;
@@ -255,9 +278,10 @@ impl Participant for StockParticipant {
         } else if command.is::<ReleaseStock>() {
             let release: ReleaseStock = command.decode()?;
             check_order_id(&release.order_id)?;
-            StockStore::release(tx, &release.order_id, Ending::Released).await?;
+            let released = StockStore::release(tx, &release.order_id, Ending::Released).await?;
             Ok(Reply::of(&StockReleased {
                 order_id: release.order_id,
+                released,
             })?)
         } else if command.is::<CommitStock>() {
             let commit: CommitStock = command.decode()?;

@@ -325,8 +325,11 @@ async fn the_saga_commands_are_answered_once_per_step(database: &Database, url: 
         "release-stock",
     );
     assert_eq!(
-        handled(&inventory, database, &release).await.unwrap().0,
-        "StockReleased"
+        handled(&inventory, database, &release).await.unwrap(),
+        (
+            "StockReleased".to_owned(),
+            json!({"order_id": "o2", "released": false})
+        )
     );
     assert_eq!(level(&inventory, "kettle").await, (0, 0));
     // Out of bounds: poison, before anything is touched.
@@ -335,6 +338,14 @@ async fn the_saga_commands_are_answered_once_per_step(database: &Database, url: 
     too_many.lines[0].quantity = shop_inventory::MAX_QUANTITY + 1;
     assert!(matches!(
         handled(&inventory, database, &command(&too_many, "reserve-stock")).await,
+        Err(shop_messaging::HandleError::Poison(_))
+    ));
+    // A hold too short to mean anything is poison.
+    let mut instant = reserve.clone();
+    instant.order_id = "o4".into();
+    instant.hold_ms = 0;
+    assert!(matches!(
+        handled(&inventory, database, &command(&instant, "reserve-stock")).await,
         Err(shop_messaging::HandleError::Poison(_))
     ));
     // A NUL in an id (PostgreSQL would refuse it for ever) is poison.

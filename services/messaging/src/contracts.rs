@@ -265,6 +265,9 @@ pub struct StockRejected {
 pub struct StockReleased {
     /// The order.
     pub order_id: String,
+    /// Whether a hold was given back now (false: there was none, it was released before, or
+    /// it was committed, in which case only a restock gives the stock back).
+    pub released: bool,
 }
 
 /// What the order held is out of stock for good.

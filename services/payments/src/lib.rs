@@ -155,7 +155,7 @@ impl Payments {
     pub async fn sweep(&self, before_ms: i64) -> Result<usize, StoreError> {
         let mut voided = 0;
         for order_id in self.0.store.stale(before_ms, SWEEP_BATCH).await? {
-            let mut tx = self.0.store.database().begin().await?;
+            let mut tx = self.0.store.database().begin_read_committed().await?;
             let Some(payment) = PaymentStore::get_in(&mut tx, &order_id).await? else {
                 continue;
             };
