@@ -444,3 +444,71 @@ async fn an_admin_reads_a_payment(database: &Database, url: &str) {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.headers["content-type"], "application/problem+json");
 }
+
+/// A void racing the authorisation it compensates (PostgreSQL): it waits for the
+/// authorisation's row, then voids it, here and at the provider, rather than finding nothing
+/// and leaving the approval behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_racing_its_authorisation_waits_and_voids_it() {
+    use shop_messaging::{Handler, Inbound, SagaRef};
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("pay_race").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    let provider = Arc::new(Counted::default());
+    let payments = start(&database, &db.url, provider.clone()).await;
+    let saga = |step: &str| {
+        Some(SagaRef {
+            saga_id: "x".into(),
+            step: step.into(),
+        })
+    };
+    let participant = payments.participant();
+    let mut authorizing = database.begin().await.unwrap();
+    let authorize = Inbound::of(&authorize("x", APPROVED_CARD), saga("authorize")).unwrap();
+    participant
+        .handle(&authorize, &mut authorizing)
+        .await
+        .unwrap();
+    let voiding = {
+        let (database, participant) = (database.clone(), payments.participant());
+        tokio::spawn(async move {
+            let void = Inbound::of(
+                &VoidPayment {
+                    order_id: "x".into(),
+                },
+                saga("void"),
+            )
+            .unwrap();
+            let mut tx = database.begin().await.unwrap();
+            participant.handle(&void, &mut tx).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    loop {
+        let Database::Postgres(pool) = &database else {
+            unreachable!("PostgreSQL")
+        };
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(!voiding.is_finished(), "the void did not wait");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    authorizing.commit().await.unwrap();
+    voiding.await.unwrap();
+    let payment = payments.store().get("x").await.unwrap().unwrap();
+    assert_eq!(payment.status, "VOIDED");
+    assert_eq!(provider.cards.dangling(), Vec::<String>::new());
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
+}
