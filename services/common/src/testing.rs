@@ -309,3 +309,34 @@ impl Drop for ServiceMigrations {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Waits until one session of `database`'s PostgreSQL database waits on a lock (the other
+/// transaction of a race test, blocked by the test's own), polling every 5 ms.
+///
+/// # Panics
+///
+/// `other` finished first (it did not wait: the test's failure, reported as `what`), or the
+/// database fails.
+pub async fn until_one_waits_on_a_lock<T>(
+    database: &crate::store::Database,
+    other: &tokio::task::JoinHandle<T>,
+    what: &str,
+) {
+    let crate::store::Database::Postgres(pool) = database else {
+        panic!("lock waits are a PostgreSQL test's");
+    };
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting == 1 {
+            return;
+        }
+        assert!(!other.is_finished(), "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -485,23 +485,12 @@ async fn a_release_racing_its_reservation_waits_and_releases_it() {
             released
         })
     };
-    loop {
-        let Database::Postgres(pool) = &database else {
-            unreachable!("PostgreSQL")
-        };
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(!releasing.is_finished(), "the release did not wait");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    shop_common::testing::until_one_waits_on_a_lock(
+        &database,
+        &releasing,
+        "the release did not wait",
+    )
+    .await;
     reserving.commit().await.unwrap();
     assert!(releasing.await.unwrap(), "it released the hold");
     assert_eq!(level(&inventory, "kettle").await, (1, 0));

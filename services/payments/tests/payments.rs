@@ -485,23 +485,8 @@ async fn a_void_racing_its_authorisation_waits_and_voids_it() {
             tx.commit().await.unwrap();
         })
     };
-    loop {
-        let Database::Postgres(pool) = &database else {
-            unreachable!("PostgreSQL")
-        };
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting == 1 {
-            break;
-        }
-        assert!(!voiding.is_finished(), "the void did not wait");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    shop_common::testing::until_one_waits_on_a_lock(&database, &voiding, "the void did not wait")
+        .await;
     authorizing.commit().await.unwrap();
     voiding.await.unwrap();
     let payment = payments.store().get("x").await.unwrap().unwrap();

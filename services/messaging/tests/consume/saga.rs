@@ -229,23 +229,12 @@ async fn two_commands_of_one_step_at_once_have_one_effect_and_no_error() {
             })
         };
         // The second waits on the first's claim.
-        loop {
-            let waiting: i64 = on_db!(&database, pool => sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(pool)
-            .await)
-            .unwrap();
-            if waiting == 1 {
-                break;
-            }
-            assert!(
-                !second.is_finished(),
-                "the second did not wait for the first"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        shop_common::testing::until_one_waits_on_a_lock(
+            &database,
+            &second,
+            "the second did not wait for the first",
+        )
+        .await;
         if first_commits {
             first.commit().await.unwrap();
         } else {
