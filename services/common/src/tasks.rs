@@ -122,6 +122,31 @@ impl Supervisor {
         });
     }
 
+    /// Spawns `pass` every `period` (the first at once; a late pass delays the next rather
+    /// than bunching them), until the service stops: a sweeper's or a scanner's loop. A pass
+    /// runs to its end: the stop is heeded between passes.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or with a `period` of zero.
+    pub fn every<F, Fut>(&self, name: impl Into<String>, stage: Stage, period: Duration, pass: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.spawn(name, stage, move |stop| async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                pass().await;
+            }
+        });
+    }
+
     /// The names of the tasks that ended before the service began to stop.
     #[must_use]
     pub fn ended(&self) -> Vec<String> {
@@ -207,6 +232,32 @@ mod tests {
                 order.lock().unwrap().push(name);
             })
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_periodic_task_runs_at_once_then_every_period_until_stopped() {
+        let supervisor = Supervisor::new();
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = passes.clone();
+        supervisor.every(
+            "scanner",
+            Stage::Sweepers,
+            Duration::from_secs(5),
+            move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
+        );
+        let count = || passes.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(count(), 1, "the first pass at once");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(count(), 3, "then one every period");
+        supervisor.shutdown(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(count(), 3, "none after the stop");
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,14 +186,9 @@ impl Inventory {
     /// Runs [`sweep`](Self::sweep) every `every` under `tasks` until they stop.
     pub fn run_sweeper(&self, tasks: &Supervisor, every: Duration) {
         let inventory = self.clone();
-        tasks.spawn("hold-sweeper", Stage::Sweepers, move |stop| async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
+        tasks.every("hold-sweeper", Stage::Sweepers, every, move || {
+            let inventory = inventory.clone();
+            async move {
                 if let Err(error) = inventory.sweep(shop_common::unix_millis()).await {
                     tracing::warn!(%error, "the hold sweep failed: tried again next time");
                 }

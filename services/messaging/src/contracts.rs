@@ -519,3 +519,82 @@ pub struct OrderDelivered {
     /// The order.
     pub order_id: String,
 }
+
+/// The orders service's events: what became of an order.
+pub const ORDERS_EVENTS: &str = "orders.events";
+
+keyed_messages!(
+    order_id:
+    OrderPlaced on ORDERS_EVENTS,
+    OrderConfirmed on ORDERS_EVENTS,
+    OrderRejected on ORDERS_EVENTS,
+    OrderCancelled on ORDERS_EVENTS,
+);
+
+/// One line of an order, priced by the catalog when the order was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// The product.
+    pub product_id: String,
+    /// How many.
+    pub quantity: u32,
+    /// The catalog's price of one when the order was placed, in minor units.
+    pub unit_price_minor: i64,
+}
+
+/// An order was placed: its checkout saga starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// Its total, in minor units of `currency`.
+    pub total_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When, in milliseconds since the epoch.
+    pub placed_at_ms: i64,
+}
+
+/// An order is paid, its stock taken and its shipment booked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    /// The order.
+    pub order_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// What it holds.
+    pub lines: Vec<OrderLine>,
+    /// Its total (what was captured), in minor units of `currency`.
+    pub total_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// When it was placed, in milliseconds since the epoch.
+    pub placed_at_ms: i64,
+}
+
+/// An order's checkout failed; whatever it held was given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRejected {
+    /// The order.
+    pub order_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// Why: `OUT_OF_STOCK`, `PAYMENT_DECLINED`, `PAYMENT_TIMEOUT`, `UNDELIVERABLE`,
+    /// `INVENTORY_TIMEOUT`, `SHIPPING_TIMEOUT` or `CAPTURE_FAILED`.
+    pub reason: String,
+    /// When it was placed, in milliseconds since the epoch.
+    pub placed_at_ms: i64,
+}
+
+/// An order was cancelled by its owner; whatever it held or paid was given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// The order.
+    pub order_id: String,
+    /// Whose.
+    pub user_id: String,
+    /// What was refunded, in minor units (0 when it was cancelled before it was paid).
+    pub refunded_minor: i64,
+}

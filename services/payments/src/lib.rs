@@ -183,24 +183,15 @@ impl Payments {
     pub fn run_sweeper(&self, tasks: &Supervisor, every: Duration, expiry: Duration) {
         let payments = self.clone();
         let expiry = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
-        tasks.spawn(
-            "authorisation-sweeper",
-            Stage::Sweepers,
-            move |stop| async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let before = shop_common::unix_millis().saturating_sub(expiry);
-                    if let Err(error) = payments.sweep(before).await {
-                        tracing::warn!(%error, "the authorisation sweep failed: tried again next time");
-                    }
+        tasks.every("authorisation-sweeper", Stage::Sweepers, every, move || {
+            let payments = payments.clone();
+            async move {
+                let before = shop_common::unix_millis().saturating_sub(expiry);
+                if let Err(error) = payments.sweep(before).await {
+                    tracing::warn!(%error, "the authorisation sweep failed: tried again next time");
                 }
-            },
-        );
+            }
+        });
     }
 }
 

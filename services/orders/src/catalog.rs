@@ -1,0 +1,100 @@
+//! Prices from the catalog: what checkout re-prices an order's lines by (a price the client
+//! sent is never believed).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use shop_common::client::Upstream;
+use tower::ServiceExt;
+
+/// A product as checkout prices it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Priced {
+    /// Its name.
+    pub name: String,
+    /// The price of one, in minor units of `currency`.
+    pub price_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// The catalog could not say.
+#[derive(Debug, thiserror::Error)]
+#[error("the catalog: {0}")]
+pub struct PriceError(pub String);
+
+/// Where prices come from.
+#[async_trait]
+pub trait Prices: Send + Sync + 'static {
+    /// The product `product_id` (a slug: checked by the caller), or `None` when there is none.
+    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError>;
+}
+
+#[async_trait]
+impl<P: Prices + ?Sized> Prices for Arc<P> {
+    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError> {
+        (**self).price(product_id).await
+    }
+}
+
+/// The most bytes of a product the catalog may answer with.
+const MAX_PRODUCT_BYTES: usize = 64 * 1024;
+
+/// [`Prices`] from the catalog service, through the client stack
+/// ([`shop_common::client::upstream`]: deadline, adaptive limit, retries, bulkhead, balancing,
+/// breakers).
+#[derive(Clone)]
+pub struct HttpCatalog {
+    client: Upstream,
+}
+
+impl std::fmt::Debug for HttpCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCatalog").finish_non_exhaustive()
+    }
+}
+
+impl HttpCatalog {
+    /// Prices from the catalog `client` calls.
+    #[must_use]
+    pub fn new(client: Upstream) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl Prices for HttpCatalog {
+    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/products/{product_id}"))
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| PriceError(e.to_string()))?;
+        let response = self
+            .client
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| PriceError(e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status != StatusCode::OK {
+            return Err(PriceError(format!("answered {status}")));
+        }
+        let body = Limited::new(response.into_body(), MAX_PRODUCT_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PriceError(format!("reading the product: {e}")))?
+            .to_bytes();
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| PriceError(format!("an unreadable product: {e}")))
+    }
+}

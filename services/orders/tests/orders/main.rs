@@ -1,0 +1,4 @@
+//! The orders service's tests: one binary.
+
+mod flow;
+mod saga;
