@@ -475,7 +475,28 @@ impl Database {
     /// A migration that fails, or one already applied that has changed.
     pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> Result<(), StoreError> {
         match self {
-            Self::Sqlite(pool) => sqlite.run(pool).await?,
+            Self::Sqlite(pool) => {
+                // Processes that share one SQLite file (the local bus) may migrate it at once,
+                // and sqlx takes no lock on SQLite: the loser's statement fails ("table already
+                // exists"), and run again it finds the winner's migrations applied.
+                let mut attempt = 0_u32;
+                loop {
+                    match sqlite.run(pool).await {
+                        Ok(()) => break,
+                        Err(
+                            sqlx::migrate::MigrateError::Execute(_)
+                            | sqlx::migrate::MigrateError::ExecuteMigration(..),
+                        ) if attempt < 5 => {
+                            attempt += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(
+                                50 * u64::from(attempt),
+                            ))
+                            .await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
             Self::Postgres(pool) => postgres.run(pool).await?,
         }
         Ok(())

@@ -239,3 +239,29 @@ async fn a_transaction_stands_or_falls_whole_and_hooks_follow_its_commit(
     assert_eq!(things(database).await, ["e", "f"]);
     assert_eq!(*ran.lock().unwrap(), ["first", "second"]);
 }
+
+/// Processes sharing one SQLite file (the local bus) migrate it at once on start: each one's
+/// migrations end applied, none fails for the table another just created.
+#[tokio::test]
+async fn processes_migrating_one_sqlite_file_at_once_all_start() {
+    let service = shop_common::testing::ServiceMigrations::new().await;
+    for round in 0..5 {
+        let path = std::env::temp_dir().join(format!(
+            "racing-migrations-{}-{round}.db",
+            uuid::Uuid::new_v4()
+        ));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut processes = Vec::new();
+        for _ in 0..4 {
+            // A pool of its own each: as separate processes would have.
+            processes.push(Database::connect(&url).await.unwrap());
+        }
+        let migrations = processes
+            .iter()
+            .map(|database| database.migrate(&service.migrator, &service.migrator));
+        for result in futures_util::future::join_all(migrations).await {
+            result.unwrap_or_else(|error| panic!("round {round}: {error}"));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}

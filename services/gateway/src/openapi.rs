@@ -219,6 +219,164 @@ pub(crate) struct ProductPage {
     per_page: i64,
 }
 
+/// A line of a checkout: a product and how many. Its price is the catalog's, never the
+/// client's.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckoutLine {
+    /// The product's id.
+    #[schema(pattern = "^[a-z0-9-]{1,64}$")]
+    product_id: String,
+    /// How many: lines of one product are added up, to at most 100.
+    #[schema(minimum = 1, maximum = 100)]
+    quantity: u32,
+}
+
+/// Where an order goes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Address {
+    /// Who receives it.
+    #[schema(min_length = 1, max_length = 100)]
+    name: String,
+    /// Street and number.
+    #[schema(min_length = 1, max_length = 200)]
+    line1: String,
+    /// City.
+    #[schema(min_length = 1, max_length = 100)]
+    city: String,
+    /// Postal code.
+    #[schema(min_length = 1, max_length = 16)]
+    postcode: String,
+    /// ISO 3166-1 alpha-2 code.
+    #[schema(pattern = "^[A-Z]{2}$")]
+    country: String,
+}
+
+/// A checkout: what to order, where to, and the card to pay with.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Checkout {
+    /// 1 to 50 products.
+    #[schema(min_items = 1)]
+    lines: Vec<CheckoutLine>,
+    /// Where to.
+    shipping_address: Address,
+    /// The card number (test cards: `4242424242424242` approves, `4000000000000002` declines,
+    /// `4000000000000119` never answers).
+    #[schema(pattern = "^[0-9]{12,19}$")]
+    card: String,
+}
+
+/// An amount of money.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Amount {
+    /// Minor units (cents).
+    amount_minor: i64,
+    /// ISO 4217 code.
+    currency: String,
+}
+
+/// An order, as lists show it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct OrderSummary {
+    /// Its id.
+    order_id: String,
+    /// `PENDING`, `PAYING`, `PAID`, `CONFIRMED`, `SHIPPED`, `DELIVERED`, `REJECTING`,
+    /// `REJECTED`, `CANCELLING`, `REFUNDING`, `CANCELLED` or `NEEDS_ATTENTION`.
+    status: String,
+    /// Why it was rejected or cancelled: `OUT_OF_STOCK`, `PAYMENT_DECLINED`, `PAYMENT_TIMEOUT`,
+    /// `UNDELIVERABLE`, `INVENTORY_TIMEOUT`, `SHIPPING_TIMEOUT`, `CAPTURE_FAILED` or
+    /// `CANCELLED_BY_USER`.
+    reason: Option<String>,
+    /// The step of the checkout in progress.
+    step: Option<String>,
+    /// Its total, as the catalog priced it.
+    total: Amount,
+    /// What was taken from the card, in minor units.
+    captured_minor: i64,
+    /// What was given back, in minor units.
+    refunded_minor: i64,
+    /// The card's last four digits.
+    card_last4: String,
+    /// How many items.
+    items: i64,
+    /// Milliseconds since the epoch.
+    created_at_ms: i64,
+    /// Milliseconds since the epoch.
+    updated_at_ms: i64,
+}
+
+/// A line of an order, priced when it was placed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct OrderLine {
+    /// The product.
+    product_id: String,
+    /// Its name then.
+    name: String,
+    /// How many.
+    quantity: i64,
+    /// Its price then, in minor units.
+    unit_price_minor: i64,
+}
+
+/// A move of an order's checkout.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct OrderEvent {
+    /// Its place in the history, from 1.
+    seq: i64,
+    /// Milliseconds since the epoch.
+    at_ms: i64,
+    /// The status after it.
+    status: String,
+    /// The step in progress after it.
+    step: Option<String>,
+    /// What happened.
+    note: String,
+}
+
+/// An order in full.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Order {
+    #[serde(flatten)]
+    summary: OrderSummary,
+    /// Its lines.
+    lines: Vec<OrderLine>,
+    /// Where to.
+    shipping_address: Address,
+    /// Every move of its checkout, oldest first.
+    history: Vec<OrderEvent>,
+}
+
+/// A page of orders.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct OrderPage {
+    /// The orders of this page, newest first.
+    items: Vec<OrderSummary>,
+    /// `before` for the next page; `null` on the last.
+    next_before: Option<String>,
+}
+
+/// A product's stock, as customers see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Stock {
+    /// The product.
+    sku: String,
+    /// How many can be ordered now.
+    available: i64,
+}
+
+/// What shipping costs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Quote {
+    /// How many items.
+    items: u32,
+    /// Where to.
+    country: String,
+    /// The cost, in minor units.
+    cost_minor: i64,
+}
+
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Registration,
     responses((status = 202, description = "Accepted: the same answer whether or not the email had an account", body = Registered),
               (status = 422, description = "Invalid fields"),
@@ -339,16 +497,63 @@ fn categories() {}
               (status = 401, description = "No valid token")))]
 fn cart() {}
 
+#[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])), request_body = Checkout,
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+            description = "Required: a fresh UUID per order. Sent again with the same key and body, the same order is answered (`Idempotent-Replayed: true`); with another body, 422")),
+    responses((status = 202, description = "The order is placed and its checkout runs in the background; `Location` is the order. Follow it with `GET` or with `/events`", body = OrderSummary,
+               headers(("Location" = String, description = "The order: `/api/v1/orders/{id}`"))),
+              (status = 400, description = "No `Idempotency-Key`, or not 1 to 255 visible ASCII characters"),
+              (status = 401, description = "No valid token"),
+              (status = 409, description = "A request with this `Idempotency-Key` is still being processed (`Retry-After`)"),
+              (status = 422, description = "Invalid fields, a product that does not exist, products in different currencies, or the key was used with another body"),
+              (status = 503, description = "The catalog cannot price the order now")))]
+fn checkout() {}
+
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's orders"),
-              (status = 401, description = "No valid token")))]
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100 (default 20)"),
+           ("before" = Option<String>, Query, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "The last order of the previous page (`next_before`)")),
+    responses((status = 200, description = "The caller's orders, newest first", body = OrderPage),
+              (status = 400, description = "A bad parameter"),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "`before` names none of the caller's orders")))]
 fn orders() {}
 
-#[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "One order per key")),
-    responses((status = 202, description = "Checkout started"),
-              (status = 401, description = "No valid token")))]
-fn checkout() {}
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "The order's id")),
+    responses((status = 200, description = "The order, its lines and the history of its checkout", body = Order),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "No such order of the caller's")))]
+fn order() {}
+
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "The order's id")),
+    responses((status = 202, description = "Cancelling: what was done is undone (before payment) or refunded (after); asked again, the same", body = OrderSummary),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "No such order of the caller's"),
+              (status = 409, description = "Too late (it has shipped, or was rejected), or it is being paid now (`Retry-After`)")))]
+fn cancel_order() {}
+
+#[utoipa::path(get, path = "/api/v1/orders/{id}/events", tag = "orders", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "The order's id")),
+    responses((status = 200, description = "Server-sent events: `status` with the order's status, reason and step, once now and on every move; the stream ends when the order is final, or after 5 minutes", content_type = "text/event-stream"),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "No such order of the caller's"),
+              (status = 429, description = "Too many streams open: poll the order instead")))]
+fn order_events() {}
+
+#[utoipa::path(get, path = "/api/v1/stock/{id}", tag = "inventory",
+    params(("id" = String, Path, pattern = "^[a-z0-9-]{1,64}$", description = "The product's id")),
+    responses((status = 200, description = "How many can be ordered now", body = Stock),
+              (status = 400, description = "Not a product id"),
+              (status = 404, description = "No stock of this product")))]
+fn stock() {}
+
+#[utoipa::path(get, path = "/api/v1/shipping/quote", tag = "shipping",
+    params(("items" = u32, Query, minimum = 1, maximum = 1000, description = "How many items"),
+           ("country" = String, Query, pattern = "^[A-Z]{2}$", description = "ISO 3166-1 alpha-2 code")),
+    responses((status = 200, description = "What shipping costs", body = Quote),
+              (status = 400, description = "A bad parameter")))]
+fn shipping_quote() {}
 
 #[utoipa::path(get, path = "/api/v1/home", tag = "gateway",
     responses((status = 200, description = "Products, cart and recommendations; `degraded` names the parts that fell back", body = Home),
@@ -487,9 +692,11 @@ impl Modify for BearerAuth {
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
     paths(register, login, refresh, logout, confirm_email, jwks, me, update_me, list_users, rotate_keys,
           products, create_product, search, product, replace_product, delete_product, categories,
-          cart, orders, checkout, home),
+          cart, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home),
     components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, EmailConfirmation, Tokens,
-                       User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home)),
+                       User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
+                       CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
+                       OrderPage, Stock, Quote)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns),
 )]
 pub(crate) struct ApiDoc;

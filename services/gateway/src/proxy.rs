@@ -273,6 +273,18 @@ impl Service<Request<Body>> for Proxy {
                     // The caller gets its own request's id (the server layer sets it), never one
                     // the upstream echoed, which a cached response would replay to others.
                     response.headers_mut().remove(X_REQUEST_ID);
+                    // A service's own path in `Location` (`/orders/7`) is its public one here.
+                    let public = response
+                        .headers()
+                        .get(header::LOCATION)
+                        .and_then(|location| location.to_str().ok())
+                        .and_then(|location| {
+                            crate::routes::public_location(route.service, location)
+                        })
+                        .and_then(|location| HeaderValue::from_str(&location).ok());
+                    if let Some(location) = public {
+                        response.headers_mut().insert(header::LOCATION, location);
+                    }
                     response
                 }
                 Err(error) => problems::upstream(route.service, &error),

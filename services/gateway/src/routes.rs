@@ -148,12 +148,24 @@ pub const BACKENDS: &[Backend] = &[
     ),
     backend(
         "orders",
-        None,
-        false,
+        Some(8084),
+        true,
         &[
             mount("/api/v1/orders", "/orders", Access::SignedIn),
             mount("/api/v1/checkout", "/checkout", Access::SignedIn),
         ],
+    ),
+    backend(
+        "inventory",
+        Some(8085),
+        true,
+        &[mount("/api/v1/stock", "/stock", Access::Open)],
+    ),
+    backend(
+        "shipping",
+        Some(8087),
+        true,
+        &[mount("/api/v1/shipping/quote", "/quote", Access::Open)],
     ),
     backend("recommendations", None, false, &[]),
 ];
@@ -200,6 +212,26 @@ static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
 #[must_use]
 pub fn routes() -> &'static [Route] {
     &ROUTES
+}
+
+/// The public path of `location`, a path on `service` (a `Location` it answered): the mount of
+/// the service that serves it, the longest first (`/orders/7` of orders is
+/// `/api/v1/orders/7`). `None` for an absolute URL, or a path none of its mounts serves.
+#[must_use]
+pub fn public_location(service: &str, location: &str) -> Option<String> {
+    if !location.starts_with('/') || location.starts_with("//") {
+        return None;
+    }
+    ROUTES
+        .iter()
+        .filter(|route| route.service == service)
+        .filter(|route| {
+            location.strip_prefix(route.upstream).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+            })
+        })
+        .max_by_key(|route| route.upstream.len())
+        .map(|route| format!("{}{}", route.prefix, &location[route.upstream.len()..]))
 }
 
 /// Whether `path` has a `.` or `..` segment, plain or percent-encoded, a `\\` plain or
@@ -471,6 +503,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_services_locations_become_public_paths() {
+        let public = |service, location| public_location(service, location);
+        assert_eq!(
+            public("orders", "/orders/7").as_deref(),
+            Some("/api/v1/orders/7")
+        );
+        assert_eq!(
+            public("orders", "/checkout?x=1").as_deref(),
+            Some("/api/v1/checkout?x=1")
+        );
+        // Another service's path, a path no mount serves, a prefix mid-segment, absolute URLs.
+        assert_eq!(public("catalog", "/orders/7"), None);
+        assert_eq!(public("orders", "/ordersx/7"), None);
+        assert_eq!(public("orders", "/elsewhere"), None);
+        assert_eq!(public("orders", "https://example.com/orders/7"), None);
+        assert_eq!(public("orders", "//example.com/orders/7"), None);
+    }
 
     fn resolved(method: &Method, uri: &str) -> Result<(&'static str, String), Unrouted> {
         resolve_request(method, &uri.parse().unwrap())

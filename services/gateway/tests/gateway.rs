@@ -878,7 +878,7 @@ async fn flaky(calls: Arc<AtomicUsize>) -> SocketAddr {
 }
 
 #[tokio::test]
-async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
+async fn a_keyed_post_is_retried_to_a_service_that_honours_keys() {
     let (users_calls, orders_calls) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let users = flaky(users_calls.clone()).await;
@@ -900,7 +900,7 @@ async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(users_calls.load(Ordering::SeqCst), 2);
 
-    // Orders has not declared it: the same keyed POST is sent once, and its 503 passed on.
+    // So does orders: a checkout with its key is retried too.
     let reply = call(
         &shop.app,
         Method::POST,
@@ -910,8 +910,8 @@ async fn a_keyed_post_is_retried_only_to_a_service_that_honours_keys() {
         key,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(orders_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(orders_calls.load(Ordering::SeqCst), 2);
 }
 
 /// An upstream that takes `delay` behind the server stack every service runs, so that it
@@ -1756,4 +1756,31 @@ async fn a_token_whose_key_is_not_fetched_yet_waits_for_the_jwks_and_is_admitted
     .await;
     assert_problem(&reply, StatusCode::UNAUTHORIZED);
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_services_location_is_answered_as_its_public_path() {
+    let orders = serve(Router::new().fallback(|| async {
+        (
+            StatusCode::ACCEPTED,
+            [("location", "/orders/00000000-0000-4000-8000-000000000001")],
+        )
+    }))
+    .await;
+    let shop = shop(&[("ORDERS_URLS", url(orders))]).await;
+    let token = shop.token("alice");
+    let reply = call(
+        &shop.app,
+        Method::POST,
+        "/api/v1/checkout",
+        Some(&token),
+        Some(json!({})),
+        Some(("idempotency-key", "k-location")),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        reply.headers["location"],
+        "/api/v1/orders/00000000-0000-4000-8000-000000000001"
+    );
 }

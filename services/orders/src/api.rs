@@ -467,7 +467,7 @@ async fn mine(
                 .await
                 .map_err(|e| store_failed(&e))?
                 .filter(|row| row.user_id == user)
-                .ok_or_else(|| Problem::bad_request("before names none of your orders"))?;
+                .ok_or_else(|| Problem::not_found("before names none of your orders"))?;
             Some((row.created_at_ms, row.order_id))
         }
         None => None,
