@@ -169,3 +169,28 @@ impl Catalog {
         &self.0.store
     }
 }
+
+/// The the catalog service as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: CatalogConfig,
+    transport: &shop_messaging::config::TransportConfig,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Catalog)> {
+    let validator = config.tokens.validator()?;
+    let service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let catalog = Catalog::start(&config, &service.database, validator.clone())
+        .await
+        .map_err(std::io::Error::other)?;
+    // Other replicas' changes drop this one's cached pages.
+    catalog.follow_events(&service.kit.tasks, service.transport.clone());
+    let collector = catalog.product_cache().collector();
+    service.kit.metrics.register_collector(Box::new(collector));
+    let (kit, app) = service.launch(router(catalog.clone()), validator);
+    Ok((kit, app, catalog))
+}

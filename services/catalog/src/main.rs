@@ -1,21 +1,13 @@
 //! `shop-catalog`: the catalog service, on the environment's configuration.
 
-use shop_catalog::{Catalog, CatalogConfig, router};
+use shop_catalog::{CatalogConfig, launch};
 use shop_common::config::or_exit;
-use shop_messaging::service::Service;
+use shop_messaging::config::TransportConfig;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = or_exit(CatalogConfig::from_env());
     let _telemetry = config.service.init_telemetry();
-    let validator = config.tokens.validator()?;
-    let service = Service::start(config.service.clone()).await?;
-    let catalog = Catalog::start(&config, &service.database, validator.clone())
-        .await
-        .map_err(std::io::Error::other)?;
-    // Other replicas' changes drop this one's cached pages.
-    catalog.follow_events(&service.kit.tasks, service.transport.clone());
-    let collector = catalog.product_cache().collector();
-    service.kit.metrics.register_collector(Box::new(collector));
-    service.serve(router(catalog), validator).await
+    let (kit, app, _) = launch(config, &or_exit(TransportConfig::from_env())).await?;
+    shop_common::serve(app, &kit).await
 }

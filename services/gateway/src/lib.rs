@@ -386,3 +386,25 @@ pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> App {
         .service(proxied);
     App(front)
 }
+
+/// The gateway as its binary runs it, without serving: its kit (to serve with
+/// `shop_common::serve`, or `serve_until` in the one-process system) and its whole app, with
+/// discovery started and the cached answers following the services' events.
+///
+/// # Errors
+///
+/// The token configuration, discovery or a rate limit is unusable.
+///
+/// # Panics
+///
+/// Outside a tokio runtime.
+pub fn launch(config: &GatewayConfig) -> std::io::Result<(Kit, App)> {
+    let validator = config.tokens.validator()?;
+    let sources = discover(config).map_err(std::io::Error::other)?;
+    let kit = Kit::new(config.service.clone());
+    let gateway = Gateway::new(config, &kit, validator, &sources).map_err(std::io::Error::other)?;
+    // What catalog announces (price changes) drops its cached answers at once, not at max-age.
+    gateway.invalidate_on_events(&kit, config.messaging.clone());
+    let app = app(gateway, &kit, &config.cors_origins);
+    Ok((kit, app))
+}

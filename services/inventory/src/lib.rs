@@ -316,3 +316,26 @@ impl Participant for StockParticipant {
         }
     }
 }
+
+/// The the inventory service as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: InventoryConfig,
+    transport: &shop_messaging::config::TransportConfig,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Inventory)> {
+    let validator = config.tokens.validator()?;
+    let mut service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let inventory = Inventory::start(&config, &service.database, validator.clone())
+        .await
+        .map_err(std::io::Error::other)?;
+    service.consume(Inventory::consumer_config(), inventory.participant());
+    inventory.run_sweeper(&service.kit.tasks, config.sweep_every);
+    let (kit, app) = service.launch(router(inventory.clone()), validator);
+    Ok((kit, app, inventory))
+}

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use shop_common::config::{ConfigError, Secret, Vars};
-use shop_common::store::Database;
 
 use crate::jetstream::JetStreamTransport;
 use crate::local::LocalTransport;
@@ -78,8 +77,7 @@ impl TransportConfig {
                 Arc::new(JetStreamTransport::connect(url.expose(), namespace).await?)
             }
             Self::Local { database_url } => {
-                let database = Database::connect(database_url.expose()).await?;
-                Arc::new(LocalTransport::open(database).await?)
+                Arc::new(LocalTransport::open_url(database_url.expose()).await?)
             }
         })
     }

@@ -60,6 +60,17 @@ const SUBSCRIPTION_PAGE: usize = 16;
 /// (this process's publishes wake it at once).
 const SUBSCRIPTION_POLL: Duration = Duration::from_secs(1);
 
+/// How often a waiting consumer looks at the log for what another process published (this
+/// process's publishes wake it at once): a saga's step crosses processes on the embedded
+/// default, and each crossing may wait this long.
+const FETCH_POLL: Duration = Duration::from_millis(50);
+
+/// The local transports open in this process, by database URL
+/// ([`LocalTransport::open_url`]).
+static OPEN: LazyLock<
+    tokio::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Inner>>>,
+> = LazyLock::new(Default::default);
+
 struct Inner {
     database: Database,
     /// Bumped on every change a waiting fetch may be waiting for (a publish, a retry, a replay),
@@ -107,6 +118,32 @@ impl LocalTransport {
                 database,
             }),
         })
+    }
+
+    /// The database the transport's log is in.
+    #[must_use]
+    pub fn database(&self) -> &Database {
+        &self.inner.database
+    }
+
+    /// Opens the transport on the database at `url`, or shares the one this process has open
+    /// there: services of one process on one bus share its pool (on SQLite, one writer rather
+    /// than one per service, queueing for the file's lock) and its change signal (one's
+    /// publish wakes the others' consumers at once, where another process's waits for their
+    /// next look at the log).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open), or the database cannot be reached.
+    pub async fn open_url(url: &str) -> Result<Self, TransportError> {
+        let mut open = OPEN.lock().await;
+        open.retain(|_, inner| inner.strong_count() > 0);
+        if let Some(inner) = open.get(url).and_then(std::sync::Weak::upgrade) {
+            return Ok(Self { inner });
+        }
+        let transport = Self::open(Database::connect(url).await?).await?;
+        open.insert(url.to_owned(), Arc::downgrade(&transport.inner));
+        Ok(transport)
     }
 }
 
@@ -459,6 +496,7 @@ impl Deliveries for LocalDeliveries {
                 let in_ms = u64::try_from(due - shop_common::unix_millis()).unwrap_or(0);
                 deadline.min(now + Duration::from_millis(in_ms))
             });
+            let until = until.min(now + FETCH_POLL);
             tokio::select! {
                 _ = changed.changed() => {}
                 () = tokio::time::sleep_until(until) => {}

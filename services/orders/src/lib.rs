@@ -583,3 +583,43 @@ impl Handler for Orchestrator {
         Ok(Outcome::Ack)
     }
 }
+
+/// The the orders service as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: OrdersConfig,
+    transport: &shop_messaging::config::TransportConfig,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Orders)> {
+    use shop_common::client::{ClientSettings, upstream};
+    let validator = config.tokens.validator()?;
+    let mut service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let catalog = upstream(
+        "catalog",
+        mainstay_discovery::fixed(config.catalog.clone()),
+        ClientSettings {
+            deadline: config.service.request_timeout,
+            attempt_timeout: config.attempt_timeout,
+            max_concurrent: 256,
+        },
+        &service.kit.metrics,
+        &service.kit.resilience,
+    );
+    let orders = Orders::start(
+        &service.database,
+        Arc::new(catalog::HttpCatalog::new(catalog)),
+        validator.clone(),
+        config.timing,
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    service.consume(Orders::consumer_config(), orders.orchestrator());
+    orders.run_scanner(&service.kit.tasks);
+    let (kit, app) = service.launch(router(orders.clone()), validator);
+    Ok((kit, app, orders))
+}

@@ -439,3 +439,31 @@ impl Participant for PaymentParticipant {
         }
     }
 }
+
+/// The the payments service, asking `provider`, as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: PaymentsConfig,
+    transport: &shop_messaging::config::TransportConfig,
+    provider: Arc<dyn provider::Provider>,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Payments)> {
+    let validator = config.tokens.validator()?;
+    let mut service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let payments = Payments::start(&config, &service.database, provider, validator.clone())
+        .await
+        .map_err(std::io::Error::other)?;
+    service.consume(Payments::consumer_config(), payments.participant());
+    payments.run_sweeper(
+        &service.kit.tasks,
+        Duration::from_secs(60),
+        config.auth_expiry,
+    );
+    let (kit, app) = service.launch(router(payments.clone()), validator);
+    Ok((kit, app, payments))
+}

@@ -234,3 +234,25 @@ impl Participant for ShipmentParticipant {
         }
     }
 }
+
+/// The the shipping service as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: ShippingConfig,
+    transport: &shop_messaging::config::TransportConfig,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Shipping)> {
+    let validator = config.tokens.validator()?;
+    let mut service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let shipping = Shipping::start(&config, &service.database, validator.clone())
+        .await
+        .map_err(std::io::Error::other)?;
+    service.consume(Shipping::consumer_config(), shipping.participant());
+    let (kit, app) = service.launch(router(shipping.clone()), validator);
+    Ok((kit, app, shipping))
+}

@@ -475,3 +475,24 @@ impl Users {
         self.0.per_account.tracked_keys()
     }
 }
+
+/// The the users service as its binary runs it, on `transport`, without serving: its kit (to serve
+/// with `shop_common::serve`, or `serve_until` in the one-process system), its whole app, and
+/// its state.
+///
+/// # Errors
+///
+/// The database or the transport cannot be opened, or the service cannot start on them.
+pub async fn launch(
+    config: UsersConfig,
+    transport: &shop_messaging::config::TransportConfig,
+) -> std::io::Result<(shop_common::Kit, axum::Router, Users)> {
+    let service =
+        shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
+    let users = Users::start(config, &service.database)
+        .await
+        .map_err(std::io::Error::other)?;
+    let validator = users.validator();
+    let (kit, app) = service.launch(router(users.clone()), validator);
+    Ok((kit, app, users))
+}

@@ -1,17 +1,13 @@
 //! `shop-users`: the users service, on the environment's configuration.
 
 use shop_common::config::or_exit;
-use shop_messaging::service::Service;
-use shop_users::{Users, UsersConfig, router};
+use shop_messaging::config::TransportConfig;
+use shop_users::{UsersConfig, launch};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let config = or_exit(UsersConfig::from_env());
     let _telemetry = config.service.init_telemetry();
-    let service = Service::start(config.service.clone()).await?;
-    let users = Users::start(config, &service.database)
-        .await
-        .map_err(std::io::Error::other)?;
-    let validator = users.validator();
-    service.serve(router(users), validator).await
+    let (kit, app, _) = launch(config, &or_exit(TransportConfig::from_env())).await?;
+    shop_common::serve(app, &kit).await
 }

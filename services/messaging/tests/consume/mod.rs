@@ -1050,3 +1050,51 @@ async fn a_replay_of_every_dead_letter_is_bounded() {
     assert_eq!(transport.replay("search", None).await.unwrap(), 1);
     assert_eq!(transport.dead_letter_count("search").await.unwrap(), 0);
 }
+
+/// Two processes on one local bus file: a consumer in one gets what the other publishes at
+/// its next look at the log, not when its fetch's wait runs out (an hour here).
+#[tokio::test]
+async fn another_process_publish_reaches_a_waiting_local_consumer() {
+    let path = std::env::temp_dir().join(format!("bus-{}.db", uuid::Uuid::new_v4()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    // A pool each, as two processes have.
+    let publisher = LocalTransport::open(Database::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    let consuming = LocalTransport::open(Database::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    let config = ConsumerConfig::new("search", &["catalog.*"]);
+    let mut deliveries = consuming.consumer(&config).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        deliveries
+            .fetch(10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    shop_messaging::Publisher::publish(&publisher, &[raw("catalog.events", "from-elsewhere")])
+        .await
+        .unwrap();
+    let delivered = tokio::time::timeout(SOON, waiting)
+        .await
+        .expect("delivered at the consumer's next look, long before its wait ends")
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The services of one process open one bus URL once: one pool, so one SQLite writer.
+#[tokio::test]
+async fn one_process_shares_one_local_transport_per_url() {
+    let path = std::env::temp_dir().join(format!("bus-{}.db", uuid::Uuid::new_v4()));
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let first = LocalTransport::open_url(&url).await.unwrap();
+    let second = LocalTransport::open_url(&url).await.unwrap();
+    assert_eq!(first.database().key(), second.database().key());
+    let elsewhere = format!("sqlite://{}-2?mode=rwc", path.display());
+    let other = LocalTransport::open_url(&elsewhere).await.unwrap();
+    assert_ne!(first.database().key(), other.database().key());
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(format!("{}-2", path.display()));
+}

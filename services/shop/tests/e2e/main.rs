@@ -1,0 +1,335 @@
+//! The checkout end to end, through the gateway only, with every service in one process: on
+//! the embedded default (SQLite files and the local bus) and in production mode (PostgreSQL and
+//! NATS JetStream on this machine). After the scenarios, the saga's invariants hold.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shop::{Options, System, invariants};
+use shop_messaging::config::TransportConfig;
+
+/// A fresh key, as the users service's keys are given (32 random bytes, base64url).
+fn key() -> String {
+    let path = std::env::temp_dir().join(format!("shop-e2e-key-{}", uuid::Uuid::new_v4()));
+    shop_common::seal::SealKey::load_or_create(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    text.trim().to_owned()
+}
+
+/// The knobs of these runs: short deadlines, and no rate limit in the way.
+fn vars() -> HashMap<String, String> {
+    [
+        ("SIGNING_KEY_KEK", key()),
+        ("MAIL_TOKEN_KEY", key()),
+        ("SEED_DEMO_USERS", "true".into()),
+        ("SEED_DEMO_CATALOG", "true".into()),
+        ("SEED_DEMO_STOCK", "true".into()),
+        ("SAGA_DEADLINE_MS", "4000".into()),
+        ("SAGA_SCAN_MS", "200".into()),
+        ("STEP_RESEND_MS", "500".into()),
+        ("PAYMENT_TIMEOUT_MS", "300".into()),
+        ("RATE_LIMIT_PER_IP", "100000/1".into()),
+        ("RATE_LIMIT_PER_PRINCIPAL", "100000/1".into()),
+        ("LOGIN_PER_IP", "100000/1".into()),
+        ("LOGIN_PER_ACCOUNT", "100000/1".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A customer of the system, signed in through the gateway.
+struct Customer {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Customer {
+    async fn sign_in(system: &System) -> Self {
+        let http = reqwest::Client::new();
+        let base = system.url();
+        let login: Value = http
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({"email": "alice@example.com", "password": "alice-in-wonderland"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["access_token"]
+            .as_str()
+            .expect("signed in")
+            .to_owned();
+        Self { http, base, token }
+    }
+
+    async fn checkout(&self, key: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/checkout", self.base))
+            .bearer_auth(&self.token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (status, location, response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn available(&self, sku: &str) -> i64 {
+        self.get(&format!("/api/v1/stock/{sku}")).await.1["available"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Places an order and follows it to a settled status; the order.
+    async fn order(&self, body: &Value) -> Value {
+        let key = uuid::Uuid::new_v4().to_string();
+        let (status, location, placed) = self.checkout(&key, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+        let location = location.expect("a Location");
+        assert_eq!(
+            location,
+            format!("/api/v1/orders/{}", placed["order_id"].as_str().unwrap())
+        );
+        self.settled(&location).await
+    }
+
+    /// Follows an order until it settles (within 20 s).
+    async fn settled(&self, location: &str) -> Value {
+        let settled = [
+            "CONFIRMED",
+            "REJECTED",
+            "CANCELLED",
+            "NEEDS_ATTENTION",
+            "SHIPPED",
+        ];
+        for _ in 0..200 {
+            let (status, order) = self.get(location).await;
+            assert_eq!(status, StatusCode::OK, "{order}");
+            if settled.contains(&order["status"].as_str().unwrap()) {
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{location} never settled: {:?}", self.get(location).await.1);
+    }
+}
+
+fn body(sku: &str, quantity: u32, card: &str, postcode: &str) -> Value {
+    json!({
+        "lines": [{"product_id": sku, "quantity": quantity}],
+        "shipping_address": {"name": "Alice", "line1": "1 Rabbit Hole", "city": "Oxford",
+            "postcode": postcode, "country": "GB"},
+        "card": card,
+    })
+}
+
+const APPROVES: &str = "4242424242424242";
+const DECLINES: &str = "4000000000000002";
+const HANGS: &str = "4000000000000119";
+
+/// Every path of the checkout, through the gateway, then the invariants.
+async fn every_path(system: System) {
+    let alice = Customer::sign_in(&system).await;
+
+    // Confirmed: paid, the stock taken, the history of every step.
+    let before = alice.available("garden-001").await;
+    let order = alice
+        .order(&body("garden-001", 2, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert_eq!(order["captured_minor"], order["total"]["amount_minor"]);
+    assert_eq!(alice.available("garden-001").await, before - 2);
+    let steps: Vec<&str> = order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| entry["step"].as_str())
+        .collect();
+    assert_eq!(steps, ["reserve", "authorize", "ship", "capture", "commit"]);
+
+    // The same key and body again: the same order, not a second one.
+    let key = uuid::Uuid::new_v4().to_string();
+    let first = alice
+        .checkout(&key, &body("books-001", 1, APPROVES, "OX1 1AA"))
+        .await;
+    let again = alice
+        .checkout(&key, &body("books-001", 1, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(first.2["order_id"], again.2["order_id"]);
+    let other = alice
+        .checkout(&key, &body("books-001", 2, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(other.0, StatusCode::UNPROCESSABLE_ENTITY);
+    alice.settled(&first.1.unwrap()).await;
+
+    // Every rejection, with the stock given back.
+    let before = alice.available("toys-001").await;
+    for (body, reason) in [
+        (body("kitchen-000", 1, APPROVES, "OX1 1AA"), "OUT_OF_STOCK"),
+        (body("toys-001", 1, DECLINES, "OX1 1AA"), "PAYMENT_DECLINED"),
+        (body("toys-001", 1, APPROVES, "00000"), "UNDELIVERABLE"),
+        (body("toys-001", 1, HANGS, "OX1 1AA"), "PAYMENT_TIMEOUT"),
+    ] {
+        let order = alice.order(&body).await;
+        assert_eq!(
+            (order["status"].as_str(), order["reason"].as_str()),
+            (Some("REJECTED"), Some(reason)),
+            "{order}"
+        );
+    }
+    assert_eq!(alice.available("toys-001").await, before);
+
+    // Cancelled once confirmed: refunded in full.
+    let order = alice
+        .order(&body("outdoor-001", 1, APPROVES, "OX1 1AA"))
+        .await;
+    let id = order["order_id"].as_str().unwrap();
+    let cancel = alice
+        .http
+        .post(format!("{}/api/v1/orders/{id}/cancel", alice.base))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::ACCEPTED);
+    let order = alice.settled(&format!("/api/v1/orders/{id}")).await;
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(order["refunded_minor"], order["total"]["amount_minor"]);
+
+    // Many checkouts racing for scarce stock: exactly what there is gets sold.
+    let sku = "electronics-007";
+    let stock = alice.available(sku).await;
+    assert_eq!(stock % 10, 0, "the demo stock");
+    let racers: Vec<_> = (0..stock / 10 + 2)
+        .map(|_| {
+            let (http, base, token) = (alice.http.clone(), alice.base.clone(), alice.token.clone());
+            tokio::spawn(async move {
+                let alice = Customer { http, base, token };
+                alice.order(&body(sku, 10, APPROVES, "OX1 1AA")).await
+            })
+        })
+        .collect();
+    let mut confirmed = 0;
+    for racer in racers {
+        let order = racer.await.unwrap();
+        match order["status"].as_str() {
+            Some("CONFIRMED") => confirmed += 1,
+            _ => assert_eq!(order["reason"], "OUT_OF_STOCK", "{order}"),
+        }
+    }
+    assert_eq!(confirmed, stock / 10);
+    assert_eq!(alice.available(sku).await, 0);
+
+    let now = shop_common::unix_millis();
+    let violations = invariants::violations(&system, now).await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    // The checker sees a unit that appears from nowhere.
+    let stock = system.inventory.store().database().clone();
+    shop_common::on_db!(&stock, pool => sqlx::query(
+        "UPDATE stock SET on_hand = on_hand + 1 WHERE sku = 'garden-002'"
+    )
+    .execute(pool)
+    .await
+    .map(|done| done.rows_affected()))
+    .unwrap();
+    let violations = invariants::violations(&system, now).await.unwrap();
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert!(violations[0].contains("garden-002"), "{violations:#?}");
+    system.stop(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_default() {
+    let dir = std::env::temp_dir().join(format!("shop-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bus = format!("sqlite://{}/bus.db?mode=rwc", dir.display());
+    let mut vars = vars();
+    vars.insert("BUS_DATABASE_URL".into(), bus.clone());
+    let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
+        vars.get(var).cloned()
+    }))
+    .unwrap();
+    let data = dir.clone();
+    let system = System::start(Options {
+        database_url: Box::new(move |name| {
+            format!("sqlite://{}/{name}.db?mode=rwc", data.display())
+        }),
+        transport,
+        vars,
+        gateway_port: 0,
+    })
+    .await
+    .unwrap();
+    every_path(system).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_production_mode() {
+    let mut databases = HashMap::new();
+    for name in shop::SERVICES {
+        let Some(db) = shop_common::testing::PgTestDb::create_or_skip(name).await else {
+            return;
+        };
+        databases.insert(name, db);
+    }
+    let mut vars = vars();
+    vars.insert("NATS_URL".into(), "nats://127.0.0.1:4222".into());
+    let namespace = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    vars.insert("MESSAGING_NAMESPACE".into(), namespace.clone());
+    let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
+        vars.get(var).cloned()
+    }))
+    .unwrap();
+    let urls: HashMap<String, String> = databases
+        .iter()
+        .map(|(name, db)| ((*name).to_owned(), db.url.clone()))
+        .collect();
+    let system = System::start(Options {
+        database_url: Box::new(move |name| urls[name].clone()),
+        transport,
+        vars,
+        gateway_port: 0,
+    })
+    .await
+    .unwrap();
+    every_path(system).await;
+    // The run's streams go with it.
+    let namespace = namespace.clone();
+    shop_messaging::jetstream::JetStreamTransport::connect("nats://127.0.0.1:4222", &namespace)
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
+    for (_, db) in databases {
+        db.drop_database().await.unwrap();
+    }
+}
