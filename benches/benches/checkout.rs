@@ -18,12 +18,10 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shop::{Options, System};
-use shop_messaging::config::TransportConfig;
 use tokio::time::Instant;
 
 const RATES: [u32; 6] = [10, 20, 40, 80, 160, 320];
@@ -31,29 +29,13 @@ const SECONDS: u32 = 10;
 const ACCEPTED_P99: Duration = Duration::from_millis(200);
 const CONFIRMED_P99: Duration = Duration::from_secs(5);
 
-fn key() -> String {
-    let path = std::env::temp_dir().join(format!("bench-key-{}", uuid::Uuid::new_v4()));
-    shop_common::seal::SealKey::load_or_create(&path).unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
-    text.trim().to_owned()
-}
-
-fn vars() -> HashMap<String, String> {
-    [
-        ("SIGNING_KEY_KEK", key()),
-        ("MAIL_TOKEN_KEY", key()),
-        ("SEED_DEMO_USERS", "true".into()),
-        ("SEED_DEMO_CATALOG", "true".into()),
-        ("SEED_DEMO_STOCK", "true".into()),
-        ("RATE_LIMIT_PER_IP", "1000000/1".into()),
-        ("RATE_LIMIT_PER_PRINCIPAL", "1000000/1".into()),
-        ("LOGIN_PER_IP", "1000000/1".into()),
-        ("LOGIN_PER_ACCOUNT", "1000000/1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+/// No rate limit in the way of one customer's load.
+fn unlimited(options: Options) -> Options {
+    options
+        .var("RATE_LIMIT_PER_IP", "1000000/1")
+        .var("RATE_LIMIT_PER_PRINCIPAL", "1000000/1")
+        .var("LOGIN_PER_IP", "1000000/1")
+        .var("LOGIN_PER_ACCOUNT", "1000000/1")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -241,26 +223,9 @@ fn main() {
     runtime.block_on(async {
         let dir = std::env::temp_dir().join(format!("bench-checkout-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut embedded = vars();
-        embedded.insert(
-            "BUS_DATABASE_URL".into(),
-            format!("sqlite://{}/bus.db?mode=rwc", dir.display()),
-        );
-        let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
-            embedded.get(var).cloned()
-        }))
-        .unwrap();
-        let data = dir.clone();
-        let system = System::start(Options {
-            database_url: Box::new(move |name| {
-                format!("sqlite://{}/{name}.db?mode=rwc", data.display())
-            }),
-            transport,
-            vars: embedded,
-            gateway_port: 0,
-        })
-        .await
-        .unwrap();
+        let system = System::start(unlimited(Options::embedded(&dir).unwrap()))
+            .await
+            .unwrap();
         measure("embedded default (SQLite, local bus)", system).await;
         let _ = std::fs::remove_dir_all(&dir);
 
@@ -272,30 +237,17 @@ fn main() {
             };
             databases.insert(name, db);
         }
+        let urls = databases
+            .iter()
+            .map(|(name, db)| ((*name).to_owned(), db.url.clone()))
+            .collect();
         let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut production = vars();
-        production.insert("NATS_URL".into(), "nats://127.0.0.1:4222".into());
-        production.insert("MESSAGING_NAMESPACE".into(), namespace.clone());
-        let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
-            production.get(var).cloned()
-        }))
-        .unwrap();
-        let urls: Arc<HashMap<String, String>> = Arc::new(
-            databases
-                .iter()
-                .map(|(name, db)| ((*name).to_owned(), db.url.clone()))
-                .collect(),
-        );
-        let system = System::start(Options {
-            database_url: Box::new(move |name| urls[name].clone()),
-            transport,
-            vars: production,
-            gateway_port: 0,
-        })
-        .await
-        .unwrap();
+        let keys = std::env::temp_dir().join(format!("bench-keys-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&keys).unwrap();
+        let options = Options::production(urls, NATS, &namespace, &keys).unwrap();
+        let system = System::start(unlimited(options)).await.unwrap();
         measure("production mode (PostgreSQL, NATS JetStream)", system).await;
-        shop_messaging::jetstream::JetStreamTransport::connect("nats://127.0.0.1:4222", &namespace)
+        shop_messaging::jetstream::JetStreamTransport::connect(NATS, &namespace)
             .await
             .unwrap()
             .delete()
@@ -304,5 +256,8 @@ fn main() {
         for (_, db) in databases {
             db.drop_database().await.unwrap();
         }
+        let _ = std::fs::remove_dir_all(&keys);
     });
 }
+
+const NATS: &str = "nats://127.0.0.1:4222";

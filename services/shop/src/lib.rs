@@ -56,6 +56,88 @@ impl std::fmt::Debug for Options {
     }
 }
 
+impl Options {
+    /// The embedded default in `dir`: a SQLite file per service and one for the local bus,
+    /// and the users service's keys in files there (created on first start), the demo data
+    /// seeded.
+    ///
+    /// # Errors
+    ///
+    /// A key file cannot be created.
+    pub fn embedded(dir: &std::path::Path) -> std::io::Result<Self> {
+        let mut vars = Self::keys(dir)?;
+        vars.insert(
+            "BUS_DATABASE_URL".into(),
+            format!("sqlite://{}/bus.db?mode=rwc", dir.display()),
+        );
+        let transport = Self::transport(&vars)?;
+        let dir = dir.to_owned();
+        Ok(Self {
+            database_url: Box::new(move |name| {
+                format!("sqlite://{}/{name}.db?mode=rwc", dir.display())
+            }),
+            transport,
+            vars,
+            gateway_port: 0,
+        })
+    }
+
+    /// Production mode: each service's PostgreSQL database from `database_urls` (by name),
+    /// NATS JetStream at `nats_url` in `namespace`, the users service's keys in files in
+    /// `keys_dir`, the demo data seeded.
+    ///
+    /// # Errors
+    ///
+    /// A key file cannot be created, or the namespace is not one.
+    pub fn production(
+        database_urls: HashMap<String, String>,
+        nats_url: &str,
+        namespace: &str,
+        keys_dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let mut vars = Self::keys(keys_dir)?;
+        vars.insert("NATS_URL".into(), nats_url.to_owned());
+        vars.insert("MESSAGING_NAMESPACE".into(), namespace.to_owned());
+        let transport = Self::transport(&vars)?;
+        Ok(Self {
+            database_url: Box::new(move |name| {
+                database_urls.get(name).cloned().unwrap_or_default()
+            }),
+            transport,
+            vars,
+            gateway_port: 0,
+        })
+    }
+
+    /// Sets a variable every service reads (a knob such as `SAGA_DEADLINE_MS`).
+    #[must_use]
+    pub fn var(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The users service's keys as files in `dir`, and the demo data seeded on every store.
+    fn keys(dir: &std::path::Path) -> std::io::Result<HashMap<String, String>> {
+        let mut vars = HashMap::new();
+        for (var, file) in [
+            ("SIGNING_KEY_KEK_FILE", shop_users::config::KEK_FILE),
+            ("MAIL_TOKEN_KEY_FILE", shop_users::config::MAIL_KEY_FILE),
+        ] {
+            let path = dir.join(file);
+            shop_common::seal::SealKey::load_or_create(&path).map_err(std::io::Error::other)?;
+            vars.insert(var.to_owned(), path.display().to_string());
+        }
+        for seed in ["SEED_DEMO_USERS", "SEED_DEMO_CATALOG", "SEED_DEMO_STOCK"] {
+            vars.insert(seed.to_owned(), "true".to_owned());
+        }
+        Ok(vars)
+    }
+
+    fn transport(vars: &HashMap<String, String>) -> std::io::Result<TransportConfig> {
+        TransportConfig::from_vars(&Vars(|var: &str| vars.get(var).cloned())).map_err(invalid)
+    }
+}
+
 /// A running service: what stops it, and its task.
 struct Running {
     name: &'static str,

@@ -8,38 +8,18 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::{Options, System, invariants};
-use shop_messaging::config::TransportConfig;
-
-/// A fresh key, as the users service's keys are given (32 random bytes, base64url).
-fn key() -> String {
-    let path = std::env::temp_dir().join(format!("shop-e2e-key-{}", uuid::Uuid::new_v4()));
-    shop_common::seal::SealKey::load_or_create(&path).unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
-    text.trim().to_owned()
-}
 
 /// The knobs of these runs: short deadlines, and no rate limit in the way.
-fn vars() -> HashMap<String, String> {
-    [
-        ("SIGNING_KEY_KEK", key()),
-        ("MAIL_TOKEN_KEY", key()),
-        ("SEED_DEMO_USERS", "true".into()),
-        ("SEED_DEMO_CATALOG", "true".into()),
-        ("SEED_DEMO_STOCK", "true".into()),
-        ("SAGA_DEADLINE_MS", "4000".into()),
-        ("SAGA_SCAN_MS", "200".into()),
-        ("STEP_RESEND_MS", "500".into()),
-        ("PAYMENT_TIMEOUT_MS", "300".into()),
-        ("RATE_LIMIT_PER_IP", "100000/1".into()),
-        ("RATE_LIMIT_PER_PRINCIPAL", "100000/1".into()),
-        ("LOGIN_PER_IP", "100000/1".into()),
-        ("LOGIN_PER_ACCOUNT", "100000/1".into()),
-        ("RUST_LOG", "warn".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+fn knobs(options: Options) -> Options {
+    options
+        .var("SAGA_DEADLINE_MS", "4000")
+        .var("SAGA_SCAN_MS", "200")
+        .var("STEP_RESEND_MS", "500")
+        .var("PAYMENT_TIMEOUT_MS", "300")
+        .var("RATE_LIMIT_PER_IP", "100000/1")
+        .var("RATE_LIMIT_PER_PRINCIPAL", "100000/1")
+        .var("LOGIN_PER_IP", "100000/1")
+        .var("LOGIN_PER_ACCOUNT", "100000/1")
 }
 
 /// A customer of the system, signed in through the gateway.
@@ -269,24 +249,9 @@ async fn every_path(system: System) {
 async fn on_the_embedded_default() {
     let dir = std::env::temp_dir().join(format!("shop-e2e-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bus = format!("sqlite://{}/bus.db?mode=rwc", dir.display());
-    let mut vars = vars();
-    vars.insert("BUS_DATABASE_URL".into(), bus.clone());
-    let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
-        vars.get(var).cloned()
-    }))
-    .unwrap();
-    let data = dir.clone();
-    let system = System::start(Options {
-        database_url: Box::new(move |name| {
-            format!("sqlite://{}/{name}.db?mode=rwc", data.display())
-        }),
-        transport,
-        vars,
-        gateway_port: 0,
-    })
-    .await
-    .unwrap();
+    let system = System::start(knobs(Options::embedded(&dir).unwrap()))
+        .await
+        .unwrap();
     every_path(system).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -300,30 +265,18 @@ async fn in_production_mode() {
         };
         databases.insert(name, db);
     }
-    let mut vars = vars();
-    vars.insert("NATS_URL".into(), "nats://127.0.0.1:4222".into());
-    let namespace = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    vars.insert("MESSAGING_NAMESPACE".into(), namespace.clone());
-    let transport = TransportConfig::from_vars(&shop_common::config::Vars(|var: &str| {
-        vars.get(var).cloned()
-    }))
-    .unwrap();
-    let urls: HashMap<String, String> = databases
+    let urls = databases
         .iter()
         .map(|(name, db)| ((*name).to_owned(), db.url.clone()))
         .collect();
-    let system = System::start(Options {
-        database_url: Box::new(move |name| urls[name].clone()),
-        transport,
-        vars,
-        gateway_port: 0,
-    })
-    .await
-    .unwrap();
+    let namespace = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let keys = std::env::temp_dir().join(format!("shop-e2e-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let options = Options::production(urls, NATS, &namespace, &keys).unwrap();
+    let system = System::start(knobs(options)).await.unwrap();
     every_path(system).await;
     // The run's streams go with it.
-    let namespace = namespace.clone();
-    shop_messaging::jetstream::JetStreamTransport::connect("nats://127.0.0.1:4222", &namespace)
+    shop_messaging::jetstream::JetStreamTransport::connect(NATS, &namespace)
         .await
         .unwrap()
         .delete()
@@ -332,4 +285,7 @@ async fn in_production_mode() {
     for (_, db) in databases {
         db.drop_database().await.unwrap();
     }
+    let _ = std::fs::remove_dir_all(&keys);
 }
+
+const NATS: &str = "nats://127.0.0.1:4222";
