@@ -34,6 +34,8 @@ pub mod saga;
 pub mod service;
 mod shared;
 pub mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 
 use std::sync::LazyLock;

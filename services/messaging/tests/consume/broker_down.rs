@@ -2,7 +2,6 @@
 //! behind it is, and once the broker is back everything drains, in order, each message handled
 //! once. Over a private nats-server (a port and a store of its own), stopped and restarted.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,83 +12,9 @@ use shop_messaging::{
     Outbox, Publisher, Relay, Transport, follow,
 };
 
+use shop_messaging::testing::PrivateNats;
+
 use super::{Script, consumer, enqueue_committed, prepare, raw};
-
-/// A private nats-server with JetStream on a free port, killed on drop (its store removed).
-struct PrivateNats {
-    child: tokio::process::Child,
-    port: u16,
-    store: Store,
-}
-
-/// A server's store directory, removed on drop.
-struct Store(std::path::PathBuf);
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl PrivateNats {
-    async fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let store = Store(std::env::temp_dir().join(format!("nats-{}", MessageId::new())));
-        let child = Self::spawn(port, &store).await?;
-        Some(Self { child, port, store })
-    }
-
-    /// The same server again: its port and its store (the streams and consumers survive).
-    async fn restart(&mut self) {
-        self.stop().await;
-        self.child = Self::spawn(self.port, &self.store)
-            .await
-            .expect("restarted");
-    }
-
-    async fn spawn(port: u16, store: &Store) -> Option<tokio::process::Child> {
-        let child = tokio::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(error) => {
-                assert!(
-                    std::env::var_os("MAINSTAY_REQUIRE_SERVERS").is_none(),
-                    "nats-server is required (MAINSTAY_REQUIRE_SERVERS is set): {error}"
-                );
-                eprintln!("skipping: cannot start nats-server ({error})");
-                return None;
-            }
-        };
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(child);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the private nats-server did not start on port {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn stop(&mut self) {
-        let _ = self.child.kill().await;
-    }
-}
 
 /// The message ids of the effects, in the order they were written (SQLite's rowid).
 async fn handled(database: &Database) -> Vec<String> {

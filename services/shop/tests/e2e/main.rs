@@ -289,3 +289,71 @@ async fn in_production_mode() {
 }
 
 const NATS: &str = "nats://127.0.0.1:4222";
+
+/// The broker stopped while customers check out, then restarted: every checkout is answered
+/// (the order and its first command wait in the outbox), and every order is confirmed once
+/// the broker is back, with the invariants holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_down_during_checkouts() {
+    let Some(mut nats) = shop_messaging::testing::PrivateNats::start().await else {
+        return;
+    };
+    let mut databases = HashMap::new();
+    for name in shop::SERVICES {
+        let Some(db) = shop_common::testing::PgTestDb::create_or_skip(name).await else {
+            return;
+        };
+        databases.insert(name, db);
+    }
+    let urls = databases
+        .iter()
+        .map(|(name, db)| ((*name).to_owned(), db.url.clone()))
+        .collect();
+    let keys = std::env::temp_dir().join(format!("shop-e2e-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let options = Options::production(urls, &nats.url(), "down", &keys).unwrap();
+    // A deadline longer than the outage: the orders wait for the broker, not give up.
+    let system = System::start(knobs(options).var("SAGA_DEADLINE_MS", "60000"))
+        .await
+        .unwrap();
+    let alice = Customer::sign_in(&system).await;
+    let warm = alice
+        .order(&body("garden-003", 1, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(warm["status"], "CONFIRMED", "{warm}");
+
+    nats.stop().await;
+    let mut placed = Vec::new();
+    for n in 0..5 {
+        let key = uuid::Uuid::new_v4().to_string();
+        let sku = format!("books-00{n}");
+        let (status, location, order) = alice
+            .checkout(&key, &body(&sku, 1, APPROVES, "OX1 1AA"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+        placed.push(location.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for location in &placed {
+        let (_, order) = alice.get(location).await;
+        assert_eq!(
+            order["status"], "PENDING",
+            "nothing moves without the broker: {order}"
+        );
+    }
+
+    nats.restart().await;
+    for location in &placed {
+        let order = alice.settled(location).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order}");
+    }
+    let violations = invariants::violations(&system, shop_common::unix_millis())
+        .await
+        .unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    system.stop(Duration::from_secs(10)).await;
+    for (_, db) in databases {
+        db.drop_database().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+}
