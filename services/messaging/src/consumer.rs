@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use shop_common::store::{Database, Tx};
 use tracing::Instrument as _;
@@ -206,6 +207,7 @@ pub struct Consumer {
     database: Database,
     handler: Arc<dyn Handler>,
     batch: usize,
+    concurrency: usize,
     metrics: Option<MessagingMetrics>,
 }
 
@@ -214,6 +216,7 @@ impl std::fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("config", &self.config)
             .field("batch", &self.batch)
+            .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -234,15 +237,25 @@ impl Consumer {
             database,
             handler,
             batch: 32,
+            concurrency: DEFAULT_CONCURRENCY,
             metrics: None,
         }
     }
 
-    /// Deliveries fetched at once (default 32, at least 1); they are handled one after
-    /// another.
+    /// Deliveries fetched at once (default 32, at least 1); those of one key (one order, one
+    /// product) are handled one after another, in the order they came.
     #[must_use]
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// How many keys' deliveries of a batch are handled at once on PostgreSQL (default
+    /// [`DEFAULT_CONCURRENCY`], at least 1; 1: every delivery after the one before). On SQLite,
+    /// whose store has one connection, one at a time whatever this says.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
         self
     }
 
@@ -261,8 +274,10 @@ impl Consumer {
         &self.config
     }
 
-    /// Handles deliveries until `stop` completes, finishing the one in hand (the rest of a
-    /// fetched batch is left unsettled, and delivered again after `ack_wait`).
+    /// Handles deliveries until `stop` completes, finishing those in hand (the rest of a
+    /// fetched batch is left unsettled, and delivered again after `ack_wait`). Different keys'
+    /// deliveries are handled at once ([`concurrency`](Self::concurrency)), one key's in the
+    /// order they came.
     ///
     /// When the service's database fails outside the handler (the transaction cannot begin,
     /// the inbox cannot be written, the commit fails), the consumer holds the delivery and
@@ -299,6 +314,12 @@ impl Consumer {
             }
         };
         backoff = Duration::ZERO;
+        // SQLite has one connection (see `Database::connect`): deliveries at once would only
+        // wait for it in turn.
+        let concurrency = match self.database {
+            Database::Sqlite(_) => 1,
+            Database::Postgres(_) => self.concurrency,
+        };
         // The depth of the dead letters, read into the metrics now, after a delivery becomes
         // one, and every DEPTH_EVERY (an operator's replay lowers it).
         let mut depth_read_at: Option<tokio::time::Instant> = None;
@@ -323,29 +344,75 @@ impl Consumer {
                     continue;
                 }
             };
-            for delivery in batch {
-                let mut held = Duration::ZERO;
-                let settlement = loop {
-                    match self.attempt(&delivery).await {
-                        Attempt::Settle(settlement) => break self.counted(settlement),
-                        Attempt::Duplicate => break self.duplicate(),
-                        Attempt::StoreDown(error) => {
-                            held = backoff_after(held);
-                            tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = held.as_millis(), "the database failed: holding the delivery");
-                            if sleep_unless_stopped(stop.as_mut(), held).await {
-                                return Ok(());
+            // Each key's deliveries in order, different keys' at once (up to `concurrency`):
+            // one order's messages never overtake each other, and a slow one (a provider
+            // call) holds up no other order's.
+            let (stopping, stopped) = tokio::sync::watch::channel(false);
+            let dead_lettered = std::sync::atomic::AtomicBool::new(false);
+            let this = &self;
+            // One at a time: in the order they came, whatever their keys.
+            let groups = if concurrency == 1 {
+                batch.into_iter().map(|delivery| vec![delivery]).collect()
+            } else {
+                by_key(batch)
+            };
+            let work =
+                futures_util::stream::iter(groups).for_each_concurrent(concurrency, |deliveries| {
+                    let (mut stopped, dead_lettered) = (stopped.clone(), &dead_lettered);
+                    async move {
+                        for delivery in deliveries {
+                            if *stopped.borrow() {
+                                return;
                             }
+                            let Some(settlement) = this.holding(&delivery, &mut stopped).await
+                            else {
+                                return;
+                            };
+                            if matches!(settlement, Settlement::DeadLetter { .. }) {
+                                dead_lettered.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            this.settle(delivery, settlement).await;
                         }
                     }
-                };
-                if matches!(settlement, Settlement::DeadLetter { .. }) {
-                    depth_read_at = None;
-                }
-                self.settle(delivery, settlement).await;
-                tokio::select! {
-                    biased;
-                    () = &mut stop => return Ok(()),
-                    () = std::future::ready(()) => {}
+                });
+            tokio::pin!(work);
+            let stop_now = tokio::select! {
+                biased;
+                () = &mut stop => true,
+                () = &mut work => false,
+            };
+            if stop_now {
+                // The deliveries in hand are finished; the rest are left unsettled.
+                let _ = stopping.send(true);
+                work.await;
+                return Ok(());
+            }
+            if dead_lettered.load(std::sync::atomic::Ordering::Relaxed) {
+                depth_read_at = None;
+            }
+        }
+    }
+
+    /// Handles one delivery, holding it while the service's database fails (see
+    /// [`run`](Self::run)); `None` when `stopped` says to stop meanwhile (it is left unsettled).
+    async fn holding(
+        &self,
+        delivery: &Delivery,
+        stopped: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Settlement> {
+        let mut held = Duration::ZERO;
+        loop {
+            match self.attempt(delivery).await {
+                Attempt::Settle(settlement) => return Some(self.counted(settlement)),
+                Attempt::Duplicate => return Some(self.duplicate()),
+                Attempt::StoreDown(error) => {
+                    held = backoff_after(held);
+                    tracing::warn!(consumer = %self.config.name, %error, retry_in_ms = held.as_millis(), "the database failed: holding the delivery");
+                    tokio::select! {
+                        biased;
+                        _ = stopped.wait_for(|stop| *stop) => return None,
+                        () = tokio::time::sleep(held) => {}
+                    }
                 }
             }
         }
@@ -519,6 +586,34 @@ impl Consumer {
         tracing::warn!(consumer = %self.config.name, subject = %clip(&delivery.subject), delivered = delivery.delivered, reason = %clip(&reason), "dead letter");
         Settlement::DeadLetter { reason }
     }
+}
+
+/// How many keys' deliveries a consumer handles at once, unless told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// `batch` split by the envelopes' keys, each key's deliveries in the order they came, the keys
+/// in the order of their first delivery. A payload that is not an envelope is a key of its own
+/// (it becomes a dead letter by itself).
+fn by_key(batch: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+    #[derive(serde::Deserialize)]
+    struct Keyed {
+        key: String,
+    }
+    let mut groups: Vec<Vec<Delivery>> = Vec::new();
+    let mut index = std::collections::HashMap::<String, usize>::new();
+    for delivery in batch {
+        match serde_json::from_slice::<Keyed>(&delivery.payload) {
+            Ok(Keyed { key }) => match index.get(&key) {
+                Some(&at) => groups[at].push(delivery),
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push(vec![delivery]);
+                }
+            },
+            Err(_) => groups.push(vec![delivery]),
+        }
+    }
+    groups
 }
 
 /// Sleeps `wait`, or less if `stop` completes first: whether it did.

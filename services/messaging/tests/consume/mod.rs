@@ -1098,3 +1098,77 @@ async fn one_process_shares_one_local_transport_per_url() {
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(format!("{}-2", path.display()));
 }
+
+/// Holds the first `slow` message until a `fast` one is handled, and records what it handled,
+/// in order: `product:price`.
+#[derive(Default)]
+struct Gate {
+    fast_done: tokio::sync::Notify,
+    handled: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Handler for Gate {
+    async fn handle(&self, message: &Inbound, _: &mut Tx) -> Result<Outcome, HandleError> {
+        let change: PriceChanged = message.decode()?;
+        if change.product_id == "slow" && change.price_minor == 0 {
+            // Waits for the other key: with one delivery at a time, never.
+            tokio::time::timeout(SOON, self.fast_done.notified())
+                .await
+                .map_err(|_| HandleError::Poison("the other key was never handled".into()))?;
+        }
+        self.handled
+            .lock()
+            .unwrap()
+            .push(format!("{}:{}", change.product_id, change.price_minor));
+        if change.product_id == "fast" {
+            self.fast_done.notify_one();
+        }
+        Ok(Outcome::Ack)
+    }
+}
+
+/// Different keys' deliveries are handled at once, so a slow one holds up no other order's;
+/// one key's stay in the order they came. (On PostgreSQL: a SQLite store has one connection, so
+/// its consumers take one delivery at a time.)
+#[tokio::test]
+async fn different_keys_are_handled_at_once_and_one_keys_in_order() {
+    let Some(db) = shop_common::testing::PgTestDb::create_or_skip("consume_keys").await else {
+        return;
+    };
+    let database = Database::connect(&db.url).await.unwrap();
+    let transport = local(&database).await;
+    // price_minor is each message's position: slow:0, slow:1, fast:2, slow:3.
+    enqueue_committed(&database, &["slow", "slow", "fast", "slow"]).await;
+    relay_all(&database, &transport).await;
+    let gate = Arc::new(Gate::default());
+    let consumer = Consumer::new(
+        ConsumerConfig::new("keys", &["catalog.events"]),
+        transport.clone(),
+        database.clone(),
+        gate.clone(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = tokio::time::Instant::now() + SOON;
+    while gate.handled.lock().unwrap().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "never handled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(SOON, running)
+        .await
+        .expect("stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        *gate.handled.lock().unwrap(),
+        ["fast:2", "slow:0", "slow:1", "slow:3"]
+    );
+    if let Database::Postgres(pool) = database {
+        pool.close().await;
+    }
+    db.drop_database().await.unwrap();
+}
