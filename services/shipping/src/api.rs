@@ -79,7 +79,7 @@ async fn shipment(
 }
 
 /// Moves the shipment from `from` to `to` and writes `event` with it; 409 when it is not
-/// `from`.
+/// `from`, or its order is not confirmed yet (nothing leaves before the payment is captured).
 async fn advance<M: shop_messaging::Message>(
     shipping: &Shipping,
     order_id: &str,
@@ -95,14 +95,16 @@ async fn advance<M: shop_messaging::Message>(
         .begin()
         .await
         .map_err(|e| internal(&e))?;
-    if !ShipmentStore::moved(&mut tx, order_id, from, to)
+    if !ShipmentStore::moved(&mut tx, order_id, from, to, true)
         .await
         .map_err(|e| internal(&e))?
     {
-        return Err(Problem::conflict(format!(
-            "the shipment is {}, not {from}",
-            existing.status
-        )));
+        return Err(Problem::conflict(if existing.status == from {
+            "the order is not confirmed yet (its payment is being taken): ship it once it is"
+                .to_owned()
+        } else {
+            format!("the shipment is {}, not {from}", existing.status)
+        }));
     }
     Outbox::enqueue(&mut tx, event)
         .await

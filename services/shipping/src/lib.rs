@@ -5,13 +5,17 @@
 //! | --- | --- | --- |
 //! | `GET /quote?items=N&country=CC` | — | what shipping `N` items (1 to 1000) to a country costs |
 //! | `GET /admin/shipments/{order_id}` | role `admin` | an order's shipment |
-//! | `POST /admin/shipments/{order_id}/ship` | role `admin` | the parcel left: `OrderShipped` on `shipping.events` |
+//! | `POST /admin/shipments/{order_id}/ship` | role `admin` | the parcel of a confirmed order left: `OrderShipped` on `shipping.events` |
 //! | `POST /admin/shipments/{order_id}/deliver` | role `admin` | the parcel arrived: `OrderDelivered` |
 //!
 //! The saga's steps arrive on `shipping.commands`: `CreateShipment` books a shipment
 //! (`ShipmentCreated`), or refuses an address the carrier does not deliver to
 //! (`SHIPPING_UNDELIVERABLE_POSTCODES`: `ShipmentRejected`); `CancelShipment` cancels a booked
 //! one, and a cancel that comes first refuses the late booking. Each step is carried out once.
+//!
+//! A shipment keeps the whole address the parcel goes to. The warehouse ships only what was
+//! confirmed: `OrderConfirmed` on `orders.events` (the payment captured) releases a shipment,
+//! and shipping one that was not is `409`.
 
 #![forbid(unsafe_code)]
 
@@ -25,11 +29,11 @@ use async_trait::async_trait;
 use mainstay_auth::Validator;
 use shop_common::store::{Database, StoreError, Tx};
 use shop_messaging::contracts::{
-    Address, CancelShipment, CreateShipment, SHIPPING_COMMANDS, ShipmentCancelled, ShipmentCreated,
-    ShipmentRejected, ShipmentRejection, check_order_id,
+    Address, CancelShipment, CreateShipment, ORDERS_EVENTS, OrderConfirmed, SHIPPING_COMMANDS,
+    ShipmentCancelled, ShipmentCreated, ShipmentRejected, ShipmentRejection, check_order_id,
 };
 use shop_messaging::saga::{self, Participant, Reply};
-use shop_messaging::{ConsumerConfig, HandleError, Inbound, Poison, SagaRef};
+use shop_messaging::{ConsumerConfig, HandleError, Handler, Inbound, Outcome, Poison, SagaRef};
 
 pub use self::api::router;
 pub use self::config::ShippingConfig;
@@ -116,6 +120,38 @@ impl Shipping {
     pub fn participant(&self) -> saga::Steps<ShipmentParticipant> {
         saga::Steps::new("shipping", ShipmentParticipant(self.clone()))
     }
+
+    /// The consumer of the orders' events: `shipping-orders` on [`ORDERS_EVENTS`].
+    #[must_use]
+    pub fn confirmations_config() -> ConsumerConfig {
+        ConsumerConfig::new("shipping-orders", &[ORDERS_EVENTS])
+    }
+
+    /// The handler of those events: an `OrderConfirmed` releases its shipment to the
+    /// warehouse (before it, the order's payment may still fail, and nothing may leave).
+    #[must_use]
+    pub fn confirmations(&self) -> Confirmations {
+        Confirmations(())
+    }
+}
+
+/// Marks shipments whose orders were confirmed (see [`Shipping::confirmations`]).
+#[derive(Debug, Clone)]
+pub struct Confirmations(());
+
+#[async_trait]
+impl Handler for Confirmations {
+    async fn handle(&self, message: &Inbound, tx: &mut Tx) -> Result<Outcome, HandleError> {
+        if !message.is::<OrderConfirmed>() {
+            return Ok(Outcome::Ack);
+        }
+        let confirmed: OrderConfirmed = message.decode()?;
+        check_order_id(&confirmed.order_id)?;
+        if !ShipmentStore::confirm(tx, &confirmed.order_id).await? {
+            tracing::debug!(order_id = %confirmed.order_id, "a confirmation with nothing to mark");
+        }
+        Ok(Outcome::Ack)
+    }
 }
 
 /// The shipping side of the checkout saga (see the crate's documentation).
@@ -160,15 +196,8 @@ impl ShipmentParticipant {
                 let undeliverable = self.0.0.undeliverable.contains(&address.postcode);
                 let status = if undeliverable { "REJECTED" } else { "CREATED" };
                 let cost = quote(command.items, &address.country);
-                let recorded = ShipmentStore::record(
-                    tx,
-                    &order_id,
-                    status,
-                    cost,
-                    &address.country,
-                    &address.postcode,
-                )
-                .await?;
+                let recorded =
+                    ShipmentStore::record(tx, &order_id, status, cost, Some(address)).await?;
                 match recorded {
                     Some(shipment) => shipment,
                     // Another transaction recorded one meanwhile (a cancel that came first).
@@ -200,11 +229,11 @@ impl ShipmentParticipant {
         check_order_id(&order_id)?;
         // Claimed first: a booking of this order in flight is waited for, then cancelled; with
         // none, the claim refuses a late booking.
-        let claimed = ShipmentStore::record(tx, &order_id, "CANCELLED", 0, "--", "")
+        let claimed = ShipmentStore::record(tx, &order_id, "CANCELLED", 0, None)
             .await?
             .is_some();
         let cancelled =
-            !claimed && ShipmentStore::moved(tx, &order_id, "CREATED", "CANCELLED").await?;
+            !claimed && ShipmentStore::moved(tx, &order_id, "CREATED", "CANCELLED", false).await?;
         Ok(Reply::of(&ShipmentCancelled {
             order_id,
             cancelled,
@@ -253,6 +282,7 @@ pub async fn launch(
         .await
         .map_err(std::io::Error::other)?;
     service.consume(Shipping::consumer_config(), shipping.participant());
+    service.consume(Shipping::confirmations_config(), shipping.confirmations());
     let (kit, app) = service.launch(router(shipping.clone()), validator);
     Ok((kit, app, shipping))
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use shop_common::store::{Database, StoreError, Tx};
 use shop_common::{on_db, on_tx};
+use shop_messaging::contracts::Address;
 use sqlx::migrate::Migrator;
 
 /// Migrations for SQLite.
@@ -24,11 +25,23 @@ pub struct Shipment {
     pub status: String,
     /// What it costs, in minor units.
     pub cost_minor: i64,
-    /// Where to (country).
+    /// Who receives it (empty for a shipment cancelled before it was booked).
+    pub recipient: String,
+    /// Street and number.
+    pub line1: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postcode: String,
+    /// ISO 3166-1 alpha-2 country code (`--` for a shipment cancelled before it was booked).
     pub country: String,
+    /// When its order was confirmed (the payment captured), in milliseconds since the epoch:
+    /// the warehouse ships nothing before.
+    pub confirmed_at_ms: Option<i64>,
 }
 
-const COLUMNS: &str = "order_id, shipment_id, tracking_id, status, cost_minor, country";
+const COLUMNS: &str = "order_id, shipment_id, tracking_id, status, cost_minor, recipient, line1, \
+    city, postcode, country, confirmed_at_ms";
 
 /// Shipments, on the service's database. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -85,7 +98,8 @@ impl ShipmentStore {
             .await)?)
     }
 
-    /// Records an order's shipment as `status`, within `tx`; `None` when the order has one.
+    /// Records an order's shipment to `address` (`None`: a cancel that came before the
+    /// booking) as `status`, within `tx`; `None` when the order has one.
     ///
     /// # Errors
     ///
@@ -95,9 +109,16 @@ impl ShipmentStore {
         order_id: &str,
         status: &str,
         cost_minor: i64,
-        country: &str,
-        postcode: &str,
+        address: Option<&Address>,
     ) -> Result<Option<Shipment>, StoreError> {
+        let none = Address {
+            name: String::new(),
+            line1: String::new(),
+            city: String::new(),
+            postcode: String::new(),
+            country: "--".to_owned(),
+        };
+        let address = address.unwrap_or(&none);
         let now = shop_common::unix_millis();
         let shipment = Shipment {
             order_id: order_id.to_owned(),
@@ -106,20 +127,29 @@ impl ShipmentStore {
                 .to_uppercase(),
             status: status.to_owned(),
             cost_minor,
-            country: country.to_owned(),
+            recipient: address.name.clone(),
+            line1: address.line1.clone(),
+            city: address.city.clone(),
+            postcode: address.postcode.clone(),
+            country: address.country.clone(),
+            confirmed_at_ms: None,
         };
         let done = on_tx!(tx, conn => sqlx::query(
             "INSERT INTO shipments (order_id, shipment_id, tracking_id, status, cost_minor, \
-             country, postcode, created_at_ms, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (order_id) DO NOTHING",
+             recipient, line1, city, postcode, country, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+             ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(&shipment.order_id)
         .bind(&shipment.shipment_id)
         .bind(&shipment.tracking_id)
         .bind(status)
         .bind(cost_minor)
-        .bind(country)
-        .bind(postcode)
+        .bind(&shipment.recipient)
+        .bind(&shipment.line1)
+        .bind(&shipment.city)
+        .bind(&shipment.postcode)
+        .bind(&shipment.country)
         .bind(now)
         .execute(&mut **conn)
         .await
@@ -127,7 +157,27 @@ impl ShipmentStore {
         Ok((done == 1).then_some(shipment))
     }
 
-    /// Moves an order's shipment from `from` to `to`, within `tx`; whether it was `from`.
+    /// Marks an order's shipment confirmed (its payment captured), within `tx`; whether it
+    /// was marked now (`false`: it was before, or the order has no shipment).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn confirm(tx: &mut Tx, order_id: &str) -> Result<bool, StoreError> {
+        let done = on_tx!(tx, conn => sqlx::query(
+            "UPDATE shipments SET confirmed_at_ms = $2, updated_at_ms = $2 \
+             WHERE order_id = $1 AND confirmed_at_ms IS NULL",
+        )
+        .bind(order_id)
+        .bind(shop_common::unix_millis())
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// Moves an order's shipment from `from` to `to`, within `tx`, if its order was confirmed
+    /// or `confirmed` does not matter; whether it was moved.
     ///
     /// # Errors
     ///
@@ -137,15 +187,17 @@ impl ShipmentStore {
         order_id: &str,
         from: &str,
         to: &str,
+        confirmed: bool,
     ) -> Result<bool, StoreError> {
         let done = on_tx!(tx, conn => sqlx::query(
             "UPDATE shipments SET status = $3, updated_at_ms = $4 \
-             WHERE order_id = $1 AND status = $2",
+             WHERE order_id = $1 AND status = $2 AND (confirmed_at_ms IS NOT NULL OR NOT $5)",
         )
         .bind(order_id)
         .bind(from)
         .bind(to)
         .bind(shop_common::unix_millis())
+        .bind(confirmed)
         .execute(&mut **conn)
         .await
         .map(|done| done.rows_affected()))?;

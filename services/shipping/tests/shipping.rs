@@ -9,11 +9,11 @@ use shop_common::config::{ServiceConfig, Vars};
 use shop_common::store::Database;
 use shop_common::testing::call;
 use shop_messaging::contracts::{
-    Address, CancelShipment, CreateShipment, ShipmentCancelled, ShipmentCreated, ShipmentRejected,
-    ShipmentRejection,
+    Address, CancelShipment, CreateShipment, OrderConfirmed, ShipmentCancelled, ShipmentCreated,
+    ShipmentRejected, ShipmentRejection,
 };
 use shop_messaging::saga::testing::reply_to;
-use shop_messaging::{Envelope, HandleError, Message, Outbox};
+use shop_messaging::{Envelope, HandleError, Handler, Inbound, Message, Outbox, Outcome};
 use shop_shipping::{Shipping, ShippingConfig, router};
 
 shop_common::on_both_stores!(
@@ -186,6 +186,54 @@ async fn the_warehouse_ships_and_delivers_and_says_so(database: &Database, url: 
         StatusCode::CONFLICT,
         "not shipped yet"
     );
+    // The whole address is kept, for the warehouse.
+    let kept = send(Method::GET, "/admin/shipments/o", Some(&admin)).await;
+    assert_eq!(
+        (
+            &kept.body["recipient"],
+            &kept.body["line1"],
+            &kept.body["city"],
+            &kept.body["postcode"],
+            &kept.body["country"],
+        ),
+        (
+            &json!("Alice Liddell"),
+            &json!("1 Rabbit Hole"),
+            &json!("Oxford"),
+            &json!("1012AB"),
+            &json!("NL")
+        )
+    );
+    // Nothing leaves before the order is confirmed (its payment could still fail).
+    let early = send(Method::POST, "/admin/shipments/o/ship", Some(&admin)).await;
+    assert_eq!(early.status, StatusCode::CONFLICT);
+    assert!(
+        early.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not confirmed")
+    );
+    let confirmed = OrderConfirmed {
+        order_id: "o".into(),
+        user_id: "u".into(),
+        lines: vec![],
+        total_minor: 1_000,
+        currency: "EUR".into(),
+        placed_at_ms: 0,
+    };
+    for _ in 0..2 {
+        // Redelivered: the same.
+        let mut tx = database.begin().await.unwrap();
+        let handled = shipping
+            .confirmations()
+            .handle(&Inbound::of(&confirmed, None).unwrap(), &mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(handled, Outcome::Ack);
+    }
+    let confirmed_at = send(Method::GET, "/admin/shipments/o", Some(&admin)).await;
+    assert!(confirmed_at.body["confirmed_at_ms"].as_i64().unwrap() > 0);
     let shipped = send(Method::POST, "/admin/shipments/o/ship", Some(&admin)).await;
     assert_eq!(shipped.status, StatusCode::OK, "{:?}", shipped.body);
     assert_eq!(shipped.body["status"], "SHIPPED");
