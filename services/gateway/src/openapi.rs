@@ -562,6 +562,67 @@ fn home() {}
 
 /// The patterns of fields that the services check with `shop_common::fields`: stated from the
 /// same constants, so the document and the checks cannot drift apart.
+/// Links from a placed order to what follows it (`links` of `OpenAPI` 3.1), so that a client, and
+/// the contract run's stateful phase, can follow checkout → order → cancel or events.
+struct OrderLinks;
+
+impl Modify for OrderLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::link::Link;
+        let follow = |operation: &str, from: &str, description: &str| {
+            Link::builder()
+                .operation_id(operation)
+                .parameter("id", from)
+                .description(description)
+                .build()
+        };
+        let links = [
+            ("GetOrder", "order", "The order placed"),
+            ("CancelOrder", "cancel_order", "Cancel it"),
+            ("OrderEvents", "order_events", "Its status as it moves"),
+        ];
+        for (path, method, status, id) in [
+            (
+                "/api/v1/checkout",
+                "post",
+                "202",
+                "$response.body#/order_id",
+            ),
+            (
+                "/api/v1/orders/{id}/cancel",
+                "post",
+                "202",
+                "$response.body#/order_id",
+            ),
+            (
+                "/api/v1/orders",
+                "get",
+                "200",
+                "$response.body#/items/0/order_id",
+            ),
+        ] {
+            let Some(item) = openapi.paths.paths.get_mut(path) else {
+                continue;
+            };
+            let operation = match method {
+                "post" => item.post.as_mut(),
+                _ => item.get.as_mut(),
+            };
+            let Some(RefOr::T(response)) =
+                operation.and_then(|operation| operation.responses.responses.get_mut(status))
+            else {
+                continue;
+            };
+            for (name, target, description) in links {
+                response
+                    .links
+                    .insert(name.to_owned(), RefOr::T(follow(target, id, description)));
+            }
+        }
+    }
+}
+
 struct FieldPatterns;
 
 impl Modify for FieldPatterns {
@@ -697,7 +758,7 @@ impl Modify for BearerAuth {
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
                        CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
                        OrderPage, Stock, Quote)),
-    modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns),
+    modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns, &OrderLinks),
 )]
 pub(crate) struct ApiDoc;
 

@@ -1071,6 +1071,27 @@ async fn the_openapi_page_loads() {
         );
     }
     assert!(reply.body["components"]["securitySchemes"]["bearer"].is_object());
+    // A placed order links to what follows it, each link to an operation the document has.
+    let operations: Vec<&str> = reply.body["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    let placed = &reply.body["paths"]["/api/v1/checkout"]["post"]["responses"]["202"]["links"];
+    for (link, operation) in [
+        ("GetOrder", "order"),
+        ("CancelOrder", "cancel_order"),
+        ("OrderEvents", "order_events"),
+    ] {
+        assert_eq!(placed[link]["operationId"], operation, "{placed}");
+        assert_eq!(placed[link]["parameters"]["id"], "$response.body#/order_id");
+        assert!(
+            operations.contains(&operation),
+            "{operation} is not documented"
+        );
+    }
 
     let page = call(&shop.app, Method::GET, "/docs/", None, None, None).await;
     assert_eq!(page.status, StatusCode::OK);
