@@ -209,6 +209,45 @@ impl SealKey {
     }
 }
 
+/// The sealing key configured in `var` (its value, or the file `{var}_FILE` names: see
+/// [`Vars::secret`](crate::config::Vars::secret)), checked to be one; `None` when unset.
+///
+/// # Errors
+///
+/// The variable is set to something that is not a key.
+pub fn key_var<F: Fn(&str) -> Option<String>>(
+    vars: &crate::config::Vars<F>,
+    var: &str,
+) -> Result<Option<crate::config::Secret>, crate::config::ConfigError> {
+    let key = vars.secret(var)?;
+    if let Some(key) = &key
+        && SealKey::parse(key.expose()).is_err()
+    {
+        return Err(crate::config::ConfigError {
+            var: var.to_owned(),
+            value: "(hidden)".to_owned(),
+            expected: "32 bytes as unpadded base64url (43 characters)".to_owned(),
+        });
+    }
+    Ok(key)
+}
+
+/// The key `configured` (as [`key_var`] read it), or else the one in `default_file`, created
+/// there on first start ([`SealKey::load_or_create`]).
+///
+/// # Errors
+///
+/// The file cannot be read or created, or holds no key.
+pub fn key_or_file(
+    configured: Option<&crate::config::Secret>,
+    default_file: &Path,
+) -> Result<SealKey, SealError> {
+    match configured {
+        Some(key) => SealKey::parse(key.expose()),
+        None => SealKey::load_or_create(default_file),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,9 @@
 //!   and when there is too little the command fails (retried, then a dead letter an operator
 //!   replays after restocking).
 //!
+//! - `ReturnStock` puts what an order committed back on hand (its refund, before the parcel
+//!   left), once.
+//!
 //! A sweeper releases holds past their time (`ReservationExpired` on `inventory.events`).
 //! [`store::StockStore::audit`] checks the invariants: per product, `on_hand` and `reserved`
 //! equal the sums of the ledger, and `reserved` what the open holds hold.
@@ -38,8 +41,9 @@ use mainstay_auth::Validator;
 use shop_common::store::{Database, StoreError, Tx};
 use shop_common::tasks::{Stage, Supervisor};
 use shop_messaging::contracts::{
-    CommitStock, INVENTORY_COMMANDS, ReleaseStock, ReservationExpired, ReserveStock,
-    StockCommitted, StockRejected, StockRejection, StockReleased, StockReserved, check_order_id,
+    CommitStock, INVENTORY_COMMANDS, ReleaseStock, ReservationExpired, ReserveStock, ReturnStock,
+    StockCommitted, StockRejected, StockRejection, StockReleased, StockReserved, StockReturned,
+    check_order_id,
 };
 use shop_messaging::saga::{self, Participant, Reply};
 use shop_messaging::{ConsumerConfig, HandleError, Inbound, Outbox, OutboxError, Poison, SagaRef};
@@ -307,6 +311,14 @@ impl Participant for StockParticipant {
                     commit.order_id
                 ))),
             }
+        } else if command.is::<ReturnStock>() {
+            let give_back: ReturnStock = command.decode()?;
+            check_order_id(&give_back.order_id)?;
+            let returned = StockStore::give_back(tx, &give_back.order_id).await?;
+            Ok(Reply::of(&StockReturned {
+                order_id: give_back.order_id,
+                returned,
+            })?)
         } else {
             Err(Poison(format!(
                 "{} is not an inventory command",

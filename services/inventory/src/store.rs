@@ -251,18 +251,15 @@ impl StockStore {
         if !moved(tx, order_id, how.status(), now).await? {
             return Ok(false);
         }
-        for (sku, quantity) in lines_of(tx, order_id).await? {
-            on_tx!(tx, conn => sqlx::query(
-                "UPDATE stock SET reserved = reserved - $2, updated_at_ms = $3 WHERE sku = $1",
-            )
-            .bind(&sku)
-            .bind(quantity)
-            .bind(now)
-            .execute(&mut **conn)
-            .await
-            .map(|done| done.rows_affected()))?;
-            ledger(tx, &sku, 0, -quantity, how.reason(), Some(order_id), now).await?;
-        }
+        each_line(
+            tx,
+            order_id,
+            "UPDATE stock SET reserved = reserved - $2, updated_at_ms = $3 WHERE sku = $1",
+            (0, -1),
+            how.reason(),
+            now,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -275,28 +272,16 @@ impl StockStore {
     pub async fn commit(tx: &mut Tx, order_id: &str) -> Result<Commitment, StoreError> {
         let now = shop_common::unix_millis();
         if moved(tx, order_id, "COMMITTED", now).await? {
-            for (sku, quantity) in lines_of(tx, order_id).await? {
-                on_tx!(tx, conn => sqlx::query(
-                    "UPDATE stock SET on_hand = on_hand - $2, reserved = reserved - $2, \
-                     updated_at_ms = $3 WHERE sku = $1",
-                )
-                .bind(&sku)
-                .bind(quantity)
-                .bind(now)
-                .execute(&mut **conn)
-                .await
-                .map(|done| done.rows_affected()))?;
-                ledger(
-                    tx,
-                    &sku,
-                    -quantity,
-                    -quantity,
-                    "commit",
-                    Some(order_id),
-                    now,
-                )
-                .await?;
-            }
+            each_line(
+                tx,
+                order_id,
+                "UPDATE stock SET on_hand = on_hand - $2, reserved = reserved - $2, \
+                 updated_at_ms = $3 WHERE sku = $1",
+                (-1, -1),
+                "commit",
+                now,
+            )
+            .await?;
             return Ok(Commitment::Committed);
         }
         match status(tx, order_id).await?.as_deref() {
@@ -351,6 +336,41 @@ impl StockStore {
         }
     }
 
+    /// Puts what `order_id` committed back on hand, within `tx` (its refund, before the parcel
+    /// left); whether it was put back now (`false`: it was before, or the order committed
+    /// nothing). Once per order, however often it is asked.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn give_back(tx: &mut Tx, order_id: &str) -> Result<bool, StoreError> {
+        let now = shop_common::unix_millis();
+        // Marked first: of two returns at once, the second waits for the first, then finds it
+        // marked (PostgreSQL), or the database is written by one at a time (SQLite).
+        let marked = on_tx!(tx, conn => sqlx::query(
+            "UPDATE holds SET returned_at_ms = $2, updated_at_ms = $2 \
+             WHERE order_id = $1 AND status = 'COMMITTED' AND returned_at_ms IS NULL",
+        )
+        .bind(order_id)
+        .bind(now)
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if marked != 1 {
+            return Ok(false);
+        }
+        each_line(
+            tx,
+            order_id,
+            "UPDATE stock SET on_hand = on_hand + $2, updated_at_ms = $3 WHERE sku = $1",
+            (1, 0),
+            "return",
+            now,
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// Orders whose holds are past their time, oldest first, at most `limit`.
     ///
     /// # Errors
@@ -365,6 +385,22 @@ impl StockStore {
         .bind(limit)
         .fetch_all(pool)
         .await)?)
+    }
+
+    /// How many units each order has taken out of stock for good and not given back (its
+    /// ledger's `on_hand` changes, negated), by order; orders that took none are absent.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn taken(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT order_id, CAST(-SUM(on_hand_delta) AS BIGINT) FROM stock_ledger \
+             WHERE order_id IS NOT NULL GROUP BY order_id HAVING SUM(on_hand_delta) <> 0",
+        )
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().collect())
     }
 
     /// What is wrong with the stock, for tests and the chaos suite: each product whose
@@ -512,6 +548,38 @@ async fn lines_of(tx: &mut Tx, order_id: &str) -> Result<Vec<Line>, StoreError> 
     .bind(order_id)
     .fetch_all(&mut **conn)
     .await)?)
+}
+
+/// Runs `update` (`$1` sku, `$2` quantity, `$3` now) for each of `order_id`'s lines, each with
+/// its ledger entry: `on_hand` and `reserved` are the signs of its deltas.
+async fn each_line(
+    tx: &mut Tx,
+    order_id: &str,
+    update: &'static str,
+    (on_hand, reserved): (i64, i64),
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    for (sku, quantity) in lines_of(tx, order_id).await? {
+        on_tx!(tx, conn => sqlx::query(update)
+            .bind(&sku)
+            .bind(quantity)
+            .bind(now)
+            .execute(&mut **conn)
+            .await
+            .map(|done| done.rows_affected()))?;
+        ledger(
+            tx,
+            &sku,
+            on_hand * quantity,
+            reserved * quantity,
+            reason,
+            Some(order_id),
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn ledger(

@@ -14,8 +14,8 @@ use shop_common::testing::call;
 use shop_inventory::store::{Commitment, Ending, Level, Reservation, StockStore};
 use shop_inventory::{Inventory, InventoryConfig, router};
 use shop_messaging::contracts::{
-    CommitStock, ReleaseStock, ReservationExpired, ReserveStock, StockLine, StockRejected,
-    StockRejection, StockReserved,
+    CommitStock, ReleaseStock, ReservationExpired, ReserveStock, ReturnStock, StockLine,
+    StockRejected, StockRejection, StockReserved,
 };
 use shop_messaging::{Envelope, Handler, Inbound, Message, Outbox, Outcome, SagaRef};
 
@@ -332,6 +332,50 @@ async fn the_saga_commands_are_answered_once_per_step(database: &Database, url: 
         )
     );
     assert_eq!(level(&inventory, "kettle").await, (0, 0));
+    // o1 refunded: its kettle back on hand, once however often it is asked.
+    let give_back = |order: &str, step: &str| {
+        command(
+            &ReturnStock {
+                order_id: order.into(),
+            },
+            step,
+        )
+    };
+    let returned = |order: &str, now: bool| {
+        (
+            "StockReturned".to_owned(),
+            json!({"order_id": order, "returned": now}),
+        )
+    };
+    let first = give_back("o1", "return-stock");
+    assert_eq!(
+        handled(&inventory, database, &first).await.unwrap(),
+        returned("o1", true)
+    );
+    assert_eq!(level(&inventory, "kettle").await, (1, 0));
+    // Redelivered (a new message id, the same step): the same answer, nothing more.
+    assert_eq!(
+        handled(&inventory, database, &give_back("o1", "return-stock"))
+            .await
+            .unwrap(),
+        returned("o1", true)
+    );
+    // Asked again by another step: nothing is left to put back.
+    assert_eq!(
+        handled(&inventory, database, &give_back("o1", "return-stock-again"))
+            .await
+            .unwrap(),
+        returned("o1", false)
+    );
+    // o2 never took anything.
+    assert_eq!(
+        handled(&inventory, database, &give_back("o2", "return-stock"))
+            .await
+            .unwrap(),
+        returned("o2", false)
+    );
+    assert_eq!(level(&inventory, "kettle").await, (1, 0));
+    audited(&inventory).await;
     // Out of bounds: poison, before anything is touched.
     let mut too_many = reserve.clone();
     too_many.order_id = "o3".into();

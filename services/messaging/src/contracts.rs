@@ -188,10 +188,12 @@ keyed_messages!(
     ReserveStock on INVENTORY_COMMANDS,
     ReleaseStock on INVENTORY_COMMANDS,
     CommitStock on INVENTORY_COMMANDS,
+    ReturnStock on INVENTORY_COMMANDS,
     StockReserved on crate::saga::REPLIES,
     StockRejected on crate::saga::REPLIES,
     StockReleased on crate::saga::REPLIES,
     StockCommitted on crate::saga::REPLIES,
+    StockReturned on crate::saga::REPLIES,
     ReservationExpired on INVENTORY_EVENTS,
 );
 
@@ -228,6 +230,14 @@ pub struct ReleaseStock {
 /// answered [`StockCommitted`]. Retried until it succeeds; it cannot be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitStock {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Puts what an order took for good back on hand (a refunded order whose parcel never left):
+/// answered [`StockReturned`], also when there is nothing to return.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnStock {
     /// The order.
     pub order_id: String,
 }
@@ -277,6 +287,15 @@ pub struct StockCommitted {
     pub order_id: String,
 }
 
+/// What the order took is back on hand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockReturned {
+    /// The order.
+    pub order_id: String,
+    /// Whether stock was put back now (false: it was before, or the order never took any).
+    pub returned: bool,
+}
+
 /// The inventory's sweeper released an order's hold that outlived its `hold_ms` (its saga
 /// died, or is late): the orchestrator treats the order's stock as gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,8 +332,42 @@ pub struct AuthorizePayment {
     pub amount_minor: i64,
     /// ISO 4217 code.
     pub currency: String,
-    /// The card (a test card number on this system; a provider's token in a real one).
-    pub card: String,
+    /// The card (a test card number on this system; a provider's token in a real one),
+    /// sealed by [`seal_card`] for the payments service alone: the outbox, the broker and a
+    /// dead letter never hold it in clear.
+    pub sealed_card: String,
+}
+
+/// The file the card key is kept in when `CARD_SEAL_KEY` is not set, in the working directory,
+/// created on first start: orders seals the card with it, payments opens it, so both must
+/// read the same key (the one-process system hands both the same file).
+pub const CARD_KEY_FILE: &str = "card-seal.key";
+
+/// The longest card a checkout accepts, in bytes; [`AuthorizePayment::sealed_card`] is at most
+/// [`MAX_SEALED_CARD`].
+pub const MAX_CARD: usize = 19;
+
+/// The longest sealed card: the nonce, the card and the tag, as unpadded base64url.
+pub const MAX_SEALED_CARD: usize = (12 + MAX_CARD + 16).div_ceil(3) * 4;
+
+/// `card` sealed with `key` for the order `order_id` (it opens for that order alone).
+#[must_use]
+pub fn seal_card(key: &shop_common::seal::SealKey, order_id: &str, card: &str) -> String {
+    key.seal_text(card.as_bytes(), order_id.as_bytes())
+}
+
+/// What [`seal_card`] sealed for `order_id`.
+///
+/// # Errors
+///
+/// Sealed with another key or for another order, altered, or not a card.
+pub fn open_card(
+    key: &shop_common::seal::SealKey,
+    order_id: &str,
+    sealed: &str,
+) -> Result<String, shop_common::seal::SealError> {
+    let plain = key.open_text(sealed, order_id.as_bytes())?;
+    String::from_utf8(plain).map_err(|_| shop_common::seal::SealError::Unopenable)
 }
 
 /// Captures what was authorised for an order (the saga's pivot): answered [`PaymentCaptured`],

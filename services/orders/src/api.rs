@@ -5,21 +5,22 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lc_rs::digest::{SHA256, digest};
-use axum::Router;
+use aws_lc_rs::hmac;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use futures_util::stream::Stream;
 use mainstay_auth::{JwtLayer, Principal};
+use mainstay_resilience::deadline::Deadline;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shop_common::idempotency::IDEMPOTENCY_KEY;
 use shop_common::{FieldErrors, Json, Problem};
-use shop_messaging::contracts::{Address, OrderPlaced};
+use shop_messaging::contracts::{Address, OrderPlaced, seal_card};
 use shop_messaging::{HandleError, Outbox};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -207,13 +208,17 @@ async fn checkout(
     State(orders): State<Orders>,
     principal: Principal,
     headers: HeaderMap,
+    deadline: Option<Extension<Deadline>>,
     Json(request): Json<CheckoutRequest>,
 ) -> Result<Response, Problem> {
     let key = key_of(&headers)?;
     let lines = checked(&request)?;
     let user_id = principal.subject().to_owned();
     let canonical = serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?;
-    let request_hash = hex(digest(&SHA256, &canonical).as_ref());
+    // Keyed: the request holds the card, and a plain digest of a card number can be reversed
+    // by trying them all.
+    let hmac_key = hmac::Key::new(hmac::HMAC_SHA256, orders.card_key().expose().as_bytes());
+    let request_hash = hex(hmac::sign(&hmac_key, &canonical).as_ref());
     // The same key again: the order it placed, before the catalog is asked anything.
     if let Some(found) = orders
         .store()
@@ -223,7 +228,7 @@ async fn checkout(
     {
         return replay(&orders, &found, &request_hash).await;
     }
-    let priced = price(&orders, &lines).await?;
+    let priced = price(&orders, &lines, deadline.map(|Extension(at)| at)).await?;
     let total = priced.iter().try_fold(0_i64, |total, line| {
         line.unit_price_minor
             .checked_mul(i64::from(line.quantity))
@@ -237,15 +242,19 @@ async fn checkout(
     let currency = currency_of(&priced)?;
     let now = shop_common::unix_millis();
     let deadline = i64::try_from(orders.timing().deadline.as_millis()).unwrap_or(i64::MAX);
+    let order_id = uuid::Uuid::new_v4().to_string();
+    // Sealed for payments at once: the card rests nowhere in clear, not even in this row.
+    let card = seal_card(orders.card_key(), &order_id, &request.card);
     let order = NewOrder {
-        order_id: uuid::Uuid::new_v4().to_string(),
+        order_id,
         user_id: user_id.clone(),
         idempotency_key: key,
         request_hash: request_hash.clone(),
         deadline_ms: now.saturating_add(deadline),
         total_minor: total,
         currency: currency.clone(),
-        card: request.card.clone(),
+        card,
+        card_last4: request.card[request.card.len().saturating_sub(4)..].to_owned(),
         address: serde_json::to_string(&request.shipping_address)
             .map_err(|e| Problem::internal(&e))?,
         lines: priced.into_iter().map(|line| line.row).collect(),
@@ -324,9 +333,15 @@ struct PricedLine {
     currency: String,
 }
 
-async fn price(orders: &Orders, lines: &BTreeMap<String, u32>) -> Result<Vec<PricedLine>, Problem> {
+/// The lines priced by the catalog, each asked by the request's `deadline` (the server stack's
+/// `DeadlineLayer` sets it: the caller's `x-request-deadline` or the service's own budget).
+async fn price(
+    orders: &Orders,
+    lines: &BTreeMap<String, u32>,
+    deadline: Option<Deadline>,
+) -> Result<Vec<PricedLine>, Problem> {
     let asked = lines.iter().map(|(product_id, &quantity)| async move {
-        let priced = orders.0.prices.price(product_id).await;
+        let priced = orders.0.prices.price(product_id, deadline).await;
         (product_id.clone(), quantity, priced)
     });
     let mut priced = Vec::with_capacity(lines.len());

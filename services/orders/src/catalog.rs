@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use mainstay_resilience::deadline::{CarriesDeadline, Deadline};
 use serde::Deserialize;
 use shop_common::client::Upstream;
 use tower::ServiceExt;
@@ -30,14 +31,23 @@ pub struct PriceError(pub String);
 /// Where prices come from.
 #[async_trait]
 pub trait Prices: Send + Sync + 'static {
-    /// The product `product_id` (a slug: checked by the caller), or `None` when there is none.
-    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError>;
+    /// The product `product_id` (a slug: checked by the caller), or `None` when there is none;
+    /// asked by `deadline` when the checkout that asks has one (its caller's budget).
+    async fn price(
+        &self,
+        product_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Priced>, PriceError>;
 }
 
 #[async_trait]
 impl<P: Prices + ?Sized> Prices for Arc<P> {
-    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError> {
-        (**self).price(product_id).await
+    async fn price(
+        &self,
+        product_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Priced>, PriceError> {
+        (**self).price(product_id, deadline).await
     }
 }
 
@@ -46,7 +56,8 @@ const MAX_PRODUCT_BYTES: usize = 64 * 1024;
 
 /// [`Prices`] from the catalog service, through the client stack
 /// ([`shop_common::client::upstream`]: deadline, adaptive limit, retries, bulkhead, balancing,
-/// breakers).
+/// breakers). A call ends by the checkout's deadline or the stack's `REQUEST_TIMEOUT_MS`,
+/// whichever is sooner, and the catalog is told the time left.
 #[derive(Clone)]
 pub struct HttpCatalog {
     client: Upstream,
@@ -68,13 +79,21 @@ impl HttpCatalog {
 
 #[async_trait]
 impl Prices for HttpCatalog {
-    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError> {
-        let request = Request::builder()
+    async fn price(
+        &self,
+        product_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Priced>, PriceError> {
+        let mut request = Request::builder()
             .method(Method::GET)
             .uri(format!("/products/{product_id}"))
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| PriceError(e.to_string()))?;
+        // The client stack's own budget applies when it is sooner.
+        if let Some(deadline) = deadline {
+            request.set_deadline(deadline);
+        }
         let response = self
             .client
             .clone()

@@ -7,7 +7,8 @@
 //! PAYING    capture (the pivot) ────────┤ a failure or the deadline before the pivot:
 //! PAID      commit ─────────────────────┤   REJECTING: undo what was done, in reverse
 //! CONFIRMED → SHIPPED → DELIVERED       │   (cancel-shipment, void, release) → REJECTED
-//!   └─ cancel: REFUNDING cancel-shipment → refund → CANCELLED (or SHIPPED: it left first)
+//!   └─ cancel: REFUNDING cancel-shipment → refund → restock → CANCELLED
+//!              (or SHIPPED: the parcel left first, and nothing is refunded)
 //! a cancel before the pivot: CANCELLING, the same undoing → CANCELLED
 //! a capture that can never succeed: REJECTING the same way → NEEDS_ATTENTION
 //! ```
@@ -38,11 +39,13 @@ pub enum Step {
     Release,
     /// Give the captured total back (payments).
     Refund,
+    /// Put the committed stock back on hand (inventory), after a refund.
+    Restock,
 }
 
 impl Step {
     /// Every step.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Reserve,
         Self::Authorize,
         Self::Ship,
@@ -52,6 +55,7 @@ impl Step {
         Self::Void,
         Self::Release,
         Self::Refund,
+        Self::Restock,
     ];
 
     /// Its name, in saga references and the order's history.
@@ -67,6 +71,7 @@ impl Step {
             Self::Void => "void",
             Self::Release => "release",
             Self::Refund => "refund",
+            Self::Restock => "restock",
         }
     }
 
@@ -278,6 +283,8 @@ pub enum Answer {
     ShipmentCancelled(bool),
     /// The money is given back: how much, in minor units.
     Refunded(i64),
+    /// The committed stock is back on hand (or never was taken).
+    Returned,
 }
 
 /// What happened to an order.
@@ -390,7 +397,8 @@ impl Saga {
             | (Step::Commit, A::Committed)
             | (Step::CancelShipment, A::ShipmentCancelled(_))
             | (Step::Void, A::Voided)
-            | (Step::Release, A::Released) => self.advance(format!("{step}: done")),
+            | (Step::Release, A::Released)
+            | (Step::Restock, A::Returned) => self.advance(format!("{step}: done")),
             (Step::Capture, A::Captured(amount)) => {
                 let mut next = self.clone();
                 next.captured_minor = *amount;
@@ -533,7 +541,7 @@ impl Saga {
                 next.status = Status::Refunding;
                 next.reason = Some(Reason::CancelledByUser);
                 next.step = Some(Step::CancelShipment);
-                next.plan = vec![Step::Refund];
+                next.plan = vec![Step::Refund, Step::Restock];
                 Next::Move {
                     saga: next,
                     send: true,

@@ -35,15 +35,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mainstay_auth::Validator;
+use shop_common::seal::SealKey;
 use shop_common::store::{StoreError, Tx};
 use shop_common::tasks::{Stage, Supervisor};
 use shop_messaging::contracts::{
     AuthorizePayment, CancelShipment, CaptureFailed, CapturePayment, CommitStock, CreateShipment,
     INVENTORY_EVENTS, OrderCancelled, OrderConfirmed, OrderDelivered, OrderLine, OrderRejected,
     OrderShipped, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded,
-    PaymentVoided, RefundPayment, ReleaseStock, ReservationExpired, ReserveStock, SHIPPING_EVENTS,
-    ShipmentCancelled, ShipmentCreated, ShipmentRejected, StockCommitted, StockLine, StockRejected,
-    StockRejection, StockReleased, StockReserved, VoidPayment, check_order_id,
+    PaymentVoided, RefundPayment, ReleaseStock, ReservationExpired, ReserveStock, ReturnStock,
+    SHIPPING_EVENTS, ShipmentCancelled, ShipmentCreated, ShipmentRejected, StockCommitted,
+    StockLine, StockRejected, StockRejection, StockReleased, StockReserved, StockReturned,
+    VoidPayment, check_order_id,
 };
 use shop_messaging::saga::{self, REPLIES};
 use shop_messaging::{
@@ -71,6 +73,8 @@ struct Inner {
     prices: Arc<dyn Prices>,
     validator: Validator,
     timing: SagaTiming,
+    /// Seals the card for the payments service.
+    card_key: SealKey,
     /// The ids of orders that moved in this process (for the live status streams).
     moved: broadcast::Sender<Arc<str>>,
 }
@@ -108,6 +112,7 @@ impl Orders {
         prices: Arc<dyn Prices>,
         validator: Validator,
         timing: SagaTiming,
+        card_key: SealKey,
     ) -> Result<Self, StoreError> {
         let store = OrderStore::open(database).await?;
         shop_messaging::migrate(database).await?;
@@ -117,8 +122,15 @@ impl Orders {
             prices,
             validator,
             timing,
+            card_key,
             moved,
         })))
+    }
+
+    /// The key the card is sealed with for the payments service.
+    #[must_use]
+    pub fn card_key(&self) -> &SealKey {
+        &self.0.card_key
     }
 
     /// The store.
@@ -258,7 +270,7 @@ impl Orders {
                     order_id,
                     amount_minor: row.total_minor,
                     currency: row.currency.clone(),
-                    card: row.card.clone(),
+                    sealed_card: row.card.clone(),
                 };
                 saga::send(tx, saga, &command).await?;
             }
@@ -290,6 +302,9 @@ impl Orders {
             }
             Step::Refund => {
                 saga::send(tx, saga, &RefundPayment { order_id }).await?;
+            }
+            Step::Restock => {
+                saga::send(tx, saga, &ReturnStock { order_id }).await?;
             }
         }
         Ok(())
@@ -473,6 +488,12 @@ impl Orchestrator {
                 |m: &StockReleased| &m.order_id,
                 |_| Answer::Released,
             )?,
+            k if k == StockReturned::KIND => answer(
+                message,
+                saga,
+                |m: &StockReturned| &m.order_id,
+                |_| Answer::Returned,
+            )?,
             k if k == StockCommitted::KIND => answer(
                 message,
                 saga,
@@ -615,6 +636,11 @@ pub async fn launch(
         Arc::new(catalog::HttpCatalog::new(catalog)),
         validator.clone(),
         config.timing,
+        shop_common::seal::key_or_file(
+            config.card_key.as_ref(),
+            std::path::Path::new(shop_messaging::contracts::CARD_KEY_FILE),
+        )
+        .map_err(std::io::Error::other)?,
     )
     .await
     .map_err(std::io::Error::other)?;

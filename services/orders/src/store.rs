@@ -46,7 +46,9 @@ pub struct OrderRow {
     pub captured_minor: i64,
     /// What was refunded.
     pub refunded_minor: i64,
-    /// The card, until its authorisation is asked; then empty.
+    /// The card sealed for the payments service
+    /// ([`seal_card`](shop_messaging::contracts::seal_card)), until its authorisation is
+    /// asked; then empty. The database never holds it in clear.
     pub card: String,
     /// Its last four digits.
     pub card_last4: String,
@@ -153,8 +155,11 @@ pub struct NewOrder {
     pub total_minor: i64,
     /// ISO 4217 code.
     pub currency: String,
-    /// The card.
+    /// The card, sealed for the payments service
+    /// ([`seal_card`](shop_messaging::contracts::seal_card)).
     pub card: String,
+    /// Its last four digits.
+    pub card_last4: String,
     /// Where to, as JSON.
     pub address: String,
     /// Its lines.
@@ -234,15 +239,6 @@ impl OrderStore {
             .iter()
             .map(|line| i64::from(line.quantity))
             .sum();
-        let last4: String = order
-            .card
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         let inserted = on_tx!(tx, conn => sqlx::query(
             "INSERT INTO orders (order_id, user_id, idempotency_key, request_hash, status, step, \
              plan, due_at_ms, deadline_ms, total_minor, currency, card, card_last4, address, \
@@ -261,7 +257,7 @@ impl OrderStore {
         .bind(order.total_minor)
         .bind(&order.currency)
         .bind(&order.card)
-        .bind(&last4)
+        .bind(&order.card_last4)
         .bind(&order.address)
         .bind(i32::try_from(items).unwrap_or(i32::MAX))
         .bind(order.now_ms)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shop_common::config::{ConfigError, ServiceConfig, TokenConfig, Vars};
+use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars};
 
 use crate::provider::Knobs;
 
@@ -16,6 +16,7 @@ use crate::provider::Knobs;
 /// | `PAYMENT_LATENCY_MS` | 0 | added to every provider call |
 /// | `PAYMENT_TIMEOUT_MS` | 2000 | how long a provider call may take before it counts as failed (and is asked again, under the same key) |
 /// | `PAYMENT_AUTH_EXPIRY_MS` | 604800000 (7 days) | an authorisation never captured is voided this long after it was given |
+/// | `CARD_SEAL_KEY` (or `CARD_SEAL_KEY_FILE`) | the file `card-seal.key` in the working directory, created on first start | the key, shared with the orders service, that opens the card in `AuthorizePayment`: 32 bytes as unpadded base64url |
 #[derive(Debug, Clone)]
 pub struct PaymentsConfig {
     /// The common part.
@@ -28,6 +29,10 @@ pub struct PaymentsConfig {
     pub provider_timeout: Duration,
     /// How long an authorisation lasts.
     pub auth_expiry: Duration,
+    /// `CARD_SEAL_KEY`: the key that opens the card the orders service sealed; `None`: the
+    /// one in [`CARD_KEY_FILE`](shop_messaging::contracts::CARD_KEY_FILE), created on first
+    /// start.
+    pub card_key: Option<Secret>,
 }
 
 fn rate<F: Fn(&str) -> Option<String>>(vars: &Vars<F>, var: &str) -> Result<f64, ConfigError> {
@@ -77,6 +82,7 @@ impl PaymentsConfig {
             provider_timeout: vars.millis_or("PAYMENT_TIMEOUT_MS", Duration::from_secs(2))?,
             auth_expiry: vars
                 .millis_or("PAYMENT_AUTH_EXPIRY_MS", Duration::from_secs(7 * 24 * 3600))?,
+            card_key: shop_common::seal::key_var(vars, "CARD_SEAL_KEY")?,
             service,
         })
     }

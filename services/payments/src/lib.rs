@@ -33,12 +33,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mainstay_auth::Validator;
+use shop_common::seal::SealKey;
 use shop_common::store::{Database, StoreError, Tx};
 use shop_common::tasks::{Stage, Supervisor};
 use shop_messaging::contracts::{
-    AuthorizePayment, CaptureFailed, CapturePayment, DeclineReason, PAYMENTS_COMMANDS,
-    PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided,
-    RefundPayment, VoidPayment, check_order_id,
+    AuthorizePayment, CaptureFailed, CapturePayment, DeclineReason, MAX_SEALED_CARD,
+    PAYMENTS_COMMANDS, PaymentAuthorized, PaymentCaptured, PaymentDeclined, PaymentRefunded,
+    PaymentVoided, RefundPayment, VoidPayment, check_order_id, open_card,
 };
 use shop_messaging::saga::{self, Participant, Reply};
 use shop_messaging::{ConsumerConfig, HandleError, Inbound, Poison, SagaRef};
@@ -64,6 +65,8 @@ struct Inner {
     provider: Arc<dyn Provider>,
     timeout: Duration,
     validator: Validator,
+    /// Opens the card orders sealed.
+    card_key: SealKey,
 }
 
 impl std::fmt::Debug for Payments {
@@ -86,6 +89,7 @@ impl Payments {
         database: &Database,
         provider: Arc<dyn Provider>,
         validator: Validator,
+        card_key: SealKey,
     ) -> Result<Self, StoreError> {
         let store = PaymentStore::open(database).await?;
         shop_messaging::migrate(database).await?;
@@ -94,6 +98,7 @@ impl Payments {
             provider,
             timeout: config.provider_timeout,
             validator,
+            card_key,
         })))
     }
 
@@ -209,16 +214,28 @@ impl PaymentParticipant {
         if !(1..=MAX_AMOUNT).contains(&command.amount_minor)
             || command.currency.len() != 3
             || !command.currency.bytes().all(|b| b.is_ascii_uppercase())
-            || command.card.len() > 64
+            || command.sealed_card.len() > MAX_SEALED_CARD
         {
             return Err(Poison(format!(
-                "an amount of {} {:?} (1 to {MAX_AMOUNT}, an ISO 4217 code), or a card of {} bytes",
+                "an amount of {} {:?} (1 to {MAX_AMOUNT}, an ISO 4217 code), or a sealed card \
+                 of {} bytes (at most {MAX_SEALED_CARD})",
                 command.amount_minor,
                 command.currency.chars().take(8).collect::<String>(),
-                command.card.len()
+                command.sealed_card.len()
             ))
             .into());
         }
+        // Opened before anything else: a card sealed with another key (two services
+        // configured apart) is a dead letter to replay once the keys agree, not a decline.
+        let card = open_card(&self.0.0.card_key, &command.order_id, &command.sealed_card).map_err(
+            |error| {
+                Poison(format!(
+                    "order {}: its card cannot be opened ({error}): is CARD_SEAL_KEY the \
+                     orders service's?",
+                    command.order_id
+                ))
+            },
+        )?;
         let order_id = command.order_id;
         if let Some(payment) = PaymentStore::get_in(tx, &order_id).await? {
             return Ok(match payment.status.as_str() {
@@ -240,7 +257,7 @@ impl PaymentParticipant {
         let provider = &self.0.0.provider;
         let answer = self
             .0
-            .ask(provider.authorize(&key, command.amount_minor, &command.currency, &command.card))
+            .ask(provider.authorize(&key, command.amount_minor, &command.currency, &card))
             .await?;
         let (status, reference, reason) = match &answer {
             Authorization::Approved { reference } => ("AUTHORIZED", Some(reference.as_str()), None),
@@ -455,9 +472,20 @@ pub async fn launch(
     let validator = config.tokens.validator()?;
     let mut service =
         shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
-    let payments = Payments::start(&config, &service.database, provider, validator.clone())
-        .await
-        .map_err(std::io::Error::other)?;
+    let card_key = shop_common::seal::key_or_file(
+        config.card_key.as_ref(),
+        std::path::Path::new(shop_messaging::contracts::CARD_KEY_FILE),
+    )
+    .map_err(std::io::Error::other)?;
+    let payments = Payments::start(
+        &config,
+        &service.database,
+        provider,
+        validator.clone(),
+        card_key,
+    )
+    .await
+    .map_err(std::io::Error::other)?;
     service.consume(Payments::consumer_config(), payments.participant());
     payments.run_sweeper(
         &service.kit.tasks,

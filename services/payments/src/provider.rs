@@ -107,6 +107,10 @@ pub struct TestCards {
     answers: Mutex<HashMap<String, Authorization>>,
     /// What became of each approved authorisation, by reference.
     states: Mutex<HashMap<String, State>>,
+    /// How many captures still fail as if the provider were down ([`fail_captures`]).
+    ///
+    /// [`fail_captures`]: TestCards::fail_captures
+    failing_captures: std::sync::atomic::AtomicU32,
 }
 
 /// An approved authorisation's state at the provider.
@@ -130,7 +134,22 @@ impl TestCards {
             knobs,
             answers: Mutex::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
+            failing_captures: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// Makes the next `count` captures fail as if the provider were down (for the tests and
+    /// the chaos suite: after the pivot the capture is asked again until it succeeds).
+    pub fn fail_captures(&self, count: u32) {
+        self.failing_captures
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many of the captures [`fail_captures`](Self::fail_captures) asked to fail are still
+    /// to come.
+    pub fn failing_captures(&self) -> u32 {
+        self.failing_captures
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What became of the authorisation `reference` (for tests and the invariants' checker).
@@ -249,6 +268,16 @@ impl Provider for TestCards {
 
     async fn capture(&self, _: &str, reference: &str) -> Result<(), ProviderError> {
         self.call().await?;
+        let failing = self.failing_captures.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |left| left.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(ProviderError::Unavailable(
+                "injected capture failure (TestCards::fail_captures)".to_owned(),
+            ));
+        }
         self.change(reference, State::Authorized, State::Captured)
     }
 

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use http::{Method, StatusCode};
 use mainstay_auth::AccessClaims;
 use shop_common::config::{ServiceConfig, Vars};
+use shop_common::seal::SealKey;
 use shop_common::store::Database;
 use shop_common::testing::call;
 use shop_messaging::contracts::{
     AuthorizePayment, CaptureFailed, CapturePayment, DeclineReason, PaymentAuthorized,
     PaymentCaptured, PaymentDeclined, PaymentRefunded, PaymentVoided, RefundPayment, VoidPayment,
+    seal_card,
 };
 use shop_messaging::saga::testing::reply_to;
 use shop_messaging::{HandleError, Message};
@@ -111,9 +113,14 @@ fn config(url: &str) -> PaymentsConfig {
 
 async fn start(database: &Database, url: &str, provider: Arc<dyn Provider>) -> Payments {
     let (_, validator) = shop_common::testing::users_tokens();
-    Payments::start(&config(url), database, provider, validator)
+    Payments::start(&config(url), database, provider, validator, card_key())
         .await
         .unwrap()
+}
+
+/// The key orders seals cards with, in these tests.
+fn card_key() -> SealKey {
+    SealKey::from_bytes(&[7; 32]).unwrap()
 }
 
 /// Hands `message` (as step `step`) to the participant; returns the reply it wrote, as `R`.
@@ -131,7 +138,7 @@ fn authorize(order_id: &str, card: &str) -> AuthorizePayment {
         order_id: order_id.to_owned(),
         amount_minor: 4_999,
         currency: "EUR".to_owned(),
-        card: card.to_owned(),
+        sealed_card: seal_card(&card_key(), order_id, card),
     }
 }
 
@@ -151,6 +158,25 @@ async fn a_payment_is_authorised_captured_and_refunded_once(database: &Database,
         .unwrap();
     assert_eq!(again, authorized);
     assert_eq!(other.payment_id, authorized.payment_id);
+    // A card sealed for another order, or with another key, never reaches the provider: a
+    // dead letter to replay once the keys agree.
+    let moved = AuthorizePayment {
+        order_id: "o2".into(),
+        ..authorize("o1", APPROVED_CARD)
+    };
+    let foreign = AuthorizePayment {
+        sealed_card: seal_card(&SealKey::generate(), "o3", APPROVED_CARD),
+        ..authorize("o3", APPROVED_CARD)
+    };
+    for unopenable in [moved, foreign] {
+        assert!(matches!(
+            step::<_, PaymentAuthorized>(&payments, &unopenable, "authorize").await,
+            Err(HandleError::Poison(_))
+        ));
+    }
+    // The card travels sealed: the message never holds its digits.
+    let sent = serde_json::to_string(&authorize("o4", APPROVED_CARD)).unwrap();
+    assert!(!sent.contains(APPROVED_CARD), "{sent}");
     let capture = CapturePayment {
         order_id: "o1".into(),
     };
@@ -408,7 +434,7 @@ async fn an_authorisation_never_captured_expires(database: &Database, url: &str)
 async fn an_admin_reads_a_payment(database: &Database, url: &str) {
     let (issuer, validator) = shop_common::testing::users_tokens();
     let provider = Arc::new(TestCards::new(Knobs::default()));
-    let payments = Payments::start(&config(url), database, provider, validator)
+    let payments = Payments::start(&config(url), database, provider, validator, card_key())
         .await
         .unwrap();
     step::<_, PaymentAuthorized>(&payments, &authorize("o", APPROVED_CARD), "authorize")

@@ -9,6 +9,8 @@
 //!   authorised at the card scheme;
 //! - the captured amount equal to the order's total for every confirmed order, and nothing
 //!   kept (captured less refunded) for every rejected or cancelled one;
+//! - every unit a kept order (confirmed, shipped, delivered) bought taken out of stock, and
+//!   nothing taken by any other order (a refunded order's stock back on hand);
 //! - one order per user and `Idempotency-Key`.
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +50,7 @@ pub async fn violations(
         .into_iter()
         .map(|payment| (payment.order_id.clone(), payment))
         .collect();
+    let taken = system.inventory.store().taken().await?;
     let orders = system.orders.store().all().await?;
     let mut keys = HashSet::new();
     for order in &orders {
@@ -62,6 +65,7 @@ pub async fn violations(
             continue;
         };
         let payment = payments.get(id);
+        let units = taken.get(id).copied().unwrap_or(0);
         let kept = payment.map_or(0, |p| p.captured_minor - p.refunded_minor);
         if !status.settled() {
             let overdue = order.due_at_ms.is_none_or(|due| due < now_ms);
@@ -85,10 +89,21 @@ pub async fn violations(
                         order.total_minor
                     ));
                 }
+                if units != i64::from(order.items) {
+                    found.push(format!(
+                        "order {id}: {status} for {} units but {units} taken out of stock",
+                        order.items
+                    ));
+                }
             }
             _ => {
                 if kept != 0 {
                     found.push(format!("order {id}: {status} but {kept} kept"));
+                }
+                if units != 0 {
+                    found.push(format!(
+                        "order {id}: {status} but {units} units taken out of stock"
+                    ));
                 }
             }
         }

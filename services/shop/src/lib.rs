@@ -116,12 +116,17 @@ impl Options {
         self
     }
 
-    /// The users service's keys as files in `dir`, and the demo data seeded on every store.
+    /// The users service's keys and the card key (orders seals, payments opens) as files in
+    /// `dir`, and the demo data seeded on every store.
     fn keys(dir: &std::path::Path) -> std::io::Result<HashMap<String, String>> {
         let mut vars = HashMap::new();
         for (var, file) in [
             ("SIGNING_KEY_KEK_FILE", shop_users::config::KEK_FILE),
             ("MAIL_TOKEN_KEY_FILE", shop_users::config::MAIL_KEY_FILE),
+            (
+                "CARD_SEAL_KEY_FILE",
+                shop_messaging::contracts::CARD_KEY_FILE,
+            ),
         ] {
             let path = dir.join(file);
             shop_common::seal::SealKey::load_or_create(&path).map_err(std::io::Error::other)?;
@@ -161,6 +166,10 @@ pub struct System {
     pub cards: Arc<TestCards>,
     /// The gateway first: it stops before the services behind it.
     running: Vec<Running>,
+    /// Each service's variables, to start it again.
+    vars: HashMap<&'static str, HashMap<String, String>>,
+    /// The event backbone.
+    transport: TransportConfig,
 }
 
 impl std::fmt::Debug for System {
@@ -183,6 +192,82 @@ fn serve(name: &'static str, listener: TcpListener, app: axum::Router, kit: Kit)
         shop_common::serve_until(listener, app, &kit, until.cancelled_owned()).await
     });
     Running { name, stop, task }
+}
+
+/// What a service's launch hands the system besides its kit and app.
+enum Started {
+    Other,
+    Orders(shop_orders::Orders),
+    Inventory(shop_inventory::Inventory),
+    Payments(shop_payments::Payments),
+}
+
+/// Launches the service `name` (one of [`SERVICES`]) with `vars` on `transport`, as its binary
+/// would; payments asks `cards`.
+async fn launch(
+    name: &'static str,
+    vars: &HashMap<String, String>,
+    transport: &TransportConfig,
+    cards: &Arc<TestCards>,
+) -> std::io::Result<(Kit, axum::Router, Started)> {
+    let lookup = Vars(|var: &str| vars.get(var).cloned());
+    let port = vars
+        .get("PORT")
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(0);
+    let service = ServiceConfig::from_vars(name, port, &lookup).map_err(invalid)?;
+    macro_rules! config {
+        ($config:ty) => {
+            <$config>::from_vars(service, &lookup).map_err(invalid)?
+        };
+    }
+    Ok(match name {
+        "users" => {
+            let (kit, app, _) =
+                shop_users::launch(config!(shop_users::UsersConfig), transport).await?;
+            (kit, app, Started::Other)
+        }
+        "catalog" => {
+            let (kit, app, _) =
+                shop_catalog::launch(config!(shop_catalog::CatalogConfig), transport).await?;
+            (kit, app, Started::Other)
+        }
+        "inventory" => {
+            let config = config!(shop_inventory::InventoryConfig);
+            let (kit, app, inventory) = shop_inventory::launch(config, transport).await?;
+            (kit, app, Started::Inventory(inventory))
+        }
+        "payments" => {
+            let config = config!(shop_payments::PaymentsConfig);
+            let (kit, app, payments) =
+                shop_payments::launch(config, transport, cards.clone()).await?;
+            (kit, app, Started::Payments(payments))
+        }
+        "shipping" => {
+            let config = config!(shop_shipping::ShippingConfig);
+            let (kit, app, _) = shop_shipping::launch(config, transport).await?;
+            (kit, app, Started::Other)
+        }
+        "orders" => {
+            let config = config!(shop_orders::OrdersConfig);
+            let (kit, app, orders) = shop_orders::launch(config, transport).await?;
+            (kit, app, Started::Orders(orders))
+        }
+        other => return Err(invalid(format!("{other} is not a service of the system"))),
+    })
+}
+
+/// Stops one running service, waiting at most `grace`.
+async fn stop_one(running: Running, grace: Duration) {
+    running.stop.cancel();
+    match tokio::time::timeout(grace, running.task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(service = running.name, %error, "stopped with an error");
+        }
+        Ok(Err(error)) => tracing::warn!(service = running.name, %error, "its task failed"),
+        Err(_) => tracing::warn!(service = running.name, "did not stop in time"),
+    }
 }
 
 impl System {
@@ -214,59 +299,43 @@ impl System {
             common.insert(format!("{}_URLS", name.to_ascii_uppercase()), url(name));
         }
         common.extend(options.vars.clone());
-        let vars_of = |name: &str| {
-            let mut vars = common.clone();
-            vars.insert("PORT".into(), addresses[name].port().to_string());
-            vars.insert("DATABASE_URL".into(), (options.database_url)(name));
-            vars
-        };
-        // A service's configuration, from the system's variables and its own.
-        macro_rules! config {
-            ($config:ty, $name:literal) => {{
-                let vars = vars_of($name);
-                let lookup = Vars(|var: &str| vars.get(var).cloned());
-                let service = ServiceConfig::from_vars($name, addresses[$name].port(), &lookup)
-                    .map_err(invalid)?;
-                <$config>::from_vars(service, &lookup).map_err(invalid)?
-            }};
+        let mut vars = HashMap::new();
+        for name in SERVICES {
+            let mut own = common.clone();
+            own.insert("PORT".into(), addresses[name].port().to_string());
+            own.insert("DATABASE_URL".into(), (options.database_url)(name));
+            vars.insert(name, own);
         }
-        let transport = &options.transport;
-        let mut running = Vec::new();
-        let mut take = |name: &str| {
-            listeners
-                .remove(name)
-                .ok_or_else(|| std::io::Error::other(format!("{name} started twice")))
+        let knobs = {
+            let lookup = Vars(|var: &str| vars["payments"].get(var).cloned());
+            let service = ServiceConfig::from_vars("payments", 0, &lookup).map_err(invalid)?;
+            shop_payments::PaymentsConfig::from_vars(service, &lookup)
+                .map_err(invalid)?
+                .knobs
         };
+        let cards = Arc::new(TestCards::new(knobs));
+        let transport = options.transport.clone();
+        let (mut orders, mut inventory, mut payments) = (None, None, None);
+        let mut running = Vec::new();
+        for name in SERVICES {
+            let (kit, app, started) = launch(name, &vars[name], &transport, &cards).await?;
+            match started {
+                Started::Orders(state) => orders = Some(state),
+                Started::Inventory(state) => inventory = Some(state),
+                Started::Payments(state) => payments = Some(state),
+                Started::Other => {}
+            }
+            let listener = listeners
+                .remove(name)
+                .ok_or_else(|| std::io::Error::other(format!("{name} started twice")))?;
+            running.push(serve(name, listener, app, kit));
+        }
+        let missing = || std::io::Error::other("a service of the system did not start");
 
-        let config = config!(shop_users::UsersConfig, "users");
-        let (kit, app, _) = shop_users::launch(config, transport).await?;
-        running.push(serve("users", take("users")?, app, kit));
-
-        let config = config!(shop_catalog::CatalogConfig, "catalog");
-        let (kit, app, _) = shop_catalog::launch(config, transport).await?;
-        running.push(serve("catalog", take("catalog")?, app, kit));
-
-        let config = config!(shop_inventory::InventoryConfig, "inventory");
-        let (kit, app, inventory) = shop_inventory::launch(config, transport).await?;
-        running.push(serve("inventory", take("inventory")?, app, kit));
-
-        let config = config!(shop_payments::PaymentsConfig, "payments");
-        let cards = Arc::new(TestCards::new(config.knobs));
-        let (kit, app, payments) = shop_payments::launch(config, transport, cards.clone()).await?;
-        running.push(serve("payments", take("payments")?, app, kit));
-
-        let config = config!(shop_shipping::ShippingConfig, "shipping");
-        let (kit, app, _) = shop_shipping::launch(config, transport).await?;
-        running.push(serve("shipping", take("shipping")?, app, kit));
-
-        let config = config!(shop_orders::OrdersConfig, "orders");
-        let (kit, app, orders) = shop_orders::launch(config, transport).await?;
-        running.push(serve("orders", take("orders")?, app, kit));
-
-        let mut vars = common.clone();
-        vars.insert("PORT".into(), gateway.port().to_string());
+        let mut own = common.clone();
+        own.insert("PORT".into(), gateway.port().to_string());
         let config =
-            shop_gateway::GatewayConfig::from_vars(&Vars(|var: &str| vars.get(var).cloned()))
+            shop_gateway::GatewayConfig::from_vars(&Vars(|var: &str| own.get(var).cloned()))
                 .map_err(invalid)?;
         let (kit, app) = shop_gateway::launch(&config)?;
         let stop = CancellationToken::new();
@@ -285,12 +354,45 @@ impl System {
         Ok(Self {
             gateway,
             addresses,
-            orders,
-            inventory,
-            payments,
+            orders: orders.ok_or_else(missing)?,
+            inventory: inventory.ok_or_else(missing)?,
+            payments: payments.ok_or_else(missing)?,
             cards,
             running,
+            vars,
+            transport,
         })
+    }
+
+    /// Stops the service `name` (one of [`SERVICES`]) as [`stop`](Self::stop) would, then
+    /// starts it again on its port and its database, as after a deploy or a crash that left
+    /// its database whole: what it was doing resumes from what it stored.
+    ///
+    /// # Errors
+    ///
+    /// No such service, its port cannot be bound again, or it cannot start.
+    pub async fn restart(&mut self, name: &str, grace: Duration) -> std::io::Result<()> {
+        let name = SERVICES
+            .into_iter()
+            .find(|service| *service == name)
+            .ok_or_else(|| invalid(format!("{name} is not a service of the system")))?;
+        let index = self
+            .running
+            .iter()
+            .position(|running| running.name == name)
+            .ok_or_else(|| invalid(format!("{name} is not running")))?;
+        stop_one(self.running.remove(index), grace).await;
+        let listener = TcpListener::bind(self.addresses[name]).await?;
+        let (kit, app, started) =
+            launch(name, &self.vars[name], &self.transport, &self.cards).await?;
+        match started {
+            Started::Orders(state) => self.orders = state,
+            Started::Inventory(state) => self.inventory = state,
+            Started::Payments(state) => self.payments = state,
+            Started::Other => {}
+        }
+        self.running.insert(index, serve(name, listener, app, kit));
+        Ok(())
     }
 
     /// The gateway's base URL.
@@ -303,15 +405,7 @@ impl System {
     /// messages and its relay's batch), and waits for all of them, at most `grace` each.
     pub async fn stop(self, grace: Duration) {
         for running in self.running {
-            running.stop.cancel();
-            match tokio::time::timeout(grace, running.task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => {
-                    tracing::warn!(service = running.name, %error, "stopped with an error");
-                }
-                Ok(Err(error)) => tracing::warn!(service = running.name, %error, "its task failed"),
-                Err(_) => tracing::warn!(service = running.name, "did not stop in time"),
-            }
+            stop_one(running, grace).await;
         }
     }
 }

@@ -24,6 +24,7 @@ fn answers() -> Vec<Answer> {
         Answer::ShipmentCancelled(true),
         Answer::ShipmentCancelled(false),
         Answer::Refunded(CAPTURED),
+        Answer::Returned,
     ]
 }
 
@@ -54,6 +55,7 @@ fn healthy(step: Step) -> Answer {
         Step::Void => Answer::Voided,
         Step::Release => Answer::Released,
         Step::Refund => Answer::Refunded(CAPTURED),
+        Step::Restock => Answer::Returned,
     }
 }
 
@@ -131,6 +133,8 @@ fn check(node: &Node) {
                 !sent(Step::Commit) || node.status == Status::Cancelled,
                 "{node:?}"
             );
+            // What was taken out of stock went back on hand.
+            assert!(!sent(Step::Commit) || sent(Step::Restock), "{node:?}");
         }
         Status::Confirmed => {
             for step in [
@@ -145,6 +149,10 @@ fn check(node: &Node) {
             assert_eq!(node.captured, CAPTURED, "{node:?}");
         }
         _ => {}
+    }
+    // Stock goes back on hand only once it was taken, and the money given back.
+    if sent(Step::Restock) {
+        assert!(sent(Step::Commit) && sent(Step::Refund), "{node:?}");
     }
     if node.status == Status::Rejected {
         assert!(
@@ -368,4 +376,21 @@ fn a_refund_stops_when_the_parcel_left_first() {
     };
     assert!(send);
     assert_eq!(next.step, Some(Step::Refund));
+    // Then the stock goes back on hand, and the order ends cancelled.
+    let Next::Move {
+        saga: next, send, ..
+    } = next.on(&Event::Answered(Step::Refund, Answer::Refunded(CAPTURED)))
+    else {
+        panic!()
+    };
+    assert!(send);
+    assert_eq!(next.step, Some(Step::Restock));
+    let Next::Move { saga: next, .. } = next.on(&Event::Answered(Step::Restock, Answer::Returned))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (next.status, next.reason, next.refunded_minor),
+        (Status::Cancelled, Some(Reason::CancelledByUser), CAPTURED)
+    );
 }

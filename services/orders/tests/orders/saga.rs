@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use http::{Method, StatusCode};
+use mainstay_resilience::deadline::Deadline;
 use serde_json::{Value, json};
 use shop_common::store::Database;
 use shop_common::testing::{Reply, call, users_tokens};
@@ -19,12 +20,21 @@ use shop_orders::flow::{Answer, Event, Status, Step};
 use shop_orders::store::OrderRow;
 use shop_orders::{Applied, Orders, SagaTiming};
 
-/// The catalog of the tests: two products, and one that fails.
-struct Catalog;
+/// The catalog of the tests: two products, and one that fails; it remembers the deadline of
+/// each call.
+#[derive(Default)]
+struct Catalog {
+    deadlines: std::sync::Mutex<Vec<Option<Deadline>>>,
+}
 
 #[async_trait]
 impl Prices for Catalog {
-    async fn price(&self, product_id: &str) -> Result<Option<Priced>, PriceError> {
+    async fn price(
+        &self,
+        product_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Priced>, PriceError> {
+        self.deadlines.lock().unwrap().push(deadline);
         let priced = |price_minor| Priced {
             name: product_id.to_owned(),
             price_minor,
@@ -49,6 +59,8 @@ struct World {
     stock: HashMap<String, i64>,
     holds: HashMap<String, Vec<(String, i64)>>,
     committed: HashSet<String>,
+    /// Orders whose committed stock went back on hand.
+    returned: HashSet<String>,
     released: HashSet<String>,
     authorized: HashMap<String, i64>,
     captured: HashMap<String, i64>,
@@ -143,6 +155,20 @@ impl World {
                     order_id,
                     released: held.is_some(),
                 })
+            }
+            "ReturnStock" => {
+                assert!(
+                    self.refunded.contains_key(&order_id),
+                    "a return before the refund"
+                );
+                let returned =
+                    self.committed.contains(&order_id) && self.returned.insert(order_id.clone());
+                if returned {
+                    for (sku, quantity) in &self.holds[&order_id] {
+                        *self.stock.get_mut(sku).unwrap() += quantity;
+                    }
+                }
+                reply(StockReturned { order_id, returned })
             }
             "CommitStock" => {
                 assert!(self.holds.contains_key(&order_id), "a commit of no hold");
@@ -266,6 +292,12 @@ impl World {
                     self.refunded.get(id).copied().unwrap_or(0),
                     order.captured_minor
                 );
+                // What was taken out of stock is back on hand.
+                assert_eq!(
+                    self.committed.contains(id),
+                    self.returned.contains(id),
+                    "{id}: the stock it took"
+                );
             }
         }
     }
@@ -276,6 +308,7 @@ struct Rig {
     orders: Orders,
     database: Database,
     app: Router,
+    catalog: Arc<Catalog>,
     token: String,
     other_token: String,
     cursor: i64,
@@ -312,7 +345,9 @@ fn body(product: &str, quantity: u32) -> Value {
 impl Rig {
     async fn new(database: &Database) -> Self {
         let (issuer, validator) = users_tokens();
-        let orders = Orders::start(database, Arc::new(Catalog), validator, timing())
+        let catalog = Arc::new(Catalog::default());
+        let card_key = shop_common::seal::SealKey::generate();
+        let orders = Orders::start(database, catalog.clone(), validator, timing(), card_key)
             .await
             .unwrap();
         let app = shop_orders::router(orders.clone());
@@ -330,6 +365,7 @@ impl Rig {
             .map_or(0, |last| last.seq);
         Self {
             orders,
+            catalog,
             database: database.clone(),
             app,
             token: token("user-1"),
@@ -492,6 +528,7 @@ fn inbound(kind: &str, body: Value, saga: SagaRef) -> Inbound {
         StockRejected,
         StockReleased,
         StockCommitted,
+        StockReturned,
         PaymentAuthorized,
         PaymentDeclined,
         PaymentCaptured,
@@ -818,7 +855,10 @@ async fn cancels_before_and_after_the_pivot(database: &Database, _: &str) {
     let order = rig.order(&id).await;
     assert_eq!(order.status, "CANCELLED");
     assert_eq!(order.refunded_minor, 4_999);
-    assert_eq!(&rig.sent()[5..], ["CancelShipment", "RefundPayment"]);
+    assert_eq!(
+        &rig.sent()[5..],
+        ["CancelShipment", "RefundPayment", "ReturnStock"]
+    );
     world.check(&order);
 
     // Once it has left the warehouse, no cancel.
@@ -881,6 +921,29 @@ async fn replies_twice_or_after_a_crash_change_nothing(database: &Database, _: &
 
 async fn idempotency_keys_and_bad_checkouts(database: &Database, _: &str) {
     let rig = Rig::new(database).await;
+    // The catalog is asked by the checkout's deadline (the server stack sets it from the
+    // caller's x-request-deadline, or the service's own budget), and without one by none.
+    let deadline = Deadline::after(std::time::Duration::from_millis(1_500));
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri("/checkout")
+        .header(http::header::AUTHORIZATION, format!("Bearer {}", rig.token))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", "key-with-deadline")
+        .extension(deadline)
+        .body(axum::body::Body::from(body("mug", 1).to_string()))
+        .unwrap();
+    assert_eq!(
+        shop_common::testing::send(&rig.app, request).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(*rig.catalog.deadlines.lock().unwrap(), [Some(deadline)]);
+    rig.checkout("key-without-deadline", body("mug", 1)).await;
+    assert_eq!(
+        *rig.catalog.deadlines.lock().unwrap(),
+        [Some(deadline), None]
+    );
+    rig.catalog.deadlines.lock().unwrap().clear();
     let missing = call(
         &rig.app,
         Method::POST,
@@ -905,8 +968,8 @@ async fn idempotency_keys_and_bad_checkouts(database: &Database, _: &str) {
     assert_eq!(again.headers["idempotent-replayed"], "true");
     let other = rig.checkout("key-1", body("mug", 2)).await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
-    // One order for the key, however asked.
-    assert_eq!(rig.orders.store().all().await.unwrap().len(), 1);
+    // One order for the key, however asked (and the two above).
+    assert_eq!(rig.orders.store().all().await.unwrap().len(), 3);
     // Another user's same key is their own.
     let theirs = call(
         &rig.app,
@@ -955,8 +1018,8 @@ async fn idempotency_keys_and_bad_checkouts(database: &Database, _: &str) {
         rig.checkout("k-nul", address).await.status,
         StatusCode::UNPROCESSABLE_ENTITY
     );
-    // Nothing of the refused ones was stored.
-    assert_eq!(rig.orders.store().all().await.unwrap().len(), 2);
+    // Nothing of the refused ones was stored (the three above and the other user's).
+    assert_eq!(rig.orders.store().all().await.unwrap().len(), 4);
     // Not signed in: 401.
     let anonymous = call(
         &rig.app,

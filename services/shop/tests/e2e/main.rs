@@ -135,7 +135,7 @@ const DECLINES: &str = "4000000000000002";
 const HANGS: &str = "4000000000000119";
 
 /// Every path of the checkout, through the gateway, then the invariants.
-async fn every_path(system: System) {
+async fn every_path(mut system: System) {
     let alice = Customer::sign_in(&system).await;
 
     // Confirmed: paid, the stock taken, the history of every step.
@@ -186,7 +186,8 @@ async fn every_path(system: System) {
     }
     assert_eq!(alice.available("toys-001").await, before);
 
-    // Cancelled once confirmed: refunded in full.
+    // Cancelled once confirmed: refunded in full, the stock back on hand.
+    let before = alice.available("outdoor-001").await;
     let order = alice
         .order(&body("outdoor-001", 1, APPROVES, "OX1 1AA"))
         .await;
@@ -202,6 +203,43 @@ async fn every_path(system: System) {
     let order = alice.settled(&format!("/api/v1/orders/{id}")).await;
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(order["refunded_minor"], order["total"]["amount_minor"]);
+    assert_eq!(alice.available("outdoor-001").await, before);
+
+    // The capture fails transiently: past the pivot it is asked again until it succeeds, and
+    // the money is taken once.
+    system.cards.fail_captures(3);
+    let order = alice
+        .order(&body("books-002", 1, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    assert_eq!(system.cards.failing_captures(), 0, "every failure was met");
+    assert_eq!(order["captured_minor"], order["total"]["amount_minor"]);
+    let id = order["order_id"].as_str().unwrap();
+    let payment = system.payments.store().get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (payment.status.as_str(), payment.captured_minor),
+        ("CAPTURED", order["total"]["amount_minor"].as_i64().unwrap())
+    );
+
+    // The orchestrator restarted while checkouts are under way: each resumes from what it
+    // stored, and the replies that came meanwhile wait on the bus.
+    let mut placed = Vec::new();
+    for _ in 0..5 {
+        let key = uuid::Uuid::new_v4().to_string();
+        let (status, location, order) = alice
+            .checkout(&key, &body("books-003", 1, APPROVES, "OX1 1AA"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+        placed.push(location.unwrap());
+    }
+    system
+        .restart("orders", Duration::from_secs(10))
+        .await
+        .unwrap();
+    for location in &placed {
+        let order = alice.settled(location).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order}");
+    }
 
     // Many checkouts racing for scarce stock: exactly what there is gets sold.
     let sku = "electronics-007";
