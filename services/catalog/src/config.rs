@@ -56,17 +56,7 @@ impl CatalogConfig {
         service: ServiceConfig,
         vars: &Vars<F>,
     ) -> Result<Self, ConfigError> {
-        let redis_url = vars.secret("REDIS_URL")?;
-        if let Some(url) = &redis_url
-            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
-        {
-            return Err(ConfigError {
-                var: "REDIS_URL".to_owned(),
-                // It may hold a password.
-                value: "(hidden)".to_owned(),
-                expected: "a redis:// or rediss:// URL".to_owned(),
-            });
-        }
+        let redis_url = vars.redis_url("REDIS_URL")?;
         let embedded = service.database_url.expose().starts_with("sqlite:");
         Ok(Self {
             tokens: TokenConfig::from_vars(vars),

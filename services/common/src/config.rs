@@ -177,6 +177,48 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
             .collect()
     }
 
+    /// A Redis URL (`redis://` or `rediss://`; secret: it may hold a password), or `None`
+    /// when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set to something else (its value is not repeated in the error).
+    pub fn redis_url(&self, var: &str) -> Result<Option<Secret>, ConfigError> {
+        let url = self.secret(var)?;
+        if let Some(url) = &url
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+        {
+            return Err(ConfigError {
+                var: var.to_owned(),
+                value: "(hidden)".to_owned(),
+                expected: "a redis:// or rediss:// URL".to_owned(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// A comma-separated list of a service's endpoints (`host:port`), or `default` when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and is not such a list.
+    pub fn endpoints_or(
+        &self,
+        var: &str,
+        default: mainstay_discovery::Endpoint,
+    ) -> Result<Vec<mainstay_discovery::Endpoint>, ConfigError> {
+        match self.raw(var) {
+            Some(urls) => {
+                mainstay_discovery::Endpoint::parse_list(&urls).map_err(|e| ConfigError {
+                    var: var.to_owned(),
+                    value: urls.clone(),
+                    expected: e.to_string(),
+                })
+            }
+            None => Ok(vec![default]),
+        }
+    }
+
     /// A duration given in milliseconds, or `default` when unset.
     ///
     /// # Errors

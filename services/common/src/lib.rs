@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod domain;

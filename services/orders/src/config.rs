@@ -102,14 +102,7 @@ impl OrdersConfig {
         service: ServiceConfig,
         vars: &Vars<F>,
     ) -> Result<Self, ConfigError> {
-        let catalog = match vars.raw("CATALOG_URLS") {
-            Some(urls) => Endpoint::parse_list(&urls).map_err(|e| ConfigError {
-                var: "CATALOG_URLS".into(),
-                value: urls.clone(),
-                expected: e.to_string(),
-            })?,
-            None => vec![Endpoint::new("127.0.0.1", 8082)],
-        };
+        let catalog = vars.endpoints_or("CATALOG_URLS", Endpoint::new("127.0.0.1", 8082))?;
         let defaults = SagaTiming::default();
         let positive = |var: &str, default: Duration| -> Result<Duration, ConfigError> {
             let value = vars.millis_or(var, default)?;

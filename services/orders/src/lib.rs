@@ -26,7 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
-pub mod catalog;
+pub use shop_common::catalog;
 pub mod config;
 pub mod flow;
 pub mod store;
@@ -616,24 +616,18 @@ pub async fn launch(
     config: OrdersConfig,
     transport: &shop_messaging::config::TransportConfig,
 ) -> std::io::Result<(shop_common::Kit, axum::Router, Orders)> {
-    use shop_common::client::{ClientSettings, upstream};
     let validator = config.tokens.validator()?;
     let mut service =
         shop_messaging::service::Service::start_with(config.service.clone(), transport).await?;
-    let catalog = upstream(
-        "catalog",
-        mainstay_discovery::fixed(config.catalog.clone()),
-        ClientSettings {
-            deadline: config.service.request_timeout,
-            attempt_timeout: config.attempt_timeout,
-            max_concurrent: 256,
-        },
-        &service.kit.metrics,
-        &service.kit.resilience,
+    let catalog = catalog::HttpCatalog::at(
+        config.catalog.clone(),
+        config.service.request_timeout,
+        config.attempt_timeout,
+        &service.kit,
     );
     let orders = Orders::start(
         &service.database,
-        Arc::new(catalog::HttpCatalog::new(catalog)),
+        Arc::new(catalog),
         validator.clone(),
         config.timing,
         shop_common::seal::key_or_file(

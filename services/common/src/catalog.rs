@@ -1,15 +1,15 @@
 //! Prices from the catalog: what checkout re-prices an order's lines by (a price the client
-//! sent is never believed).
+//! sent is never believed), and what a cart shows its lines at.
 
 use std::sync::Arc;
 
+use crate::client::Upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use mainstay_resilience::deadline::{CarriesDeadline, Deadline};
 use serde::Deserialize;
-use shop_common::client::Upstream;
 use tower::ServiceExt;
 
 /// A product as checkout prices it.
@@ -55,7 +55,7 @@ impl<P: Prices + ?Sized> Prices for Arc<P> {
 const MAX_PRODUCT_BYTES: usize = 64 * 1024;
 
 /// [`Prices`] from the catalog service, through the client stack
-/// ([`shop_common::client::upstream`]: deadline, adaptive limit, retries, bulkhead, balancing,
+/// ([`crate::client::upstream`]: deadline, adaptive limit, retries, bulkhead, balancing,
 /// breakers). A call ends by the checkout's deadline or the stack's `REQUEST_TIMEOUT_MS`,
 /// whichever is sooner, and the catalog is told the time left.
 #[derive(Clone)]
@@ -74,6 +74,33 @@ impl HttpCatalog {
     #[must_use]
     pub fn new(client: Upstream) -> Self {
         Self { client }
+    }
+
+    /// Prices from the catalog at `endpoints`, through a client stack of its own
+    /// ([`crate::client::upstream`]) whose calls end by `deadline`, each attempt by
+    /// `attempt_timeout`, counted in `kit`'s metrics.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    #[must_use]
+    pub fn at(
+        endpoints: Vec<mainstay_discovery::Endpoint>,
+        deadline: std::time::Duration,
+        attempt_timeout: std::time::Duration,
+        kit: &crate::Kit,
+    ) -> Self {
+        Self::new(crate::client::upstream(
+            "catalog",
+            mainstay_discovery::fixed(endpoints),
+            crate::client::ClientSettings {
+                deadline,
+                attempt_timeout,
+                max_concurrent: 256,
+            },
+            &kit.metrics,
+            &kit.resilience,
+        ))
     }
 }
 
