@@ -232,6 +232,45 @@ pub(crate) struct CheckoutLine {
     quantity: u32,
 }
 
+/// How many of a product the cart holds.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CartQuantity {
+    /// 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
+    quantity: u32,
+}
+
+/// A line of a cart, priced now by the catalog.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CartLine {
+    /// The product's id.
+    product_id: String,
+    /// How many.
+    quantity: u32,
+    /// The product's name; `null` while the catalog cannot say.
+    name: Option<String>,
+    /// The price of one now, in minor units; `null` while the catalog cannot say.
+    unit_price_minor: Option<i64>,
+    /// The price of the line, in minor units.
+    line_total_minor: Option<i64>,
+    /// ISO 4217 code.
+    currency: Option<String>,
+}
+
+/// The caller's cart. Check it out by sending its lines to `POST /api/v1/checkout`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Cart {
+    /// One per product, in product order.
+    lines: Vec<CartLine>,
+    /// The sum of the priced lines, per currency.
+    totals: std::collections::BTreeMap<String, i64>,
+    /// Products the catalog no longer has (they cannot be ordered).
+    unavailable: Vec<String>,
+    /// Whether some prices are missing because the catalog did not answer.
+    prices_unavailable: bool,
+}
+
 /// Where an order goes.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -493,9 +532,32 @@ fn delete_product() {}
 fn categories() {}
 
 #[utoipa::path(get, path = "/api/v1/cart", tag = "carts", security(("bearer" = [])),
-    responses((status = 200, description = "The caller's cart"),
+    responses((status = 200, description = "The caller's cart, each line at the catalog's price now", body = Cart),
               (status = 401, description = "No valid token")))]
 fn cart() {}
+
+#[utoipa::path(delete, path = "/api/v1/cart", tag = "carts", security(("bearer" = [])),
+    responses((status = 204, description = "The cart is empty"),
+              (status = 401, description = "No valid token")))]
+fn clear_cart() {}
+
+#[utoipa::path(put, path = "/api/v1/cart/items/{product_id}", tag = "carts", security(("bearer" = [])),
+    params(("product_id" = String, Path, description = "The product", pattern = "^[a-z0-9-]{1,64}$")),
+    request_body = CartQuantity,
+    responses((status = 200, description = "The cart, with the product at that quantity", body = Cart),
+              (status = 400, description = "Not a product id"),
+              (status = 401, description = "No valid token"),
+              (status = 422, description = "A quantity out of range, a product the catalog does not have, or a cart already holding 50 other products"),
+              (status = 503, description = "The catalog cannot say now whether the product exists")))]
+fn set_cart_item() {}
+
+#[utoipa::path(delete, path = "/api/v1/cart/items/{product_id}", tag = "carts", security(("bearer" = [])),
+    params(("product_id" = String, Path, description = "The product", pattern = "^[a-z0-9-]{1,64}$")),
+    responses((status = 200, description = "The cart without the product", body = Cart),
+              (status = 400, description = "Not a product id"),
+              (status = 401, description = "No valid token"),
+              (status = 404, description = "The cart does not hold the product")))]
+fn remove_cart_item() {}
 
 #[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])), request_body = Checkout,
     params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
@@ -753,10 +815,10 @@ impl Modify for BearerAuth {
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
     paths(register, login, refresh, logout, confirm_email, jwks, me, update_me, list_users, rotate_keys,
           products, create_product, search, product, replace_product, delete_product, categories,
-          cart, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home),
+          cart, clear_cart, set_cart_item, remove_cart_item, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home),
     components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, EmailConfirmation, Tokens,
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
-                       CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
+                       CartQuantity, CartLine, Cart, CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
                        OrderPage, Stock, Quote)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns, &OrderLinks),
 )]

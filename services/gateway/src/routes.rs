@@ -142,7 +142,7 @@ pub const BACKENDS: &[Backend] = &[
     ),
     backend(
         "carts",
-        None,
+        Some(8083),
         false,
         &[mount("/api/v1/cart", "/cart", Access::SignedIn)],
     ),

@@ -800,13 +800,15 @@ async fn upstream_failures_are_problems_never_hangs() {
     let dead = dead().await;
     let shop = shop(&[
         ("USERS_URLS", url(dead)),
+        // A list with no endpoint in it, for carts.
+        ("CARTS_URLS", ",".to_owned()),
         ("UPSTREAM_ATTEMPT_TIMEOUT_MS", "5000".to_owned()),
         ("REQUEST_TIMEOUT_MS", "10000".to_owned()),
     ])
     .await;
     let token = shop.token("alice");
 
-    // No endpoint at all (carts has not landed): 503 naming the service, at once.
+    // No endpoint at all: 503 naming the service, at once.
     let reply = call(
         &shop.app,
         Method::GET,
@@ -1305,6 +1307,10 @@ fn bad_configuration_names_the_variable() {
     );
     assert_eq!(
         defaults.discovery["carts"],
+        shop_gateway::Discovery::Static(vec![mainstay_discovery::Endpoint::new("127.0.0.1", 8083)])
+    );
+    assert_eq!(
+        defaults.discovery["recommendations"],
         shop_gateway::Discovery::Static(Vec::new())
     );
     let consul = config(&[
