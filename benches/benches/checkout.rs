@@ -244,7 +244,7 @@ fn main() {
         let namespace = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let keys = std::env::temp_dir().join(format!("bench-keys-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&keys).unwrap();
-        let options = Options::production(urls, NATS, &namespace, &keys).unwrap();
+        let options = Options::production(urls, NATS, REDIS, &namespace, &keys).unwrap();
         let system = System::start(unlimited(options)).await.unwrap();
         measure("production mode (PostgreSQL, NATS JetStream)", system).await;
         shop_messaging::jetstream::JetStreamTransport::connect(NATS, &namespace)
@@ -261,3 +261,4 @@ fn main() {
 }
 
 const NATS: &str = "nats://127.0.0.1:4222";
+const REDIS: &str = "redis://127.0.0.1:6379";

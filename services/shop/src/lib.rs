@@ -1,5 +1,5 @@
-//! The mainstay commerce system in one process: users, catalog, orders, inventory, payments,
-//! shipping and the gateway, each on its own port and its own database as when run alone,
+//! The mainstay commerce system in one process: users, catalog, carts, orders, inventory,
+//! payments, shipping and the gateway, each on its own port and its own database as when run alone,
 //! wired to one another ([`System::start`]); and the invariants of the checkout saga
 //! (ARCHITECTURE.md §4) that must hold after any scenario ([`invariants`]).
 //!
@@ -8,7 +8,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod invariants;
+pub mod launcher;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The services behind the gateway, in the order they start (users first: every other one
 /// validates its tokens).
-pub const SERVICES: [&str; 6] = [
+pub const SERVICES: [&str; 7] = [
     "users",
     "catalog",
+    "carts",
     "inventory",
     "payments",
     "shipping",
@@ -83,8 +86,9 @@ impl Options {
     }
 
     /// Production mode: each service's PostgreSQL database from `database_urls` (by name),
-    /// NATS JetStream at `nats_url` in `namespace`, the users service's keys in files in
-    /// `keys_dir`, the demo data seeded.
+    /// NATS JetStream at `nats_url` in `namespace`, Redis at `redis_url` (carts, and the
+    /// catalog's second tier) under keys that start with `namespace`, the users service's keys
+    /// in files in `keys_dir`, the demo data seeded.
     ///
     /// # Errors
     ///
@@ -92,12 +96,15 @@ impl Options {
     pub fn production(
         database_urls: HashMap<String, String>,
         nats_url: &str,
+        redis_url: &str,
         namespace: &str,
         keys_dir: &std::path::Path,
     ) -> std::io::Result<Self> {
         let mut vars = Self::keys(keys_dir)?;
         vars.insert("NATS_URL".into(), nats_url.to_owned());
         vars.insert("MESSAGING_NAMESPACE".into(), namespace.to_owned());
+        vars.insert("REDIS_URL".into(), redis_url.to_owned());
+        vars.insert("REDIS_KEY_PREFIX".into(), namespace.to_owned());
         let transport = Self::transport(&vars)?;
         Ok(Self {
             database_url: Box::new(move |name| {
@@ -230,6 +237,11 @@ async fn launch(
         "catalog" => {
             let (kit, app, _) =
                 shop_catalog::launch(config!(shop_catalog::CatalogConfig), transport).await?;
+            (kit, app, Started::Other)
+        }
+        "carts" => {
+            let (kit, app, _) =
+                shop_carts::launch(config!(shop_carts::CartsConfig), transport).await?;
             (kit, app, Started::Other)
         }
         "inventory" => {

@@ -81,6 +81,38 @@ impl Customer {
         )
     }
 
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// The cart's lines as a checkout's.
+    async fn cart_lines(&self) -> Value {
+        let (status, cart) = self.get("/api/v1/cart").await;
+        assert_eq!(status, StatusCode::OK, "{cart}");
+        cart["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|line| json!({"product_id": line["product_id"], "quantity": line["quantity"]}))
+            .collect()
+    }
+
     async fn available(&self, sku: &str) -> i64 {
         self.get(&format!("/api/v1/stock/{sku}")).await.1["available"]
             .as_i64()
@@ -186,6 +218,56 @@ async fn every_path(mut system: System) {
     }
     assert_eq!(alice.available("toys-001").await, before);
 
+    // The cart: priced by the catalog, checked out by its lines, kept when the order is
+    // rejected, and what was bought taken out once it is confirmed.
+    let (status, cart) = alice
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/cart/items/toys-002",
+            Some(json!({"quantity": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cart}");
+    assert!(
+        cart["lines"][0]["unit_price_minor"].as_i64().unwrap() > 0,
+        "{cart}"
+    );
+    alice
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/cart/items/garden-004",
+            Some(json!({"quantity": 1})),
+        )
+        .await;
+    let (_, home) = alice.get("/api/v1/home").await;
+    assert_eq!(
+        home["cart"]["lines"].as_array().map(Vec::len),
+        Some(2),
+        "{home}"
+    );
+    let lines = alice.cart_lines().await;
+    let mut from_cart = body("toys-002", 1, DECLINES, "OX1 1AA");
+    from_cart["lines"] = lines.clone();
+    let order = alice.order(&from_cart).await;
+    assert_eq!(order["reason"], "PAYMENT_DECLINED", "{order}");
+    assert_eq!(alice.cart_lines().await, lines, "kept on rejection");
+    from_cart["card"] = json!(APPROVES);
+    let order = alice.order(&from_cart).await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    let mut emptied = false;
+    for _ in 0..100 {
+        if alice.cart_lines().await == json!([]) {
+            emptied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        emptied,
+        "the confirmed order's lines left the cart: {}",
+        alice.cart_lines().await
+    );
+
     // Cancelled once confirmed: refunded in full, the stock back on hand.
     let before = alice.available("outdoor-001").await;
     let order = alice
@@ -265,6 +347,15 @@ async fn every_path(mut system: System) {
     assert_eq!(confirmed, stock / 10);
     assert_eq!(alice.available(sku).await, 0);
 
+    // The demo, as `shop demo` runs it, passes against this system.
+    let mut transcript = Vec::new();
+    if let Err(error) = shop::demo::run(&system.url(), &mut transcript, false).await {
+        panic!("{error}\n{}", String::from_utf8_lossy(&transcript));
+    }
+    let transcript = String::from_utf8(transcript).unwrap();
+    assert!(transcript.contains("CONFIRMED after"), "{transcript}");
+    assert!(!transcript.contains("\x1b["), "no colour off a terminal");
+
     let now = shop_common::unix_millis();
     let violations = invariants::violations(&system, now).await.unwrap();
     assert!(violations.is_empty(), "{violations:#?}");
@@ -310,7 +401,7 @@ async fn in_production_mode() {
     let namespace = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let keys = std::env::temp_dir().join(format!("shop-e2e-keys-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&keys).unwrap();
-    let options = Options::production(urls, NATS, &namespace, &keys).unwrap();
+    let options = Options::production(urls, NATS, REDIS, &namespace, &keys).unwrap();
     let system = System::start(knobs(options)).await.unwrap();
     every_path(system).await;
     // The run's streams go with it.
@@ -327,6 +418,7 @@ async fn in_production_mode() {
 }
 
 const NATS: &str = "nats://127.0.0.1:4222";
+const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// The broker stopped while customers check out, then restarted: every checkout is answered
 /// (the order and its first command wait in the outbox), and every order is confirmed once
@@ -349,7 +441,8 @@ async fn the_broker_down_during_checkouts() {
         .collect();
     let keys = std::env::temp_dir().join(format!("shop-e2e-keys-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&keys).unwrap();
-    let options = Options::production(urls, &nats.url(), "down", &keys).unwrap();
+    let namespace = format!("down{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let options = Options::production(urls, &nats.url(), REDIS, &namespace, &keys).unwrap();
     // A deadline longer than the outage: the orders wait for the broker, not give up.
     let system = System::start(knobs(options).var("SAGA_DEADLINE_MS", "60000"))
         .await
