@@ -449,8 +449,20 @@ impl Users {
             created_at: now,
             updated_at: now,
         };
-        let created = matches!(self.0.store.create(&user).await?, Write::Done(_));
+        // The account and the event that announces it (the notifications service learns its
+        // address from it), in one transaction, as a registration.
+        let mut tx = self.0.store.database().begin().await?;
+        let created = matches!(UserStore::create_in(&mut tx, &user).await?, Write::Done(_));
         if created {
+            let registered = shop_messaging::contracts::UserRegistered {
+                user_id: user.id.clone(),
+                email: user.email.clone(),
+                name: user.name.clone(),
+            };
+            shop_messaging::Outbox::enqueue(&mut tx, &registered)
+                .await
+                .map_err(|e| StartError::Seed(e.to_string()))?;
+            tx.commit().await?;
             tracing::info!(email, role, "seeded an account");
         }
         Ok(created)
