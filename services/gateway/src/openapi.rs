@@ -271,6 +271,78 @@ pub(crate) struct Cart {
     prices_unavailable: bool,
 }
 
+/// A message sent (or to be sent) to the caller about an order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Notification {
+    /// Its id: the event's and the channel's.
+    id: String,
+    /// Whose.
+    user_id: String,
+    /// `email`, `sms` or `push`.
+    channel: String,
+    /// `order_confirmed`, `order_rejected`, `order_shipped` or `order_delivered`.
+    kind: String,
+    /// The order it is about.
+    order_id: Option<String>,
+    /// Its subject.
+    subject: String,
+    /// Its text.
+    body: String,
+    /// `QUEUED`, `SENDING`, `SENT` or `DEAD` (its attempts ran out; an admin can replay it).
+    status: String,
+    /// Failed attempts so far.
+    attempts: i32,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
+    /// When it was made, in milliseconds since the epoch.
+    created_at_ms: i64,
+    /// When it was sent.
+    sent_at_ms: Option<i64>,
+}
+
+/// The caller's notifications, the newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct NotificationPage {
+    /// At most `limit`.
+    items: Vec<Notification>,
+}
+
+/// The channels a user wants to be told on.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotificationPreferences {
+    /// E-mail (on by default).
+    email: bool,
+    /// SMS (off by default).
+    sms: bool,
+    /// Push messages (on by default).
+    push: bool,
+}
+
+/// Dead notifications: how many per channel, and the oldest of them.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct DeadLetters {
+    /// By channel: `email`, `sms`, `push`.
+    counts: std::collections::BTreeMap<String, i64>,
+    /// At most 100, the oldest first.
+    items: Vec<Notification>,
+}
+
+/// How many dead notifications were queued again.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Replayed {
+    /// How many.
+    replayed: u64,
+}
+
+/// A channel's failure knob: while on, every send on the channel fails.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelKnob {
+    /// Whether sends fail.
+    failing: bool,
+}
+
 /// Where an order goes.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -559,6 +631,53 @@ fn set_cart_item() {}
               (status = 404, description = "The cart does not hold the product")))]
 fn remove_cart_item() {}
 
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "At most this many (default 20)")),
+    responses((status = 200, description = "The caller's notifications, the newest first", body = NotificationPage),
+              (status = 400, description = "A limit out of range"),
+              (status = 401, description = "No valid token")))]
+fn notifications() {}
+
+#[utoipa::path(get, path = "/api/v1/notifications/preferences", tag = "notifications", security(("bearer" = [])),
+    responses((status = 200, description = "The channels the caller is told on", body = NotificationPreferences),
+              (status = 401, description = "No valid token")))]
+fn notification_preferences() {}
+
+#[utoipa::path(put, path = "/api/v1/notifications/preferences", tag = "notifications", security(("bearer" = [])),
+    request_body = NotificationPreferences,
+    responses((status = 200, description = "The channels, as set", body = NotificationPreferences),
+              (status = 400, description = "Not three booleans"),
+              (status = 401, description = "No valid token"),
+              (status = 422, description = "Not three booleans")))]
+fn set_notification_preferences() {}
+
+#[utoipa::path(get, path = "/api/v1/admin/notifications/dead-letters", tag = "notifications", security(("bearer" = [])),
+    params(("channel" = Option<String>, Query, pattern = "^(email|sms|push)$", description = "Only this channel's")),
+    responses((status = 200, description = "The dead notifications", body = DeadLetters),
+              (status = 400, description = "Not a channel"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin")))]
+fn dead_notifications() {}
+
+#[utoipa::path(post, path = "/api/v1/admin/notifications/dead-letters/replay", tag = "notifications", security(("bearer" = [])),
+    params(("channel" = Option<String>, Query, pattern = "^(email|sms|push)$", description = "Only this channel's")),
+    responses((status = 200, description = "The dead notifications are queued again, their attempts reset", body = Replayed),
+              (status = 400, description = "Not a channel"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin")))]
+fn replay_notifications() {}
+
+#[utoipa::path(put, path = "/api/v1/admin/notifications/channels/{channel}", tag = "notifications", security(("bearer" = [])),
+    params(("channel" = String, Path, pattern = "^(email|sms|push)$", description = "The channel")),
+    request_body = ChannelKnob,
+    responses((status = 200, description = "The knob, as set", body = ChannelKnob),
+              (status = 400, description = "Not a knob"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 404, description = "No such channel"),
+              (status = 422, description = "Not a knob")))]
+fn notification_knob() {}
+
 #[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])), request_body = Checkout,
     params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             description = "Required: a fresh UUID per order. Sent again with the same key and body, the same order is answered (`Idempotent-Replayed: true`); with another body, 422")),
@@ -815,11 +934,14 @@ impl Modify for BearerAuth {
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
     paths(register, login, refresh, logout, confirm_email, jwks, me, update_me, list_users, rotate_keys,
           products, create_product, search, product, replace_product, delete_product, categories,
-          cart, clear_cart, set_cart_item, remove_cart_item, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home),
+          cart, clear_cart, set_cart_item, remove_cart_item, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home,
+          notifications, notification_preferences, set_notification_preferences, dead_notifications,
+          replay_notifications, notification_knob),
     components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, EmailConfirmation, Tokens,
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
                        CartQuantity, CartLine, Cart, CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
-                       OrderPage, Stock, Quote)),
+                       OrderPage, Stock, Quote, Notification, NotificationPage, NotificationPreferences,
+                       DeadLetters, Replayed, ChannelKnob)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns, &OrderLinks),
 )]
 pub(crate) struct ApiDoc;

@@ -167,6 +167,19 @@ pub const BACKENDS: &[Backend] = &[
         true,
         &[mount("/api/v1/shipping/quote", "/quote", Access::Open)],
     ),
+    backend(
+        "notifications",
+        Some(8088),
+        true,
+        &[
+            mount("/api/v1/notifications", "/notifications", Access::SignedIn),
+            mount(
+                "/api/v1/admin/notifications",
+                "/admin/notifications",
+                Access::SignedIn,
+            ),
+        ],
+    ),
     backend("recommendations", None, false, &[]),
 ];
 

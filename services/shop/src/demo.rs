@@ -1,7 +1,8 @@
 //! `shop demo`: a scripted walk through the running system, through the gateway only, that
 //! prints each request and what came back, and fails on the first answer that is not what the
 //! system promises: sign up and in, search, fill the cart, check out with an
-//! `Idempotency-Key`, follow the order to `CONFIRMED`, the cart emptied; then the failures:
+//! `Idempotency-Key`, follow the order to `CONFIRMED`, the cart emptied, the confirmation
+//! e-mail sent; then the failures:
 //! the same key again, out of stock, a declined card with its compensations.
 
 use std::io::{IsTerminal as _, Write};
@@ -455,6 +456,47 @@ pub async fn run<W: Write>(base: &str, out: W, colour: bool) -> Result<(), DemoE
             "still full",
         ));
     }
+
+    client
+        .say
+        .title("The confirmation, as the notifications service sent it");
+    let order_id = order["order_id"].clone();
+    let mut told = None;
+    for _ in 0..50 {
+        let page = client
+            .call(
+                "notifications",
+                Method::GET,
+                "/api/v1/notifications",
+                None,
+                None,
+            )
+            .await?;
+        let sent = page.body["items"].as_array().and_then(|items| {
+            items.iter().find(|n| {
+                n["order_id"] == order_id && n["channel"] == "email" && n["status"] == "SENT"
+            })
+        });
+        if let Some(sent) = sent {
+            told = Some((page.status, sent.clone()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((status, email)) = told else {
+        return Err(unexpected(
+            "notifications",
+            "the order's confirmation sent by e-mail",
+            "none within 5 s",
+        ));
+    };
+    client.say.received(
+        status,
+        &format!(
+            "e-mail sent: {:?}",
+            email["subject"].as_str().unwrap_or_default()
+        ),
+    );
 
     client
         .say

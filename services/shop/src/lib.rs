@@ -1,5 +1,5 @@
 //! The mainstay commerce system in one process: users, catalog, carts, orders, inventory,
-//! payments, shipping and the gateway, each on its own port and its own database as when run alone,
+//! payments, shipping, notifications and the gateway, each on its own port and its own database as when run alone,
 //! wired to one another ([`System::start`]); and the invariants of the checkout saga
 //! (ARCHITECTURE.md §4) that must hold after any scenario ([`invariants`]).
 //!
@@ -27,13 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The services behind the gateway, in the order they start (users first: every other one
 /// validates its tokens).
-pub const SERVICES: [&str; 7] = [
+pub const SERVICES: [&str; 8] = [
     "users",
     "catalog",
     "carts",
     "inventory",
     "payments",
     "shipping",
+    "notifications",
     "orders",
 ];
 
@@ -139,6 +140,12 @@ impl Options {
             shop_common::seal::SealKey::load_or_create(&path).map_err(std::io::Error::other)?;
             vars.insert(var.to_owned(), path.display().to_string());
         }
+        // What notifications sends on SMS and push (and e-mail, without SMTP_URL): a file per
+        // channel.
+        vars.insert(
+            "NOTIFICATIONS_SINK_DIR".to_owned(),
+            dir.join("sent").display().to_string(),
+        );
         for seed in ["SEED_DEMO_USERS", "SEED_DEMO_CATALOG", "SEED_DEMO_STOCK"] {
             vars.insert(seed.to_owned(), "true".to_owned());
         }
@@ -258,6 +265,11 @@ async fn launch(
         "shipping" => {
             let config = config!(shop_shipping::ShippingConfig);
             let (kit, app, _) = shop_shipping::launch(config, transport).await?;
+            (kit, app, Started::Other)
+        }
+        "notifications" => {
+            let config = config!(shop_notifications::NotificationsConfig);
+            let (kit, app, _) = shop_notifications::launch(config, transport).await?;
             (kit, app, Started::Other)
         }
         "orders" => {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! shop                      every service in this process, on the embedded default
-//! shop --production         the same on PostgreSQL, NATS JetStream and Redis
+//! shop --production         the same on PostgreSQL, NATS JetStream, Redis and RabbitMQ
 //! shop demo                 the scripted walk-through, against a running system
 //! shop demo --start         the same, with a system of its own started first
 //! ```
@@ -49,7 +49,7 @@ enum Command {
 #[derive(Debug, Clone, Args)]
 struct SystemArgs {
     /// Run on PostgreSQL (`DATABASE_URL`, a database `shop_<service>` per service, created when
-    /// missing), NATS JetStream (`NATS_URL`) and Redis (`REDIS_URL`), each defaulting to this
+    /// missing), NATS JetStream (`NATS_URL`), Redis (`REDIS_URL`) and RabbitMQ (`AMQP_URL`), each defaulting to this
     /// machine's standard port.
     #[arg(long)]
     production: bool,
@@ -138,6 +138,7 @@ async fn start(args: &SystemArgs) -> std::io::Result<System> {
             &env("MESSAGING_NAMESPACE", "shop"),
             &args.data,
         )?
+        .var("AMQP_URL", env("AMQP_URL", "amqp://127.0.0.1:5672/%2f"))
     } else {
         Options::embedded(&args.data)?
     };
@@ -146,7 +147,7 @@ async fn start(args: &SystemArgs) -> std::io::Result<System> {
     let system = System::start(options).await?;
     let url = system.url();
     let mode = if args.production {
-        "production: PostgreSQL, NATS JetStream, Redis"
+        "production: PostgreSQL, NATS JetStream, Redis, RabbitMQ"
     } else {
         "embedded default: SQLite, in-process bus, in-memory cache and carts"
     };
@@ -155,7 +156,8 @@ async fn start(args: &SystemArgs) -> std::io::Result<System> {
         "\nThe shop is running ({mode}), its data in {data}.\n\n  \
          gateway     {url}/api/v1\n  \
          swagger ui  {url}/docs\n  \
-         home page   {url}/api/v1/home\n\n  \
+         home page   {url}/api/v1/home\n  \
+         messages    {data}/sent/<channel>.jsonl (what notifications sent)\n\n  \
          demo accounts\n    \
          alice@example.com   alice-in-wonderland   (customer)\n    \
          admin@example.com   {password}   (admin; in {file})\n\n\

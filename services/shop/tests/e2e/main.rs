@@ -20,7 +20,14 @@ fn knobs(options: Options) -> Options {
         .var("RATE_LIMIT_PER_PRINCIPAL", "100000/1")
         .var("LOGIN_PER_IP", "100000/1")
         .var("LOGIN_PER_ACCOUNT", "100000/1")
+        .var("ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .var("NOTIFICATIONS_MAX_ATTEMPTS", "3")
+        .var("NOTIFICATIONS_RETRY_MS", "20")
+        .var("NOTIFICATIONS_RETRY_MAX_MS", "100")
 }
+
+const ADMIN_PASSWORD: &str = "e2e-admin-password";
+const AMQP: &str = "amqp://127.0.0.1:5672/%2f";
 
 /// A customer of the system, signed in through the gateway.
 struct Customer {
@@ -31,11 +38,15 @@ struct Customer {
 
 impl Customer {
     async fn sign_in(system: &System) -> Self {
+        Self::sign_in_as(system, "alice@example.com", "alice-in-wonderland").await
+    }
+
+    async fn sign_in_as(system: &System, email: &str, password: &str) -> Self {
         let http = reqwest::Client::new();
         let base = system.url();
         let login: Value = http
             .post(format!("{base}/api/v1/auth/login"))
-            .json(&json!({"email": "alice@example.com", "password": "alice-in-wonderland"}))
+            .json(&json!({"email": email, "password": password}))
             .send()
             .await
             .unwrap()
@@ -166,8 +177,52 @@ const APPROVES: &str = "4242424242424242";
 const DECLINES: &str = "4000000000000002";
 const HANGS: &str = "4000000000000119";
 
-/// Every path of the checkout, through the gateway, then the invariants.
-async fn every_path(mut system: System) {
+/// The caller's notifications of `order_id`, once `settled` holds of them (within 20 s).
+async fn notifications_of(
+    customer: &Customer,
+    order_id: &str,
+    settled: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    for _ in 0..200 {
+        let (status, page) = customer.get("/api/v1/notifications?limit=100").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let of_order: Vec<Value> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["order_id"] == order_id)
+            .cloned()
+            .collect();
+        if settled(&of_order) {
+            return of_order;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{order_id}: {:?}",
+        customer.get("/api/v1/notifications").await.1
+    );
+}
+
+fn status_of<'a>(notifications: &'a [Value], channel: &str) -> Option<&'a str> {
+    notifications
+        .iter()
+        .find(|n| n["channel"] == channel && n["kind"] == "order_confirmed")
+        .and_then(|n| n["status"].as_str())
+}
+
+/// Lines of the sink's file of `channel` that carry the notification `id`.
+fn sent_lines(sent: &std::path::Path, channel: &str, id: &str) -> usize {
+    std::fs::read_to_string(sent.join(format!("{channel}.jsonl")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).unwrap()["id"] == id)
+        .count()
+}
+
+/// Every path of the checkout, through the gateway, then the invariants. `sent` is where the
+/// notifications' sink writes.
+async fn every_path(mut system: System, sent: &std::path::Path) {
     let alice = Customer::sign_in(&system).await;
 
     // Confirmed: paid, the stock taken, the history of every step.
@@ -323,6 +378,82 @@ async fn every_path(mut system: System) {
         assert_eq!(order["status"], "CONFIRMED", "{order}");
     }
 
+    // Notifications: a confirmation told on each channel alice wants. Her SMS fails (the
+    // channel's failure knob): tried, dead-lettered, then replayed by an admin, and sent once.
+    let admin = Customer::sign_in_as(&system, "admin@example.com", ADMIN_PASSWORD).await;
+    let knob = async |failing: bool| {
+        let path = "/api/v1/admin/notifications/channels/sms";
+        let (status, knob) = admin
+            .send(
+                reqwest::Method::PUT,
+                path,
+                Some(json!({"failing": failing})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{knob}");
+    };
+    knob(true).await;
+    let everything = json!({"email": true, "sms": true, "push": true});
+    let (status, _) = alice
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/notifications/preferences",
+            Some(everything),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let order = alice
+        .order(&body("garden-001", 1, APPROVES, "OX1 1AA"))
+        .await;
+    assert_eq!(order["status"], "CONFIRMED", "{order}");
+    let order_id = order["order_id"].as_str().unwrap().to_owned();
+    let told = notifications_of(&alice, &order_id, |n| {
+        status_of(n, "email") == Some("SENT")
+            && status_of(n, "push") == Some("SENT")
+            && status_of(n, "sms") == Some("DEAD")
+    })
+    .await;
+    let email = told.iter().find(|n| n["channel"] == "email").unwrap();
+    assert_eq!(email["subject"], format!("Order {order_id} is confirmed"));
+    let sms_id = told.iter().find(|n| n["channel"] == "sms").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, dead) = admin
+        .get("/api/v1/admin/notifications/dead-letters?channel=sms")
+        .await;
+    assert!(
+        dead["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == sms_id),
+        "{dead}"
+    );
+    assert_eq!(sent_lines(sent, "sms", &sms_id), 0);
+    knob(false).await;
+    let (status, replayed) = admin
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/admin/notifications/dead-letters/replay?channel=sms",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert!(replayed["replayed"].as_u64().unwrap() >= 1, "{replayed}");
+    notifications_of(&alice, &order_id, |n| status_of(n, "sms") == Some("SENT")).await;
+    assert_eq!(sent_lines(sent, "sms", &sms_id), 1, "sent once");
+    let (_, dead) = admin.get("/api/v1/admin/notifications/dead-letters").await;
+    assert_eq!(dead["counts"]["sms"], 0, "{dead}");
+    let defaults = json!({"email": true, "sms": false, "push": true});
+    alice
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/notifications/preferences",
+            Some(defaults),
+        )
+        .await;
+
     // Many checkouts racing for scarce stock: exactly what there is gets sold.
     let sku = "electronics-007";
     let stock = alice.available(sku).await;
@@ -354,6 +485,7 @@ async fn every_path(mut system: System) {
     }
     let transcript = String::from_utf8(transcript).unwrap();
     assert!(transcript.contains("CONFIRMED after"), "{transcript}");
+    assert!(transcript.contains("e-mail sent: \"Order "), "{transcript}");
     assert!(!transcript.contains("\x1b["), "no colour off a terminal");
 
     let now = shop_common::unix_millis();
@@ -381,7 +513,7 @@ async fn on_the_embedded_default() {
     let system = System::start(knobs(Options::embedded(&dir).unwrap()))
         .await
         .unwrap();
-    every_path(system).await;
+    every_path(system, &dir.join("sent")).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -401,9 +533,18 @@ async fn in_production_mode() {
     let namespace = format!("e2e{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let keys = std::env::temp_dir().join(format!("shop-e2e-keys-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&keys).unwrap();
-    let options = Options::production(urls, NATS, REDIS, &namespace, &keys).unwrap();
+    let options = Options::production(urls, NATS, REDIS, &namespace, &keys)
+        .unwrap()
+        .var("AMQP_URL", AMQP);
     let system = System::start(knobs(options)).await.unwrap();
-    every_path(system).await;
+    every_path(system, &keys.join("sent")).await;
+    // The run's queues go with it.
+    shop_notifications::queue::Rabbit::connect(AMQP, &format!("{namespace}."))
+        .await
+        .unwrap()
+        .delete()
+        .await
+        .unwrap();
     // The run's streams go with it.
     shop_messaging::jetstream::JetStreamTransport::connect(NATS, &namespace)
         .await

@@ -1,0 +1,545 @@
+//! The channels' work queues: a queue per channel carries the ids of the notifications to
+//! send, and a dead-letter queue beside it keeps the ids whose attempts ran out.
+//!
+//! - [`Rabbit`] (production): durable RabbitMQ queues `<ns>notifications.<channel>`, published
+//!   with confirms as persistent messages through the direct exchange
+//!   `<ns>notifications`; each declared with the dead-letter exchange
+//!   `<ns>notifications.dead`, which routes a message a worker rejects to
+//!   `<ns>notifications.<channel>.dead`.
+//! - [`Local`] (the embedded default): bounded in-process queues. They do not outlive the
+//!   process; the store does, and what was queued is queued again when the service starts
+//!   ([`ChannelQueue::durable`]).
+//!
+//! The store stays the truth (which notifications are sent, dead, queued); the queues are how
+//! work reaches the workers, so a duplicate id in a queue is harmless.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::Channel;
+
+/// A queue operation failed (the broker is down or refused it).
+#[derive(Debug, thiserror::Error)]
+#[error("the {channel} queue: {message}")]
+pub struct QueueError {
+    channel: &'static str,
+    message: String,
+}
+
+impl QueueError {
+    fn of(channel: Channel, error: impl std::fmt::Display) -> Self {
+        Self {
+            channel: channel.as_str(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// A notification id taken from a channel's queue, to be settled once handled.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    /// The notification's id.
+    fn id(&self) -> &str;
+    /// Handled (sent, or nothing to do): removes it from the queue.
+    async fn ack(self: Box<Self>) -> Result<(), QueueError>;
+    /// Its attempts ran out: moves it to the channel's dead letters.
+    async fn dead_letter(self: Box<Self>) -> Result<(), QueueError>;
+    /// Not handled now (the store failed, or the worker stops): back to the queue.
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
+}
+
+/// The work queues of the three channels.
+#[async_trait]
+pub trait ChannelQueue: Send + Sync + 'static {
+    /// Adds `id` to `channel`'s queue (returns once the broker holds it).
+    async fn publish(&self, channel: Channel, id: &str) -> Result<(), QueueError>;
+    /// The next id of `channel`'s queue, waiting for one.
+    async fn next(&self, channel: Channel) -> Result<Box<dyn Delivery>, QueueError>;
+    /// How many ids `channel`'s dead letters hold.
+    async fn dead_depth(&self, channel: Channel) -> Result<u64, QueueError>;
+    /// Empties `channel`'s dead letters (a replay queues their notifications again from the
+    /// store); returns how many it held.
+    async fn purge_dead(&self, channel: Channel) -> Result<u64, QueueError>;
+    /// Whether what the queues hold outlives the process.
+    fn durable(&self) -> bool;
+}
+
+/// The most ids an in-process queue holds before [`ChannelQueue::publish`] waits.
+pub const LOCAL_CAPACITY: usize = 1_024;
+
+struct LocalChannel {
+    sender: tokio::sync::mpsc::Sender<String>,
+    receiver: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
+    dead: Mutex<VecDeque<String>>,
+}
+
+/// In-process queues (the embedded default). Cheap to clone.
+#[derive(Clone)]
+pub struct Local(Arc<[LocalChannel; 3]>);
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Local {
+    /// Three empty queues.
+    #[must_use]
+    pub fn new() -> Self {
+        let channel = || {
+            let (sender, receiver) = tokio::sync::mpsc::channel(LOCAL_CAPACITY);
+            LocalChannel {
+                sender,
+                receiver: tokio::sync::Mutex::new(receiver),
+                dead: Mutex::default(),
+            }
+        };
+        Self(Arc::new([channel(), channel(), channel()]))
+    }
+
+    fn of(&self, channel: Channel) -> &LocalChannel {
+        &self.0[channel.index()]
+    }
+}
+
+struct LocalDelivery {
+    id: String,
+    queues: Local,
+    channel: Channel,
+}
+
+#[async_trait]
+impl Delivery for LocalDelivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn dead_letter(self: Box<Self>) -> Result<(), QueueError> {
+        let mut dead = self
+            .queues
+            .of(self.channel)
+            .dead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded like the live queue: the store keeps every dead notification anyway.
+        if dead.len() == LOCAL_CAPACITY {
+            dead.pop_front();
+        }
+        dead.push_back(self.id);
+        Ok(())
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        // Without waiting: a full queue is being drained by this very worker. Dropped, it is
+        // queued again from the store once its claim expires.
+        self.queues
+            .of(self.channel)
+            .sender
+            .try_send(self.id)
+            .map_err(|error| QueueError::of(self.channel, error))
+    }
+}
+
+#[async_trait]
+impl ChannelQueue for Local {
+    async fn publish(&self, channel: Channel, id: &str) -> Result<(), QueueError> {
+        self.of(channel)
+            .sender
+            .send(id.to_owned())
+            .await
+            .map_err(|error| QueueError::of(channel, error))
+    }
+
+    async fn next(&self, channel: Channel) -> Result<Box<dyn Delivery>, QueueError> {
+        let id = self
+            .of(channel)
+            .receiver
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| QueueError::of(channel, "closed"))?;
+        Ok(Box::new(LocalDelivery {
+            id,
+            queues: self.clone(),
+            channel,
+        }))
+    }
+
+    async fn dead_depth(&self, channel: Channel) -> Result<u64, QueueError> {
+        let dead = self.of(channel).dead.lock();
+        Ok(dead.unwrap_or_else(PoisonError::into_inner).len() as u64)
+    }
+
+    async fn purge_dead(&self, channel: Channel) -> Result<u64, QueueError> {
+        let mut dead = self
+            .of(channel)
+            .dead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let purged = dead.len() as u64;
+        dead.clear();
+        Ok(purged)
+    }
+
+    fn durable(&self) -> bool {
+        false
+    }
+}
+
+/// How many unacknowledged ids RabbitMQ hands one channel's worker at once.
+pub const PREFETCH: u16 = 16;
+
+/// RabbitMQ queues (production), over one connection: a channel with publisher confirms, and
+/// one consuming channel per work queue.
+pub struct Rabbit {
+    connection: Connection,
+    publisher: lapin::Channel,
+    consumers: [tokio::sync::Mutex<lapin::Consumer>; 3],
+    exchange: String,
+    namespace: String,
+}
+
+impl std::fmt::Debug for Rabbit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rabbit")
+            .field("exchange", &self.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rabbit {
+    /// Connects to `url` (`amqp://user:password@host:5672/vhost`) and declares the exchanges
+    /// and queues under `namespace` (a prefix of their names, so that systems or tests can
+    /// share a broker).
+    ///
+    /// # Errors
+    ///
+    /// The broker cannot be reached, or refuses a declaration.
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, QueueError> {
+        let failed = |error: lapin::Error| QueueError {
+            channel: "AMQP",
+            message: error.to_string(),
+        };
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .map_err(failed)?;
+        let exchange = format!("{namespace}notifications");
+        let dead_exchange = format!("{namespace}notifications.dead");
+        let publisher = connection.create_channel().await.map_err(failed)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(failed)?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for name in [&exchange, &dead_exchange] {
+            publisher
+                .exchange_declare(
+                    name.as_str().into(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        let mut consumers = Vec::with_capacity(3);
+        for channel in Channel::ALL {
+            let queue = format!("{namespace}notifications.{}", channel.as_str());
+            let dead = format!("{queue}.dead");
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dead_exchange.as_str().into()),
+            );
+            for (name, exchange, arguments) in [
+                (&queue, &exchange, arguments),
+                (&dead, &dead_exchange, FieldTable::default()),
+            ] {
+                publisher
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions::durable(),
+                        arguments,
+                    )
+                    .await
+                    .map_err(failed)?;
+                publisher
+                    .queue_bind(
+                        name.as_str().into(),
+                        exchange.as_str().into(),
+                        channel.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(failed)?;
+            }
+            let consuming = connection.create_channel().await.map_err(failed)?;
+            consuming
+                .basic_qos(PREFETCH, BasicQosOptions::default())
+                .await
+                .map_err(failed)?;
+            let consumer = consuming
+                .basic_consume(
+                    queue.as_str().into(),
+                    format!("notifications-{}", channel.as_str()).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(failed)?;
+            consumers.push(tokio::sync::Mutex::new(consumer));
+        }
+        let consumers: [_; 3] = consumers.try_into().map_err(|_| QueueError {
+            channel: "AMQP",
+            message: "three consumers".to_owned(),
+        })?;
+        Ok(Self {
+            connection,
+            publisher,
+            consumers,
+            exchange,
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    fn dead_queue(&self, channel: Channel) -> String {
+        format!("{}notifications.{}.dead", self.namespace, channel.as_str())
+    }
+
+    /// Deletes the namespace's queues and exchanges, and closes the connection: for tests,
+    /// and for taking a namespace down.
+    ///
+    /// # Errors
+    ///
+    /// The broker fails.
+    pub async fn delete(self) -> Result<(), QueueError> {
+        let failed = |error: lapin::Error| QueueError {
+            channel: "AMQP",
+            message: error.to_string(),
+        };
+        for channel in Channel::ALL {
+            let queue = format!("{}notifications.{}", self.namespace, channel.as_str());
+            for name in [self.dead_queue(channel), queue] {
+                self.publisher
+                    .queue_delete(
+                        name.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+        for name in [format!("{}.dead", self.exchange), self.exchange.clone()] {
+            self.publisher
+                .exchange_delete(
+                    name.as_str().into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await
+                .map_err(failed)?;
+        }
+        self.connection
+            .close(200, "deleted".into())
+            .await
+            .map_err(failed)
+    }
+
+    /// Whether the connection is up (the readiness check).
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+struct RabbitDelivery {
+    id: String,
+    channel: Channel,
+    delivery: lapin::message::Delivery,
+}
+
+#[async_trait]
+impl Delivery for RabbitDelivery {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        self.delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map(drop)
+            .map_err(|error| QueueError::of(self.channel, error))
+    }
+
+    async fn dead_letter(self: Box<Self>) -> Result<(), QueueError> {
+        // Not requeued: the queue's dead-letter exchange takes it.
+        self.nack(false).await
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        self.nack(true).await
+    }
+}
+
+impl RabbitDelivery {
+    async fn nack(&self, requeue: bool) -> Result<(), QueueError> {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        self.delivery
+            .nack(options)
+            .await
+            .map(drop)
+            .map_err(|error| QueueError::of(self.channel, error))
+    }
+}
+
+#[async_trait]
+impl ChannelQueue for Rabbit {
+    async fn publish(&self, channel: Channel, id: &str) -> Result<(), QueueError> {
+        let failed = |error: lapin::Error| QueueError::of(channel, error);
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                self.exchange.as_str().into(),
+                channel.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                id.as_bytes(),
+                // 2: persistent, kept across a broker restart (the queue is durable).
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        if confirmation.is_ack() && confirmation.take_message().is_none() {
+            Ok(())
+        } else {
+            Err(QueueError::of(
+                channel,
+                "the broker did not take the message",
+            ))
+        }
+    }
+
+    async fn next(&self, channel: Channel) -> Result<Box<dyn Delivery>, QueueError> {
+        loop {
+            let delivery = self.consumers[channel.index()]
+                .lock()
+                .await
+                .next()
+                .await
+                .ok_or_else(|| QueueError::of(channel, "the consumer was cancelled"))?
+                .map_err(|error| QueueError::of(channel, error))?;
+            match String::from_utf8(delivery.data.clone()) {
+                Ok(id) if (1..=crate::MAX_ID).contains(&id.len()) => {
+                    return Ok(Box::new(RabbitDelivery {
+                        id,
+                        channel,
+                        delivery,
+                    }));
+                }
+                // Not one of ours: dead-lettered, for someone to look at.
+                _ => {
+                    tracing::warn!(channel = channel.as_str(), "a message that is not an id");
+                    Box::new(RabbitDelivery {
+                        id: String::new(),
+                        channel,
+                        delivery,
+                    })
+                    .dead_letter()
+                    .await?;
+                }
+            }
+        }
+    }
+
+    async fn dead_depth(&self, channel: Channel) -> Result<u64, QueueError> {
+        let queue = self
+            .publisher
+            .queue_declare(
+                self.dead_queue(channel).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|error| QueueError::of(channel, error))?;
+        Ok(u64::from(queue.message_count()))
+    }
+
+    async fn purge_dead(&self, channel: Channel) -> Result<u64, QueueError> {
+        let purged = self
+            .publisher
+            .queue_purge(
+                self.dead_queue(channel).as_str().into(),
+                QueuePurgeOptions::default(),
+            )
+            .await
+            .map_err(|error| QueueError::of(channel, error))?;
+        Ok(u64::from(purged))
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+/// Reads (and takes) up to `most` ids from `channel`'s dead letters in RabbitMQ: for tests and
+/// operators who want to see what a purge would drop.
+///
+/// # Errors
+///
+/// The broker fails.
+pub async fn take_dead(
+    rabbit: &Rabbit,
+    channel: Channel,
+    most: usize,
+) -> Result<Vec<String>, QueueError> {
+    let mut ids = Vec::new();
+    while ids.len() < most {
+        let got = rabbit
+            .publisher
+            .basic_get(
+                rabbit.dead_queue(channel).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .map_err(|error| QueueError::of(channel, error))?;
+        let Some(message) = got else { break };
+        ids.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
+    }
+    Ok(ids)
+}

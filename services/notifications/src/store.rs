@@ -1,0 +1,559 @@
+//! The notifications store, on PostgreSQL and SQLite through the kit's store pattern: the
+//! messages rendered for each channel, who receives them, and each user's channels.
+//!
+//! A notification moves `QUEUED` → `SENDING` (claimed by one worker, under a lease) → `SENT`,
+//! or back to `QUEUED` when its lease ran out, or to `DEAD` when its attempts ran out; a replay
+//! moves `DEAD` back to `QUEUED`. Every move is a conditional `UPDATE`, so two workers that
+//! hold the same id cannot both send it.
+
+use serde::{Deserialize, Serialize};
+use shop_common::store::{Database, StoreError, Tx};
+use shop_common::{on_db, on_tx};
+use sqlx::migrate::Migrator;
+
+use crate::Channel;
+
+/// Migrations for SQLite.
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Migrations for PostgreSQL.
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A message to a user on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Notification {
+    /// Its id: the event's id and the channel, so that one event makes one per channel.
+    pub id: String,
+    /// Whose.
+    pub user_id: String,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    /// What it tells: `order_confirmed`, `order_rejected`, `order_shipped`, `order_delivered`.
+    pub kind: String,
+    /// The order it is about.
+    pub order_id: Option<String>,
+    /// Its subject (the e-mail's, or the title of a push message).
+    pub subject: String,
+    /// Its text.
+    pub body: String,
+    /// `QUEUED`, `SENDING`, `SENT` or `DEAD`.
+    pub status: String,
+    /// How many times sending it failed.
+    pub attempts: i32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was made, in milliseconds since the epoch.
+    pub created_at_ms: i64,
+    /// When it was sent.
+    pub sent_at_ms: Option<i64>,
+}
+
+const COLUMNS: &str = "id, user_id, channel, kind, order_id, subject, body, status, attempts, \
+    last_error, created_at_ms, sent_at_ms";
+
+/// The channels a user wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// E-mail.
+    pub email: bool,
+    /// SMS.
+    pub sms: bool,
+    /// Push messages to the user's devices.
+    pub push: bool,
+}
+
+impl Default for Preferences {
+    /// E-mail and push; SMS only when asked for.
+    fn default() -> Self {
+        Self {
+            email: true,
+            sms: false,
+            push: true,
+        }
+    }
+}
+
+impl Preferences {
+    /// Whether `channel` is wanted.
+    #[must_use]
+    pub fn wants(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => self.email,
+            Channel::Sms => self.sms,
+            Channel::Push => self.push,
+        }
+    }
+}
+
+/// Who receives a user's messages.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Recipient {
+    /// The e-mail address.
+    pub email: String,
+    /// The name to greet.
+    pub name: String,
+}
+
+/// Notifications, on the service's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NotificationStore {
+    db: Database,
+}
+
+impl NotificationStore {
+    /// The store on `database`, migrated.
+    ///
+    /// # Errors
+    ///
+    /// A migration fails.
+    pub async fn open(database: &Database) -> Result<Self, StoreError> {
+        database
+            .migrate(&SQLITE_MIGRATIONS, &POSTGRES_MIGRATIONS)
+            .await?;
+        Ok(Self {
+            db: database.clone(),
+        })
+    }
+
+    /// The database.
+    #[must_use]
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Keeps (or replaces) a user's address and name, within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn set_recipient(
+        tx: &mut Tx,
+        user_id: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = shop_common::unix_millis();
+        on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO recipients (user_id, email, name, updated_at_ms) \
+             VALUES ($1, COALESCE($2, ''), COALESCE($3, ''), $4) \
+             ON CONFLICT (user_id) DO UPDATE SET \
+             email = COALESCE($2, recipients.email), name = COALESCE($3, recipients.name), \
+             updated_at_ms = $4",
+        )
+        .bind(user_id)
+        .bind(email)
+        .bind(name)
+        .bind(now)
+        .execute(&mut **conn)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// A user's address and name, within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn recipient_in(tx: &mut Tx, user_id: &str) -> Result<Option<Recipient>, StoreError> {
+        Ok(on_tx!(tx, conn => sqlx::query_as(
+            "SELECT email, name FROM recipients WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&mut **conn)
+        .await)?)
+    }
+
+    /// A user's address and name.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn recipient(&self, user_id: &str) -> Result<Option<Recipient>, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT email, name FROM recipients WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await)?)
+    }
+
+    /// Remembers whose order `order_id` is, within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn set_owner(tx: &mut Tx, order_id: &str, user_id: &str) -> Result<(), StoreError> {
+        on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO order_owners (order_id, user_id, created_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(user_id)
+        .bind(shop_common::unix_millis())
+        .execute(&mut **conn)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Whose order `order_id` is, within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn owner_in(tx: &mut Tx, order_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(on_tx!(tx, conn => sqlx::query_scalar(
+            "SELECT user_id FROM order_owners WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut **conn)
+        .await)?)
+    }
+
+    /// A user's channels (the defaults when they never chose).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn preferences(&self, user_id: &str) -> Result<Preferences, StoreError> {
+        let found: Option<Preferences> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT email, sms, push FROM preferences WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// A user's channels within `tx`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn preferences_in(tx: &mut Tx, user_id: &str) -> Result<Preferences, StoreError> {
+        let found: Option<Preferences> = on_tx!(tx, conn => sqlx::query_as(
+            "SELECT email, sms, push FROM preferences WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(&mut **conn)
+        .await)?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Sets a user's channels.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn set_preferences(
+        &self,
+        user_id: &str,
+        preferences: Preferences,
+    ) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO preferences (user_id, email, sms, push, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO UPDATE SET \
+             email = $2, sms = $3, push = $4, updated_at_ms = $5",
+        )
+        .bind(user_id)
+        .bind(preferences.email)
+        .bind(preferences.sms)
+        .bind(preferences.push)
+        .bind(shop_common::unix_millis())
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Records a rendered notification as `QUEUED`, within `tx`; `false` when its id exists.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn add(tx: &mut Tx, notification: &Notification) -> Result<bool, StoreError> {
+        let done = on_tx!(tx, conn => sqlx::query(
+            "INSERT INTO notifications (id, user_id, channel, kind, order_id, subject, body, \
+             status, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'QUEUED', $8, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&notification.id)
+        .bind(&notification.user_id)
+        .bind(&notification.channel)
+        .bind(&notification.kind)
+        .bind(&notification.order_id)
+        .bind(&notification.subject)
+        .bind(&notification.body)
+        .bind(notification.created_at_ms)
+        .execute(&mut **conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// One notification.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn get(&self, id: &str) -> Result<Option<Notification>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1");
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?,
+        )
+    }
+
+    /// A user's notifications, the newest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn of_user(
+        &self,
+        user_id: &str,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = $1 \
+             ORDER BY created_at_ms DESC, id DESC LIMIT $2"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?,
+        )
+    }
+
+    /// The dead notifications (of `channel`, or of all), the oldest first, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn dead(
+        &self,
+        channel: Option<Channel>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE status = 'DEAD' \
+             AND ($1 IS NULL OR channel = $1) ORDER BY updated_at_ms, id LIMIT $2"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(channel.map(Channel::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?,
+        )
+    }
+
+    /// How many notifications are dead, per channel.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn dead_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT channel, COUNT(*) FROM notifications WHERE status = 'DEAD' GROUP BY channel",
+        )
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// Up to `limit` queued notifications not handed to their channel's queue yet: `(id,
+    /// channel)`, the oldest first.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn unqueued(&self, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT id, channel FROM notifications WHERE status = 'QUEUED' AND NOT enqueued \
+             ORDER BY created_at_ms, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// Marks a notification handed to its queue.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn mark_enqueued(&self, id: &str) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET enqueued = TRUE WHERE id = $1",
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Claims a notification to send it: `QUEUED` (or `SENDING` with its lease run out) →
+    /// `SENDING` until `lease_until_ms`. `None` when it is sent, dead, or another worker holds
+    /// it.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn claim(
+        &self,
+        id: &str,
+        lease_until_ms: i64,
+    ) -> Result<Option<Notification>, StoreError> {
+        let now = shop_common::unix_millis();
+        let claimed = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'SENDING', lease_until_ms = $2, updated_at_ms = $3 \
+             WHERE id = $1 AND (status = 'QUEUED' OR (status = 'SENDING' AND lease_until_ms < $3))",
+        )
+        .bind(id)
+        .bind(lease_until_ms)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        if claimed == 0 {
+            return Ok(None);
+        }
+        self.get(id).await
+    }
+
+    /// Records a failed attempt of a claimed notification, keeping it claimed until
+    /// `lease_until_ms`; returns its attempts so far.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn failed(
+        &self,
+        id: &str,
+        error: &str,
+        lease_until_ms: i64,
+    ) -> Result<i32, StoreError> {
+        let error: String = error.chars().take(500).collect();
+        Ok(on_db!(&self.db, pool => sqlx::query_scalar(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
+             lease_until_ms = $3, updated_at_ms = $4 WHERE id = $1 RETURNING attempts",
+        )
+        .bind(id)
+        .bind(error)
+        .bind(lease_until_ms)
+        .bind(shop_common::unix_millis())
+        .fetch_one(pool)
+        .await)?)
+    }
+
+    /// Marks a claimed notification sent; `false` when it was not `SENDING`.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn sent(&self, id: &str) -> Result<bool, StoreError> {
+        let now = shop_common::unix_millis();
+        let done = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'SENT', sent_at_ms = $2, updated_at_ms = $2 \
+             WHERE id = $1 AND status = 'SENDING'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// Marks a claimed notification dead (its attempts ran out).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn kill(&self, id: &str) -> Result<bool, StoreError> {
+        let done = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'DEAD', updated_at_ms = $2 \
+             WHERE id = $1 AND status = 'SENDING'",
+        )
+        .bind(id)
+        .bind(shop_common::unix_millis())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// Hands back a claimed notification unsent (its worker stops): `SENDING` → `QUEUED`, to
+    /// be queued again.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn release(&self, id: &str) -> Result<bool, StoreError> {
+        let done = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'QUEUED', enqueued = FALSE, updated_at_ms = $2 \
+             WHERE id = $1 AND status = 'SENDING'",
+        )
+        .bind(id)
+        .bind(shop_common::unix_millis())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    /// Gives the dead notifications (of `channel`, or of all) another round of attempts:
+    /// `DEAD` → `QUEUED`, to be handed to their queues again. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn replay(&self, channel: Option<Channel>) -> Result<u64, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'QUEUED', attempts = 0, enqueued = FALSE, \
+             updated_at_ms = $2 WHERE status = 'DEAD' AND ($1 IS NULL OR channel = $1)",
+        )
+        .bind(channel.map(Channel::as_str))
+        .bind(shop_common::unix_millis())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?)
+    }
+
+    /// Hands back what a worker claimed and never finished (its lease ran out: the worker
+    /// stopped), and, with `all_unsent`, every notification not sent, to be queued again (an
+    /// in-process queue lost what it held when the process stopped). Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn requeue_abandoned(&self, all_unsent: bool) -> Result<u64, StoreError> {
+        let now = shop_common::unix_millis();
+        let horizon = if all_unsent { i64::MAX } else { now };
+        let abandoned = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'QUEUED', enqueued = FALSE, updated_at_ms = $1 \
+             WHERE status = 'SENDING' AND lease_until_ms < $2",
+        )
+        .bind(now)
+        .bind(horizon)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        let mut again = 0;
+        if all_unsent {
+            again = on_db!(&self.db, pool => sqlx::query(
+                "UPDATE notifications SET enqueued = FALSE WHERE status = 'QUEUED' AND enqueued",
+            )
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected()))?;
+        }
+        Ok(abandoned + again)
+    }
+}
