@@ -79,12 +79,13 @@ async fn shipment(
 }
 
 /// Moves the shipment from `from` to `to` and writes `event` with it; 409 when it is not
-/// `from`, or its order is not confirmed yet (nothing leaves before the payment is captured).
+/// `from`, or (with `confirmed`) its order is not confirmed yet.
 async fn advance<M: shop_messaging::Message>(
     shipping: &Shipping,
     order_id: &str,
     from: &str,
     to: &str,
+    confirmed: bool,
     event: &M,
 ) -> Result<Response, Problem> {
     let internal = |error: &dyn std::error::Error| Problem::internal(error);
@@ -95,7 +96,7 @@ async fn advance<M: shop_messaging::Message>(
         .begin()
         .await
         .map_err(|e| internal(&e))?;
-    if !ShipmentStore::moved(&mut tx, order_id, from, to, true)
+    if !ShipmentStore::moved(&mut tx, order_id, from, to, confirmed)
         .await
         .map_err(|e| internal(&e))?
     {
@@ -123,7 +124,8 @@ async fn ship(
         order_id: order_id.clone(),
         tracking_id: existing.tracking_id,
     };
-    advance(&shipping, &order_id, "CREATED", "SHIPPED", &event).await
+    // Nothing leaves before its order is confirmed (the payment could still fail).
+    advance(&shipping, &order_id, "CREATED", "SHIPPED", true, &event).await
 }
 
 async fn deliver(
@@ -134,5 +136,6 @@ async fn deliver(
     let event = OrderDelivered {
         order_id: order_id.clone(),
     };
-    advance(&shipping, &order_id, "SHIPPED", "DELIVERED", &event).await
+    // What left is delivered, whatever the shipment remembers of its confirmation.
+    advance(&shipping, &order_id, "SHIPPED", "DELIVERED", false, &event).await
 }
