@@ -87,6 +87,29 @@ impl SealKey {
         Self::from_bytes(&bytes)
     }
 
+    /// An HMAC-SHA256 key derived from this one for `purpose` (HKDF-SHA256), so that a
+    /// holder of the key can also sign or hash secrets without using the AES key itself for
+    /// a second algorithm: each purpose gets a key of its own, and none tells the AES key.
+    ///
+    /// # Panics
+    ///
+    /// Never: HKDF-SHA256 gives a 32-byte key for any purpose.
+    #[must_use]
+    pub fn hmac_key(&self, purpose: &str) -> aws_lc_rs::hmac::Key {
+        use aws_lc_rs::{hkdf, hmac};
+        #[allow(clippy::expect_used)]
+        let bytes = URL_SAFE_NO_PAD
+            .decode(&self.text)
+            .expect("the key's own text decodes");
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"mainstay seal subkey").extract(&bytes);
+        let info = [purpose.as_bytes()];
+        #[allow(clippy::expect_used)]
+        let okm = prk
+            .expand(&info, hmac::HMAC_SHA256)
+            .expect("32 bytes are within HKDF-SHA256's limit");
+        hmac::Key::from(okm)
+    }
+
     /// The key as unpadded base64url, to write it down or hand it to its other holder. Never
     /// log it.
     #[must_use]
@@ -232,6 +255,32 @@ pub fn key_var<F: Fn(&str) -> Option<String>>(
     Ok(key)
 }
 
+/// [`key_var`] for a key two services share (the card key: orders seals, payments opens),
+/// required unless the service runs on SQLite. On the embedded default the services share a
+/// working directory, so the key file one creates is the one the other reads; elsewhere each
+/// would create a key of its own, and no sealed card would ever open.
+///
+/// # Errors
+///
+/// The variable is set to something that is not a key, or is unset off SQLite.
+pub fn shared_key_var<F: Fn(&str) -> Option<String>>(
+    vars: &crate::config::Vars<F>,
+    var: &str,
+    database_url: &crate::config::Secret,
+) -> Result<Option<crate::config::Secret>, crate::config::ConfigError> {
+    let key = key_var(vars, var)?;
+    if key.is_none() && !database_url.expose().starts_with("sqlite:") {
+        return Err(crate::config::ConfigError {
+            var: var.to_owned(),
+            value: "(unset)".to_owned(),
+            expected: "the key the services share (32 bytes as unpadded base64url), required \
+                       off the embedded default (SQLite)"
+                .to_owned(),
+        });
+    }
+    Ok(key)
+}
+
 /// The key `configured` (as [`key_var`] read it), or else the one in `default_file`, created
 /// there on first start ([`SealKey::load_or_create`]).
 ///
@@ -251,6 +300,48 @@ pub fn key_or_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_subkeys_differ_by_purpose_and_key_and_are_stable() {
+        use aws_lc_rs::hmac;
+        let key = SealKey::from_bytes(&[7; 32]).unwrap();
+        let tag = |key: &SealKey, purpose: &str| {
+            hmac::sign(&key.hmac_key(purpose), b"message")
+                .as_ref()
+                .to_vec()
+        };
+        assert_eq!(tag(&key, "a"), tag(&key, "a"));
+        assert_ne!(tag(&key, "a"), tag(&key, "b"));
+        assert_ne!(
+            tag(&key, "a"),
+            tag(&SealKey::from_bytes(&[8; 32]).unwrap(), "a")
+        );
+        // Not the raw key used as an HMAC key.
+        let raw = hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]);
+        assert_ne!(
+            tag(&key, "a"),
+            hmac::sign(&raw, b"message").as_ref().to_vec()
+        );
+    }
+
+    #[test]
+    fn a_shared_key_is_required_off_sqlite() {
+        use crate::config::{Secret, Vars};
+        let key = SealKey::generate();
+        let unset = Vars(|_: &str| None);
+        let set = Vars(|var: &str| (var == "CARD_SEAL_KEY").then(|| key.expose().to_owned()));
+        let sqlite = Secret::new("sqlite://orders.db?mode=rwc");
+        let postgres = Secret::new("postgres://127.0.0.1/orders");
+        assert!(
+            shared_key_var(&unset, "CARD_SEAL_KEY", &sqlite)
+                .unwrap()
+                .is_none()
+        );
+        let missing = shared_key_var(&unset, "CARD_SEAL_KEY", &postgres).unwrap_err();
+        assert_eq!(missing.var, "CARD_SEAL_KEY");
+        let found = shared_key_var(&set, "CARD_SEAL_KEY", &postgres).unwrap();
+        assert_eq!(found.unwrap().expose(), key.expose());
+    }
 
     #[test]
     fn a_sealed_secret_opens_with_its_key_in_its_context_only() {

@@ -309,7 +309,6 @@ pub const PAYMENTS_COMMANDS: &str = "payments.commands";
 
 keyed_messages!(
     order_id:
-    AuthorizePayment on PAYMENTS_COMMANDS,
     CapturePayment on PAYMENTS_COMMANDS,
     VoidPayment on PAYMENTS_COMMANDS,
     RefundPayment on PAYMENTS_COMMANDS,
@@ -336,6 +335,24 @@ pub struct AuthorizePayment {
     /// sealed by [`seal_card`] for the payments service alone: the outbox, the broker and a
     /// dead letter never hold it in clear.
     pub sealed_card: String,
+}
+
+/// Version 2: the card travels sealed (`sealed_card`); version 1 carried it in clear as
+/// `card`. A payments service that reads version 1 refuses a version 2 command as newer than
+/// it reads (a dead letter that says so) rather than failing to find `card`; this one refuses
+/// a version 1 command, whose body lacks `sealed_card`, as poison: a card in clear is not
+/// taken from the bus any more.
+impl Message for AuthorizePayment {
+    const KIND: &'static str = "AuthorizePayment";
+    const VERSION: u16 = 2;
+
+    fn subject(&self) -> Cow<'static, str> {
+        Cow::Borrowed(PAYMENTS_COMMANDS)
+    }
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.order_id)
+    }
 }
 
 /// The file the card key is kept in when `CARD_SEAL_KEY` is not set, in the working directory,

@@ -217,8 +217,7 @@ async fn checkout(
     let canonical = serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?;
     // Keyed: the request holds the card, and a plain digest of a card number can be reversed
     // by trying them all.
-    let hmac_key = hmac::Key::new(hmac::HMAC_SHA256, orders.card_key().expose().as_bytes());
-    let request_hash = hex(hmac::sign(&hmac_key, &canonical).as_ref());
+    let request_hash = hex(hmac::sign(orders.request_hash_key(), &canonical).as_ref());
     // The same key again: the order it placed, before the catalog is asked anything.
     if let Some(found) = orders
         .store()

@@ -59,7 +59,7 @@ impl SagaTiming {
 /// | `CATALOG_URLS` | `127.0.0.1:8082` | the catalog's endpoints, comma-separated (prices) |
 /// | `UPSTREAM_ATTEMPT_TIMEOUT_MS` | 2000 | one attempt at the catalog |
 /// | `SAGA_DEADLINE_MS`, `STEP_RESEND_MS`, `STEP_RESEND_MAX_MS`, `SAGA_SCAN_MS` | see [`SagaTiming`] | the saga's timing |
-/// | `CARD_SEAL_KEY` (or `CARD_SEAL_KEY_FILE`) | the file `card-seal.key` in the working directory, created on first start | the key, shared with the payments service, that seals the card in the order and in `AuthorizePayment`: 32 bytes as unpadded base64url |
+/// | `CARD_SEAL_KEY` (or `CARD_SEAL_KEY_FILE`) | on SQLite, the file `card-seal.key` in the working directory, created on first start; on PostgreSQL, required | the key, shared with the payments service, that seals the card in the order and in `AuthorizePayment`: 32 bytes as unpadded base64url |
 ///
 /// Where its commands and events go is the event backbone's configuration
 /// (`shop_messaging::config::TransportConfig`).
@@ -77,7 +77,7 @@ pub struct OrdersConfig {
     pub timing: SagaTiming,
     /// `CARD_SEAL_KEY`: the key that seals the card for the payments service; `None`: the
     /// one in [`CARD_KEY_FILE`](shop_messaging::contracts::CARD_KEY_FILE), created on first
-    /// start.
+    /// start (on SQLite only: elsewhere the variable is required).
     pub card_key: Option<Secret>,
 }
 
@@ -125,7 +125,11 @@ impl OrdersConfig {
                 resend_max: positive("STEP_RESEND_MAX_MS", defaults.resend_max)?,
                 scan_every: positive("SAGA_SCAN_MS", defaults.scan_every)?,
             },
-            card_key: shop_common::seal::key_var(vars, "CARD_SEAL_KEY")?,
+            card_key: shop_common::seal::shared_key_var(
+                vars,
+                "CARD_SEAL_KEY",
+                &service.database_url,
+            )?,
             service,
         })
     }

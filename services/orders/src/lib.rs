@@ -75,6 +75,8 @@ struct Inner {
     timing: SagaTiming,
     /// Seals the card for the payments service.
     card_key: SealKey,
+    /// The card key's subkey that keys the hash of a checkout's body (it holds the card).
+    request_hash_key: aws_lc_rs::hmac::Key,
     /// The ids of orders that moved in this process (for the live status streams).
     moved: broadcast::Sender<Arc<str>>,
 }
@@ -116,15 +118,35 @@ impl Orders {
     ) -> Result<Self, StoreError> {
         let store = OrderStore::open(database).await?;
         shop_messaging::migrate(database).await?;
+        let sealed = store
+            .seal_clear_cards(|order_id, card| {
+                shop_messaging::contracts::seal_card(&card_key, order_id, card)
+            })
+            .await?;
+        if sealed > 0 {
+            tracing::info!(
+                sealed,
+                "cards stored in clear before this version are now sealed"
+            );
+        }
         let (moved, _) = broadcast::channel(1024);
         Ok(Self(Arc::new(Inner {
             store,
             prices,
             validator,
             timing,
+            request_hash_key: card_key.hmac_key("orders checkout request hash"),
             card_key,
             moved,
         })))
+    }
+
+    /// The key of the checkout bodies' hashes (kept per `Idempotency-Key`): derived from the
+    /// card key, as a body holds the card and a plain digest of a card number can be
+    /// reversed by trying them all.
+    #[must_use]
+    pub fn request_hash_key(&self) -> &aws_lc_rs::hmac::Key {
+        &self.0.request_hash_key
     }
 
     /// The key the card is sealed with for the payments service.

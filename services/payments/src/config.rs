@@ -16,7 +16,7 @@ use crate::provider::Knobs;
 /// | `PAYMENT_LATENCY_MS` | 0 | added to every provider call |
 /// | `PAYMENT_TIMEOUT_MS` | 2000 | how long a provider call may take before it counts as failed (and is asked again, under the same key) |
 /// | `PAYMENT_AUTH_EXPIRY_MS` | 604800000 (7 days) | an authorisation never captured is voided this long after it was given |
-/// | `CARD_SEAL_KEY` (or `CARD_SEAL_KEY_FILE`) | the file `card-seal.key` in the working directory, created on first start | the key, shared with the orders service, that opens the card in `AuthorizePayment`: 32 bytes as unpadded base64url |
+/// | `CARD_SEAL_KEY` (or `CARD_SEAL_KEY_FILE`) | on SQLite, the file `card-seal.key` in the working directory, created on first start; on PostgreSQL, required | the key, shared with the orders service, that opens the card in `AuthorizePayment`: 32 bytes as unpadded base64url |
 #[derive(Debug, Clone)]
 pub struct PaymentsConfig {
     /// The common part.
@@ -31,7 +31,7 @@ pub struct PaymentsConfig {
     pub auth_expiry: Duration,
     /// `CARD_SEAL_KEY`: the key that opens the card the orders service sealed; `None`: the
     /// one in [`CARD_KEY_FILE`](shop_messaging::contracts::CARD_KEY_FILE), created on first
-    /// start.
+    /// start (on SQLite only: elsewhere the variable is required).
     pub card_key: Option<Secret>,
 }
 
@@ -82,7 +82,11 @@ impl PaymentsConfig {
             provider_timeout: vars.millis_or("PAYMENT_TIMEOUT_MS", Duration::from_secs(2))?,
             auth_expiry: vars
                 .millis_or("PAYMENT_AUTH_EXPIRY_MS", Duration::from_secs(7 * 24 * 3600))?,
-            card_key: shop_common::seal::key_var(vars, "CARD_SEAL_KEY")?,
+            card_key: shop_common::seal::shared_key_var(
+                vars,
+                "CARD_SEAL_KEY",
+                &service.database_url,
+            )?,
             service,
         })
     }

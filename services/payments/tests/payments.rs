@@ -100,7 +100,12 @@ impl Provider for Counted {
 }
 
 fn config(url: &str) -> PaymentsConfig {
-    let pairs = [("DATABASE_URL", url), ("PAYMENT_TIMEOUT_MS", "100")];
+    let key = card_key();
+    let pairs = [
+        ("DATABASE_URL", url),
+        ("PAYMENT_TIMEOUT_MS", "100"),
+        ("CARD_SEAL_KEY", key.expose()),
+    ];
     let vars = Vars(|var: &str| {
         pairs
             .iter()

@@ -1259,4 +1259,50 @@ shop_common::on_both_stores!(
     idempotency_keys_and_bad_checkouts,
     racing_checkouts_with_one_key_place_one_order,
     replies_that_do_not_fit_are_ignored_or_poison,
+    cards_kept_in_clear_before_sealing_are_sealed_at_start,
 );
+
+/// An order placed before cards were sealed keeps its card in clear: the store seals it at
+/// start, for that order, so that nothing stays in clear and the order can still pay.
+async fn cards_kept_in_clear_before_sealing_are_sealed_at_start(database: &Database, _: &str) {
+    let mut rig = Rig::new(database).await;
+    let mut world = World::stocked();
+    let id = rig.place(&mut world, body("mug", 1)).await;
+    let store = rig.orders.store();
+    let set_card = async |card: &str| {
+        shop_common::on_db!(store.database(), pool => sqlx::query(
+            "UPDATE orders SET card = $2 WHERE order_id = $1",
+        )
+        .bind(&id)
+        .bind(card)
+        .execute(pool)
+        .await
+        .map(drop))
+        .unwrap();
+    };
+    let card = async || -> String {
+        shop_common::on_db!(store.database(), pool => sqlx::query_scalar(
+            "SELECT card FROM orders WHERE order_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(pool)
+        .await)
+        .unwrap()
+    };
+    set_card("4242424242424242").await;
+    let key = rig.orders.card_key();
+    let seal = |order_id: &str, card: &str| seal_card(key, order_id, card);
+    assert_eq!(store.seal_clear_cards(seal).await.unwrap(), 1);
+    let sealed = card().await;
+    assert_ne!(sealed, "4242424242424242");
+    assert_eq!(open_card(key, &id, &sealed).unwrap(), "4242424242424242");
+    assert_eq!(
+        store.seal_clear_cards(seal).await.unwrap(),
+        0,
+        "sealed once"
+    );
+    // A blank card (its authorisation was asked) stays blank.
+    set_card("").await;
+    assert_eq!(store.seal_clear_cards(seal).await.unwrap(), 0);
+    assert_eq!(card().await, "");
+}
