@@ -532,7 +532,14 @@ impl Consumer {
 
     /// The transaction: the inbox record, the handler, and the commit when it says so.
     async fn handle(&self, inbound: &Inbound) -> Result<Handled, Failure> {
-        let mut tx = self.database.begin().await.map_err(Failure::Store)?;
+        // Handlers read, then write by what they read, with conditional updates that must
+        // see what other transactions committed: READ COMMITTED whatever the database's
+        // default (and the write lock from the start on SQLite).
+        let mut tx = self
+            .database
+            .begin_read_committed()
+            .await
+            .map_err(Failure::Store)?;
         let first = Inbox::first_time(&mut tx, &self.config.name, inbound.envelope.id)
             .await
             .map_err(Failure::Store)?;
@@ -588,8 +595,11 @@ impl Consumer {
     }
 }
 
-/// How many keys' deliveries a consumer handles at once, unless told otherwise.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+/// How many keys' deliveries a consumer handles at once, unless told otherwise: each holds a
+/// connection of the service's pool (10) for its transaction, and a service runs up to three
+/// consumers beside its requests, its relay and its sweepers, so that together they leave
+/// the requests room.
+pub const DEFAULT_CONCURRENCY: usize = 3;
 
 /// `batch` split by the envelopes' keys, each key's deliveries in the order they came, the keys
 /// in the order of their first delivery. A payload that is not an envelope is a key of its own
