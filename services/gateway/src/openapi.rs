@@ -290,14 +290,22 @@ pub(crate) struct Notification {
     body: String,
     /// `QUEUED`, `SENDING`, `SENT` or `DEAD` (its attempts ran out; an admin can replay it).
     status: String,
-    /// Failed attempts so far.
-    attempts: i32,
-    /// Why the last attempt failed.
-    last_error: Option<String>,
     /// When it was made, in milliseconds since the epoch.
     created_at_ms: i64,
     /// When it was sent.
     sent_at_ms: Option<i64>,
+}
+
+/// A notification whose attempts ran out, as operators see it: with what went wrong.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct DeadNotification {
+    /// The notification.
+    #[serde(flatten)]
+    notification: Notification,
+    /// Failed attempts.
+    attempts: i32,
+    /// Why the last attempt failed.
+    last_error: Option<String>,
 }
 
 /// The caller's notifications, the newest first.
@@ -325,7 +333,7 @@ pub(crate) struct DeadLetters {
     /// By channel: `email`, `sms`, `push`.
     counts: std::collections::BTreeMap<String, i64>,
     /// At most 100, the oldest first.
-    items: Vec<Notification>,
+    items: Vec<DeadNotification>,
 }
 
 /// How many dead notifications were queued again.
@@ -941,7 +949,7 @@ impl Modify for BearerAuth {
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
                        CartQuantity, CartLine, Cart, CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
                        OrderPage, Stock, Quote, Notification, NotificationPage, NotificationPreferences,
-                       DeadLetters, Replayed, ChannelKnob)),
+                       DeadNotification, DeadLetters, Replayed, ChannelKnob)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns, &OrderLinks),
 )]
 pub(crate) struct ApiDoc;

@@ -64,6 +64,18 @@ async fn mine(
         .of_user(principal.subject(), limit)
         .await
         .map_err(|e| store_failed(&e))?;
+    // What went wrong sending is for the operators (it names servers and files).
+    let items: Vec<_> = items
+        .into_iter()
+        .map(|notification| {
+            let mut shown = json!(notification);
+            if let Some(fields) = shown.as_object_mut() {
+                fields.remove("attempts");
+                fields.remove("last_error");
+            }
+            shown
+        })
+        .collect();
     Ok(Json(json!({"items": items})).into_response())
 }
 
@@ -160,6 +172,11 @@ async fn knob(
     let Path(name) = channel.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let channel = Channel::parse(&name)
         .ok_or_else(|| Problem::not_found("a channel is email, sms or push"))?;
+    if !notifications.knobs().enabled() {
+        return Err(Problem::not_found(
+            "the failure knobs are off on this system (NOTIFICATIONS_FAILURE_KNOBS)",
+        ));
+    }
     notifications.knobs().set_failing(channel, knob.failing);
     tracing::warn!(
         channel = channel.as_str(),

@@ -17,7 +17,8 @@ use crate::Channel;
 /// | `SMTP_URL` | unset: e-mail goes to the sink | `smtp://host:port` of the server e-mail is sent through (plain SMTP: a relay or mail catcher on the local network) |
 /// | `MAIL_FROM` | `shop@mainstay.localhost` | the sender of the e-mails |
 /// | `NOTIFICATIONS_SINK_DIR` | unset: the log | where the sink writes a JSON line per message, a file per channel |
-/// | `NOTIFICATIONS_FAILING` | none | channels whose sends fail from the start (the failure knob), comma-separated |
+/// | `NOTIFICATIONS_FAILURE_KNOBS` | `false` | whether admins may make a channel's sends fail (`PUT /admin/notifications/channels/{channel}`): for demos and tests, never in production |
+/// | `NOTIFICATIONS_FAILING` | none | channels whose sends fail from the start (the failure knob; implies `NOTIFICATIONS_FAILURE_KNOBS`), comma-separated |
 /// | `NOTIFICATIONS_MAX_ATTEMPTS` | `4` | attempts of a message (1 to 20) before it is dead-lettered |
 /// | `NOTIFICATIONS_RETRY_MS` | `250` | the first wait before a message is tried again; it doubles on each attempt, with jitter |
 /// | `NOTIFICATIONS_RETRY_MAX_MS` | `5000` | the longest wait between two attempts |
@@ -38,6 +39,8 @@ pub struct NotificationsConfig {
     pub mail_from: String,
     /// Where the sink writes.
     pub sink_dir: Option<PathBuf>,
+    /// Whether the failure knobs may be turned.
+    pub failure_knobs: bool,
     /// Channels failing from the start.
     pub failing: Vec<Channel>,
     /// Attempts before the dead letters.
@@ -126,6 +129,8 @@ impl NotificationsConfig {
                 .raw("MAIL_FROM")
                 .unwrap_or_else(|| "shop@mainstay.localhost".to_owned()),
             sink_dir: vars.raw("NOTIFICATIONS_SINK_DIR").map(PathBuf::from),
+            failure_knobs: vars.parse_or("NOTIFICATIONS_FAILURE_KNOBS", false, "true or false")?
+                || !failing.is_empty(),
             failing,
             max_attempts,
             retry: vars.millis_or("NOTIFICATIONS_RETRY_MS", Duration::from_millis(250))?,

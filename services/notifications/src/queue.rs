@@ -74,7 +74,8 @@ pub trait ChannelQueue: Send + Sync + 'static {
     fn durable(&self) -> bool;
 }
 
-/// The most ids an in-process queue holds before [`ChannelQueue::publish`] waits.
+/// The most ids an in-process queue holds; [`ChannelQueue::publish`] to a full one fails (the
+/// dispatcher tries again later).
 pub const LOCAL_CAPACITY: usize = 1_024;
 
 struct LocalChannel {
@@ -152,7 +153,7 @@ impl Delivery for LocalDelivery {
 
     async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
         // Without waiting: a full queue is being drained by this very worker. Dropped, it is
-        // queued again from the store once its claim expires.
+        // handed again by the dispatcher once its hand-off is old enough.
         self.queues
             .of(self.channel)
             .sender
@@ -164,10 +165,11 @@ impl Delivery for LocalDelivery {
 #[async_trait]
 impl ChannelQueue for Local {
     async fn publish(&self, channel: Channel, id: &str) -> Result<(), QueueError> {
+        // Never waits: a full queue is skipped until its worker drains it, and the other
+        // channels' hand-offs go on.
         self.of(channel)
             .sender
-            .send(id.to_owned())
-            .await
+            .try_send(id.to_owned())
             .map_err(|error| QueueError::of(channel, error))
     }
 
@@ -208,14 +210,27 @@ impl ChannelQueue for Local {
     }
 }
 
-/// How many unacknowledged ids RabbitMQ hands one channel's worker at once.
-pub const PREFETCH: u16 = 16;
+/// How many unacknowledged ids RabbitMQ hands one channel's workers at once: as many as
+/// they send at once, so that none wait here while another replica could send them.
+#[allow(clippy::cast_possible_truncation)]
+pub const PREFETCH: u16 = crate::worker::WORKERS as u16;
+
+/// The most ids a dead-letter queue keeps (the oldest are dropped beyond): the store keeps
+/// every dead notification anyway.
+pub const DEAD_MAX: i64 = 100_000;
+
+/// How long an operation waits for a lost connection to come back before it fails.
+const RECOVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// RabbitMQ queues (production), over one connection: a channel with publisher confirms, and
 /// one consuming channel per work queue.
 pub struct Rabbit {
     connection: Connection,
     publisher: lapin::Channel,
+    /// Declares, purges and reads the dead letters: an error there (a queue an operator
+    /// deleted) closes this channel, not the publisher's.
+    admin: lapin::Channel,
+    consuming: Vec<lapin::Channel>,
     consumers: [tokio::sync::Mutex<lapin::Consumer>; 3],
     exchange: String,
     namespace: String,
@@ -242,9 +257,10 @@ impl Rabbit {
             channel: "AMQP",
             message: error.to_string(),
         };
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(failed)?;
+        // Reconnects, and declares the topology and the consumers again, after a network
+        // failure or a broker restart.
+        let properties = ConnectionProperties::default().enable_auto_recover();
+        let connection = Connection::connect(url, properties).await.map_err(failed)?;
         let exchange = format!("{namespace}notifications");
         let dead_exchange = format!("{namespace}notifications.dead");
         let publisher = connection.create_channel().await.map_err(failed)?;
@@ -268,6 +284,7 @@ impl Rabbit {
                 .map_err(failed)?;
         }
         let mut consumers = Vec::with_capacity(3);
+        let mut consuming_channels = Vec::with_capacity(3);
         for channel in Channel::ALL {
             let queue = format!("{namespace}notifications.{}", channel.as_str());
             let dead = format!("{queue}.dead");
@@ -276,9 +293,11 @@ impl Rabbit {
                 "x-dead-letter-exchange".into(),
                 AMQPValue::LongString(dead_exchange.as_str().into()),
             );
+            let mut bounded = FieldTable::default();
+            bounded.insert("x-max-length".into(), AMQPValue::LongLongInt(DEAD_MAX));
             for (name, exchange, arguments) in [
                 (&queue, &exchange, arguments),
-                (&dead, &dead_exchange, FieldTable::default()),
+                (&dead, &dead_exchange, bounded),
             ] {
                 publisher
                     .queue_declare(
@@ -314,14 +333,18 @@ impl Rabbit {
                 .await
                 .map_err(failed)?;
             consumers.push(tokio::sync::Mutex::new(consumer));
+            consuming_channels.push(consuming);
         }
         let consumers: [_; 3] = consumers.try_into().map_err(|_| QueueError {
             channel: "AMQP",
             message: "three consumers".to_owned(),
         })?;
+        let admin = connection.create_channel().await.map_err(failed)?;
         Ok(Self {
             connection,
             publisher,
+            admin,
+            consuming: consuming_channels,
             consumers,
             exchange,
             namespace: namespace.to_owned(),
@@ -377,6 +400,16 @@ impl Rabbit {
     }
 }
 
+/// `error` of an operation on `on`, once the connection is back (when it can come back, for
+/// at most [`RECOVERY`]): the caller tries again later.
+async fn recovered(on: &lapin::Channel, channel: Channel, error: lapin::Error) -> QueueError {
+    let failed = QueueError::of(channel, &error);
+    if let Ok(Ok(())) = tokio::time::timeout(RECOVERY, on.wait_for_recovery(error)).await {
+        tracing::info!(channel = channel.as_str(), "the AMQP connection is back");
+    }
+    failed
+}
+
 struct RabbitDelivery {
     id: String,
     channel: Channel,
@@ -424,7 +457,6 @@ impl RabbitDelivery {
 #[async_trait]
 impl ChannelQueue for Rabbit {
     async fn publish(&self, channel: Channel, id: &str) -> Result<(), QueueError> {
-        let failed = |error: lapin::Error| QueueError::of(channel, error);
         let confirmation = self
             .publisher
             .basic_publish(
@@ -438,10 +470,15 @@ impl ChannelQueue for Rabbit {
                 // 2: persistent, kept across a broker restart (the queue is durable).
                 BasicProperties::default().with_delivery_mode(2),
             )
-            .await
-            .map_err(failed)?
-            .await
-            .map_err(failed)?;
+            .await;
+        let confirmation = match confirmation {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        let confirmation = match confirmation {
+            Ok(confirmation) => confirmation,
+            Err(error) => return Err(recovered(&self.publisher, channel, error).await),
+        };
         if confirmation.is_ack() && confirmation.take_message().is_none() {
             Ok(())
         } else {
@@ -454,13 +491,15 @@ impl ChannelQueue for Rabbit {
 
     async fn next(&self, channel: Channel) -> Result<Box<dyn Delivery>, QueueError> {
         loop {
-            let delivery = self.consumers[channel.index()]
-                .lock()
-                .await
-                .next()
-                .await
-                .ok_or_else(|| QueueError::of(channel, "the consumer was cancelled"))?
-                .map_err(|error| QueueError::of(channel, error))?;
+            let next = self.consumers[channel.index()].lock().await.next().await;
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    let consuming = &self.consuming[channel.index()];
+                    return Err(recovered(consuming, channel, error).await);
+                }
+                None => return Err(QueueError::of(channel, "the consumer was cancelled")),
+            };
             match String::from_utf8(delivery.data.clone()) {
                 Ok(id) if (1..=crate::MAX_ID).contains(&id.len()) => {
                     return Ok(Box::new(RabbitDelivery {
@@ -486,7 +525,7 @@ impl ChannelQueue for Rabbit {
 
     async fn dead_depth(&self, channel: Channel) -> Result<u64, QueueError> {
         let queue = self
-            .publisher
+            .admin
             .queue_declare(
                 self.dead_queue(channel).as_str().into(),
                 QueueDeclareOptions {
@@ -502,7 +541,7 @@ impl ChannelQueue for Rabbit {
 
     async fn purge_dead(&self, channel: Channel) -> Result<u64, QueueError> {
         let purged = self
-            .publisher
+            .admin
             .queue_purge(
                 self.dead_queue(channel).as_str().into(),
                 QueuePurgeOptions::default(),
@@ -531,7 +570,7 @@ pub async fn take_dead(
     let mut ids = Vec::new();
     while ids.len() < most {
         let got = rabbit
-            .publisher
+            .admin
             .basic_get(
                 rabbit.dead_queue(channel).as_str().into(),
                 BasicGetOptions { no_ack: true },

@@ -32,10 +32,34 @@ pub struct Outgoing {
     pub body: String,
 }
 
-/// A message could not be sent; it is tried again, then dead-lettered.
+/// A message could not be sent: tried again later, then dead-lettered; or, `permanent`
+/// (an address that is not one, a server that refuses the recipient), dead-lettered at once.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(pub String);
+#[error("{message}")]
+pub struct SendError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether trying again cannot help.
+    pub permanent: bool,
+}
+
+impl SendError {
+    /// A failure that may pass.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that trying again cannot mend.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+}
 
 /// Sends messages on a channel.
 #[async_trait]
@@ -82,14 +106,15 @@ impl Sender for Sink {
             tracing::info!(
                 id = %message.id,
                 channel = message.channel.as_str(),
-                to = %message.to,
                 subject = %message.subject,
                 "notification sent (log sink)"
             );
             return Ok(());
         };
-        let failed = |error: std::io::Error| SendError(format!("{}: {error}", path.display()));
-        let mut line = serde_json::to_vec(message).map_err(|e| SendError(e.to_string()))?;
+        let failed =
+            |error: std::io::Error| SendError::transient(format!("{}: {error}", path.display()));
+        let mut line =
+            serde_json::to_vec(message).map_err(|e| SendError::permanent(e.to_string()))?;
         line.push(b'\n');
         let _one_at_a_time = self.write.lock().await;
         if let Some(dir) = path.parent() {
@@ -134,9 +159,9 @@ impl Smtp {
         from: &str,
         timeout: std::time::Duration,
     ) -> Result<Self, SendError> {
-        let from = from
-            .parse()
-            .map_err(|error| SendError(format!("the sender address {from:?}: {error}")))?;
+        let from = from.parse().map_err(|error| {
+            SendError::permanent(format!("the sender address {from:?}: {error}"))
+        })?;
         let transport =
             lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous(host)
                 .port(port)
@@ -150,10 +175,9 @@ impl Smtp {
 impl Sender for Smtp {
     async fn send(&self, message: &Outgoing) -> Result<(), SendError> {
         use lettre::AsyncTransport;
-        let to = message
-            .to
-            .parse()
-            .map_err(|error| SendError(format!("the address {:?}: {error}", message.to)))?;
+        let to = message.to.parse().map_err(|error| {
+            SendError::permanent(format!("the address {:?}: {error}", message.to))
+        })?;
         let email = lettre::Message::builder()
             .message_id(Some(format!("<{}@notifications.mainstay>", message.id)))
             .from(self.from.clone())
@@ -161,29 +185,46 @@ impl Sender for Smtp {
             .subject(message.subject.clone())
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(message.body.clone())
-            .map_err(|error| SendError(format!("the message does not build: {error}")))?;
-        self.transport
-            .send(email)
-            .await
-            .map(drop)
-            .map_err(|error| SendError(format!("SMTP: {error}")))
+            .map_err(|error| {
+                SendError::permanent(format!("the message does not build: {error}"))
+            })?;
+        self.transport.send(email).await.map(drop).map_err(|error| {
+            // 5xx: the server refuses this message for good (a recipient it does not know).
+            if error.is_permanent() {
+                SendError::permanent(format!("SMTP: {error}"))
+            } else {
+                SendError::transient(format!("SMTP: {error}"))
+            }
+        })
     }
 }
 
 /// The failure knob of each channel: while one is on, sends on its channel fail. Clones share
-/// the knobs.
+/// the knobs. The admin API turns them only when they are [`enabled`](Self::enabled) (a demo
+/// or test system; never a production one, where a knob would dead-letter real messages).
 #[derive(Debug, Clone, Default)]
-pub struct Knobs(Arc<[AtomicBool; 3]>);
+pub struct Knobs(Arc<([AtomicBool; 3], AtomicBool)>);
 
 impl Knobs {
+    /// Lets the admin API turn the knobs.
+    pub fn enable(&self) {
+        self.0.1.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the admin API may turn the knobs.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        self.0.1.load(Ordering::Relaxed)
+    }
+
     /// Whether sends on `channel` fail.
     #[must_use]
     pub fn failing(&self, channel: Channel) -> bool {
-        self.0[channel.index()].load(Ordering::Relaxed)
+        self.0.0[channel.index()].load(Ordering::Relaxed)
     }
 
     /// Makes sends on `channel` fail (`true`) or go through again.
     pub fn set_failing(&self, channel: Channel, failing: bool) {
-        self.0[channel.index()].store(failing, Ordering::Relaxed);
+        self.0.0[channel.index()].store(failing, Ordering::Relaxed);
     }
 }

@@ -366,41 +366,72 @@ impl NotificationStore {
         .await)?)
     }
 
-    /// Up to `limit` queued notifications not handed to their channel's queue yet: `(id,
+    /// Up to `limit` queued notifications due for their queue (their back-off over) and not
+    /// handed to it since `rehand_before` (a hand-off the queue lost is made again): `(id,
     /// channel)`, the oldest first.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn unqueued(&self, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn unqueued(
+        &self,
+        limit: u32,
+        now_ms: i64,
+        rehand_before_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         Ok(on_db!(&self.db, pool => sqlx::query_as(
-            "SELECT id, channel FROM notifications WHERE status = 'QUEUED' AND NOT enqueued \
+            "SELECT id, channel FROM notifications WHERE status = 'QUEUED' \
+             AND next_attempt_at_ms <= $2 AND (enqueued_at_ms IS NULL OR enqueued_at_ms < $3) \
              ORDER BY created_at_ms, id LIMIT $1",
         )
         .bind(i64::from(limit))
+        .bind(now_ms)
+        .bind(rehand_before_ms)
         .fetch_all(pool)
         .await)?)
     }
 
-    /// Marks a notification handed to its queue.
+    /// Marks a queued notification handed to its queue now; returns the mark's time, to
+    /// [`unmark_enqueued`](Self::unmark_enqueued) it if the hand-off fails.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn mark_enqueued(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn mark_enqueued(&self, id: &str) -> Result<i64, StoreError> {
+        let now = shop_common::unix_millis();
         on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET enqueued = TRUE WHERE id = $1",
+            "UPDATE notifications SET enqueued_at_ms = $2 WHERE id = $1 AND status = 'QUEUED'",
         )
         .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(now)
+    }
+
+    /// Takes back the mark of a hand-off that failed (unless something else moved the
+    /// notification since).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn unmark_enqueued(&self, id: &str, stamp: i64) -> Result<(), StoreError> {
+        on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET enqueued_at_ms = NULL \
+             WHERE id = $1 AND status = 'QUEUED' AND enqueued_at_ms = $2",
+        )
+        .bind(id)
+        .bind(stamp)
         .execute(pool)
         .await
         .map(|_| ()))?;
         Ok(())
     }
 
-    /// Claims a notification to send it: `QUEUED` (or `SENDING` with its lease run out) →
-    /// `SENDING` until `lease_until_ms`. `None` when it is sent, dead, or another worker holds
-    /// it.
+    /// Claims a notification to send it, under `token`: `QUEUED` and due (or `SENDING` with
+    /// its lease run out) → `SENDING` until `lease_until_ms`. `None` when it is sent, dead,
+    /// not due yet, or another worker holds it.
     ///
     /// # Errors
     ///
@@ -408,27 +439,50 @@ impl NotificationStore {
     pub async fn claim(
         &self,
         id: &str,
+        token: &str,
         lease_until_ms: i64,
     ) -> Result<Option<Notification>, StoreError> {
+        let sql = format!(
+            "UPDATE notifications SET status = 'SENDING', claim_token = $2, lease_until_ms = $3, \
+             updated_at_ms = $4 WHERE id = $1 AND ((status = 'QUEUED' AND next_attempt_at_ms <= $4) \
+             OR (status = 'SENDING' AND lease_until_ms < $4)) RETURNING {COLUMNS}"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(token)
+            .bind(lease_until_ms)
+            .bind(shop_common::unix_millis())
+            .fetch_optional(pool)
+            .await)?,
+        )
+    }
+
+    /// Marks a notification claimed under `token` sent; `false` when the claim was lost (its
+    /// lease ran out and another worker took it).
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn sent(&self, id: &str, token: &str) -> Result<bool, StoreError> {
         let now = shop_common::unix_millis();
-        let claimed = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'SENDING', lease_until_ms = $2, updated_at_ms = $3 \
-             WHERE id = $1 AND (status = 'QUEUED' OR (status = 'SENDING' AND lease_until_ms < $3))",
+        let done = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'SENT', sent_at_ms = $3, updated_at_ms = $3, \
+             claim_token = NULL WHERE id = $1 AND status = 'SENDING' AND claim_token = $2",
         )
         .bind(id)
-        .bind(lease_until_ms)
+        .bind(token)
         .bind(now)
         .execute(pool)
         .await
         .map(|done| done.rows_affected()))?;
-        if claimed == 0 {
-            return Ok(None);
-        }
-        self.get(id).await
+        Ok(done == 1)
     }
 
-    /// Records a failed attempt of a claimed notification, keeping it claimed until
-    /// `lease_until_ms`; returns its attempts so far.
+    /// Records a failed attempt of a notification claimed under `token`: `DEAD` when it was
+    /// its `max_attempts`th, or `permanent` (it can never be sent), and otherwise `QUEUED`
+    /// again, due at `next_attempt_at_ms`. Returns its attempts and whether it is dead;
+    /// `None` when the claim was lost.
     ///
     /// # Errors
     ///
@@ -436,88 +490,43 @@ impl NotificationStore {
     pub async fn failed(
         &self,
         id: &str,
+        token: &str,
         error: &str,
-        lease_until_ms: i64,
-    ) -> Result<i32, StoreError> {
+        next_attempt_at_ms: i64,
+        max_attempts: u32,
+        permanent: bool,
+    ) -> Result<Option<(i32, bool)>, StoreError> {
         let error: String = error.chars().take(500).collect();
-        Ok(on_db!(&self.db, pool => sqlx::query_scalar(
-            "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
-             lease_until_ms = $3, updated_at_ms = $4 WHERE id = $1 RETURNING attempts",
+        let row: Option<(i32, String)> = on_db!(&self.db, pool => sqlx::query_as(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = $3, \
+             status = CASE WHEN $6 OR attempts + 1 >= $5 THEN 'DEAD' ELSE 'QUEUED' END, \
+             next_attempt_at_ms = $4, enqueued_at_ms = NULL, claim_token = NULL, \
+             updated_at_ms = $7 WHERE id = $1 AND status = 'SENDING' AND claim_token = $2 \
+             RETURNING attempts, status",
         )
         .bind(id)
+        .bind(token)
         .bind(error)
-        .bind(lease_until_ms)
+        .bind(next_attempt_at_ms)
+        .bind(i64::from(max_attempts))
+        .bind(permanent)
         .bind(shop_common::unix_millis())
-        .fetch_one(pool)
-        .await)?)
-    }
-
-    /// Marks a claimed notification sent; `false` when it was not `SENDING`.
-    ///
-    /// # Errors
-    ///
-    /// The database fails.
-    pub async fn sent(&self, id: &str) -> Result<bool, StoreError> {
-        let now = shop_common::unix_millis();
-        let done = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'SENT', sent_at_ms = $2, updated_at_ms = $2 \
-             WHERE id = $1 AND status = 'SENDING'",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(done == 1)
-    }
-
-    /// Marks a claimed notification dead (its attempts ran out).
-    ///
-    /// # Errors
-    ///
-    /// The database fails.
-    pub async fn kill(&self, id: &str) -> Result<bool, StoreError> {
-        let done = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'DEAD', updated_at_ms = $2 \
-             WHERE id = $1 AND status = 'SENDING'",
-        )
-        .bind(id)
-        .bind(shop_common::unix_millis())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(done == 1)
-    }
-
-    /// Hands back a claimed notification unsent (its worker stops): `SENDING` → `QUEUED`, to
-    /// be queued again.
-    ///
-    /// # Errors
-    ///
-    /// The database fails.
-    pub async fn release(&self, id: &str) -> Result<bool, StoreError> {
-        let done = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'QUEUED', enqueued = FALSE, updated_at_ms = $2 \
-             WHERE id = $1 AND status = 'SENDING'",
-        )
-        .bind(id)
-        .bind(shop_common::unix_millis())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(done == 1)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(|(attempts, status)| (attempts, status == "DEAD")))
     }
 
     /// Gives the dead notifications (of `channel`, or of all) another round of attempts:
-    /// `DEAD` → `QUEUED`, to be handed to their queues again. Returns how many.
+    /// `DEAD` → `QUEUED`, due now, to be handed to their queues again. Returns how many.
     ///
     /// # Errors
     ///
     /// The database fails.
     pub async fn replay(&self, channel: Option<Channel>) -> Result<u64, StoreError> {
         Ok(on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'QUEUED', attempts = 0, enqueued = FALSE, \
-             updated_at_ms = $2 WHERE status = 'DEAD' AND ($1 IS NULL OR channel = $1)",
+            "UPDATE notifications SET status = 'QUEUED', attempts = 0, enqueued_at_ms = NULL, \
+             next_attempt_at_ms = 0, updated_at_ms = $2 \
+             WHERE status = 'DEAD' AND ($1 IS NULL OR channel = $1)",
         )
         .bind(channel.map(Channel::as_str))
         .bind(shop_common::unix_millis())
@@ -526,34 +535,37 @@ impl NotificationStore {
         .map(|done| done.rows_affected()))?)
     }
 
-    /// Hands back what a worker claimed and never finished (its lease ran out: the worker
-    /// stopped), and, with `all_unsent`, every notification not sent, to be queued again (an
-    /// in-process queue lost what it held when the process stopped). Returns how many.
+    /// Takes back what a worker claimed and never finished (its lease ran out: the worker
+    /// stopped mid-send), to be queued again. Returns how many.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn requeue_abandoned(&self, all_unsent: bool) -> Result<u64, StoreError> {
+    pub async fn take_back_abandoned(&self) -> Result<u64, StoreError> {
         let now = shop_common::unix_millis();
-        let horizon = if all_unsent { i64::MAX } else { now };
-        let abandoned = on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'QUEUED', enqueued = FALSE, updated_at_ms = $1 \
-             WHERE status = 'SENDING' AND lease_until_ms < $2",
+        Ok(on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET status = 'QUEUED', enqueued_at_ms = NULL, \
+             claim_token = NULL, updated_at_ms = $1 WHERE status = 'SENDING' AND lease_until_ms < $1",
         )
         .bind(now)
-        .bind(horizon)
         .execute(pool)
         .await
-        .map(|done| done.rows_affected()))?;
-        let mut again = 0;
-        if all_unsent {
-            again = on_db!(&self.db, pool => sqlx::query(
-                "UPDATE notifications SET enqueued = FALSE WHERE status = 'QUEUED' AND enqueued",
-            )
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()))?;
-        }
-        Ok(abandoned + again)
+        .map(|done| done.rows_affected()))?)
+    }
+
+    /// Forgets every hand-off of a queued notification (an in-process queue lost what it held
+    /// when the process stopped): they are all handed again. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn forget_handoffs(&self) -> Result<u64, StoreError> {
+        Ok(on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET enqueued_at_ms = NULL \
+             WHERE status = 'QUEUED' AND enqueued_at_ms IS NOT NULL",
+        )
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?)
     }
 }

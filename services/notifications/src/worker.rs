@@ -16,8 +16,13 @@ use crate::{Channel, Notifications};
 pub(crate) const WORKERS: usize = 4;
 /// How many queued notifications the dispatcher hands over per pass.
 const BATCH: u32 = 100;
-/// How often the dispatcher looks without being woken, and takes back abandoned claims.
+/// The longest the dispatcher waits between two passes without being woken.
 const POLL: Duration = Duration::from_secs(1);
+/// A hand-off that long ago whose notification is still queued is made again (a queue lost
+/// it): a duplicate id in a queue is harmless.
+const REHAND_AFTER: Duration = Duration::from_secs(60);
+/// How long a worker waits before handing back an id it could not claim (the store failed).
+const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) fn start(notifications: &Notifications, tasks: &Supervisor) {
     let dispatcher = notifications.clone();
@@ -44,59 +49,86 @@ pub(crate) fn backoff(first: Duration, most: Duration, attempts: u32) -> Duratio
     half + half.mul_f64(fastrand::f64())
 }
 
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 impl Notifications {
-    /// Hands queued notifications to their channels' queues until `stop`.
+    /// Hands due notifications to their channels' queues until `stop`, and takes back what
+    /// stopped workers left claimed.
     async fn dispatch(self, stop: CancellationToken) {
         let store = &self.0.store;
         if !self.0.queue.durable() {
             // In-process queues lost what they held when the process stopped: all of it again.
-            match store.requeue_abandoned(true).await {
+            match store.forget_handoffs().await {
                 Ok(0) => {}
                 Ok(again) => tracing::info!(again, "notifications queued again after a restart"),
                 Err(error) => tracing::error!(%error, "queued notifications cannot be read"),
             }
         }
+        // Often enough that a retry is not kept much past its back-off.
+        let poll = (self.0.retries.retry / 2).clamp(Duration::from_millis(10), POLL);
         loop {
-            if let Err(error) = store.requeue_abandoned(false).await {
+            if let Err(error) = store.take_back_abandoned().await {
                 tracing::warn!(%error, "abandoned notifications cannot be taken back");
             }
-            loop {
-                let batch = match store.unqueued(BATCH).await {
-                    Ok(batch) => batch,
-                    Err(error) => {
-                        tracing::warn!(%error, "queued notifications cannot be read");
-                        break;
-                    }
-                };
-                let full = batch.len() == BATCH as usize;
-                let mut handed = true;
-                for (id, channel) in batch {
-                    let Some(channel) = Channel::parse(&channel) else {
-                        continue;
-                    };
-                    let published = tokio::select! {
-                        () = stop.cancelled() => return,
-                        published = self.0.queue.publish(channel, &id) => published,
-                    };
-                    if let Err(error) = published {
-                        tracing::warn!(%error, "a notification cannot be queued; tried again");
-                        handed = false;
-                        break;
-                    }
-                    if let Err(error) = store.mark_enqueued(&id).await {
-                        tracing::warn!(%error, "a queued notification cannot be marked");
-                        handed = false;
-                        break;
-                    }
-                }
-                if !(full && handed) {
-                    break;
-                }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.hand_over() => {}
             }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.0.queued.notified() => {}
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// One pass of the dispatcher: every due notification to its queue, but none to a queue
+    /// that is full or failing (the others' go on).
+    async fn hand_over(&self) {
+        let store = &self.0.store;
+        let mut blocked = [false; 3];
+        loop {
+            let now = shop_common::unix_millis();
+            let batch = match store.unqueued(BATCH, now, now - millis(REHAND_AFTER)).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "queued notifications cannot be read");
+                    return;
+                }
+            };
+            let full = batch.len() == BATCH as usize;
+            let mut handed = 0;
+            for (id, channel) in batch {
+                let Some(channel) = Channel::parse(&channel) else {
+                    continue;
+                };
+                if blocked[channel.index()] {
+                    continue;
+                }
+                // Marked first: a worker may take the id, fail it and put it back before the
+                // publish returns, and its putting back must stand.
+                let stamp = match store.mark_enqueued(&id).await {
+                    Ok(stamp) => stamp,
+                    Err(error) => {
+                        tracing::warn!(%error, "a queued notification cannot be marked");
+                        return;
+                    }
+                };
+                if let Err(error) = self.0.queue.publish(channel, &id).await {
+                    tracing::warn!(%error, "a notification cannot be queued now; tried again");
+                    blocked[channel.index()] = true;
+                    if let Err(error) = store.unmark_enqueued(&id, stamp).await {
+                        // Handed again once the hand-off is old enough.
+                        tracing::warn!(%error, "a failed hand-off cannot be unmarked");
+                    }
+                    continue;
+                }
+                handed += 1;
+            }
+            if !full || handed == 0 {
+                return;
             }
         }
     }
@@ -120,9 +152,8 @@ impl Notifications {
             match delivery {
                 Ok(delivery) => {
                     let this = self.clone();
-                    let stop = stop.clone();
                     running.spawn(async move {
-                        this.deliver(channel, delivery, stop).await;
+                        this.deliver(channel, delivery).await;
                         drop(permit);
                     });
                 }
@@ -134,82 +165,101 @@ impl Notifications {
                     }
                 }
             }
-            while running.try_join_next().is_some() {}
+            while let Some(joined) = running.try_join_next() {
+                log_panic(joined);
+            }
         }
-        while running.join_next().await.is_some() {}
+        // What is being sent is finished (each within the send timeout).
+        while let Some(joined) = running.join_next().await {
+            log_panic(joined);
+        }
     }
 
-    /// The lease a claim holds for one attempt and the wait after it.
-    fn lease_until(&self) -> i64 {
-        let retries = &self.0.retries;
-        let lease = retries.send_timeout + retries.retry_max + Duration::from_secs(30);
-        shop_common::unix_millis() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
-    }
-
-    /// Sends one notification, retrying, then dead-lettering; settles its delivery.
-    async fn deliver(
-        &self,
-        channel: Channel,
-        delivery: Box<dyn Delivery>,
-        stop: CancellationToken,
-    ) {
+    /// Claims the notification of `delivery`, makes one attempt, records it, and settles the
+    /// delivery: a failed attempt is queued again after its back-off by the dispatcher (the
+    /// worker is free meanwhile), or dead-lettered when it was the last.
+    async fn deliver(&self, channel: Channel, delivery: Box<dyn Delivery>) {
         let store = &self.0.store;
+        let retries = self.0.retries;
         let id = delivery.id().to_owned();
-        let claimed = match store.claim(&id, self.lease_until()).await {
-            Ok(claimed) => claimed,
+        let token = format!("{:016x}", fastrand::u64(..));
+        // One attempt, and room for a slow database around it.
+        let lease = retries.send_timeout + Duration::from_secs(30);
+        let claimed = store
+            .claim(&id, &token, shop_common::unix_millis() + millis(lease))
+            .await;
+        let notification = match claimed {
+            Ok(Some(notification)) => notification,
+            // Sent, dead, not due yet, or another worker's: nothing to do.
+            Ok(None) => return settle(delivery.ack().await),
             Err(error) => {
-                tracing::warn!(%error, %id, "a notification cannot be claimed; left queued");
+                tracing::warn!(%error, %id, "a notification cannot be claimed; handed back");
+                tokio::time::sleep(STORE_BACKOFF).await;
                 return settle(delivery.requeue().await);
             }
         };
-        let Some(notification) = claimed else {
-            // Sent, dead, or another worker's: nothing to do.
-            return settle(delivery.ack().await);
+        let error = match self.send_once(channel, &notification).await {
+            Ok(()) => {
+                self.record_sent(&id, &token).await;
+                return settle(delivery.ack().await);
+            }
+            Err(error) => error,
         };
-        loop {
-            let sent = self.send_once(channel, &notification).await;
-            let error = match sent {
-                Ok(()) => {
-                    if let Err(error) = store.sent(&id).await {
-                        // Sent but not marked: the claim expires and it is sent again.
-                        tracing::error!(%error, %id, "a sent notification cannot be marked");
-                    }
-                    tracing::debug!(%id, channel = channel.as_str(), "notification sent");
-                    return settle(delivery.ack().await);
-                }
-                Err(error) => error,
-            };
-            let attempts = match store.failed(&id, &error.0, self.lease_until()).await {
-                Ok(attempts) => u32::try_from(attempts).unwrap_or(u32::MAX),
-                Err(store_error) => {
-                    tracing::warn!(%store_error, %id, "a failed attempt cannot be recorded");
-                    return settle(delivery.requeue().await);
-                }
-            };
-            let retries = self.0.retries;
-            if attempts >= retries.max_attempts {
+        let attempts = u32::try_from(notification.attempts).unwrap_or(0) + 1;
+        let wait = backoff(retries.retry, retries.retry_max, attempts);
+        let next = shop_common::unix_millis() + millis(wait);
+        let recorded = store
+            .failed(
+                &id,
+                &token,
+                &error.message,
+                next,
+                retries.max_attempts,
+                error.permanent,
+            )
+            .await;
+        match recorded {
+            Ok(Some((attempts, true))) => {
                 tracing::warn!(%id, channel = channel.as_str(), attempts, %error,
                     "a notification's attempts ran out: dead-lettered");
-                if let Err(error) = store.kill(&id).await {
-                    tracing::warn!(%error, %id, "a dead notification cannot be marked");
-                    return settle(delivery.requeue().await);
-                }
-                return settle(delivery.dead_letter().await);
+                settle(delivery.dead_letter().await);
             }
-            tracing::info!(%id, channel = channel.as_str(), attempts, %error,
-                "a notification could not be sent; tried again");
-            let wait = backoff(retries.retry, retries.retry_max, attempts);
-            tokio::select! {
-                () = stop.cancelled() => {
-                    // Stopping: hand it back now rather than when the claim expires.
-                    if let Err(error) = store.release(&id).await {
-                        tracing::warn!(%error, %id, "a claimed notification cannot be released");
-                    }
-                    return settle(delivery.requeue().await);
-                }
-                () = tokio::time::sleep(wait) => {}
+            Ok(Some((attempts, false))) => {
+                tracing::info!(%id, channel = channel.as_str(), attempts, %error, ?wait,
+                    "a notification could not be sent; tried again after a wait");
+                settle(delivery.ack().await);
+            }
+            Ok(None) => {
+                tracing::warn!(%id, "a claim ran out during its attempt; another worker has it");
+                settle(delivery.ack().await);
+            }
+            Err(store_error) => {
+                // Left claimed: taken back when the lease runs out, and tried again.
+                tracing::warn!(%store_error, %id, "a failed attempt cannot be recorded");
+                settle(delivery.ack().await);
             }
         }
+    }
+
+    /// Marks a sent notification, trying again for a while if the store fails: left unmarked,
+    /// it would be taken back when its lease runs out, and sent a second time.
+    async fn record_sent(&self, id: &str, token: &str) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..6 {
+            match self.0.store.sent(id, token).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(%id, "sent after its claim ran out: it may be sent twice");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %id, "a sent notification cannot be marked yet");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+        tracing::error!(%id, "a sent notification could not be marked: it will be sent again");
     }
 
     async fn send_once(
@@ -218,7 +268,7 @@ impl Notifications {
         notification: &crate::store::Notification,
     ) -> Result<(), SendError> {
         if self.0.knobs.failing(channel) {
-            return Err(SendError(format!(
+            return Err(SendError::transient(format!(
                 "the {channel} channel is failing (its failure knob is on)"
             )));
         }
@@ -229,10 +279,14 @@ impl Notifications {
                     .store
                     .recipient(&notification.user_id)
                     .await
-                    .map_err(|error| SendError(error.to_string()))?;
+                    .map_err(|error| SendError::transient(error.to_string()))?;
                 match recipient {
                     Some(recipient) if !recipient.email.is_empty() => recipient.email,
-                    _ => return Err(SendError("no e-mail address is known for the user".into())),
+                    _ => {
+                        return Err(SendError::transient(
+                            "no e-mail address is known for the user yet",
+                        ));
+                    }
                 }
             }
             Channel::Sms | Channel::Push => notification.user_id.clone(),
@@ -247,7 +301,7 @@ impl Notifications {
         let sender = &self.0.senders[channel.index()];
         match tokio::time::timeout(self.0.retries.send_timeout, sender.send(&outgoing)).await {
             Ok(sent) => sent,
-            Err(_) => Err(SendError(format!(
+            Err(_) => Err(SendError::transient(format!(
                 "no answer within {:?}",
                 self.0.retries.send_timeout
             ))),
@@ -258,6 +312,14 @@ impl Notifications {
 fn settle(result: Result<(), crate::queue::QueueError>) {
     if let Err(error) = result {
         tracing::warn!(%error, "a queued notification cannot be settled; it comes again");
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!(%error, "a notification's delivery panicked");
     }
 }
 

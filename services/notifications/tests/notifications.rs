@@ -27,6 +27,7 @@ shop_common::on_both_stores!(
     a_failing_channel_is_dead_lettered_then_replayed_and_sent_once_in_process,
     a_failing_channel_is_dead_lettered_then_replayed_and_sent_once_on_rabbitmq,
     what_an_in_process_queue_held_is_sent_after_a_restart,
+    claims_name_their_worker_and_run_out,
     the_api_shows_mine_and_lets_admins_replay,
 );
 
@@ -256,18 +257,27 @@ async fn dead_letter_and_replay(database: &Database, queue: Arc<dyn ChannelQueue
     until(&notifications, &sms_id, |n| n.status == "SENT").await;
     depth_becomes(&*queue, Channel::Sms, 0).await;
     assert_eq!(notifications.replay(None).await.unwrap(), 0, "nothing dead");
-    // The id delivered again (a duplicate in the queue) is not sent again.
+    // The ids delivered again (duplicates in the queues) are not sent again: once a later
+    // notification of each channel is sent, the workers have taken the duplicates before it.
     queue.publish(Channel::Sms, &sms_id).await.unwrap();
     queue.publish(Channel::Email, &email_id).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = Inbound::of(&confirmed("o2", "u1"), None).unwrap();
+    handle_inbound(&notifications, &later).await.unwrap();
+    for channel in ["sms", "email"] {
+        let id = format!("{}.{channel}", later.envelope.id);
+        until(&notifications, &id, |n| n.status == "SENT").await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each sent once: the first order's, then the later one's.
     let sms = sink_lines(dir.path(), "sms");
-    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert_eq!(sms.len(), 2, "{sms:?}");
     assert_eq!(
         (sms[0].id.as_str(), sms[0].to.as_str()),
         (sms_id.as_str(), "u1")
     );
     let email = sink_lines(dir.path(), "email");
-    assert_eq!(email.len(), 1, "{email:?}");
+    assert_eq!(email.len(), 2, "{email:?}");
+    assert_eq!(email[0].id, email_id);
     assert_eq!(email[0].to, "u1@example.com");
     assert_eq!(email[0].subject, "Order o1 is confirmed");
     tasks.shutdown(Duration::from_secs(5)).await;
@@ -326,6 +336,102 @@ async fn what_an_in_process_queue_held_is_sent_after_a_restart(database: &Databa
     assert_eq!(sink_lines(dir.path(), "email").len(), 1);
 }
 
+/// The claim's edges: one worker at a time, under its token; a claim that ran out taken over
+/// (the old holder can then change nothing) or taken back; a failed attempt not due again
+/// before its back-off; a permanent failure dead at once.
+async fn claims_name_their_worker_and_run_out(database: &Database, _: &str) {
+    let dir = tempdir();
+    let (notifications, _) = start(database, Arc::new(Local::new()), dir.path()).await;
+    let store = notifications.store();
+    handle(&notifications, &registered("u1")).await.unwrap();
+    let everything = Preferences {
+        email: true,
+        sms: true,
+        push: true,
+    };
+    store.set_preferences("u1", everything).await.unwrap();
+    let inbound = Inbound::of(&confirmed("o1", "u1"), None).unwrap();
+    handle_inbound(&notifications, &inbound).await.unwrap();
+    let id = format!("{}.email", inbound.envelope.id);
+    let now = shop_common::unix_millis();
+    let later = now + 60_000;
+
+    assert!(store.claim(&id, "a", later).await.unwrap().is_some());
+    assert!(
+        store.claim(&id, "b", later).await.unwrap().is_none(),
+        "held by a"
+    );
+    assert!(!store.sent(&id, "b").await.unwrap(), "b holds nothing");
+    assert_eq!(
+        store.take_back_abandoned().await.unwrap(),
+        0,
+        "a's lease runs"
+    );
+    assert!(store.sent(&id, "a").await.unwrap());
+    assert!(
+        store.claim(&id, "b", later).await.unwrap().is_none(),
+        "sent"
+    );
+    // The push: a's lease runs out (a stopped), b takes it over, and a can change nothing.
+    let push = format!("{}.push", inbound.envelope.id);
+    assert!(store.claim(&push, "a", now - 1).await.unwrap().is_some());
+    let taken = store.claim(&push, "b", later).await.unwrap().unwrap();
+    assert_eq!(taken.status, "SENDING");
+    assert!(!store.sent(&push, "a").await.unwrap());
+    assert_eq!(
+        store.failed(&push, "a", "late", 0, 3, false).await.unwrap(),
+        None
+    );
+    // b fails: queued again, not due before its back-off.
+    let due = shop_common::unix_millis() + 60_000;
+    assert_eq!(
+        store
+            .failed(&push, "b", "busy", due, 3, false)
+            .await
+            .unwrap(),
+        Some((1, false))
+    );
+    assert!(
+        store.claim(&push, "c", later).await.unwrap().is_none(),
+        "not due yet"
+    );
+    let now = shop_common::unix_millis();
+    let due_now = store.unqueued(10, now, now).await.unwrap();
+    assert!(due_now.iter().all(|(due, _)| *due != push), "{due_now:?}");
+    // A permanent failure is dead at once.
+    let sms = format!("{}.sms", inbound.envelope.id);
+    assert!(store.claim(&sms, "p", later).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .failed(&sms, "p", "no such phone", 0, 3, true)
+            .await
+            .unwrap(),
+        Some((1, true))
+    );
+    assert_eq!(store.get(&sms).await.unwrap().unwrap().status, "DEAD");
+    // Replayed, then claimed by a worker that stopped mid-send: taken back when its lease
+    // runs out, and handed again.
+    assert_eq!(store.replay(Some(Channel::Sms)).await.unwrap(), 1);
+    let gone = shop_common::unix_millis() - 1;
+    store.claim(&sms, "d", gone).await.unwrap().unwrap();
+    assert_eq!(store.take_back_abandoned().await.unwrap(), 1);
+    let back = store.get(&sms).await.unwrap().unwrap();
+    assert_eq!((back.status.as_str(), back.attempts), ("QUEUED", 0));
+    let now = shop_common::unix_millis();
+    assert_eq!(
+        store.unqueued(10, now, now).await.unwrap(),
+        vec![(sms.clone(), "sms".to_owned())],
+        "the push is not due yet"
+    );
+    store.mark_enqueued(&sms).await.unwrap();
+    assert!(
+        store.unqueued(10, now, now - 1).await.unwrap().is_empty(),
+        "handed"
+    );
+    assert_eq!(store.forget_handoffs().await.unwrap(), 1);
+    assert_eq!(store.unqueued(10, now, now - 1).await.unwrap().len(), 1);
+}
+
 async fn the_api_shows_mine_and_lets_admins_replay(database: &Database, _: &str) {
     let dir = tempdir();
     let (notifications, issuer) = start(database, Arc::new(Local::new()), dir.path()).await;
@@ -358,6 +464,12 @@ async fn the_api_shows_mine_and_lets_admins_replay(database: &Database, _: &str)
     assert_eq!(mine.status, StatusCode::OK);
     assert_eq!(mine.body["items"].as_array().unwrap().len(), 2);
     assert_eq!(mine.body["items"][0]["order_id"], "o1");
+    assert!(
+        mine.body["items"][0].get("last_error").is_none()
+            && mine.body["items"][0].get("attempts").is_none(),
+        "what went wrong sending is for operators: {}",
+        mine.body
+    );
     let one = send(Method::GET, "/notifications?limit=1", Some(&alice), None).await;
     assert_eq!(one.body["items"].as_array().unwrap().len(), 1);
     for bad in [
@@ -425,6 +537,20 @@ async fn the_api_shows_mine_and_lets_admins_replay(database: &Database, _: &str)
     )
     .await;
     assert_eq!(knob.status, StatusCode::FORBIDDEN);
+    let off = send(
+        Method::PUT,
+        "/admin/notifications/channels/sms",
+        Some(&admin),
+        Some(json!({"failing": true})),
+    )
+    .await;
+    assert_eq!(
+        off.status,
+        StatusCode::NOT_FOUND,
+        "the knobs are off by default"
+    );
+    assert!(!notifications.knobs().failing(Channel::Sms));
+    notifications.knobs().enable();
     let knob = send(
         Method::PUT,
         "/admin/notifications/channels/sms",
@@ -476,19 +602,22 @@ async fn the_api_shows_mine_and_lets_admins_replay(database: &Database, _: &str)
     )
     .await
     .unwrap();
-    let dead = loop {
-        let dead = send(
+    let mut dead = None;
+    for _ in 0..1_000 {
+        let seen = send(
             Method::GET,
             "/admin/notifications/dead-letters?channel=sms",
             Some(&admin),
             None,
         )
         .await;
-        if dead.body["counts"]["sms"] == 1 && dead.body["items"].as_array().unwrap().len() == 1 {
-            break dead;
+        if seen.body["counts"]["sms"] == 1 && seen.body["items"].as_array().unwrap().len() == 1 {
+            dead = Some(seen);
+            break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
+    let dead = dead.expect("the SMS dead-lettered within ten seconds");
     assert_eq!(dead.body["items"][0]["user_id"], "u2");
     assert_eq!(dead.body["items"][0]["status"], "DEAD");
     send(

@@ -462,7 +462,7 @@ pub async fn run<W: Write>(base: &str, out: W, colour: bool) -> Result<(), DemoE
         .title("The confirmation, as the notifications service sent it");
     let order_id = order["order_id"].clone();
     let mut told = None;
-    for _ in 0..50 {
+    for _ in 0..200 {
         let page = client
             .call(
                 "notifications",
@@ -487,7 +487,7 @@ pub async fn run<W: Write>(base: &str, out: W, colour: bool) -> Result<(), DemoE
         return Err(unexpected(
             "notifications",
             "the order's confirmation sent by e-mail",
-            "none within 5 s",
+            "none within 20 s",
         ));
     };
     client.say.received(

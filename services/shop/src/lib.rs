@@ -25,19 +25,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The services behind the gateway, in the order they start (users first: every other one
-/// validates its tokens).
-pub const SERVICES: [&str; 8] = [
-    "users",
-    "catalog",
-    "carts",
-    "inventory",
-    "payments",
-    "shipping",
-    "notifications",
-    "orders",
-];
-
 /// How the system starts.
 pub struct Options {
     /// The database URL of each service, by name.
@@ -70,6 +57,9 @@ impl Options {
     /// A key file cannot be created.
     pub fn embedded(dir: &std::path::Path) -> std::io::Result<Self> {
         let mut vars = Self::keys(dir)?;
+        // A demo system: admins may make a notification channel fail, to watch its dead
+        // letters and their replay.
+        vars.insert("NOTIFICATIONS_FAILURE_KNOBS".into(), "true".into());
         vars.insert(
             "BUS_DATABASE_URL".into(),
             format!("sqlite://{}/bus.db?mode=rwc", dir.display()),
@@ -216,69 +206,62 @@ enum Started {
     Payments(shop_payments::Payments),
 }
 
-/// Launches the service `name` (one of [`SERVICES`]) with `vars` on `transport`, as its binary
-/// would; payments asks `cards`.
-async fn launch(
-    name: &'static str,
-    vars: &HashMap<String, String>,
-    transport: &TransportConfig,
-    cards: &Arc<TestCards>,
-) -> std::io::Result<(Kit, axum::Router, Started)> {
-    let lookup = Vars(|var: &str| vars.get(var).cloned());
-    let port = vars
-        .get("PORT")
-        .and_then(|port| port.parse().ok())
-        .unwrap_or(0);
-    let service = ServiceConfig::from_vars(name, port, &lookup).map_err(invalid)?;
-    macro_rules! config {
-        ($config:ty) => {
-            <$config>::from_vars(service, &lookup).map_err(invalid)?
-        };
-    }
-    Ok(match name {
-        "users" => {
-            let (kit, app, _) =
-                shop_users::launch(config!(shop_users::UsersConfig), transport).await?;
-            (kit, app, Started::Other)
+/// A service whose state the system does not keep.
+fn other<T>(_: T) -> Started {
+    Started::Other
+}
+
+/// The card scheme payments asks, as its provider.
+fn test_cards(cards: &Arc<TestCards>) -> Arc<dyn shop_payments::provider::Provider> {
+    cards.clone()
+}
+
+/// The system's services, in the order they start, each by one line: its name, its crate and
+/// configuration (read by `from_vars`, started by the crate's `launch`, as its binary does),
+/// what else its `launch` takes (`with`), and what the system keeps of its state. This makes
+/// [`SERVICES`] and the launcher's dispatch.
+macro_rules! services {
+    ($($name:literal: $krate:ident::$config:ident $(with $with:path)? => $started:expr;)*) => {
+        /// The services behind the gateway, in the order they start (users first: every
+        /// other one validates its tokens).
+        pub const SERVICES: [&str; [$($name),*].len()] = [$($name),*];
+
+        /// Launches the service `name` (one of [`SERVICES`]) with `vars` on `transport`, as
+        /// its binary would; payments asks `cards`.
+        async fn launch(
+            name: &'static str,
+            vars: &HashMap<String, String>,
+            transport: &TransportConfig,
+            cards: &Arc<TestCards>,
+        ) -> std::io::Result<(Kit, axum::Router, Started)> {
+            let lookup = Vars(|var: &str| vars.get(var).cloned());
+            let port = vars
+                .get("PORT")
+                .and_then(|port| port.parse().ok())
+                .unwrap_or(0);
+            let service = ServiceConfig::from_vars(name, port, &lookup).map_err(invalid)?;
+            match name {
+                $($name => {
+                    let config = $krate::$config::from_vars(service, &lookup).map_err(invalid)?;
+                    let (kit, app, state) =
+                        $krate::launch(config, transport $(, $with(cards))?).await?;
+                    Ok((kit, app, ($started)(state)))
+                })*
+                other => Err(invalid(format!("{other} is not a service of the system"))),
+            }
         }
-        "catalog" => {
-            let (kit, app, _) =
-                shop_catalog::launch(config!(shop_catalog::CatalogConfig), transport).await?;
-            (kit, app, Started::Other)
-        }
-        "carts" => {
-            let (kit, app, _) =
-                shop_carts::launch(config!(shop_carts::CartsConfig), transport).await?;
-            (kit, app, Started::Other)
-        }
-        "inventory" => {
-            let config = config!(shop_inventory::InventoryConfig);
-            let (kit, app, inventory) = shop_inventory::launch(config, transport).await?;
-            (kit, app, Started::Inventory(inventory))
-        }
-        "payments" => {
-            let config = config!(shop_payments::PaymentsConfig);
-            let (kit, app, payments) =
-                shop_payments::launch(config, transport, cards.clone()).await?;
-            (kit, app, Started::Payments(payments))
-        }
-        "shipping" => {
-            let config = config!(shop_shipping::ShippingConfig);
-            let (kit, app, _) = shop_shipping::launch(config, transport).await?;
-            (kit, app, Started::Other)
-        }
-        "notifications" => {
-            let config = config!(shop_notifications::NotificationsConfig);
-            let (kit, app, _) = shop_notifications::launch(config, transport).await?;
-            (kit, app, Started::Other)
-        }
-        "orders" => {
-            let config = config!(shop_orders::OrdersConfig);
-            let (kit, app, orders) = shop_orders::launch(config, transport).await?;
-            (kit, app, Started::Orders(orders))
-        }
-        other => return Err(invalid(format!("{other} is not a service of the system"))),
-    })
+    };
+}
+
+services! {
+    "users": shop_users::UsersConfig => other;
+    "catalog": shop_catalog::CatalogConfig => other;
+    "carts": shop_carts::CartsConfig => other;
+    "inventory": shop_inventory::InventoryConfig => Started::Inventory;
+    "payments": shop_payments::PaymentsConfig with test_cards => Started::Payments;
+    "shipping": shop_shipping::ShippingConfig => other;
+    "notifications": shop_notifications::NotificationsConfig => other;
+    "orders": shop_orders::OrdersConfig => Started::Orders;
 }
 
 /// Stops one running service, waiting at most `grace`.

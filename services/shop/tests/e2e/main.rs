@@ -12,7 +12,7 @@ use shop::{Options, System, invariants};
 /// The knobs of these runs: short deadlines, and no rate limit in the way.
 fn knobs(options: Options) -> Options {
     options
-        .var("SAGA_DEADLINE_MS", "4000")
+        .var("SAGA_DEADLINE_MS", "15000")
         .var("SAGA_SCAN_MS", "200")
         .var("STEP_RESEND_MS", "500")
         .var("PAYMENT_TIMEOUT_MS", "300")
@@ -24,6 +24,7 @@ fn knobs(options: Options) -> Options {
         .var("NOTIFICATIONS_MAX_ATTEMPTS", "3")
         .var("NOTIFICATIONS_RETRY_MS", "20")
         .var("NOTIFICATIONS_RETRY_MAX_MS", "100")
+        .var("NOTIFICATIONS_FAILURE_KNOBS", "true")
 }
 
 const ADMIN_PASSWORD: &str = "e2e-admin-password";
@@ -478,6 +479,12 @@ async fn every_path(mut system: System, sent: &std::path::Path) {
     assert_eq!(confirmed, stock / 10);
     assert_eq!(alice.available(sku).await, 0);
 
+    assert_eq!(
+        sent_lines(sent, "sms", &sms_id),
+        1,
+        "still sent once, long after its replay"
+    );
+
     // The demo, as `shop demo` runs it, passes against this system.
     let mut transcript = Vec::new();
     if let Err(error) = shop::demo::run(&system.url(), &mut transcript, false).await {
@@ -556,6 +563,52 @@ async fn in_production_mode() {
         db.drop_database().await.unwrap();
     }
     let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// The whole system stopped (as Ctrl-C stops it) while checkouts are under way, then started
+/// again on its data: every order placed before the stop completes, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_system_stopped_mid_checkout_completes_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("shop-e2e-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let system =
+        System::start(knobs(Options::embedded(&dir).unwrap()).var("SAGA_DEADLINE_MS", "60000"))
+            .await
+            .unwrap();
+    let alice = Customer::sign_in(&system).await;
+    let mut placed = Vec::new();
+    for n in 0..4 {
+        let key = uuid::Uuid::new_v4().to_string();
+        let sku = format!("kitchen-00{}", n + 1);
+        let (status, location, order) = alice
+            .checkout(&key, &body(&sku, 1, APPROVES, "OX1 1AA"))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{order}");
+        placed.push(location.unwrap());
+    }
+    // Stopped at once: the sagas are somewhere between their first and last steps.
+    system.stop(Duration::from_secs(10)).await;
+    let system =
+        System::start(knobs(Options::embedded(&dir).unwrap()).var("SAGA_DEADLINE_MS", "60000"))
+            .await
+            .unwrap();
+    let alice = Customer::sign_in(&system).await;
+    for location in &placed {
+        let order = alice.settled(location).await;
+        assert_eq!(order["status"], "CONFIRMED", "{order}");
+        assert_eq!(order["captured_minor"], order["total"]["amount_minor"]);
+    }
+    let (_, page) = alice.get("/api/v1/orders?limit=100").await;
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        placed.len(),
+        "none twice: {page}"
+    );
+    let now = shop_common::unix_millis();
+    let violations = invariants::violations(&system, now).await.unwrap();
+    assert!(violations.is_empty(), "{violations:#?}");
+    system.stop(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 const NATS: &str = "nats://127.0.0.1:4222";
