@@ -275,7 +275,7 @@ impl Consumer {
     }
 
     /// Handles deliveries until `stop` completes, finishing those in hand (the rest of a
-    /// fetched batch is left unsettled, and delivered again after `ack_wait`). Different keys'
+    /// fetched batch is handed back, due at once, for the consumer after this one). Different keys'
     /// deliveries are handled at once ([`concurrency`](Self::concurrency)), one key's in the
     /// order they came.
     ///
@@ -362,11 +362,13 @@ impl Consumer {
                     async move {
                         for delivery in deliveries {
                             if *stopped.borrow() {
-                                return;
+                                this.release(delivery).await;
+                                continue;
                             }
                             let Some(settlement) = this.holding(&delivery, &mut stopped).await
                             else {
-                                return;
+                                this.release(delivery).await;
+                                continue;
                             };
                             if matches!(settlement, Settlement::DeadLetter { .. }) {
                                 dead_lettered.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -382,7 +384,7 @@ impl Consumer {
                 () = &mut work => false,
             };
             if stop_now {
-                // The deliveries in hand are finished; the rest are left unsettled.
+                // The deliveries in hand are finished; the rest are handed back, due now.
                 let _ = stopping.send(true);
                 work.await;
                 return Ok(());
@@ -394,7 +396,7 @@ impl Consumer {
     }
 
     /// Handles one delivery, holding it while the service's database fails (see
-    /// [`run`](Self::run)); `None` when `stopped` says to stop meanwhile (it is left unsettled).
+    /// [`run`](Self::run)); `None` when `stopped` says to stop meanwhile (it is handed back).
     async fn holding(
         &self,
         delivery: &Delivery,
@@ -439,6 +441,17 @@ impl Consumer {
     /// Handles one delivery and settles it.
     pub async fn deliver(&self, delivery: Delivery) {
         let settlement = self.process(&delivery).await;
+        self.settle(delivery, settlement).await;
+    }
+
+    /// Hands back a delivery the consumer stops before handling, due at once: the next
+    /// consumer (this one after a restart) has it now rather than after `ack_wait`. It counts
+    /// as a delivery toward `max_deliver`, as any redelivery does.
+    async fn release(&self, delivery: Delivery) {
+        let settlement = Settlement::Retry {
+            after: Duration::ZERO,
+            reason: "the consumer stopped before handling it".to_owned(),
+        };
         self.settle(delivery, settlement).await;
     }
 
