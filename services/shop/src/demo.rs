@@ -3,7 +3,8 @@
 //! system promises: sign up and in, search, fill the cart, check out with an
 //! `Idempotency-Key`, follow the order to `CONFIRMED`, the cart emptied, the confirmation
 //! e-mail sent; then the failures:
-//! the same key again, out of stock, a declined card with its compensations.
+//! the same key again, out of stock, a declined card with its compensations, and (with a system
+//! of its own) the catalog stopped: its breaker open, fast answers, and its recovery.
 
 use std::io::{IsTerminal as _, Write};
 use std::time::Duration;
@@ -227,6 +228,101 @@ impl<W: Write> Client<W> {
         }
     }
 
+    /// One search through the gateway that no cache has answered: its status, its problem's
+    /// detail, and how long it took.
+    async fn search_once(&mut self, n: u32) -> Result<(StatusCode, String, Duration), DemoError> {
+        let path = format!("/api/v1/products/search?q=outage{n}");
+        let started = tokio::time::Instant::now();
+        let answer = self.call("search", Method::GET, &path, None, None).await?;
+        let took = started.elapsed();
+        let detail = answer.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let summary = if answer.status.is_success() {
+            format!("in {} ms", took.as_millis())
+        } else {
+            format!("in {} ms: {detail}", took.as_millis())
+        };
+        self.say.received(answer.status, &summary);
+        Ok((answer.status, detail, took))
+    }
+
+    /// The catalog stopped: the gateway's calls to it fail, its breaker opens and the gateway
+    /// answers 503 at once without asking; started again, the breaker lets a probe through
+    /// after its open time and closes.
+    async fn outage(&mut self, system: &mut crate::System) -> Result<(), DemoError> {
+        let stopped =
+            |error: std::io::Error| unexpected("the outage", "the catalog stopped", error);
+        self.say
+            .title("The catalog stopped: its breaker opens, and the answers come at once");
+        system
+            .stop_service("catalog", Duration::from_secs(10))
+            .await
+            .map_err(stopped)?;
+        self.say.note("the catalog service is stopped");
+        let mut n = 0;
+        let mut failed = 0;
+        let mut open = false;
+        while n < 60 {
+            n += 1;
+            let (status, detail, took) = self.search_once(n).await?;
+            if status.is_success() {
+                return Err(unexpected(
+                    "search",
+                    "a failure",
+                    "200 from a stopped catalog",
+                ));
+            }
+            failed += 1;
+            if status == StatusCode::SERVICE_UNAVAILABLE
+                && detail.contains("open")
+                && took < Duration::from_millis(250)
+            {
+                open = true;
+                break;
+            }
+        }
+        if !open {
+            return Err(unexpected(
+                "search",
+                "the breaker open within 60 calls",
+                format!("{failed} failures and no open breaker"),
+            ));
+        }
+        self.say
+            .note("the breaker is open: the gateway answers without calling the catalog");
+
+        self.say
+            .title("The catalog back: after the breaker's open time a probe goes through");
+        system.start_service("catalog").await.map_err(stopped)?;
+        self.say.note("the catalog service is started again");
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if !self.say.colour {
+            spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        spinner.enable_steady_tick(Duration::from_millis(80));
+        let started = tokio::time::Instant::now();
+        loop {
+            n += 1;
+            spinner.set_message("waiting for the breaker to let a probe through…");
+            let (status, _, _) = self.search_once(n).await?;
+            if status.is_success() {
+                spinner.finish_and_clear();
+                self.say.note(&format!(
+                    "closed again {} ms after the catalog came back",
+                    started.elapsed().as_millis()
+                ));
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                spinner.finish_and_clear();
+                return Err(unexpected("search", "200 within 30 s", status));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Checks out `body` under a fresh key and follows the order, which must end `REJECTED`
     /// for `reason`.
     async fn rejected(&mut self, step: &str, body: &Value, reason: &str) -> Result<(), DemoError> {
@@ -286,7 +382,12 @@ fn checkout_body(lines: &Value, card: &str) -> Value {
 /// # Errors
 ///
 /// The first step whose answer is not what the system promises.
-pub async fn run<W: Write>(base: &str, out: W, colour: bool) -> Result<(), DemoError> {
+pub async fn run<W: Write>(
+    base: &str,
+    out: W,
+    colour: bool,
+    system: Option<&mut crate::System>,
+) -> Result<(), DemoError> {
     let mut client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -546,6 +647,14 @@ pub async fn run<W: Write>(base: &str, out: W, colour: bool) -> Result<(), DemoE
             "PAYMENT_DECLINED",
         )
         .await?;
+
+    match system {
+        Some(system) => client.outage(system).await?,
+        None => client.say.note(
+            "(a service stopped and its breaker: only with a system of the demo's own, \
+             `shop demo --start`)",
+        ),
+    }
 
     let done = client.say.paint(
         "1;32",

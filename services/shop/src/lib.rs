@@ -36,6 +36,10 @@ pub struct Options {
     pub vars: HashMap<String, String>,
     /// The gateway's port (0: any free one).
     pub gateway_port: u16,
+    /// The card scheme payments asks; `None`: a new one. The scheme stands for a processor
+    /// outside the shop, which remembers its authorisations across the shop's restarts: a
+    /// system started again after a stop is given the one it had.
+    pub cards: Option<Arc<TestCards>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -73,6 +77,7 @@ impl Options {
             transport,
             vars,
             gateway_port: 0,
+            cards: None,
         })
     }
 
@@ -104,6 +109,7 @@ impl Options {
             transport,
             vars,
             gateway_port: 0,
+            cards: None,
         })
     }
 
@@ -264,6 +270,14 @@ services! {
     "orders": shop_orders::OrdersConfig => Started::Orders;
 }
 
+/// `name` as one of [`SERVICES`].
+fn service_named(name: &str) -> std::io::Result<&'static str> {
+    SERVICES
+        .into_iter()
+        .find(|service| *service == name)
+        .ok_or_else(|| invalid(format!("{name} is not a service of the system")))
+}
+
 /// Stops one running service, waiting at most `grace`.
 async fn stop_one(running: Running, grace: Duration) {
     running.stop.cancel();
@@ -320,7 +334,10 @@ impl System {
                 .map_err(invalid)?
                 .knobs
         };
-        let cards = Arc::new(TestCards::new(knobs));
+        let cards = options
+            .cards
+            .clone()
+            .unwrap_or_else(|| Arc::new(TestCards::new(knobs)));
         let transport = options.transport.clone();
         let (mut orders, mut inventory, mut payments) = (None, None, None);
         let mut running = Vec::new();
@@ -379,16 +396,39 @@ impl System {
     ///
     /// No such service, its port cannot be bound again, or it cannot start.
     pub async fn restart(&mut self, name: &str, grace: Duration) -> std::io::Result<()> {
-        let name = SERVICES
-            .into_iter()
-            .find(|service| *service == name)
-            .ok_or_else(|| invalid(format!("{name} is not a service of the system")))?;
+        self.stop_service(name, grace).await?;
+        self.start_service(name).await
+    }
+
+    /// Stops the service `name` (one of [`SERVICES`]) as [`stop`](Self::stop) would, and
+    /// leaves it stopped: its port refuses connections until
+    /// [`start_service`](Self::start_service) (an outage, for the demo and the chaos tests).
+    ///
+    /// # Errors
+    ///
+    /// No such service, or it is not running.
+    pub async fn stop_service(&mut self, name: &str, grace: Duration) -> std::io::Result<()> {
+        let name = service_named(name)?;
         let index = self
             .running
             .iter()
             .position(|running| running.name == name)
             .ok_or_else(|| invalid(format!("{name} is not running")))?;
         stop_one(self.running.remove(index), grace).await;
+        Ok(())
+    }
+
+    /// Starts the stopped service `name` (one of [`SERVICES`]) again, on its port and its
+    /// database.
+    ///
+    /// # Errors
+    ///
+    /// No such service, it is running, its port cannot be bound again, or it cannot start.
+    pub async fn start_service(&mut self, name: &str) -> std::io::Result<()> {
+        let name = service_named(name)?;
+        if self.running.iter().any(|running| running.name == name) {
+            return Err(invalid(format!("{name} is running")));
+        }
         let listener = TcpListener::bind(self.addresses[name]).await?;
         let (kit, app, started) =
             launch(name, &self.vars[name], &self.transport, &self.cards).await?;
@@ -398,7 +438,7 @@ impl System {
             Started::Payments(state) => self.payments = state,
             Started::Other => {}
         }
-        self.running.insert(index, serve(name, listener, app, kit));
+        self.running.push(serve(name, listener, app, kit));
         Ok(())
     }
 

@@ -67,9 +67,12 @@ const GRACE: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The services log warnings and errors; the launcher prints what a person needs.
+    // The services log warnings and errors; the launcher prints what a person needs. The
+    // demo's own system logs errors only: the demo provokes failures, and says what they are.
+    let quiet = matches!(cli.command, Some(Command::Demo { start: true, .. }));
+    let default = if quiet { "error" } else { "warn" };
     let _telemetry = mainstay_telemetry::Config::new("shop")
-        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .filter(std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_owned()))
         .format(mainstay_telemetry::LogFormat::Pretty)
         .init();
     match cli.command {
@@ -85,7 +88,7 @@ async fn main() -> ExitCode {
         },
         Some(Command::Demo {
             start: false, url, ..
-        }) => demo(&url).await,
+        }) => demo(&url, None).await,
         Some(Command::Demo {
             start: true,
             system,
@@ -97,8 +100,9 @@ async fn main() -> ExitCode {
         })
         .await
         {
-            Ok(running) => {
-                let code = demo(&running.url()).await;
+            Ok(mut running) => {
+                let url = running.url();
+                let code = demo(&url, Some(&mut running)).await;
                 running.stop(GRACE).await;
                 code
             }
@@ -112,8 +116,8 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn demo(url: &str) -> ExitCode {
-    match shop::demo::run(url, std::io::stdout(), shop::demo::on_terminal()).await {
+async fn demo(url: &str, system: Option<&mut System>) -> ExitCode {
+    match shop::demo::run(url, std::io::stdout(), shop::demo::on_terminal(), system).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&format!("the demo failed: {error}")),
     }
