@@ -1525,10 +1525,15 @@ impl Traces {
         let subscriber = tracing_subscriber::registry()
             .with(tracing_subscriber::filter::LevelFilter::INFO)
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Other tests of this binary run on other threads with no subscriber: a callsite they
+        // registered first may have cached an interest that leaves this one's spans out (a CI
+        // run saw the sampled request untraced). Asked again, with this subscriber in place.
+        tracing::callsite::rebuild_interest_cache();
         Self {
             exporter,
             _provider: provider,
-            _guard: tracing::subscriber::set_default(subscriber),
+            _guard: guard,
         }
     }
 
