@@ -366,9 +366,9 @@ impl NotificationStore {
         .await)?)
     }
 
-    /// Up to `limit` queued notifications due for their queue (their back-off over) and not
-    /// handed to it since `rehand_before` (a hand-off the queue lost is made again): `(id,
-    /// channel)`, the oldest first.
+    /// Up to `limit` queued notifications (of `channel`, or of all) due for their queue (their
+    /// back-off over) and not handed to it since `rehand_before` (a hand-off the queue lost is
+    /// made again): `(id, channel)`, the oldest first.
     ///
     /// # Errors
     ///
@@ -378,36 +378,47 @@ impl NotificationStore {
         limit: u32,
         now_ms: i64,
         rehand_before_ms: i64,
+        channel: Option<Channel>,
     ) -> Result<Vec<(String, String)>, StoreError> {
         Ok(on_db!(&self.db, pool => sqlx::query_as(
             "SELECT id, channel FROM notifications WHERE status = 'QUEUED' \
              AND next_attempt_at_ms <= $2 AND (enqueued_at_ms IS NULL OR enqueued_at_ms < $3) \
-             ORDER BY created_at_ms, id LIMIT $1",
+             AND ($4 IS NULL OR channel = $4) ORDER BY created_at_ms, id LIMIT $1",
         )
         .bind(i64::from(limit))
         .bind(now_ms)
         .bind(rehand_before_ms)
+        .bind(channel.map(Channel::as_str))
         .fetch_all(pool)
         .await)?)
     }
 
-    /// Marks a queued notification handed to its queue now; returns the mark's time, to
-    /// [`unmark_enqueued`](Self::unmark_enqueued) it if the hand-off fails.
+    /// Marks a queued notification handed to its queue now, if it still is due and not
+    /// handed since `rehand_before_ms` (a worker, or another replica's dispatcher, may have
+    /// moved it since it was read); returns the mark's time, to
+    /// [`unmark_enqueued`](Self::unmark_enqueued) it if the hand-off fails, or `None`: do not
+    /// hand it.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn mark_enqueued(&self, id: &str) -> Result<i64, StoreError> {
+    pub async fn mark_enqueued(
+        &self,
+        id: &str,
+        rehand_before_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
         let now = shop_common::unix_millis();
-        on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET enqueued_at_ms = $2 WHERE id = $1 AND status = 'QUEUED'",
+        let marked = on_db!(&self.db, pool => sqlx::query(
+            "UPDATE notifications SET enqueued_at_ms = $2 WHERE id = $1 AND status = 'QUEUED' \
+             AND next_attempt_at_ms <= $2 AND (enqueued_at_ms IS NULL OR enqueued_at_ms < $3)",
         )
         .bind(id)
         .bind(now)
+        .bind(rehand_before_ms)
         .execute(pool)
         .await
-        .map(|_| ()))?;
-        Ok(now)
+        .map(|done| done.rows_affected()))?;
+        Ok((marked == 1).then_some(now))
     }
 
     /// Takes back the mark of a hand-off that failed (unless something else moved the
@@ -430,7 +441,8 @@ impl NotificationStore {
     }
 
     /// Claims a notification to send it, under `token`: `QUEUED` and due (or `SENDING` with
-    /// its lease run out) → `SENDING` until `lease_until_ms`. `None` when it is sent, dead,
+    /// its lease run out, which counts the abandoned attempt) → `SENDING` until
+    /// `lease_until_ms`. `None` when it is sent, dead,
     /// not due yet, or another worker holds it.
     ///
     /// # Errors
@@ -443,7 +455,9 @@ impl NotificationStore {
         lease_until_ms: i64,
     ) -> Result<Option<Notification>, StoreError> {
         let sql = format!(
-            "UPDATE notifications SET status = 'SENDING', claim_token = $2, lease_until_ms = $3, \
+            "UPDATE notifications SET \
+             attempts = CASE WHEN status = 'SENDING' THEN attempts + 1 ELSE attempts END, \
+             status = 'SENDING', claim_token = $2, lease_until_ms = $3, \
              updated_at_ms = $4 WHERE id = $1 AND ((status = 'QUEUED' AND next_attempt_at_ms <= $4) \
              OR (status = 'SENDING' AND lease_until_ms < $4)) RETURNING {COLUMNS}"
         );
@@ -536,18 +550,23 @@ impl NotificationStore {
     }
 
     /// Takes back what a worker claimed and never finished (its lease ran out: the worker
-    /// stopped mid-send), to be queued again. Returns how many.
+    /// stopped, or its attempt crashed it, mid-send), to be queued again; the abandoned
+    /// attempt counts, so that one that crashes every time ends `DEAD` at its
+    /// `max_attempts`th. Returns how many.
     ///
     /// # Errors
     ///
     /// The database fails.
-    pub async fn take_back_abandoned(&self) -> Result<u64, StoreError> {
+    pub async fn take_back_abandoned(&self, max_attempts: u32) -> Result<u64, StoreError> {
         let now = shop_common::unix_millis();
         Ok(on_db!(&self.db, pool => sqlx::query(
-            "UPDATE notifications SET status = 'QUEUED', enqueued_at_ms = NULL, \
+            "UPDATE notifications SET attempts = attempts + 1, \
+             status = CASE WHEN attempts + 1 >= $2 THEN 'DEAD' ELSE 'QUEUED' END, \
+             last_error = COALESCE(last_error, 'abandoned mid-send'), enqueued_at_ms = NULL, \
              claim_token = NULL, updated_at_ms = $1 WHERE status = 'SENDING' AND lease_until_ms < $1",
         )
         .bind(now)
+        .bind(i64::from(max_attempts))
         .execute(pool)
         .await
         .map(|done| done.rows_affected()))?)

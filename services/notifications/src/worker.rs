@@ -18,9 +18,13 @@ pub(crate) const WORKERS: usize = 4;
 const BATCH: u32 = 100;
 /// The longest the dispatcher waits between two passes without being woken.
 const POLL: Duration = Duration::from_secs(1);
-/// A hand-off that long ago whose notification is still queued is made again (a queue lost
-/// it): a duplicate id in a queue is harmless.
+/// A hand-off that long ago whose notification is still queued is made again (an in-process
+/// queue dropped it): a duplicate id in a queue is harmless.
 const REHAND_AFTER: Duration = Duration::from_secs(60);
+/// The same for a durable queue (RabbitMQ), which loses nothing it confirmed: only what waits
+/// this long (a very long backlog, an operator's purge) is handed again, so that a backlog
+/// does not fill up with copies.
+const REHAND_DURABLE_AFTER: Duration = Duration::from_secs(3_600);
 /// How long a worker waits before handing back an id it could not claim (the store failed).
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -69,7 +73,7 @@ impl Notifications {
         // Often enough that a retry is not kept much past its back-off.
         let poll = (self.0.retries.retry / 2).clamp(Duration::from_millis(10), POLL);
         loop {
-            if let Err(error) = store.take_back_abandoned().await {
+            if let Err(error) = store.take_back_abandoned(self.0.retries.max_attempts).await {
                 tracing::warn!(%error, "abandoned notifications cannot be taken back");
             }
             tokio::select! {
@@ -84,51 +88,62 @@ impl Notifications {
         }
     }
 
-    /// One pass of the dispatcher: every due notification to its queue, but none to a queue
-    /// that is full or failing (the others' go on).
+    /// One pass of the dispatcher: every due notification to its queue, a channel at a time,
+    /// so that one whose queue is full or failing holds up no other.
     async fn hand_over(&self) {
+        let rehand = if self.0.queue.durable() {
+            REHAND_DURABLE_AFTER
+        } else {
+            REHAND_AFTER
+        };
+        for channel in Channel::ALL {
+            if !self.hand_over_channel(channel, rehand).await {
+                return;
+            }
+        }
+    }
+
+    /// Hands `channel`'s due notifications to its queue until none is left, or its queue
+    /// refuses one; `false` when the store failed (the pass ends).
+    async fn hand_over_channel(&self, channel: Channel, rehand: Duration) -> bool {
         let store = &self.0.store;
-        let mut blocked = [false; 3];
         loop {
             let now = shop_common::unix_millis();
-            let batch = match store.unqueued(BATCH, now, now - millis(REHAND_AFTER)).await {
+            let rehand_before = now - millis(rehand);
+            let batch = match store
+                .unqueued(BATCH, now, rehand_before, Some(channel))
+                .await
+            {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::warn!(%error, "queued notifications cannot be read");
-                    return;
+                    return false;
                 }
             };
             let full = batch.len() == BATCH as usize;
-            let mut handed = 0;
-            for (id, channel) in batch {
-                let Some(channel) = Channel::parse(&channel) else {
-                    continue;
-                };
-                if blocked[channel.index()] {
-                    continue;
-                }
-                // Marked first: a worker may take the id, fail it and put it back before the
-                // publish returns, and its putting back must stand.
-                let stamp = match store.mark_enqueued(&id).await {
-                    Ok(stamp) => stamp,
+            for (id, _) in batch {
+                // Marked first, and only if still due and unhanded: a worker may take the id,
+                // fail it and put it back before the publish returns, and its putting back
+                // must stand; another replica may have handed it meanwhile.
+                let stamp = match store.mark_enqueued(&id, rehand_before).await {
+                    Ok(Some(stamp)) => stamp,
+                    Ok(None) => continue,
                     Err(error) => {
                         tracing::warn!(%error, "a queued notification cannot be marked");
-                        return;
+                        return false;
                     }
                 };
                 if let Err(error) = self.0.queue.publish(channel, &id).await {
                     tracing::warn!(%error, "a notification cannot be queued now; tried again");
-                    blocked[channel.index()] = true;
                     if let Err(error) = store.unmark_enqueued(&id, stamp).await {
                         // Handed again once the hand-off is old enough.
                         tracing::warn!(%error, "a failed hand-off cannot be unmarked");
                     }
-                    continue;
+                    return true;
                 }
-                handed += 1;
             }
-            if !full || handed == 0 {
-                return;
+            if !full {
+                return true;
             }
         }
     }

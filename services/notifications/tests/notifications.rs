@@ -322,7 +322,11 @@ async fn what_an_in_process_queue_held_is_sent_after_a_restart(database: &Databa
     handle_inbound(&before, &inbound).await.unwrap();
     // Handed to the queue, then the process stopped before a worker took it.
     let email_id = format!("{}.email", inbound.envelope.id);
-    before.store().mark_enqueued(&email_id).await.unwrap();
+    before
+        .store()
+        .mark_enqueued(&email_id, i64::MAX)
+        .await
+        .unwrap();
     drop(before);
     let (after, _) = start(database, Arc::new(Local::new()), dir.path()).await;
     let tasks = Supervisor::new();
@@ -363,7 +367,7 @@ async fn claims_name_their_worker_and_run_out(database: &Database, _: &str) {
     );
     assert!(!store.sent(&id, "b").await.unwrap(), "b holds nothing");
     assert_eq!(
-        store.take_back_abandoned().await.unwrap(),
+        store.take_back_abandoned(3).await.unwrap(),
         0,
         "a's lease runs"
     );
@@ -382,21 +386,21 @@ async fn claims_name_their_worker_and_run_out(database: &Database, _: &str) {
         store.failed(&push, "a", "late", 0, 3, false).await.unwrap(),
         None
     );
-    // b fails: queued again, not due before its back-off.
+    // b fails: queued again, not due before its back-off; a's abandoned attempt counted.
     let due = shop_common::unix_millis() + 60_000;
     assert_eq!(
         store
             .failed(&push, "b", "busy", due, 3, false)
             .await
             .unwrap(),
-        Some((1, false))
+        Some((2, false))
     );
     assert!(
         store.claim(&push, "c", later).await.unwrap().is_none(),
         "not due yet"
     );
     let now = shop_common::unix_millis();
-    let due_now = store.unqueued(10, now, now).await.unwrap();
+    let due_now = store.unqueued(10, now, now, None).await.unwrap();
     assert!(due_now.iter().all(|(due, _)| *due != push), "{due_now:?}");
     // A permanent failure is dead at once.
     let sms = format!("{}.sms", inbound.envelope.id);
@@ -414,22 +418,37 @@ async fn claims_name_their_worker_and_run_out(database: &Database, _: &str) {
     assert_eq!(store.replay(Some(Channel::Sms)).await.unwrap(), 1);
     let gone = shop_common::unix_millis() - 1;
     store.claim(&sms, "d", gone).await.unwrap().unwrap();
-    assert_eq!(store.take_back_abandoned().await.unwrap(), 1);
+    assert_eq!(store.take_back_abandoned(3).await.unwrap(), 1);
     let back = store.get(&sms).await.unwrap().unwrap();
-    assert_eq!((back.status.as_str(), back.attempts), ("QUEUED", 0));
+    assert_eq!(
+        (back.status.as_str(), back.attempts),
+        ("QUEUED", 1),
+        "the abandoned attempt counts"
+    );
     let now = shop_common::unix_millis();
     assert_eq!(
-        store.unqueued(10, now, now).await.unwrap(),
+        store.unqueued(10, now, now, None).await.unwrap(),
         vec![(sms.clone(), "sms".to_owned())],
         "the push is not due yet"
     );
-    store.mark_enqueued(&sms).await.unwrap();
+    assert!(store.mark_enqueued(&sms, now).await.unwrap().is_some());
     assert!(
-        store.unqueued(10, now, now - 1).await.unwrap().is_empty(),
+        store.mark_enqueued(&sms, now).await.unwrap().is_none(),
+        "handed already"
+    );
+    assert!(
+        store
+            .unqueued(10, now, now - 1, None)
+            .await
+            .unwrap()
+            .is_empty(),
         "handed"
     );
     assert_eq!(store.forget_handoffs().await.unwrap(), 1);
-    assert_eq!(store.unqueued(10, now, now - 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store.unqueued(10, now, now - 1, None).await.unwrap().len(),
+        1
+    );
 }
 
 async fn the_api_shows_mine_and_lets_admins_replay(database: &Database, _: &str) {

@@ -146,6 +146,11 @@ impl Customer {
 
     /// Follows an order until it settles (within 20 s).
     async fn settled(&self, location: &str) -> Value {
+        self.settled_within(location, Duration::from_secs(20)).await
+    }
+
+    /// Follows an order until it settles, within `most`.
+    async fn settled_within(&self, location: &str, most: Duration) -> Value {
         let settled = [
             "CONFIRMED",
             "REJECTED",
@@ -153,7 +158,8 @@ impl Customer {
             "NEEDS_ATTENTION",
             "SHIPPED",
         ];
-        for _ in 0..200 {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < most {
             let (status, order) = self.get(location).await;
             assert_eq!(status, StatusCode::OK, "{order}");
             if settled.contains(&order["status"].as_str().unwrap()) {
@@ -630,8 +636,12 @@ async fn stopped_mid_checkout(options: impl Fn() -> Options) {
     system.stop(Duration::from_secs(10)).await;
     let system = start(Some(cards)).await.unwrap();
     let alice = Customer::sign_in(&system).await;
+    // Within the consumers' ack_wait (30 s): JetStream may have handed a message to a pull
+    // request of the stopped process, and hands it again only once that wait runs out.
     for location in &placed {
-        let order = alice.settled(location).await;
+        let order = alice
+            .settled_within(location, Duration::from_secs(45))
+            .await;
         assert_eq!(order["status"], "CONFIRMED", "{order}");
         assert_eq!(order["captured_minor"], order["total"]["amount_minor"]);
     }
