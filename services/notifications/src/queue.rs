@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -554,31 +554,4 @@ impl ChannelQueue for Rabbit {
     fn durable(&self) -> bool {
         true
     }
-}
-
-/// Reads (and takes) up to `most` ids from `channel`'s dead letters in RabbitMQ: for tests and
-/// operators who want to see what a purge would drop.
-///
-/// # Errors
-///
-/// The broker fails.
-pub async fn take_dead(
-    rabbit: &Rabbit,
-    channel: Channel,
-    most: usize,
-) -> Result<Vec<String>, QueueError> {
-    let mut ids = Vec::new();
-    while ids.len() < most {
-        let got = rabbit
-            .admin
-            .basic_get(
-                rabbit.dead_queue(channel).as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .map_err(|error| QueueError::of(channel, error))?;
-        let Some(message) = got else { break };
-        ids.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
-    }
-    Ok(ids)
 }
