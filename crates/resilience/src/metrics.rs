@@ -150,6 +150,25 @@ impl ResilienceCollector {
         self.with(|inner| upsert(&mut inner.breakers, labels, weak));
     }
 
+    /// Every registered breaker still alive, with its service and endpoint, in the order they
+    /// were registered: for an operator's console that shows them and switches them
+    /// ([`Breaker::force_open`](crate::circuit_breaker::Breaker::force_open),
+    /// [`Breaker::reset`](crate::circuit_breaker::Breaker::reset), …).
+    #[cfg(feature = "circuit-breaker")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
+    #[must_use]
+    pub fn breakers(&self) -> Vec<(String, String, crate::circuit_breaker::Breaker)> {
+        self.with(|inner| {
+            inner
+                .breakers
+                .iter()
+                .filter_map(|([service, endpoint], weak)| {
+                    Some((service.clone(), endpoint.clone(), weak.upgrade()?))
+                })
+                .collect()
+        })
+    }
+
     /// Exports the bulkhead of `service`.
     #[cfg(feature = "bulkhead")]
     #[cfg_attr(docsrs, doc(cfg(feature = "bulkhead")))]
@@ -428,7 +447,7 @@ mod tests {
     use super::{MAX_SERIES, ResilienceCollector};
     use crate::adaptive::{AdaptiveLimitLayer, Aimd};
     use crate::bulkhead::BulkheadLayer;
-    use crate::circuit_breaker::Breaker;
+    use crate::circuit_breaker::{Breaker, State};
     use crate::rate_limit::{KeyedRateLimitLayer, RateLimitLayer};
     use crate::retry::RetryBudget;
 
@@ -575,6 +594,31 @@ mod tests {
         collector.breaker("catalog", "c:1", &forever);
         drop(forever);
         assert!(scrape(&collector).contains(r#"endpoint="c:1""#));
+    }
+
+    #[test]
+    fn the_live_breakers_are_listed_and_switched_through_the_collector() {
+        let collector = ResilienceCollector::new();
+        let a = Breaker::builder().build().unwrap();
+        let b = Breaker::builder().build().unwrap();
+        collector.breaker("payments", "a:1", &a);
+        collector.breaker("payments", "b:1", &b);
+        drop(b);
+        let listed = collector.breakers();
+        let names: Vec<(&str, &str)> = listed
+            .iter()
+            .map(|(service, endpoint, _)| (service.as_str(), endpoint.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("payments", "a:1")],
+            "the dropped one is not listed"
+        );
+        // The listed breaker is the registered one: switching it switches the original.
+        listed[0].2.force_open();
+        assert_eq!(a.state(), State::ForcedOpen);
+        listed[0].2.reset();
+        assert_eq!(a.state(), State::Closed);
     }
 
     #[test]

@@ -325,10 +325,23 @@ impl Consumer {
         let mut depth_read_at: Option<tokio::time::Instant> = None;
         loop {
             self.read_depth(&mut depth_read_at).await;
+            // A fetch is never dropped half-way: on JetStream a message the server handed to
+            // a pull request that is then dropped is lost to this consumer until its ack wait
+            // runs out (30 s). Stopping meanwhile waits for the fetch (at most FETCH_WAIT) and
+            // hands back what it brought.
+            let fetch = deliveries.fetch(self.batch, FETCH_WAIT);
+            tokio::pin!(fetch);
             let fetched = tokio::select! {
                 biased;
-                () = &mut stop => return Ok(()),
-                fetched = deliveries.fetch(self.batch, Duration::from_secs(5)) => fetched,
+                () = &mut stop => {
+                    if let Ok(batch) = fetch.await {
+                        for delivery in batch {
+                            self.release(delivery).await;
+                        }
+                    }
+                    return Ok(());
+                }
+                fetched = &mut fetch => fetched,
             };
             let batch = match fetched {
                 Ok(batch) => {
@@ -638,6 +651,10 @@ fn by_key(batch: Vec<Delivery>) -> Vec<Vec<Delivery>> {
     }
     groups
 }
+
+/// How long one fetch waits for a first delivery: also how long a stop may wait for a fetch
+/// in flight.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
 
 /// Sleeps `wait`, or less if `stop` completes first: whether it did.
 async fn sleep_unless_stopped<F: std::future::Future<Output = ()>>(
