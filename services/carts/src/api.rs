@@ -161,6 +161,10 @@ async fn set(
         .map_err(|e| store_failed(&e))?
     {
         Set::Done => Ok(Json(shown(&carts, user).await?).into_response()),
+        Set::Started => {
+            carts.started(user).await;
+            Ok(Json(shown(&carts, user).await?).into_response())
+        }
         Set::Full => Err(Problem::unprocessable(format!(
             "a cart holds at most {MAX_LINES} products"
         ))),

@@ -13,7 +13,8 @@
 //! the orders service's `POST /checkout` with the cart's lines (the gateway's
 //! `POST /api/v1/checkout`); when the order is confirmed (`OrderConfirmed` on `orders.events`)
 //! what it bought leaves the cart, once, and whatever was added meanwhile stays. A rejected
-//! order leaves the cart as it was, to try again.
+//! order leaves the cart as it was, to try again. The first line of an empty cart announces
+//! `CartStarted` on `carts.events` (analytics' cart → order conversion).
 
 #![forbid(unsafe_code)]
 
@@ -28,7 +29,7 @@ use async_trait::async_trait;
 use mainstay_auth::Validator;
 use mainstay_cache::Cache;
 use shop_common::catalog::{HttpCatalog, Priced, Prices};
-use shop_common::store::Tx;
+use shop_common::store::{Database, Tx};
 use shop_messaging::contracts::{ORDERS_EVENTS, OrderConfirmed, check_order_id};
 use shop_messaging::{ConsumerConfig, HandleError, Handler, Inbound, Outcome};
 
@@ -51,6 +52,7 @@ struct Inner {
     prices: Arc<dyn Prices>,
     cached: Cache<String, Priced>,
     validator: Validator,
+    events: Option<Database>,
 }
 
 impl std::fmt::Debug for Carts {
@@ -81,7 +83,44 @@ impl Carts {
             prices,
             cached,
             validator,
+            events: None,
         }))
+    }
+
+    /// Announces each cart started (`CartStarted` on `carts.events`) through the outbox of
+    /// `database`. Only the announcement is written there: the cart itself is in its store, so
+    /// an announcement can be lost (the cart written, the database down), never made up.
+    ///
+    /// # Panics
+    ///
+    /// When called on a clone that shares its state (call it before cloning).
+    #[must_use]
+    pub fn announcing_to(mut self, database: Database) -> Self {
+        Arc::get_mut(&mut self.0)
+            .expect("announcing_to is called before the carts are shared")
+            .events = Some(database);
+        self
+    }
+
+    /// Announces that `user`'s cart started, when announcing (see
+    /// [`announcing_to`](Self::announcing_to)); a failure is logged.
+    pub(crate) async fn started(&self, user: &str) {
+        let Some(database) = &self.0.events else {
+            return;
+        };
+        let event = shop_messaging::contracts::CartStarted {
+            user_id: user.to_owned(),
+            started_at_ms: shop_common::unix_millis(),
+        };
+        let written = async {
+            let mut tx = database.begin().await?;
+            shop_messaging::Outbox::enqueue(&mut tx, &event).await?;
+            tx.commit().await?;
+            Ok::<_, shop_messaging::OutboxError>(())
+        };
+        if let Err(error) = written.await {
+            tracing::warn!(%error, "a cart started, not announced");
+        }
     }
 
     /// The store.
@@ -188,7 +227,8 @@ pub async fn launch(
         Arc::new(catalog),
         config.price_ttl,
         validator.clone(),
-    );
+    )
+    .announcing_to(service.database.clone());
     service.consume(Carts::consumer_config(), carts.confirmations());
     let (kit, app) = service.launch(router(carts.clone()), validator);
     Ok((kit, app, carts))

@@ -36,6 +36,8 @@ impl From<redis::RedisError> for CartError {
 pub enum Set {
     /// The line holds the quantity now.
     Done,
+    /// The line holds the quantity now, and the cart was empty before: it starts a cart.
+    Started,
     /// The cart already holds `max_lines` other products: nothing changed.
     Full,
 }
@@ -179,10 +181,15 @@ impl CartStore for MemoryCarts {
             if !cart.lines.contains_key(product) && cart.lines.len() >= max_lines {
                 return None;
             }
+            let started = cart.lines.is_empty();
             cart.lines.insert(product.to_owned(), quantity);
-            Some(())
+            Some(started)
         });
-        Ok(if done.is_some() { Set::Done } else { Set::Full })
+        Ok(match done {
+            Some(true) => Set::Started,
+            Some(false) => Set::Done,
+            None => Set::Full,
+        })
     }
 
     async fn remove(&self, user: &str, product: &str) -> Result<bool, CartError> {
@@ -229,13 +236,17 @@ fn take(lines: &mut Lines, bought: &Lines) {
 
 /// Sets a line unless the cart would hold more than `ARGV[3]` products, and refreshes the
 /// cart's TTL. `KEYS[1]`: the cart; `ARGV`: product, quantity, most lines, TTL in seconds.
+/// Returns 0 (full), 1 (set) or 2 (set, and the cart was empty).
 const SET: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
-   and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+local held = redis.call('HLEN', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and held >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if held == 0 then
+  return 2
+end
 return 1
 ";
 
@@ -347,7 +358,11 @@ impl CartStore for RedisCarts {
             .arg(self.ttl_secs())
             .query_async(&mut self.connection.clone())
             .await?;
-        Ok(if done == 1 { Set::Done } else { Set::Full })
+        Ok(match done {
+            2 => Set::Started,
+            1 => Set::Done,
+            _ => Set::Full,
+        })
     }
 
     async fn remove(&self, user: &str, product: &str) -> Result<bool, CartError> {

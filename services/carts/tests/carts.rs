@@ -184,7 +184,56 @@ on_both_stores!(
     each_user_has_their_own_cart_and_must_sign_in,
     the_catalog_down_keeps_the_cart_and_refuses_what_it_cannot_check,
     a_confirmed_order_takes_what_it_bought_once_and_a_rejected_one_nothing,
+    the_first_line_of_an_empty_cart_starts_it_and_is_announced,
 );
+
+async fn the_first_line_of_an_empty_cart_starts_it_and_is_announced(store: Arc<dyn CartStore>) {
+    use shop_carts::store::Set;
+    let user = format!("u-{}", uuid::Uuid::new_v4());
+    assert_eq!(
+        store.set(&user, "mug", 1, MAX_LINES).await.unwrap(),
+        Set::Started
+    );
+    assert_eq!(
+        store.set(&user, "mug", 2, MAX_LINES).await.unwrap(),
+        Set::Done
+    );
+    assert_eq!(
+        store.set(&user, "tea", 1, MAX_LINES).await.unwrap(),
+        Set::Done
+    );
+    store.clear(&user).await.unwrap();
+    assert_eq!(
+        store.set(&user, "tea", 1, MAX_LINES).await.unwrap(),
+        Set::Started,
+        "emptied, then started again"
+    );
+
+    // Through the API, announced in the outbox: once per cart started.
+    let database = Database::connect("sqlite::memory:").await.unwrap();
+    shop_messaging::migrate(&database).await.unwrap();
+    let mut rig = Rig::new(store);
+    let carts = Carts::new(
+        rig.carts.store().clone(),
+        rig.catalog.clone(),
+        Duration::from_secs(5),
+        rig.validator.clone(),
+    )
+    .announcing_to(database.clone());
+    rig.app = router(carts);
+    let other = format!("v-{}", uuid::Uuid::new_v4());
+    rig.put(&other, "mug", 1).await;
+    rig.put(&other, "tea", 1).await;
+    let pending = shop_messaging::Outbox::pending(&database, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1, "one cart started");
+    assert_eq!(pending[0].subject, shop_messaging::contracts::CARTS_EVENTS);
+    let envelope: shop_messaging::Envelope = serde_json::from_slice(&pending[0].payload).unwrap();
+    let started: shop_messaging::contracts::CartStarted =
+        serde_json::from_str(envelope.body.get()).unwrap();
+    assert_eq!(started.user_id, other);
+}
 
 async fn lines_are_priced_when_shown_and_limited(store: Arc<dyn CartStore>) {
     let rig = Rig::new(store);

@@ -38,6 +38,12 @@ pub fn router(catalog: Catalog) -> Router {
             "/products/{id}",
             get(product).merge(admin(axum::routing::put(update).delete(delete))),
         )
+        .route(
+            "/product-views/{id}",
+            axum::routing::post(viewed).layer::<_, std::convert::Infallible>(
+                JwtLayer::new(catalog.0.validator.clone()).optional(),
+            ),
+        )
         .with_state(catalog)
 }
 
@@ -192,6 +198,33 @@ fn json_body(body: Bytes) -> Response {
 fn etag(product: &Product) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{}-{}\"", product.id, product.version))
         .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// A view of a product: counted once the product is known to exist (through the cache).
+async fn viewed(
+    State(catalog): State<Catalog>,
+    Path(id): Path<String>,
+    principal: Option<axum::Extension<mainstay_auth::Principal>>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("no product {id:?}"));
+    if !slug_ok(&id) {
+        return Err(not_found());
+    }
+    let store = catalog.0.store.clone();
+    let key = id.clone();
+    catalog
+        .0
+        .products
+        .get_or_load(&id, move || async move { store.get(&key).await })
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(not_found)?;
+    let user = principal.as_ref().map(|p| p.0.subject());
+    catalog
+        .0
+        .views
+        .record(&id, user, shop_common::unix_millis());
+    Ok(StatusCode::ACCEPTED.into_response())
 }
 
 async fn product(

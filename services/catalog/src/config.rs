@@ -15,6 +15,7 @@ use shop_common::config::{ConfigError, Secret, ServiceConfig, TokenConfig, Vars}
 /// | `REDIS_KEY_PREFIX` | `catalog` | the prefix of its keys and invalidation channel |
 /// | `PRODUCT_CACHE_TTL_MS` | 30000 | how long a cached product is fresh (and then served stale as long again while it refreshes) |
 /// | `SEED_DEMO_CATALOG` | `true` on SQLite, else `false` | load the 120 demo products into an empty catalog |
+/// | `VIEWS_FLUSH_MS` | 5000 | how often the product views counted are announced (`ProductsViewed` on `catalog.views`) |
 ///
 /// Where its events go is the event backbone's configuration
 /// (`shop_messaging::config::TransportConfig`): `NATS_URL` (or `NATS_URL_FILE`) and
@@ -33,6 +34,8 @@ pub struct CatalogConfig {
     pub cache_ttl: Duration,
     /// Whether to seed.
     pub seed_demo_catalog: bool,
+    /// How often product views are announced.
+    pub views_flush: Duration,
 }
 
 impl CatalogConfig {
@@ -66,6 +69,7 @@ impl CatalogConfig {
                 .unwrap_or_else(|| "catalog".to_owned()),
             cache_ttl: vars.millis_or("PRODUCT_CACHE_TTL_MS", Duration::from_secs(30))?,
             seed_demo_catalog: vars.parse_or("SEED_DEMO_CATALOG", embedded, "true or false")?,
+            views_flush: vars.millis_or("VIEWS_FLUSH_MS", Duration::from_secs(5))?,
             service,
         })
     }

@@ -6,6 +6,7 @@
 //! | `GET /products?page&per_page&category&min_price&max_price&sort` | — | a page of products |
 //! | `GET /products/search?q&limit` | — | full-text search (FTS5 on SQLite, `tsvector` on PostgreSQL) |
 //! | `GET /products/{id}` | — | one product, through the cache, with `ETag` and `304` |
+//! | `POST /product-views/{id}` | optional | a view of the product (`202`): counted, and announced every few seconds in a batch ([`views`]) |
 //! | `POST /products`, `PUT /products/{id}`, `DELETE /products/{id}` | role `admin` | changes; they invalidate the cache, and a new price publishes `ProductPriceChanged` on `catalog.events` |
 //!
 //! Listing and search pages are cached for 5 s per replica: a write clears the replica's, and
@@ -21,6 +22,7 @@ mod api;
 pub mod config;
 pub mod seed;
 pub mod store;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,7 @@ use shop_common::store::{Database, StoreError};
 pub use self::api::router;
 pub use self::config::CatalogConfig;
 use self::store::{CatalogStore, Product};
+use self::views::Views;
 
 /// The subject catalog events are published on.
 pub const EVENTS: &str = shop_messaging::contracts::CATALOG_EVENTS;
@@ -58,6 +61,7 @@ struct Inner {
     /// Listing and search pages, as JSON, by their canonical query; local to the replica and
     /// short-lived (a write clears this replica's, other replicas' expire within the TTL).
     pages: Cache<String, bytes::Bytes>,
+    views: Views,
     validator: Validator,
 }
 
@@ -123,6 +127,7 @@ impl Catalog {
             store,
             products: products.build(),
             pages,
+            views: Views::default(),
             validator,
         })))
     }
@@ -163,6 +168,12 @@ impl Catalog {
         &self.0.pages
     }
 
+    /// The product views counted since the last batch.
+    #[must_use]
+    pub fn views(&self) -> &Views {
+        &self.0.views
+    }
+
     /// The store.
     #[must_use]
     pub fn store(&self) -> &CatalogStore {
@@ -189,6 +200,11 @@ pub async fn launch(
         .map_err(std::io::Error::other)?;
     // Other replicas' changes drop this one's cached pages.
     catalog.follow_events(&service.kit.tasks, service.transport.clone());
+    catalog.views().flush_every(
+        &service.kit.tasks,
+        service.database.clone(),
+        config.views_flush,
+    );
     let collector = catalog.product_cache().collector();
     service.kit.metrics.register_collector(Box::new(collector));
     let (kit, app) = service.launch(router(catalog.clone()), validator);

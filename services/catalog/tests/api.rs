@@ -80,6 +80,7 @@ shop_common::on_both_stores!(
     a_price_change_invalidates_the_cache_and_writes_its_event_with_it,
     with_redis_a_change_on_one_replica_reaches_the_others,
     a_price_changed_through_one_replica_is_listed_at_once_by_another,
+    views_are_counted_and_announced_in_one_batch,
 );
 
 /// `id`'s price as its category's listing shows it.
@@ -654,5 +655,66 @@ async fn a_price_change_invalidates_the_cache_and_writes_its_event_with_it(
         .await
         .status,
         StatusCode::CONFLICT
+    );
+}
+
+async fn views_are_counted_and_announced_in_one_batch(database: &Database, url: &str) {
+    let shop = Shop::start(database, url).await;
+    let view = |id: &'static str, token: Option<String>| {
+        let shop = &shop;
+        async move {
+            shop.call(
+                Method::POST,
+                &format!("/product-views/{id}"),
+                token.as_deref(),
+                None,
+                None,
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(view("garden-001", None).await.status, StatusCode::ACCEPTED);
+    }
+    let customer = Some(shop.customer.clone());
+    for _ in 0..5 {
+        // One signed-in customer reloading the page: counted once.
+        assert_eq!(
+            view("garden-002", customer.clone()).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        view("garden-999", None).await.status,
+        StatusCode::NOT_FOUND,
+        "no such product: not counted"
+    );
+    let forged = view("garden-001", Some("not-a-token".into())).await;
+    assert_eq!(
+        forged.status,
+        StatusCode::UNAUTHORIZED,
+        "a bad token is refused"
+    );
+    assert_eq!(outbox(database).await.len(), 0, "nothing written per view");
+
+    assert!(shop.catalog.views().flush(database).await.unwrap());
+    let pending = Outbox::pending(database, 100).await.unwrap();
+    assert_eq!(pending.len(), 1, "one batch");
+    assert_eq!(pending[0].subject, shop_messaging::contracts::CATALOG_VIEWS);
+    let envelope: Envelope = serde_json::from_slice(&pending[0].payload).unwrap();
+    let batch: shop_messaging::contracts::ProductsViewed =
+        serde_json::from_str(envelope.body.get()).unwrap();
+    let counts: Vec<(&str, u32)> = batch
+        .views
+        .iter()
+        .map(|v| (v.product_id.as_str(), v.count))
+        .collect();
+    assert_eq!(counts, [("garden-001", 3), ("garden-002", 1)]);
+    assert_eq!(batch.viewers.len(), 1);
+    assert_eq!(batch.viewers[0].user_id, "customer-1");
+    assert_eq!(batch.viewers[0].product_id, "garden-002");
+    assert!(
+        !shop.catalog.views().flush(database).await.unwrap(),
+        "nothing new: no batch"
     );
 }

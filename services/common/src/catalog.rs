@@ -104,16 +104,32 @@ impl HttpCatalog {
     }
 }
 
-#[async_trait]
-impl Prices for HttpCatalog {
-    async fn price(
+impl HttpCatalog {
+    /// The catalog's JSON answer to `GET path` (at most `max_bytes`), or `None` when it has
+    /// nothing there (`404`).
+    ///
+    /// # Errors
+    ///
+    /// The catalog did not answer `200` with that much JSON at most.
+    pub async fn get_json(
         &self,
-        product_id: &str,
+        path: &str,
+        max_bytes: usize,
+    ) -> Result<Option<serde_json::Value>, PriceError> {
+        self.get(path, None, max_bytes).await
+    }
+
+    /// `GET path`, by `deadline` when there is one, read as `T` (at most `max_bytes`); `None`
+    /// on `404`.
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
         deadline: Option<Deadline>,
-    ) -> Result<Option<Priced>, PriceError> {
+        max_bytes: usize,
+    ) -> Result<Option<T>, PriceError> {
         let mut request = Request::builder()
             .method(Method::GET)
-            .uri(format!("/products/{product_id}"))
+            .uri(path)
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::new()))
             .map_err(|e| PriceError(e.to_string()))?;
@@ -134,13 +150,29 @@ impl Prices for HttpCatalog {
         if status != StatusCode::OK {
             return Err(PriceError(format!("answered {status}")));
         }
-        let body = Limited::new(response.into_body(), MAX_PRODUCT_BYTES)
+        let body = Limited::new(response.into_body(), max_bytes)
             .collect()
             .await
-            .map_err(|e| PriceError(format!("reading the product: {e}")))?
+            .map_err(|e| PriceError(format!("reading {path}: {e}")))?
             .to_bytes();
         serde_json::from_slice(&body)
             .map(Some)
-            .map_err(|e| PriceError(format!("an unreadable product: {e}")))
+            .map_err(|e| PriceError(format!("unreadable JSON at {path}: {e}")))
+    }
+}
+
+#[async_trait]
+impl Prices for HttpCatalog {
+    async fn price(
+        &self,
+        product_id: &str,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Priced>, PriceError> {
+        self.get(
+            &format!("/products/{product_id}"),
+            deadline,
+            MAX_PRODUCT_BYTES,
+        )
+        .await
     }
 }

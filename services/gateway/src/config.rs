@@ -50,6 +50,8 @@ pub struct GatewayConfig {
     pub max_concurrent: usize,
     /// `HOME_PART_TIMEOUT_MS`: each part of `/api/v1/home` (default 800 ms).
     pub home_part_timeout: Duration,
+    /// `CONSOLE_TICK_MS`: how often the ops console's live view is refreshed (default 2 s).
+    pub console_tick: Duration,
     /// `RESPONSE_CACHE_BYTES`: the most bytes of responses kept for each service with cached
     /// routes, bodies and keys counted (default 64 MiB).
     pub response_cache_bytes: u64,
@@ -135,6 +137,7 @@ impl GatewayConfig {
             max_concurrent: vars.parse_or("UPSTREAM_MAX_CONCURRENT", 512, "a number of calls")?,
             home_part_timeout: vars
                 .millis_or("HOME_PART_TIMEOUT_MS", Duration::from_millis(800))?,
+            console_tick: vars.millis_or("CONSOLE_TICK_MS", Duration::from_secs(2))?,
             response_cache_bytes: vars.parse_or(
                 "RESPONSE_CACHE_BYTES",
                 64 << 20,

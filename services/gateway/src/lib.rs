@@ -20,13 +20,15 @@
 //! (mainstay-cache). Upstream failures become 502, 503 or 504 problems, never a hang.
 //!
 //! `GET /api/v1/home` aggregates products, the caller's cart and recommendations, each with
-//! its own timeout and fallback, behind the same admission. `GET /api/v1/openapi.json`
+//! its own timeout and fallback, behind the same admission. `/console` is the ops console
+//! ([`console`]): a page, and admin routes behind the same admission. `GET /api/v1/openapi.json`
 //! describes the public API, and `/docs` serves Swagger UI over it. These, `/metrics` and
 //! `/health/*` are an axum router in the kit's server stack (`shop_common::Kit::stack`),
 //! sharing the proxy's metrics and adaptive limit.
 
 pub mod admission;
 pub mod config;
+pub mod console;
 mod discovery;
 mod home;
 mod openapi;
@@ -84,6 +86,11 @@ struct Inner {
     trace_trust: TraceTrustLayer,
     body_limit: usize,
     home_part_timeout: Duration,
+    console_tick: Duration,
+    /// The kit's breakers and the rest (the console shows and switches them).
+    resilience: mainstay_resilience::metrics::ResilienceCollector,
+    /// The kit's metrics (the console reads the refusals there).
+    metrics: mainstay_telemetry::Metrics,
 }
 
 /// The gateway: its upstream clients and its admission. Cheap to clone.
@@ -190,6 +197,9 @@ impl Gateway {
             ),
             body_limit: config.service.body_limit,
             home_part_timeout: config.home_part_timeout,
+            console_tick: config.console_tick,
+            resilience: kit.resilience.clone(),
+            metrics: kit.metrics.clone(),
         })))
     }
 }
@@ -368,13 +378,18 @@ pub fn app(gateway: Gateway, kit: &Kit, cors_origins: &[String]) -> App {
             gateway.0.upstreams.clone(),
             gateway.0.body_limit,
         ));
+    let console = console::routes(
+        console::Console::new(gateway.clone(), gateway.0.console_tick),
+        admission.clone(),
+    );
     let home = Router::new()
         .route(
             "/api/v1/home",
             // `route_layer`: a method the page does not have is a plain 405, never admitted.
             axum::routing::get(home::home).route_layer(admission),
         )
-        .with_state(gateway);
+        .with_state(gateway)
+        .merge(console);
     let local = kit.stack(home).merge(openapi::routes());
     let front = ServiceBuilder::new()
         .option_layer(cors(cors_origins))

@@ -336,6 +336,85 @@ pub(crate) struct DeadLetters {
     items: Vec<DeadNotification>,
 }
 
+/// Recommended products.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Recommendations {
+    /// The products, the best first.
+    items: Vec<Product>,
+    /// What the first was drawn from: `co-purchase` (bought with the product asked about),
+    /// `history` (bought with what the caller bought or viewed lately), `popular` (the most
+    /// bought and viewed lately) or `catalog` (the catalog's first page: nothing to rank yet).
+    #[schema(pattern = "^(co-purchase|history|popular|catalog)$")]
+    basis: String,
+}
+
+/// Checkout latency percentiles, in milliseconds (submit → confirmed).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CheckoutLatency {
+    /// How many checkouts.
+    count: u64,
+    /// The median.
+    p50: u64,
+    /// The 90th percentile.
+    p90: u64,
+    /// The 95th percentile.
+    p95: u64,
+    /// The 99th percentile.
+    p99: u64,
+    /// The slowest.
+    max: u64,
+}
+
+/// Orders and revenue in one step of a window.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AnalyticsPoint {
+    /// The step's start, in milliseconds since the epoch.
+    at_ms: i64,
+    /// Orders confirmed.
+    orders: i64,
+    /// Revenue by currency, in minor units.
+    revenue_minor: std::collections::BTreeMap<String, i64>,
+}
+
+/// What the shop did in a window.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AnalyticsSummary {
+    /// The window, as asked.
+    window: String,
+    /// Its first minute's start, in milliseconds since the epoch.
+    from_ms: i64,
+    /// Now.
+    to_ms: i64,
+    /// Orders by what became of them: `placed`, `confirmed`, `rejected`, `cancelled`.
+    orders: std::collections::BTreeMap<String, i64>,
+    /// Confirmed orders' revenue by currency, in minor units.
+    revenue_minor: std::collections::BTreeMap<String, i64>,
+    /// What cancellations refunded, in minor units.
+    refunded_minor: i64,
+    /// How checkouts ended: `CONFIRMED` or the rejection's reason.
+    outcomes: std::collections::BTreeMap<String, i64>,
+    /// Payments by what became of them.
+    payments: std::collections::BTreeMap<String, i64>,
+    /// Parcels `shipped` and `delivered`.
+    shipping: std::collections::BTreeMap<String, i64>,
+    /// Notifications sent, by channel.
+    notifications_sent: std::collections::BTreeMap<String, i64>,
+    /// Notifications dead, by channel.
+    notifications_dead: std::collections::BTreeMap<String, i64>,
+    /// Dead notifications per channel now.
+    dead_letters: std::collections::BTreeMap<String, i64>,
+    /// Checkout latency of the confirmed orders.
+    checkout_latency_ms: CheckoutLatency,
+    /// Carts started against orders confirmed (`carts_started`, `orders_confirmed`, `rate`: a
+    /// ratio, above 1 when orders came from carts started before the window).
+    #[schema(value_type = Object)]
+    conversion: serde_json::Value,
+    /// Each step's length, in milliseconds.
+    step_ms: i64,
+    /// Orders and revenue per step, the oldest first.
+    series: Vec<AnalyticsPoint>,
+}
+
 /// How many dead notifications were queued again.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Replayed {
@@ -485,6 +564,36 @@ pub(crate) struct Stock {
     available: i64,
 }
 
+/// A product's stock, as admins see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct StockLevel {
+    /// The product.
+    sku: String,
+    /// On the shelves.
+    on_hand: i64,
+    /// Held for orders in checkout.
+    reserved: i64,
+    /// How many can be ordered now.
+    available: i64,
+}
+
+/// Units put on the shelves.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Restock {
+    /// How many: 1 to 1 000 000.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    quantity: i64,
+}
+
+/// Everyone's latest orders, with their step history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct LatestOrders {
+    /// The newest first.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<serde_json::Value>,
+}
+
 /// What shipping costs.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Quote {
@@ -589,6 +698,13 @@ fn search() {}
               (status = 404, description = "No such product")))]
 fn product() {}
 
+#[utoipa::path(post, path = "/api/v1/product-views/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "The product's id")),
+    responses((status = 202, description = "The view is counted, and announced to recommendations within seconds (a signed-in caller's repeated views of one product count once per batch of a few seconds; views weigh little against orders, and at most two orders' worth a product an hour)"),
+              (status = 401, description = "A token that is not valid (none is needed)"),
+              (status = 404, description = "No such product")))]
+fn view_product() {}
+
 #[utoipa::path(put, path = "/api/v1/products/{id}", tag = "catalog", security(("bearer" = [])), request_body = ProductInput,
     params(("id" = String, Path, description = "The product's id")),
     responses((status = 200, description = "Replaced", body = Product),
@@ -686,6 +802,33 @@ fn replay_notifications() {}
               (status = 422, description = "Not a knob")))]
 fn notification_knob() {}
 
+#[utoipa::path(get, path = "/api/v1/recommendations", tag = "recommendations",
+    params(("product" = Option<String>, Query, pattern = "^[a-z0-9-]{1,64}$", description = "What was bought with this product"),
+           ("category" = Option<String>, Query, pattern = "^[a-z0-9-]{1,64}$", description = "Only products of this category"),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 20, description = "At most this many (default 8)")),
+    responses((status = 200, description = "Picks: with `product`, bought with it; signed in, from the caller's history; otherwise the most popular. A short list is filled from the popular, then the catalog", body = Recommendations),
+              (status = 400, description = "A bad id or a limit out of range"),
+              (status = 401, description = "A token that is not valid (none is needed)"),
+              (status = 503, description = "Nothing can be recommended now (the catalog is down and nothing is cached)")))]
+fn recommendations() {}
+
+#[utoipa::path(get, path = "/api/v1/recommendations/me", tag = "recommendations", security(("bearer" = [])),
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 20, description = "At most this many (default 8)")),
+    responses((status = 200, description = "Picks from the caller's history, filled from the popular", body = Recommendations),
+              (status = 400, description = "A limit out of range"),
+              (status = 401, description = "No valid token"),
+              (status = 503, description = "Nothing can be recommended now")))]
+fn my_recommendations() {}
+
+#[utoipa::path(get, path = "/api/v1/admin/analytics/summary", tag = "analytics", security(("bearer" = [])),
+    params(("window" = Option<String>, Query, pattern = "^([1-9][0-9]{0,3}m|([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$", description = "The last `15m`, `1h`, `24h`, `7d` (default `1h`; at most the retention, 7 days by default)")),
+    responses((status = 200, description = "What the shop did in the window", body = AnalyticsSummary),
+              (status = 400, description = "Not a window"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 503, description = "The figures cannot be read now")))]
+fn analytics_summary() {}
+
 #[utoipa::path(post, path = "/api/v1/checkout", tag = "orders", security(("bearer" = [])), request_body = Checkout,
     params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             description = "Required: a fresh UUID per order. Sent again with the same key and body, the same order is answered (`Idempotent-Replayed: true`); with another body, 422")),
@@ -736,6 +879,34 @@ fn order_events() {}
               (status = 400, description = "Not a product id"),
               (status = 404, description = "No stock of this product")))]
 fn stock() {}
+
+#[utoipa::path(get, path = "/api/v1/admin/stock/{id}", tag = "inventory", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[a-z0-9-]{1,64}$", description = "The product's id")),
+    responses((status = 200, description = "On hand, reserved and available", body = StockLevel),
+              (status = 400, description = "Not a product id"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 404, description = "No stock of this product")))]
+fn stock_level() {}
+
+#[utoipa::path(post, path = "/api/v1/admin/stock/{id}/restock", tag = "inventory", security(("bearer" = [])),
+    params(("id" = String, Path, pattern = "^[a-z0-9-]{1,64}$", description = "The product's id")),
+    request_body = Restock,
+    responses((status = 200, description = "Restocked: the stock now", body = StockLevel),
+              (status = 400, description = "Not a product id, or a quantity out of range"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin"),
+              (status = 409, description = "More than the most a product may have on hand"),
+              (status = 422, description = "Not a quantity")))]
+fn restock() {}
+
+#[utoipa::path(get, path = "/api/v1/admin/orders", tag = "orders", security(("bearer" = [])),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 50, description = "At most this many (default 10)")),
+    responses((status = 200, description = "Everyone's latest orders, the newest first, with their step history", body = LatestOrders),
+              (status = 400, description = "A limit out of range"),
+              (status = 401, description = "No valid token"),
+              (status = 403, description = "Not an admin")))]
+fn latest_orders() {}
 
 #[utoipa::path(get, path = "/api/v1/shipping/quote", tag = "shipping",
     params(("items" = u32, Query, minimum = 1, maximum = 1000, description = "How many items"),
@@ -941,15 +1112,18 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "mainstay shop", description = "The public API of the mainstay commerce system, served by its gateway. Errors are RFC 9457 problems (`application/problem+json`): 4xx for the caller's mistakes, 502 when a service failed to answer, 503 when it has no healthy endpoint or is shedding load, 504 when it answered too late."),
     paths(register, login, refresh, logout, confirm_email, jwks, me, update_me, list_users, rotate_keys,
-          products, create_product, search, product, replace_product, delete_product, categories,
+          products, create_product, search, product, view_product, replace_product, delete_product, categories,
           cart, clear_cart, set_cart_item, remove_cart_item, checkout, orders, order, cancel_order, order_events, stock, shipping_quote, home,
           notifications, notification_preferences, set_notification_preferences, dead_notifications,
-          replay_notifications, notification_knob),
+          replay_notifications, notification_knob, recommendations, my_recommendations,
+          analytics_summary, stock_level, restock, latest_orders),
     components(schemas(Problem, Registration, Registered, Credentials, RefreshRequest, EmailConfirmation, Tokens,
                        User, ProfileChange, UserPage, Product, ProductInput, ProductPage, Sort, Home,
                        CartQuantity, CartLine, Cart, CheckoutLine, Address, Checkout, Amount, OrderSummary, OrderLine, OrderEvent, Order,
                        OrderPage, Stock, Quote, Notification, NotificationPage, NotificationPreferences,
-                       DeadNotification, DeadLetters, Replayed, ChannelKnob)),
+                       DeadNotification, DeadLetters, Replayed, ChannelKnob, Recommendations,
+                       CheckoutLatency, AnalyticsPoint, AnalyticsSummary,
+                       StockLevel, Restock, LatestOrders)),
     modifiers(&BearerAuth, &ProblemResponses, &FieldPatterns, &OrderLinks),
 )]
 pub(crate) struct ApiDoc;

@@ -138,6 +138,8 @@ pub const BACKENDS: &[Backend] = &[
         &[
             cached(mount("/api/v1/products", "/products", Access::Open)),
             cached(mount("/api/v1/categories", "/categories", Access::Open)),
+            // Not under the cached products: a view is not a write to them.
+            mount("/api/v1/product-views", "/product-views", Access::Open),
         ],
     ),
     backend(
@@ -153,14 +155,21 @@ pub const BACKENDS: &[Backend] = &[
         &[
             mount("/api/v1/orders", "/orders", Access::SignedIn),
             mount("/api/v1/checkout", "/checkout", Access::SignedIn),
+            mount("/api/v1/admin/orders", "/admin/orders", Access::SignedIn),
         ],
     ),
     backend(
         "inventory",
         Some(8085),
         true,
-        &[mount("/api/v1/stock", "/stock", Access::Open)],
+        &[
+            mount("/api/v1/stock", "/stock", Access::Open),
+            mount("/api/v1/admin/stock", "/admin/stock", Access::SignedIn),
+        ],
     ),
+    // No public route: the ops console watches it (its health, its outbox and dead letters,
+    // the breaker in front of it).
+    backend("payments", Some(8086), true, &[]),
     backend(
         "shipping",
         Some(8087),
@@ -180,7 +189,26 @@ pub const BACKENDS: &[Backend] = &[
             ),
         ],
     ),
-    backend("recommendations", None, false, &[]),
+    backend(
+        "recommendations",
+        Some(8089),
+        false,
+        &[mount(
+            "/api/v1/recommendations",
+            "/recommendations",
+            Access::Open,
+        )],
+    ),
+    backend(
+        "analytics",
+        Some(8090),
+        true,
+        &[mount(
+            "/api/v1/admin/analytics",
+            "/analytics",
+            Access::SignedIn,
+        )],
+    ),
 ];
 
 /// A route of the public API, as the gateway resolves requests by it: a [`Mount`] with its

@@ -1299,7 +1299,7 @@ fn bad_configuration_names_the_variable() {
         let error = config(&[(var, value)]).unwrap_err();
         assert_eq!(error.var, var, "{error}");
     }
-    // Defaults: the services that exist on their ports, the others with no endpoint.
+    // Defaults: each service on its own port.
     let defaults = config(&[]).unwrap();
     assert_eq!(
         defaults.discovery["catalog"],
@@ -1311,7 +1311,7 @@ fn bad_configuration_names_the_variable() {
     );
     assert_eq!(
         defaults.discovery["recommendations"],
-        shop_gateway::Discovery::Static(Vec::new())
+        shop_gateway::Discovery::Static(vec![mainstay_discovery::Endpoint::new("127.0.0.1", 8089)])
     );
     let consul = config(&[
         ("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
@@ -1815,4 +1815,218 @@ async fn a_services_location_is_answered_as_its_public_path() {
         reply.headers["location"],
         "/api/v1/orders/00000000-0000-4000-8000-000000000001"
     );
+}
+
+/// The ops console's page is served to anyone, under a policy that allows only its own script
+/// and style; its API only to admins; a breaker switched through it is switched.
+#[tokio::test]
+async fn the_console_page_is_open_and_its_api_is_for_admins() {
+    let upstream = Upstream::default();
+    let catalog = catalog(upstream.clone()).await;
+    let shop = shop(&[("CATALOG_URLS", url(catalog))]).await;
+    let page = call(&shop.app, Method::GET, "/console", None, None, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    let script = call(
+        &shop.app,
+        Method::GET,
+        "/console/console.js",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        script.headers["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+
+    let nobody = call(
+        &shop.app,
+        Method::GET,
+        "/console/api/state",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED);
+    let customer = shop.token("alice");
+    let refused = call(
+        &shop.app,
+        Method::GET,
+        "/console/api/state",
+        Some(&customer),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
+
+    let admin = shop
+        .issuer
+        .issue(&AccessClaims::new("admin-1").role("admin"))
+        .unwrap()
+        .token;
+    // A call to the catalog, so that its breaker exists.
+    let listed = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/categories",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let state = call(
+        &shop.app,
+        Method::GET,
+        "/console/api/state",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(state.status, StatusCode::OK, "{:?}", state.body);
+    let names: Vec<&str> = state.body["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let backends: Vec<&str> = shop_gateway::BACKENDS.iter().map(|b| b.name).collect();
+    assert_eq!(names, backends, "every service behind the gateway");
+    let catalog_row = &state.body["services"][1];
+    assert_eq!(catalog_row["name"], "catalog");
+    let breakers = state.body["breakers"].as_array().unwrap();
+    assert!(
+        breakers
+            .iter()
+            .any(|b| b["service"] == "catalog" && b["state"] == "closed"),
+        "{breakers:?}"
+    );
+
+    let forced = call(
+        &shop.app,
+        Method::PUT,
+        "/console/api/breakers/catalog",
+        Some(&admin),
+        Some(json!({"state": "forced_open"})),
+        None,
+    )
+    .await;
+    assert_eq!(forced.status, StatusCode::OK, "{:?}", forced.body);
+    assert!(forced.body["breakers"].as_u64().unwrap() >= 1);
+    let search = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/products/search?q=x",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        search.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "refused by the forced breaker"
+    );
+    for (path, body, status) in [
+        (
+            "/console/api/breakers/catalog",
+            json!({"state": "ajar"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/console/api/breakers/nowhere",
+            json!({"state": "closed"}),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let answer = call(&shop.app, Method::PUT, path, Some(&admin), Some(body), None).await;
+        assert_eq!(answer.status, status, "{path}: {:?}", answer.body);
+    }
+    let closed = call(
+        &shop.app,
+        Method::PUT,
+        "/console/api/breakers/catalog",
+        Some(&admin),
+        Some(json!({"state": "closed"})),
+        None,
+    )
+    .await;
+    assert_eq!(closed.status, StatusCode::OK);
+    let search = call(
+        &shop.app,
+        Method::GET,
+        "/api/v1/products/search?q=y",
+        None,
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        search.status,
+        StatusCode::OK,
+        "closed again: {:?}",
+        search.body
+    );
+    let bad = call(
+        &shop.app,
+        Method::POST,
+        "/console/api/dead-letters/catalog/bad%20name/replay",
+        Some(&admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // The live view: server-sent events, a state at once; at most MAX_STREAMS open.
+    let open = |token: String| {
+        let app = shop.app.clone();
+        async move {
+            let request = Request::get("/console/api/events")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(app, request).await.unwrap()
+        }
+    };
+    let first = open(admin.clone()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["content-type"], "text/event-stream");
+    let mut body = first.into_body();
+    let frame = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    assert!(text.starts_with("event: state\ndata: {"), "{text}");
+    let mut held = vec![body];
+    for _ in 1..shop_gateway::console::MAX_STREAMS {
+        let view = open(admin.clone()).await;
+        assert_eq!(view.status(), StatusCode::OK);
+        held.push(view.into_body());
+    }
+    let refused = open(admin.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(held);
+    let again = open(admin.clone()).await;
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "closed views free their slots"
+    );
+    let customer_view = open(customer.clone()).await;
+    assert_eq!(customer_view.status(), StatusCode::FORBIDDEN);
 }

@@ -31,11 +31,16 @@ pub fn router(inventory: Inventory) -> Router {
 
 fn sku_of(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     let Path(sku) = path.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
-    if (1..=MAX_SKU).contains(&sku.len()) && !sku.chars().any(char::is_control) {
+    // The catalog's product ids: lower-case letters, digits and `-`.
+    if (1..=MAX_SKU).contains(&sku.len())
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         Ok(sku)
     } else {
         Err(Problem::bad_request(format!(
-            "a product id is 1 to {MAX_SKU} bytes, without control characters"
+            "a product id is 1 to {MAX_SKU} of a-z, 0-9 and -"
         )))
     }
 }

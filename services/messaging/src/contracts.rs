@@ -40,6 +40,69 @@ impl Message for ProductPriceChanged {
     }
 }
 
+/// Product views, counted by the catalog: a batch every few seconds, never a message per view
+/// (a subject of its own, so that the caches that drop everything on a [`CATALOG_EVENTS`]
+/// message are not emptied by them).
+pub const CATALOG_VIEWS: &str = "catalog.views";
+
+/// The most products one [`ProductsViewed`] batch counts.
+pub const MAX_VIEWED_PRODUCTS: usize = 1_000;
+
+/// The most (user, product) pairs one [`ProductsViewed`] batch names.
+pub const MAX_VIEWERS: usize = 1_000;
+
+/// How often one product was viewed in a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductViews {
+    /// The product.
+    pub product_id: String,
+    /// How many views.
+    pub count: u32,
+}
+
+/// A signed-in user viewed a product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Viewer {
+    /// Who.
+    pub user_id: String,
+    /// What.
+    pub product_id: String,
+    /// When (the last view in the batch), in milliseconds since the epoch.
+    pub viewed_at_ms: i64,
+}
+
+/// The views one catalog replica served between `from_ms` and `to_ms` (at most
+/// [`MAX_VIEWED_PRODUCTS`] products and [`MAX_VIEWERS`] viewers; what did not fit was dropped,
+/// and counted in `dropped`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductsViewed {
+    /// The batch (its key: batches are independent of one another).
+    pub batch_id: String,
+    /// The first view's time, in milliseconds since the epoch.
+    pub from_ms: i64,
+    /// The last view's time, in milliseconds since the epoch.
+    pub to_ms: i64,
+    /// Views per product.
+    pub views: Vec<ProductViews>,
+    /// Which signed-in users viewed what.
+    pub viewers: Vec<Viewer>,
+    /// Views that did not fit the batch.
+    pub dropped: u64,
+}
+
+impl Message for ProductsViewed {
+    const KIND: &'static str = "ProductsViewed";
+    const VERSION: u16 = 1;
+
+    fn subject(&self) -> Cow<'static, str> {
+        Cow::Borrowed(CATALOG_VIEWS)
+    }
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.batch_id)
+    }
+}
+
 /// The users service's events.
 pub const USERS_EVENTS: &str = "users.events";
 
@@ -588,6 +651,80 @@ pub struct OrderShipped {
 pub struct OrderDelivered {
     /// The order.
     pub order_id: String,
+}
+
+/// The carts service's events.
+pub const CARTS_EVENTS: &str = "carts.events";
+
+keyed_messages!(
+    user_id:
+    CartStarted on CARTS_EVENTS,
+);
+
+/// An empty cart got its first line (for the cart → order conversion).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartStarted {
+    /// Whose cart.
+    pub user_id: String,
+    /// When, in milliseconds since the epoch.
+    pub started_at_ms: i64,
+}
+
+/// The notifications service's events: what became of a notification (for analytics and the
+/// ops console: sends per channel, and the dead letters' depth).
+pub const NOTIFICATIONS_EVENTS: &str = "notifications.events";
+
+keyed_messages!(
+    notification_id:
+    NotificationSent on NOTIFICATIONS_EVENTS,
+    NotificationDead on NOTIFICATIONS_EVENTS,
+);
+
+keyed_messages!(
+    channel:
+    NotificationsReplayed on NOTIFICATIONS_EVENTS,
+);
+
+/// A notification was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationSent {
+    /// The notification.
+    pub notification_id: String,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    /// What it told (`order_confirmed`, …).
+    pub kind: String,
+    /// After how many failed attempts.
+    pub attempts: i32,
+    /// When, in milliseconds since the epoch.
+    pub sent_at_ms: i64,
+}
+
+/// A notification's attempts ran out, or it can never be sent: it is a dead letter until an
+/// admin replays its channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationDead {
+    /// The notification.
+    pub notification_id: String,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    /// What it told.
+    pub kind: String,
+    /// Its failed attempts.
+    pub attempts: i32,
+    /// When, in milliseconds since the epoch.
+    pub dead_at_ms: i64,
+}
+
+/// An admin replayed a channel's dead letters: `count` of them are queued again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationsReplayed {
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    /// How many.
+    pub count: u64,
+    /// When, in milliseconds since the epoch.
+    pub replayed_at_ms: i64,
 }
 
 /// The orders service's events: what became of an order.

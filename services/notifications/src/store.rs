@@ -11,7 +11,22 @@ use shop_common::store::{Database, StoreError, Tx};
 use shop_common::{on_db, on_tx};
 use sqlx::migrate::Migrator;
 
+use shop_messaging::contracts::{NotificationDead, NotificationSent, NotificationsReplayed};
+use shop_messaging::{Outbox, OutboxError};
+
 use crate::Channel;
+
+/// Writes `event` to the outbox within `tx` (the relay publishes it once `tx` commits).
+async fn announce<M: shop_messaging::Message>(tx: &mut Tx, event: &M) -> Result<(), StoreError> {
+    Outbox::enqueue(tx, event)
+        .await
+        .map(|_| ())
+        .map_err(|error| match error {
+            OutboxError::Store(error) => error,
+            // A few short fields: it always encodes, and fits.
+            other => StoreError::Database(sqlx::Error::Encode(Box::new(other))),
+        })
+}
 
 /// Migrations for SQLite.
 pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -480,17 +495,30 @@ impl NotificationStore {
     /// The database fails.
     pub async fn sent(&self, id: &str, token: &str) -> Result<bool, StoreError> {
         let now = shop_common::unix_millis();
-        let done = on_db!(&self.db, pool => sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let row: Option<(String, String, i32)> = on_tx!(&mut tx, conn => sqlx::query_as(
             "UPDATE notifications SET status = 'SENT', sent_at_ms = $3, updated_at_ms = $3, \
-             claim_token = NULL WHERE id = $1 AND status = 'SENDING' AND claim_token = $2",
+             claim_token = NULL WHERE id = $1 AND status = 'SENDING' AND claim_token = $2 \
+             RETURNING channel, kind, attempts",
         )
         .bind(id)
         .bind(token)
         .bind(now)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(done == 1)
+        .fetch_optional(&mut **conn)
+        .await)?;
+        let Some((channel, kind, attempts)) = row else {
+            return Ok(false);
+        };
+        let event = NotificationSent {
+            notification_id: id.to_owned(),
+            channel,
+            kind,
+            attempts,
+            sent_at_ms: now,
+        };
+        announce(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Records a failed attempt of a notification claimed under `token`: `DEAD` when it was
@@ -511,12 +539,14 @@ impl NotificationStore {
         permanent: bool,
     ) -> Result<Option<(i32, bool)>, StoreError> {
         let error: String = error.chars().take(500).collect();
-        let row: Option<(i32, String)> = on_db!(&self.db, pool => sqlx::query_as(
+        let now = shop_common::unix_millis();
+        let mut tx = self.db.begin().await?;
+        let row: Option<(i32, String, String, String)> = on_tx!(&mut tx, conn => sqlx::query_as(
             "UPDATE notifications SET attempts = attempts + 1, last_error = $3, \
              status = CASE WHEN $6 OR attempts + 1 >= $5 THEN 'DEAD' ELSE 'QUEUED' END, \
              next_attempt_at_ms = $4, enqueued_at_ms = NULL, claim_token = NULL, \
              updated_at_ms = $7 WHERE id = $1 AND status = 'SENDING' AND claim_token = $2 \
-             RETURNING attempts, status",
+             RETURNING attempts, status, channel, kind",
         )
         .bind(id)
         .bind(token)
@@ -524,10 +554,25 @@ impl NotificationStore {
         .bind(next_attempt_at_ms)
         .bind(i64::from(max_attempts))
         .bind(permanent)
-        .bind(shop_common::unix_millis())
-        .fetch_optional(pool)
+        .bind(now)
+        .fetch_optional(&mut **conn)
         .await)?;
-        Ok(row.map(|(attempts, status)| (attempts, status == "DEAD")))
+        let Some((attempts, status, channel, kind)) = row else {
+            return Ok(None);
+        };
+        let dead = status == "DEAD";
+        if dead {
+            let event = NotificationDead {
+                notification_id: id.to_owned(),
+                channel,
+                kind,
+                attempts,
+                dead_at_ms: now,
+            };
+            announce(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(Some((attempts, dead)))
     }
 
     /// Gives the dead notifications (of `channel`, or of all) another round of attempts:
@@ -537,16 +582,31 @@ impl NotificationStore {
     ///
     /// The database fails.
     pub async fn replay(&self, channel: Option<Channel>) -> Result<u64, StoreError> {
-        Ok(on_db!(&self.db, pool => sqlx::query(
+        let now = shop_common::unix_millis();
+        let mut tx = self.db.begin().await?;
+        let channels: Vec<(String,)> = on_tx!(&mut tx, conn => sqlx::query_as(
             "UPDATE notifications SET status = 'QUEUED', attempts = 0, enqueued_at_ms = NULL, \
              next_attempt_at_ms = 0, updated_at_ms = $2 \
-             WHERE status = 'DEAD' AND ($1 IS NULL OR channel = $1)",
+             WHERE status = 'DEAD' AND ($1 IS NULL OR channel = $1) RETURNING channel",
         )
         .bind(channel.map(Channel::as_str))
-        .bind(shop_common::unix_millis())
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?)
+        .bind(now)
+        .fetch_all(&mut **conn)
+        .await)?;
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for (channel,) in &channels {
+            *counts.entry(channel.clone()).or_default() += 1;
+        }
+        for (channel, count) in counts {
+            let event = NotificationsReplayed {
+                channel,
+                count,
+                replayed_at_ms: now,
+            };
+            announce(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(channels.len() as u64)
     }
 
     /// Takes back what a worker claimed and never finished (its lease ran out: the worker
@@ -559,17 +619,32 @@ impl NotificationStore {
     /// The database fails.
     pub async fn take_back_abandoned(&self, max_attempts: u32) -> Result<u64, StoreError> {
         let now = shop_common::unix_millis();
-        Ok(on_db!(&self.db, pool => sqlx::query(
+        let mut tx = self.db.begin().await?;
+        let taken: Vec<(String, String, String, String, i32)> = on_tx!(&mut tx, conn => sqlx::query_as(
             "UPDATE notifications SET attempts = attempts + 1, \
              status = CASE WHEN attempts + 1 >= $2 THEN 'DEAD' ELSE 'QUEUED' END, \
              last_error = COALESCE(last_error, 'abandoned mid-send'), enqueued_at_ms = NULL, \
-             claim_token = NULL, updated_at_ms = $1 WHERE status = 'SENDING' AND lease_until_ms < $1",
+             claim_token = NULL, updated_at_ms = $1 WHERE status = 'SENDING' AND lease_until_ms < $1 \
+             RETURNING id, status, channel, kind, attempts",
         )
         .bind(now)
         .bind(i64::from(max_attempts))
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?)
+        .fetch_all(&mut **conn)
+        .await)?;
+        for (id, status, channel, kind, attempts) in &taken {
+            if status == "DEAD" {
+                let event = NotificationDead {
+                    notification_id: id.clone(),
+                    channel: channel.clone(),
+                    kind: kind.clone(),
+                    attempts: *attempts,
+                    dead_at_ms: now,
+                };
+                announce(&mut tx, &event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(taken.len() as u64)
     }
 
     /// Forgets every hand-off of a queued notification (an in-process queue lost what it held

@@ -281,6 +281,33 @@ async fn dead_letter_and_replay(database: &Database, queue: Arc<dyn ChannelQueue
     assert_eq!(email[0].to, "u1@example.com");
     assert_eq!(email[0].subject, "Order o1 is confirmed");
     tasks.shutdown(Duration::from_secs(5)).await;
+
+    // Each move announced on notifications.events, in the transaction of the move: four sent,
+    // one dead, one replayed.
+    let mut announced: Vec<String> = shop_messaging::Outbox::pending(database, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|pending| pending.subject == shop_messaging::contracts::NOTIFICATIONS_EVENTS)
+        .map(|pending| {
+            let envelope: shop_messaging::Envelope =
+                serde_json::from_slice(&pending.payload).unwrap();
+            let body: serde_json::Value = serde_json::from_str(envelope.body.get()).unwrap();
+            format!("{} {}", envelope.kind, body["channel"].as_str().unwrap())
+        })
+        .collect();
+    announced.sort();
+    assert_eq!(
+        announced,
+        [
+            "NotificationDead sms",
+            "NotificationSent email",
+            "NotificationSent email",
+            "NotificationSent sms",
+            "NotificationSent sms",
+            "NotificationsReplayed sms",
+        ]
+    );
 }
 
 async fn a_failing_channel_is_dead_lettered_then_replayed_and_sent_once_in_process(

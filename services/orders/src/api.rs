@@ -53,6 +53,10 @@ pub fn router(orders: Orders) -> Router {
         .route("/orders/{id}", get(one))
         .route("/orders/{id}/cancel", post(cancel))
         .route(
+            "/admin/orders",
+            get(latest).layer(mainstay_auth::RequireRoleLayer::new("admin")),
+        )
+        .route(
             "/orders/{id}/events",
             get(move |state, principal, id| events(state, principal, id, streams.clone())),
         )
@@ -460,6 +464,42 @@ async fn one(
 struct Page {
     limit: Option<i64>,
     before: Option<String>,
+}
+
+/// Everyone's latest orders with their step history (admins: the ops console).
+async fn latest(
+    State(orders): State<Orders>,
+    page: Result<Query<Latest>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(page) = page.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let limit = page.limit.unwrap_or(10);
+    if !(1..=MAX_LATEST).contains(&limit) {
+        return Err(Problem::bad_request(format!("limit is 1 to {MAX_LATEST}")));
+    }
+    let rows = orders
+        .store()
+        .latest(limit)
+        .await
+        .map_err(|e| store_failed(&e))?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut order = view(&orders, row, true).await?;
+        // The console shows the step history, not where the parcel goes.
+        if let Some(fields) = order.as_object_mut() {
+            fields.remove("shipping_address");
+        }
+        items.push(order);
+    }
+    Ok(Json(json!({"items": items})).into_response())
+}
+
+/// The most orders `GET /admin/orders` shows.
+const MAX_LATEST: i64 = 50;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Latest {
+    limit: Option<i64>,
 }
 
 async fn mine(

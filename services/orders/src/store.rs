@@ -526,6 +526,23 @@ impl OrderStore {
         )
     }
 
+    /// Everyone's latest `limit` orders, the newest first.
+    ///
+    /// # Errors
+    ///
+    /// The database fails.
+    pub async fn latest(&self, limit: i64) -> Result<Vec<OrderRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM orders ORDER BY created_at_ms DESC, order_id DESC LIMIT $1"
+        );
+        Ok(
+            on_db!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(pool)
+            .await)?,
+        )
+    }
+
     /// The orders due at `now_ms` (the scanner's), at most `limit`, the most overdue first.
     ///
     /// # Errors

@@ -228,6 +228,48 @@ impl<W: Write> Client<W> {
         }
     }
 
+    /// The first product a search for `text` finds with at least 2 available.
+    async fn in_stock(&mut self, text: &str) -> Result<String, DemoError> {
+        let found = self
+            .expect(
+                "search",
+                StatusCode::OK,
+                Method::GET,
+                &format!("/api/v1/products/search?q={text}&limit=5"),
+                None,
+                None,
+            )
+            .await?;
+        let products: Vec<Value> = found.body["items"].as_array().cloned().unwrap_or_default();
+        let names: Vec<&str> = products.iter().filter_map(|p| p["name"].as_str()).collect();
+        self.say.received(
+            found.status,
+            &format!("{} products: {}", names.len(), names.join(", ")),
+        );
+        for product in &products {
+            let Some(id) = product["id"].as_str() else {
+                continue;
+            };
+            let stock = self
+                .expect(
+                    "stock",
+                    StatusCode::OK,
+                    Method::GET,
+                    &format!("/api/v1/stock/{id}"),
+                    None,
+                    None,
+                )
+                .await?;
+            let available = stock.body["available"].as_i64().unwrap_or(0);
+            self.say
+                .received(stock.status, &format!("{available} available"));
+            if available >= 2 {
+                return Ok(id.to_owned());
+            }
+        }
+        Err(unexpected("search", format!("a {text} in stock"), "none"))
+    }
+
     /// One search through the gateway that no cache has answered: its status, its problem's
     /// detail, and how long it took.
     async fn search_once(&mut self, n: u32) -> Result<(StatusCode, String, Duration), DemoError> {
@@ -436,52 +478,14 @@ pub async fn run<W: Write>(
     );
     client.token = Some(token.to_owned());
 
-    client.say.title("Search the catalog");
-    let found = client
-        .expect(
-            "search",
-            StatusCode::OK,
-            Method::GET,
-            "/api/v1/products/search?q=teapot&limit=5",
-            None,
-            None,
-        )
-        .await?;
-    let products: Vec<Value> = found.body["items"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = products.iter().filter_map(|p| p["name"].as_str()).collect();
-    client.say.received(
-        found.status,
-        &format!("{} products: {}", names.len(), names.join(", ")),
-    );
-    // The first one in stock.
-    let mut chosen = None;
-    for product in &products {
-        let Some(id) = product["id"].as_str() else {
-            continue;
-        };
-        let stock = client
-            .expect(
-                "stock",
-                StatusCode::OK,
-                Method::GET,
-                &format!("/api/v1/stock/{id}"),
-                None,
-                None,
-            )
-            .await?;
-        let available = stock.body["available"].as_i64().unwrap_or(0);
-        client
-            .say
-            .received(stock.status, &format!("{available} available"));
-        if available >= 2 {
-            chosen = Some(id.to_owned());
-            break;
-        }
-    }
-    let product = chosen.ok_or_else(|| unexpected("search", "a teapot in stock", "none"))?;
+    client
+        .say
+        .title("Search the catalog: a teapot, and a kettle to go with it");
+    let product = client.in_stock("teapot").await?;
+    let kettle = client.in_stock("kettle").await?;
 
     client.say.title("Fill the cart");
-    let cart = client
+    client
         .expect(
             "add to cart",
             StatusCode::OK,
@@ -491,15 +495,35 @@ pub async fn run<W: Write>(
             None,
         )
         .await?;
-    let line = &cart.body["lines"][0];
+    let cart = client
+        .expect(
+            "add to cart",
+            StatusCode::OK,
+            Method::PUT,
+            &format!("/api/v1/cart/items/{kettle}"),
+            Some(json!({"quantity": 1})),
+            None,
+        )
+        .await?;
+    let shown: Vec<String> = cart.body["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|line| {
+            format!(
+                "{} × {} at {} {}",
+                line["quantity"],
+                line["name"].as_str().unwrap_or("?"),
+                line["unit_price_minor"],
+                line["currency"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
     client.say.received(
         cart.status,
         &format!(
-            "{} × {} at {} minor units of {} (the catalog's price now); totals {}",
-            line["quantity"],
-            line["name"].as_str().unwrap_or("?"),
-            line["unit_price_minor"],
-            line["currency"].as_str().unwrap_or("?"),
+            "{} (the catalog's prices now, in minor units); totals {}",
+            shown.join(", "),
             cart.body["totals"]
         ),
     );
@@ -597,6 +621,55 @@ pub async fn run<W: Write>(
             "e-mail sent: {:?}",
             email["subject"].as_str().unwrap_or_default()
         ),
+    );
+
+    client
+        .say
+        .title("Bought together: recommendations learn from the order");
+    client
+        .expect(
+            "view",
+            StatusCode::ACCEPTED,
+            Method::POST,
+            &format!("/api/v1/product-views/{product}"),
+            None,
+            None,
+        )
+        .await?;
+    client
+        .say
+        .received(StatusCode::ACCEPTED, "the view is counted");
+    let path = format!("/api/v1/recommendations?product={product}&limit=3");
+    let mut learned = None;
+    for _ in 0..100 {
+        let picks = client
+            .call("recommendations", Method::GET, &path, None, None)
+            .await?;
+        let has_kettle = picks.body["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|item| item["id"] == kettle.as_str()));
+        if picks.status == StatusCode::OK && picks.body["basis"] == "co-purchase" && has_kettle {
+            learned = Some(picks);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(picks) = learned else {
+        return Err(unexpected(
+            "recommendations",
+            "the kettle, bought with the teapot",
+            "not within 20 s",
+        ));
+    };
+    let names: Vec<&str> = picks.body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["name"].as_str())
+        .collect();
+    client.say.received(
+        picks.status,
+        &format!("bought with it: {} (basis co-purchase)", names.join(", ")),
     );
 
     client

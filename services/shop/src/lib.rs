@@ -267,6 +267,8 @@ services! {
     "payments": shop_payments::PaymentsConfig with test_cards => Started::Payments;
     "shipping": shop_shipping::ShippingConfig => other;
     "notifications": shop_notifications::NotificationsConfig => other;
+    "recommendations": shop_recommendations::RecommendationsConfig => other;
+    "analytics": shop_analytics::AnalyticsConfig => other;
     "orders": shop_orders::OrdersConfig => Started::Orders;
 }
 

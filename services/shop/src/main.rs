@@ -160,6 +160,7 @@ async fn start(args: &SystemArgs) -> std::io::Result<System> {
         "\nThe shop is running ({mode}), its data in {data}.\n\n  \
          gateway     {url}/api/v1\n  \
          swagger ui  {url}/docs\n  \
+         ops console {url}/console (sign in as the admin)\n  \
          home page   {url}/api/v1/home\n  \
          messages    {data}/sent/<channel>.jsonl (what notifications sent)\n\n  \
          demo accounts\n    \

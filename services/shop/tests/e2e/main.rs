@@ -9,6 +9,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shop::{Options, System, invariants};
 
+mod console;
+
 /// The knobs of these runs: short deadlines, and no rate limit in the way.
 fn knobs(options: Options) -> Options {
     options
@@ -307,6 +309,11 @@ async fn every_path(mut system: System, sent: &std::path::Path) {
         Some(2),
         "{home}"
     );
+    assert_eq!(home["degraded"], json!([]), "every part answered: {home}");
+    assert!(
+        !home["recommendations"].as_array().unwrap().is_empty(),
+        "{home}"
+    );
     let lines = alice.cart_lines().await;
     let mut from_cart = body("toys-002", 1, DECLINES, "OX1 1AA");
     from_cart["lines"] = lines.clone();
@@ -460,6 +467,46 @@ async fn every_path(mut system: System, sent: &std::path::Path) {
             Some(defaults),
         )
         .await;
+
+    // Analytics counted all of it: the orders and their outcomes, the dead letter and its
+    // replay, the checkout latency.
+    let mut figures = Value::Null;
+    for _ in 0..100 {
+        let (status, summary) = admin
+            .get("/api/v1/admin/analytics/summary?window=15m")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{summary}");
+        figures = summary;
+        if figures["outcomes"]["PAYMENT_DECLINED"].as_i64() >= Some(1)
+            && figures["notifications_dead"]["sms"].as_i64() >= Some(1)
+            && figures["orders"]["confirmed"].as_i64() >= Some(9)
+            && figures["dead_letters"]["sms"] == 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        figures["outcomes"]["PAYMENT_DECLINED"].as_i64() >= Some(1)
+            && figures["notifications_dead"]["sms"].as_i64() >= Some(1)
+            && figures["orders"]["confirmed"].as_i64() >= Some(9)
+            && figures["dead_letters"]["sms"] == 0,
+        "every order so far, each once; the SMS dead and then replayed: {figures}"
+    );
+    assert!(
+        figures["checkout_latency_ms"]["count"].as_u64() >= Some(1),
+        "{figures}"
+    );
+    assert!(
+        figures["revenue_minor"]["EUR"].as_i64() > Some(0),
+        "{figures}"
+    );
+    assert!(
+        figures["conversion"]["carts_started"].as_i64() >= Some(1),
+        "{figures}"
+    );
+    let (status, _) = alice.get("/api/v1/admin/analytics/summary").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "admins only");
 
     // Many checkouts racing for scarce stock: exactly what there is gets sold.
     let sku = "electronics-007";
