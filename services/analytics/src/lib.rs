@@ -98,7 +98,7 @@ impl Window {
                 most.as_secs() / 3600
             )
         };
-        if text.len() > 8 || text.len() < 2 {
+        if text.len() > 8 || text.len() < 2 || !text.is_ascii() {
             return Err(expected());
         }
         let (number, unit) = text.split_at(text.len() - 1);

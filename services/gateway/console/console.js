@@ -271,7 +271,11 @@ async function follow() {
 
 function start(first) {
   show(true);
-  if (first) render(first);
+  try {
+    if (first) render(first);
+  } catch (error) {
+    console.error("console: the first state not shown", error);
+  }
   follow();
 }
 

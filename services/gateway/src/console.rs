@@ -13,9 +13,9 @@
 //! it, with the caller's token (the services' admin routes check it again). Those calls are
 //! the gateway's calls to the service like any other: a stopped service's breaker opens, and
 //! the console says so (payments, which the public API never calls, has a breaker only for
-//! this). Every open view shares one look a tick, so the services are asked once a tick
-//! however many consoles are open. The page's other actions (replaying dead notifications,
-//! restocking) are the public API's admin routes.
+//! this). Every open view and poll shares one look for half a tick, so the services are asked
+//! at most twice a tick however many consoles are open. The page's other actions (replaying
+//! dead notifications, restocking) are the public API's admin routes.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -117,7 +117,8 @@ pub struct State {
 }
 
 /// The console's own state: the live views open, and the last [`State`] (shared by every
-/// view for half a tick: however many consoles are open, the services are asked once a tick).
+/// view and poll for half a tick: however many consoles are open, the services are asked at
+/// most twice a tick).
 #[derive(Clone)]
 pub(crate) struct Console {
     gateway: Gateway,
@@ -290,7 +291,7 @@ impl Console {
         let dead = self.ask(
             "notifications",
             Method::GET,
-            "/admin/notifications/dead-letters",
+            "/admin/notifications/dead-letters?limit=0",
             token,
         );
         let (services, analytics, orders, dead) = tokio::join!(services, analytics, orders, dead);
@@ -356,8 +357,8 @@ async fn page(body: &'static str, content_type: &'static str) -> Response {
 }
 
 async fn state(AxumState(console): AxumState<Console>, headers: HeaderMap) -> Response {
-    let state = console.state(headers.get(header::AUTHORIZATION)).await;
-    let mut response = axum::Json(state).into_response();
+    let state = console.current(headers.get(header::AUTHORIZATION)).await;
+    let mut response = axum::Json(&*state).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -776,9 +776,10 @@ fn notification_preferences() {}
 fn set_notification_preferences() {}
 
 #[utoipa::path(get, path = "/api/v1/admin/notifications/dead-letters", tag = "notifications", security(("bearer" = [])),
-    params(("channel" = Option<String>, Query, pattern = "^(email|sms|push)$", description = "Only this channel's")),
+    params(("channel" = Option<String>, Query, pattern = "^(email|sms|push)$", description = "Only this channel's"),
+           ("limit" = Option<u32>, Query, minimum = 0, maximum = 100, description = "At most this many items (default 100; 0: the counts alone)")),
     responses((status = 200, description = "The dead notifications", body = DeadLetters),
-              (status = 400, description = "Not a channel"),
+              (status = 400, description = "Not a channel, or a limit out of range"),
               (status = 401, description = "No valid token"),
               (status = 403, description = "Not an admin")))]
 fn dead_notifications() {}
@@ -821,7 +822,7 @@ fn recommendations() {}
 fn my_recommendations() {}
 
 #[utoipa::path(get, path = "/api/v1/admin/analytics/summary", tag = "analytics", security(("bearer" = [])),
-    params(("window" = Option<String>, Query, pattern = "^([1-9][0-9]{0,3}m|([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$", description = "The last `15m`, `1h`, `24h`, `7d` (default `1h`; at most the retention, 7 days by default)")),
+    params(("window" = Option<String>, Query, pattern = "^([1-9][0-9]{0,3}m|100[0-7][0-9]m|10080m|([1-9]|[1-9][0-9]|1[0-5][0-9]|16[0-8])h|[1-7]d)$", description = "The last `15m`, `1h`, `24h`, `7d` (default `1h`; at most the retention, 7 days by default)")),
     responses((status = 200, description = "What the shop did in the window", body = AnalyticsSummary),
               (status = 400, description = "Not a window"),
               (status = 401, description = "No valid token"),

@@ -123,16 +123,35 @@ fn channel_of(
         .transpose()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadFilter {
+    channel: Option<String>,
+    limit: Option<u32>,
+}
+
 async fn dead_letters(
     State(notifications): State<Notifications>,
-    filter: Result<Query<ChannelFilter>, QueryRejection>,
+    filter: Result<Query<DeadFilter>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    let channel = channel_of(filter)?;
+    let Query(filter) = filter.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let channel = channel_of(Ok(Query(ChannelFilter {
+        channel: filter.channel,
+    })))?;
+    // 0: the counts alone (what the ops console reads every tick).
+    let limit = filter.limit.unwrap_or(MAX_PAGE);
+    if limit > MAX_PAGE {
+        return Err(Problem::bad_request(format!("limit is 0 to {MAX_PAGE}")));
+    }
     let store = notifications.store();
-    let items = store
-        .dead(channel, MAX_PAGE)
-        .await
-        .map_err(|e| store_failed(&e))?;
+    let items = if limit == 0 {
+        Vec::new()
+    } else {
+        store
+            .dead(channel, limit)
+            .await
+            .map_err(|e| store_failed(&e))?
+    };
     let counts = store.dead_counts().await.map_err(|e| store_failed(&e))?;
     let mut depth = serde_json::Map::new();
     for channel in Channel::ALL {

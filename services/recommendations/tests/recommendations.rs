@@ -248,12 +248,24 @@ async fn the_window_forgets_and_prunes(database: &Database, _: &str) {
         &inbound(&order("o0", "u", &["old", "new"], long_ago)),
     )
     .await;
-    assert!(recommendations.store().dump().await.unwrap().orders.is_empty());
+    assert!(
+        recommendations
+            .store()
+            .dump()
+            .await
+            .unwrap()
+            .orders
+            .is_empty()
+    );
     // Applied when it was recent: it is in the store, and the window leaves it behind.
     let database = recommendations.store().database();
     let mut tx = database.begin().await.unwrap();
     let old = order("o1", "u", &["old", "new"], long_ago);
-    assert!(shop_recommendations::apply_order(&mut tx, &old).await.unwrap());
+    assert!(
+        shop_recommendations::apply_order(&mut tx, &old)
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
     deliver(
         &recommendations,

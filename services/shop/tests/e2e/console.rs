@@ -1,7 +1,8 @@
 //! The ops console in a real browser: Debian's Chromium, headless, driven over WebDriver
 //! (chromedriver) by fantoccini. It loads, signs in, shows every service ready; shows the
-//! payments breaker open while payments is stopped and closed once it is back; and its replay
-//! button drains the dead notifications.
+//! payments breaker open while payments is stopped and closed once it is back; its replay
+//! button drains the dead notifications; its breaker buttons force one open and closed; its
+//! restock form restocks.
 //!
 //! Without `chromedriver` on the machine the test says so and passes, unless
 //! `MAINSTAY_REQUIRE_BROWSER` is set (as `.ci/run` sets it, after installing Chromium): then
@@ -314,6 +315,33 @@ async fn the_ops_console_in_a_browser() {
         Ok((!states.is_empty() && states.iter().all(|s| s == "closed")).then(|| states.join(",")))
     })
     .await;
+
+    // Restock from the console: the stock grows by what was asked.
+    let (_, before) = alice.get("/api/v1/stock/garden-003").await;
+    let before = before["available"].as_i64().unwrap();
+    let sku = browser.find(Locator::Id("restock-sku")).await.unwrap();
+    sku.send_keys("garden-003").await.unwrap();
+    let quantity = browser.find(Locator::Id("restock-quantity")).await.unwrap();
+    quantity.clear().await.unwrap();
+    quantity.send_keys("7").await.unwrap();
+    browser
+        .find(Locator::Id("restock-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let restocked = until("the restock's answer", 10, || async {
+        let result = text_of(&browser, "#restock-result").await?;
+        Ok(result.filter(|text| !text.is_empty()))
+    })
+    .await;
+    assert!(
+        restocked.contains(&format!("{} available", before + 7)),
+        "{restocked}"
+    );
+    let (_, after) = alice.get("/api/v1/stock/garden-003").await;
+    assert_eq!(after["available"].as_i64().unwrap(), before + 7);
 
     // A customer's token is not enough.
     let (status, _) = alice.get("/console/api/state").await;
