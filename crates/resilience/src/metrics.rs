@@ -291,22 +291,14 @@ impl Collector for ResilienceCollector {
                         ))
                     })
                     .collect();
-                const STATES: [(State, &str); 6] = [
-                    (State::Closed, "closed"),
-                    (State::Open, "open"),
-                    (State::HalfOpen, "half_open"),
-                    (State::ForcedOpen, "forced_open"),
-                    (State::Disabled, "disabled"),
-                    (State::MetricsOnly, "metrics_only"),
-                ];
                 family(
                     encoder,
                     "resilience_circuit_breaker_state",
                     "The breaker's state: 1 for the current one",
                     live.iter().flat_map(|([service, endpoint], m)| {
-                        STATES.iter().map(move |(state, name)| {
+                        State::ALL.iter().map(move |state| {
                             (
-                                [*service, *endpoint, ("state", *name)],
+                                [*service, *endpoint, ("state", state.as_str())],
                                 ConstGauge::new(i64::from(m.state == *state)),
                             )
                         })

@@ -44,21 +44,9 @@ impl AnalyticsConfig {
         service: ServiceConfig,
         vars: &Vars<F>,
     ) -> Result<Self, ConfigError> {
-        let hours: u64 = vars.parse_or(
-            "ANALYTICS_RETENTION_HOURS",
-            168,
-            "a whole number of hours, 1 to 8760",
-        )?;
-        if !(1..=8760).contains(&hours) {
-            return Err(ConfigError {
-                var: "ANALYTICS_RETENTION_HOURS".to_owned(),
-                value: hours.to_string(),
-                expected: "a whole number of hours, 1 to 8760".to_owned(),
-            });
-        }
         Ok(Self {
             tokens: TokenConfig::from_vars(vars),
-            retention: Duration::from_secs(hours * 3600),
+            retention: vars.hours_or("ANALYTICS_RETENTION_HOURS", 168, 8760)?,
             metrics_refresh: vars
                 .millis_or("ANALYTICS_METRICS_REFRESH_MS", Duration::from_secs(5))?,
             service,

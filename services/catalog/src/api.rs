@@ -200,25 +200,29 @@ fn etag(product: &Product) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
+/// The product `id`, through the cache; 404 when there is none.
+async fn found(catalog: &Catalog, id: &str) -> Result<Product, Problem> {
+    let store = catalog.0.store.clone();
+    let key = id.to_owned();
+    catalog
+        .0
+        .products
+        .get_or_load(&key.clone(), move || async move { store.get(&key).await })
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| Problem::not_found(format!("no product {id:?}")))
+}
+
 /// A view of a product: counted once the product is known to exist (through the cache).
 async fn viewed(
     State(catalog): State<Catalog>,
     Path(id): Path<String>,
     principal: Option<axum::Extension<mainstay_auth::Principal>>,
 ) -> Result<Response, Problem> {
-    let not_found = || Problem::not_found(format!("no product {id:?}"));
     if !slug_ok(&id) {
-        return Err(not_found());
+        return Err(Problem::not_found(format!("no product {id:?}")));
     }
-    let store = catalog.0.store.clone();
-    let key = id.clone();
-    catalog
-        .0
-        .products
-        .get_or_load(&id, move || async move { store.get(&key).await })
-        .await
-        .map_err(|e| internal(&e))?
-        .ok_or_else(not_found)?;
+    found(&catalog, &id).await?;
     let user = principal.as_ref().map(|p| p.0.subject());
     catalog
         .0
@@ -232,19 +236,10 @@ async fn product(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let not_found = || Problem::not_found(format!("no product {id:?}"));
     if id.len() > 64 {
-        return Err(not_found());
+        return Err(Problem::not_found(format!("no product {id:?}")));
     }
-    let store = catalog.0.store.clone();
-    let key = id.clone();
-    let product = catalog
-        .0
-        .products
-        .get_or_load(&id, move || async move { store.get(&key).await })
-        .await
-        .map_err(|e| internal(&e))?
-        .ok_or_else(not_found)?;
+    let product = found(&catalog, &id).await?;
     let tag = etag(&product);
     let cache_control = HeaderValue::from_static("public, max-age=10");
     if headers.get(IF_NONE_MATCH).is_some_and(|v| v == tag) {

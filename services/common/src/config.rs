@@ -239,6 +239,24 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
         }
         Ok(Duration::from_millis(millis))
     }
+
+    /// A duration given in whole hours, 1 to `most`, or `default` hours when unset.
+    ///
+    /// # Errors
+    ///
+    /// The variable is set and is not a whole number of hours from 1 to `most`.
+    pub fn hours_or(&self, var: &str, default: u64, most: u64) -> Result<Duration, ConfigError> {
+        let expected = format!("a whole number of hours, 1 to {most}");
+        let hours: u64 = self.parse_or(var, default, &expected)?;
+        if !(1..=most).contains(&hours) {
+            return Err(ConfigError {
+                var: var.to_owned(),
+                value: hours.to_string(),
+                expected,
+            });
+        }
+        Ok(Duration::from_secs(hours * 3600))
+    }
 }
 
 /// What every service is configured with.

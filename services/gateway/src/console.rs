@@ -127,18 +127,6 @@ pub(crate) struct Console {
     last: mainstay_cache::Cache<(), Arc<State>>,
 }
 
-fn state_name(state: mainstay_resilience::circuit_breaker::State) -> &'static str {
-    use mainstay_resilience::circuit_breaker::State as S;
-    match state {
-        S::Closed => "closed",
-        S::Open => "open",
-        S::HalfOpen => "half_open",
-        S::ForcedOpen => "forced_open",
-        S::Disabled => "disabled",
-        S::MetricsOnly => "metrics_only",
-    }
-}
-
 /// The samples of `family` in Prometheus text, by the value of `label`.
 fn samples(text: &str, family: &str, label: &str) -> BTreeMap<String, u64> {
     let prefix = format!("{family}{{");
@@ -310,7 +298,7 @@ impl Console {
                 BreakerState {
                     service,
                     endpoint,
-                    state: state_name(metrics.state),
+                    state: metrics.state.as_str(),
                     calls: metrics.calls,
                     failures: metrics.failures,
                     refused: metrics.refused,

@@ -51,24 +51,12 @@ impl RecommendationsConfig {
         service: ServiceConfig,
         vars: &Vars<F>,
     ) -> Result<Self, ConfigError> {
-        let hours: u64 = vars.parse_or(
-            "RECOMMENDATIONS_WINDOW_HOURS",
-            168,
-            "a whole number of hours, 1 to 8760",
-        )?;
-        if !(1..=8760).contains(&hours) {
-            return Err(ConfigError {
-                var: "RECOMMENDATIONS_WINDOW_HOURS".to_owned(),
-                value: hours.to_string(),
-                expected: "a whole number of hours, 1 to 8760".to_owned(),
-            });
-        }
         Ok(Self {
             tokens: TokenConfig::from_vars(vars),
             catalog: vars.endpoints_or("CATALOG_URLS", Endpoint::new("127.0.0.1", 8082))?,
             attempt_timeout: vars
                 .millis_or("UPSTREAM_ATTEMPT_TIMEOUT_MS", Duration::from_secs(2))?,
-            window: Duration::from_secs(hours * 3600),
+            window: vars.hours_or("RECOMMENDATIONS_WINDOW_HOURS", 168, 8760)?,
             ranking_ttl: vars.millis_or("RECOMMENDATIONS_TTL_MS", Duration::from_secs(2))?,
             service,
         })

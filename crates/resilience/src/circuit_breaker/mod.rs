@@ -98,3 +98,29 @@ pub enum State {
     /// Calls flow and are recorded, but the circuit never opens.
     MetricsOnly,
 }
+
+impl State {
+    /// Every state.
+    pub const ALL: [Self; 6] = [
+        Self::Closed,
+        Self::Open,
+        Self::HalfOpen,
+        Self::ForcedOpen,
+        Self::Disabled,
+        Self::MetricsOnly,
+    ];
+
+    /// Its name in `snake_case`, as metrics label it: `closed`, `open`, `half_open`,
+    /// `forced_open`, `disabled`, `metrics_only`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::Disabled => "disabled",
+            Self::MetricsOnly => "metrics_only",
+        }
+    }
+}
